@@ -1,0 +1,34 @@
+#include "backends/cpu/cpu_isa.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace palu::backends::cpu {
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return "scalar";
+    case CpuIsa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+CpuIsa detect_cpu_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return CpuIsa::kAvx512;
+  }
+#endif
+  return CpuIsa::kScalar;
+}
+
+CpuIsa active_cpu_isa() {
+  const char* env = std::getenv("PALU_CPU_ISA");
+  if (env != nullptr && std::strcmp(env, "scalar") == 0) return CpuIsa::kScalar;
+  return detect_cpu_isa();
+}
+
+}  // namespace palu::backends::cpu
