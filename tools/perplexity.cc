@@ -1,0 +1,88 @@
+#include "tools/perplexity.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tools/tool_common.h"
+
+namespace palu::tools {
+
+std::string hf_join_lines(std::string_view raw) {
+  std::string out;
+  out.reserve(raw.size() * 2);
+  size_t start = 0;
+  while (true) {
+    const size_t nl = raw.find('\n', start);
+    if (start > 0) out += "\n\n";
+    if (nl == std::string_view::npos) {
+      out.append(raw.substr(start));
+      break;
+    }
+    out.append(raw.substr(start, nl - start));
+    start = nl + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// −log softmax(row)[target], in double.
+double nll(const float* row, int V, int target) {
+  const float mx = *std::max_element(row, row + V);
+  double s = 0.0;
+  for (int j = 0; j < V; ++j) s += std::exp((double)row[j] - mx);
+  return std::log(s) + mx - row[target];
+}
+
+}  // namespace
+
+Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
+                                             std::string_view text, const PerplexityOptions& opt) {
+  if (opt.ctx < 2) return invalid_argument("ctx must be at least 2, got " + std::to_string(opt.ctx));
+  const int max_ctx = model.config().max_position_embeddings;
+  if (max_ctx > 0 && opt.ctx > max_ctx) {
+    return invalid_argument("ctx " + std::to_string(opt.ctx) + " exceeds the model's max_position_embeddings " +
+                            std::to_string(max_ctx));
+  }
+  const double t0 = now_seconds();
+  std::vector<int32_t> ids;
+  if (opt.scoring == Scoring::kHf) {
+    PALU_ASSIGN_OR_RETURN(ids, tokenizer.encode(hf_join_lines(text), /*add_bos=*/false));
+  } else {
+    PALU_ASSIGN_OR_RETURN(ids, tokenizer.encode(text, /*add_bos=*/true));
+    if (tokenizer.bos_id() < 0) return failed_precondition("llamacpp scoring needs a BOS token; the vocabulary has none");
+  }
+  PerplexityResult r;
+  r.text_tokens = (int64_t)ids.size();
+  int windows = (int)(ids.size() / (size_t)opt.ctx);
+  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
+  if (windows == 0) {
+    return invalid_argument("the text has " + std::to_string(ids.size()) + " tokens, fewer than one window of ctx " +
+                            std::to_string(opt.ctx));
+  }
+  const int V = model.config().vocab_size;
+  PALU_ASSIGN_OR_RETURN(cache::KvCache cache, model.make_cache(opt.ctx));
+  std::vector<float> logits((size_t)opt.ctx * V);
+  std::vector<int32_t> window(opt.ctx);
+  for (int w = 0; w < windows; ++w) {
+    std::copy(ids.begin() + (size_t)w * opt.ctx, ids.begin() + (size_t)(w + 1) * opt.ctx, window.begin());
+    int first = 0;  // first position whose prediction is scored
+    if (opt.scoring == Scoring::kLlamaCpp) {
+      window[0] = tokenizer.bos_id();
+      first = opt.ctx / 2;
+    }
+    cache.clear();
+    PALU_RETURN_IF_ERROR(model.forward(window.data(), opt.ctx, &cache, model::LogitsMode::kAll, logits.data()));
+    for (int t = first; t + 1 < opt.ctx; ++t) {
+      r.nll_sum += nll(logits.data() + (size_t)t * V, V, window[t + 1]);
+      ++r.scored_tokens;
+    }
+    r.windows = w + 1;
+    if (opt.progress) opt.progress(w + 1, windows, std::exp(r.nll_sum / (double)r.scored_tokens));
+  }
+  r.ppl = std::exp(r.nll_sum / (double)r.scored_tokens);
+  r.seconds = now_seconds() - t0;
+  return r;
+}
+
+}  // namespace palu::tools
