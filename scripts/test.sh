@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (what .ci/run runs): packages, a Release build with every test
+# (unit, integration, slow perplexity; GPU tests skip without a GPU), then the unit and
+# parser tests again under AddressSanitizer + UBSan.
+#   scripts/test.sh            everything (~15 min on 2 cores)
+#   scripts/test.sh --fast     skip the tests labelled slow and the sanitizer pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FAST=0
+[ "${1:-}" = "--fast" ] && FAST=1
+scripts/install-deps.sh
+scripts/build.sh
+if [ $FAST -eq 1 ]; then
+  ctest --test-dir build --output-on-failure -j 2 -LE slow
+  exit 0
+fi
+ctest --test-dir build --output-on-failure -j 2 --timeout 1500
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPALU_ASAN=ON -DPALU_CUDA=OFF
+cmake --build build-asan -j "$(nproc)"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j 2 -L unit
