@@ -16,4 +16,4 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DPALU_CUDA=ON -DPAL
 cmake --build build-gpu -j "$(nproc)" 2>&1 | tail -5
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 ctest --test-dir build-gpu --output-on-failure -L gpu 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
-ctest --test-dir build-gpu --output-on-failure -R 'RefMha|Registry' 2>&1 | tee "$OUT/golden.log" | tail -8
+ctest --test-dir build-gpu --output-on-failure -LE slow -R 'RefMha|Registry' 2>&1 | tee "$OUT/golden.log" | tail -8
