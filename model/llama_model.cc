@@ -9,6 +9,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/kernels.h"
+#include "cache/latent_codec.h"
 
 namespace palu::model {
 namespace {
@@ -71,7 +72,8 @@ Status fetch(const TensorMap& tensors, const std::string& name, std::vector<int6
 }  // namespace
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::from_tensors(const ModelConfig& config, const TensorMap& tensors,
-                                                             std::string origin, const LoadProgress& progress) {
+                                                             std::string origin, const LoadProgress& progress,
+                                                             bool skip_kv_projections) {
   PALU_RETURN_IF_ERROR(config.validate(origin));
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->config_ = config;
@@ -104,9 +106,11 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_tensors(const ModelConfig& 
     tick();
     PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.q_proj.weight", {qw, d}, origin, &L.wq, inter_q));
     tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.weight", {kvw, d}, origin, &L.wk, inter_k));
+    if (!skip_kv_projections) {
+      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.weight", {kvw, d}, origin, &L.wk, inter_k));
+      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.weight", {kvw, d}, origin, &L.wv));
+    }
     tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.weight", {kvw, d}, origin, &L.wv));
     tick();
     PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.o_proj.weight", {d, qw}, origin, &L.wo));
     tick();
@@ -214,8 +218,73 @@ void LlamaModel::attention(int layer, const float* q, int n, int start, const ca
   }
 }
 
+Status LlamaModel::attach_palu(PaluManifest manifest, std::vector<PaluLayerFactors> factors, int latent_bits) {
+  const ModelConfig& c = config_;
+  if (latent_bits != 0 && !cache::valid_latent_bits(latent_bits)) {
+    return invalid_argument("latent bits must be 0 (float), 2, 3, 4 or 8, got " + std::to_string(latent_bits));
+  }
+  if ((int)factors.size() != c.num_layers) {
+    return invalid_argument("palu factors for " + std::to_string(factors.size()) + " layers, the model has " +
+                            std::to_string(c.num_layers));
+  }
+  if (manifest.group_size <= 0 || c.num_kv_heads % manifest.group_size != 0) {
+    return invalid_argument("group size " + std::to_string(manifest.group_size) + " does not divide " +
+                            std::to_string(c.num_kv_heads) + " KV heads");
+  }
+  const int groups = c.num_kv_heads / manifest.group_size;
+  const size_t width = (size_t)manifest.group_size * c.head_dim;
+  k_a_all_.assign(c.num_layers, {});
+  v_a_all_.assign(c.num_layers, {});
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int which = 0; which < 2; ++which) {
+      const LowRankProjection& p = which == 0 ? factors[l].k : factors[l].v;
+      if ((int)p.groups.size() != groups) {
+        return invalid_argument("layer " + std::to_string(l) + ": " + std::to_string(p.groups.size()) +
+                                " low-rank groups, expected " + std::to_string(groups));
+      }
+      std::vector<float>& all = which == 0 ? k_a_all_[l] : v_a_all_[l];
+      for (const auto& g : p.groups) {
+        if (g.rank <= 0 || g.a.size() != (size_t)g.rank * c.hidden_size || g.b.size() != width * g.rank) {
+          return invalid_argument("layer " + std::to_string(l) + ": a low-rank group's A/B shapes do not match rank " +
+                                  std::to_string(g.rank));
+        }
+        all.insert(all.end(), g.a.begin(), g.a.end());
+      }
+    }
+  }
+  manifest_ = std::move(manifest);
+  palu_ = std::move(factors);
+  latent_bits_ = latent_bits;
+  return Status::ok();
+}
+
+void LlamaModel::low_rank_project(const LowRankProjection& p, const std::vector<float>& a_all, const float* x,
+                                  int n, float* out) const {
+  const int d = config_.hidden_size, kvw = config_.kv_width();
+  const int R = (int)(a_all.size() / d);
+  const int width = kvw / (int)p.groups.size();
+  std::vector<float> z((size_t)n * R);
+  cpu::gemm_nt(n, R, d, x, d, a_all.data(), d, z.data(), R);  // latents of every group: [n, Σ r]
+  if (latent_bits_ > 0) {
+#pragma omp parallel for schedule(static) if (n > 8)
+    for (int t = 0; t < n; ++t) {
+      int off = 0;
+      for (const auto& g : p.groups) {
+        cache::fake_quantize(z.data() + (size_t)t * R + off, (size_t)g.rank, latent_bits_);
+        off += g.rank;
+      }
+    }
+  }
+  int off = 0;
+  for (size_t g = 0; g < p.groups.size(); ++g) {
+    const LowRankGroup& grp = p.groups[g];
+    cpu::gemm_nt(n, width, grp.rank, z.data() + off, R, grp.b.data(), grp.rank, out + g * width, kvw);
+    off += grp.rank;
+  }
+}
+
 Status LlamaModel::forward(const int32_t* tokens, int n, cache::KvCache* cache, LogitsMode mode,
-                           float* logits) const {
+                           float* logits, const AttentionInputObserver* observer) const {
   if (n <= 0) return invalid_argument("forward: no tokens");
   if (cache->num_layers() != config_.num_layers || cache->kv_width() != config_.kv_width()) {
     return invalid_argument("forward: the cache was made for another model shape");
@@ -248,8 +317,14 @@ Status LlamaModel::forward(const int32_t* tokens, int n, cache::KvCache* cache, 
     float* kdst = cache->keys(l) + (size_t)start * kvw;
     float* vdst = cache->values(l) + (size_t)start * kvw;
     cpu::gemm_nt(n, qw, d, xn.data(), d, L.wq.data(), d, q.data(), qw);
-    cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wk.data(), d, kdst, kvw);
-    cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wv.data(), d, vdst, kvw);
+    if (observer != nullptr && *observer) (*observer)(l, xn.data(), n);
+    if (palu_.empty()) {
+      cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wk.data(), d, kdst, kvw);
+      cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wv.data(), d, vdst, kvw);
+    } else {
+      low_rank_project(palu_[l].k, k_a_all_[l], xn.data(), n, kdst);
+      low_rank_project(palu_[l].v, v_a_all_[l], xn.data(), n, vdst);
+    }
     if (config_.qkv_bias) {
       for (int i = 0; i < n; ++i) {
         kt.add(L.bq.data(), q.data() + (size_t)i * qw, qw);

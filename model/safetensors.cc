@@ -143,3 +143,110 @@ Result<TensorMap> load_safetensors_dir(const std::string& dir) {
 }
 
 }  // namespace palu::model
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace palu::model {
+
+namespace {
+
+const char* st_dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "F32";
+    case DType::kF16: return "F16";
+    case DType::kBF16: return "BF16";
+    case DType::kF64: return "F64";
+    case DType::kI32: return "I32";
+    case DType::kI64: return "I64";
+    case DType::kI16: return "I16";
+    case DType::kI8: return "I8";
+    case DType::kU8: return "U8";
+  }
+  return "?";
+}
+
+Status write_all(int fd, const char* p, size_t n, const std::string& path) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return io_error(path + ": write failed: " + std::strerror(errno));
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return Status::ok();
+}
+
+// Writes through `write_body(fd)` to a temp file, then fsync + rename + directory fsync.
+template <typename F>
+Status atomic_write(const std::string& path, F&& write_body) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return io_error(tmp + ": cannot create: " + std::strerror(errno));
+  Status st = write_body(fd, tmp);
+  if (st.is_ok() && ::fsync(fd) != 0) st = io_error(tmp + ": fsync failed: " + std::strerror(errno));
+  if (::close(fd) != 0 && st.is_ok()) st = io_error(tmp + ": close failed: " + std::strerror(errno));
+  if (st.is_ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    st = io_error(path + ": rename failed: " + std::strerror(errno));
+  }
+  if (!st.is_ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status write_file_atomic(const std::string& path, std::string_view bytes) {
+  return atomic_write(path, [&](int fd, const std::string& tmp) { return write_all(fd, bytes.data(), bytes.size(), tmp); });
+}
+
+Status write_safetensors_file(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                              const std::vector<std::pair<std::string, std::string>>& metadata) {
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0) return invalid_argument(path + ": tensor '" + t.name + "' has a negative dimension");
+      numel *= (uint64_t)d;
+    }
+    const uint64_t bytes = numel * dtype_size(t.dtype);
+    header[t.name] = {{"dtype", st_dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  if (!metadata.empty()) {
+    json m = json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
+    header["__metadata__"] = m;
+  }
+  std::string hs = header.dump();
+  while (hs.size() % 8 != 0) hs += ' ';  // keep the data section 8-byte aligned
+  return atomic_write(path, [&](int fd, const std::string& tmp) -> Status {
+    char len[8];
+    const uint64_t n = hs.size();
+    for (int i = 0; i < 8; ++i) len[i] = (char)((n >> (8 * i)) & 0xff);
+    PALU_RETURN_IF_ERROR(write_all(fd, len, 8, tmp));
+    PALU_RETURN_IF_ERROR(write_all(fd, hs.data(), hs.size(), tmp));
+    for (const auto& t : tensors) {
+      uint64_t numel = 1;
+      for (int64_t d : t.shape) numel *= (uint64_t)d;
+      PALU_RETURN_IF_ERROR(write_all(fd, static_cast<const char*>(t.data), numel * dtype_size(t.dtype), tmp));
+    }
+    return Status::ok();
+  });
+}
+
+}  // namespace palu::model

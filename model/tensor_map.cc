@@ -12,11 +12,10 @@ std::string TensorView::shape_string() const {
 }
 
 Status TensorMap::add(const std::string& name, TensorView view) {
-  auto [it, inserted] = tensors_.emplace(name, std::move(view));
-  if (!inserted) {
-    return data_loss("tensor '" + name + "' appears twice (in " + it->second.file + " and " +
-                     view.file + ")");
+  if (auto it = tensors_.find(name); it != tensors_.end()) {
+    return data_loss("tensor '" + name + "' appears twice (in " + it->second.file + " and " + view.file + ")");
   }
+  tensors_.emplace(name, std::move(view));
   return Status::ok();
 }
 
