@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -135,6 +136,132 @@ TEST(PerplexityCli, BadInputGivesClearErrors) {
   CliRun d = run("palu-perplexity --model " + model("ref-mha") + " --file x --scoring nope");
   EXPECT_NE(d.exit_code, 0);
   EXPECT_NE(d.err.find("scoring"), std::string::npos) << d.err;
+}
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void spit(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+std::string replace_once(std::string s, const std::string& from, const std::string& to) {
+  const size_t p = s.find(from);
+  if (p != std::string::npos) s.replace(p, from.size(), to);
+  return s;
+}
+
+class CompressCli : public ::testing::Test {
+ protected:
+  std::string dir(const std::string& name) {
+    const std::string d = ::testing::TempDir() + "/palu_compress_" + std::to_string(::getpid()) + "_" + name;
+    std::filesystem::remove_all(d);
+    return d;
+  }
+  std::string compress(const std::string& out, const std::string& args) {
+    return "palu-compress -q --model " + model("ref-mha") + " --calib " +
+           palu::testing::shared_file("data/calib.txt") + " --calib-samples 2 --calib-seq 128 --out " + out + " " + args;
+  }
+  double ppl(const std::string& m, const std::string& extra = "") {
+    CliRun r = run("palu-perplexity -q --model " + m + " --file " + palu::testing::shared_file("data/wikitext-2/wiki.test.raw") +
+                   " --ctx 128 --max-windows 2 --json " + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json_number(last_line(r.out), "ppl");
+  }
+};
+
+TEST_F(CompressCli, FullRankReproducesTheModel) {
+  const std::string out = dir("full");
+  CliRun c = run(compress(out, "--ratio 1.0 --search uniform"));
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("achieved 1.0000"), std::string::npos) << c.out;
+  EXPECT_TRUE(std::filesystem::exists(out + "/palu.json"));
+  const double base = ppl(model("ref-mha")), full = ppl(out);
+  EXPECT_NEAR(full, base, 1e-4 * base);
+  std::filesystem::remove_all(out);
+}
+
+TEST_F(CompressCli, HalfRankFisherHadamardAndQuantizedLatents) {
+  const std::string out = dir("half");
+  CliRun c = run(compress(out, "--ratio 0.5 --search fisher_uniform --fisher-samples 1 --hadamard --group-size 2"));
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("achieved 0.5000"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("8192 bytes latent vs 16384 bytes full"), std::string::npos) << c.out;
+  const double base = ppl(model("ref-mha")), half = ppl(out), q2 = ppl(out, "--kv-bits 2 --kv sim");
+  EXPECT_GT(half, base * 0.98);  // low rank costs accuracy (or nothing), never a large gain
+  EXPECT_GT(q2, half * 0.98);
+  EXPECT_LT(q2, base * 5);       // but the model still works
+  // Latent bits on an uncompressed model are refused.
+  CliRun bad = run("palu-perplexity --model " + model("ref-mha") + " --file " +
+                   palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --kv-bits 4");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("compressed models only"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(out);
+}
+
+TEST_F(CompressCli, CorruptOrMismatchedCompressedModelsAreRefused) {
+  const std::string out = dir("corrupt");
+  ASSERT_EQ(run(compress(out, "--ratio 0.5 --search uniform")).exit_code, 0);
+  const std::string manifest = slurp(out + "/palu.json");
+  const std::string factors = slurp(out + "/palu.safetensors");
+  struct Case {
+    const char* name;
+    std::string manifest;
+    std::string factors;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"newer version", replace_once(manifest, "\"version\": 1", "\"version\": 2"), factors, "format version 2"},
+      {"not JSON", "{", factors, "palu.json: not a valid JSON"},
+      {"wrong format name", replace_once(manifest, "palu-compressed", "other"), factors, "'format'"},
+      {"group size does not divide", replace_once(manifest, "\"group_size\": 4", "\"group_size\": 3"), factors,
+       "does not divide"},
+      {"group size mismatch with tensors", replace_once(manifest, "\"group_size\": 4", "\"group_size\": 2"), factors,
+       "group ranks"},
+      {"truncated factors", manifest, factors.substr(0, factors.size() / 2), "palu.safetensors"},
+      {"missing factors", manifest, "", "palu.safetensors"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    spit(out + "/palu.json", c.manifest);
+    if (c.factors.empty()) std::filesystem::remove(out + "/palu.safetensors");
+    else spit(out + "/palu.safetensors", c.factors);
+    CliRun r = run("palu-generate -q --model " + out + " --prompt hi --max-tokens 2");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  }
+  std::filesystem::remove_all(out);
+}
+
+TEST_F(CompressCli, BadArgumentsGiveClearErrors) {
+  const std::string out = dir("bad");
+  struct Case {
+    std::string args;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {compress(out, "--ratio 0.5 --group-size 3"), "--group-size"},
+      {compress(out, "--ratio 0"), "--ratio"},
+      {compress(out, "--ratio 1.5"), "ratio"},
+      {compress(out, "--ratio 0.5 --search best"), "search"},
+      {"palu-compress --model " + model("ref-mha") + " --calib " + palu::testing::shared_file("models/ref-mha/config.json") +
+           " --ratio 0.5 --out " + out,
+       "fewer than"},
+      {"palu-compress --model " + model("ref-mha") + " --calib /nonexistent --ratio 0.5 --out " + out, "/nonexistent"},
+      {"palu-compress --model " + palu::testing::shared_file("models/stories260K/stories260K-f32.gguf") +
+           " --calib x --ratio 0.5 --out " + out,
+       "Hugging Face model directories"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args);
+    CliRun r = run(c.args);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+  }
+  std::filesystem::remove_all(out);
 }
 
 // Must show 4: WikiText-2 perplexity at ctx 1024 within 0.3% of transformers' float32 value.
