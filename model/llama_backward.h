@@ -37,19 +37,19 @@
 
 namespace palu::model {
 
-// Per-layer gradients, float32, with the shapes of the weights they belong to.
+// Per-layer gradients, float32, with the shapes (row-major, out × in) of the weights.
 struct KvGradients {
-  std::vector<std::vector<float>>
-      dwk;  // [layers][H_kv·d_h · d]   dLoss/d k_proj (row-major, out × in)
-  std::vector<std::vector<float>> dwv;  // [layers][H_kv·d_h · d]   dLoss/d v_proj
+  std::vector<std::vector<float>> dwk;  // [layers][H_kv·d_h · d]  dLoss/d k_proj
+  std::vector<std::vector<float>> dwv;  // [layers][H_kv·d_h · d]  dLoss/d v_proj
 };
 
 // Forward (keeping the activations it needs) and backward over one sequence of n tokens at
-// positions 0..n−1 with no cache. loss = mean over t = 0..n−2 of −log
-// softmax(logits_t)[tokens[t+1]]. Returns the loss; resizes `grads` to the model and overwrites it
-// with dLoss/dW_k and dLoss/dW_v of every layer. Fails with INVALID_ARGUMENT when n < 2, `tokens`
-// or `grads` is null, or a token id lies outside the vocabulary; RESOURCE_EXHAUSTED when the
-// activations cannot be allocated. `grads` is unspecified on failure.
+// positions 0..n−1 with no cache, for
+//   loss = mean over t = 0..n−2 of −log softmax(logits_t)[tokens[t+1]].
+// Returns the loss; resizes `grads` to the model and overwrites it with dLoss/dW_k and
+// dLoss/dW_v of every layer. Fails with INVALID_ARGUMENT when n < 2, `tokens` or `grads` is
+// null, or a token id lies outside the vocabulary; RESOURCE_EXHAUSTED when the activations
+// cannot be allocated. `grads` is unspecified on failure.
 Result<double> kv_weight_gradients(const LlamaModel& model, const int32_t* tokens, int n,
                                    KvGradients* grads);
 

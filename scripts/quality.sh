@@ -14,6 +14,7 @@ SHARED="${PALU_SHARED_DIR:-../shared}"
 CALIB="${CALIB:-$SHARED/data/calib.txt}"
 WIKI="${WIKI:-$SHARED/data/wikitext-2/wiki.test.raw}"
 WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$WORK"
 NAME="$(basename "$MODEL")"
 KV=$(python3 -c "import json;c=json.load(open('$MODEL/config.json'));print(c.get('num_key_value_heads',c['num_attention_heads']))" 2>/dev/null || echo 8)
 DEFAULT_GS=$(( KV < 4 ? KV : 4 ))
@@ -24,7 +25,10 @@ ppl() {  # model dir, extra args → ppl
 }
 compress() {  # out dir, args
   local dir="$WORK/$1"; shift
-  [ -f "$dir/palu.json" ] || "$B/tools/palu-compress" -q --model "$MODEL" --calib "$CALIB" --out "$dir" "$@" >"$dir.log"
+  if [ ! -f "$dir/palu.json" ]; then
+    "$B/tools/palu-compress" -q --model "$MODEL" --calib "$CALIB" --out "$dir" "$@" >"$dir.log" 2>&1 ||
+      { echo "palu-compress $* failed:" >&2; cat "$dir.log" >&2; return 1; }
+  fi
   echo "$dir"
 }
 row() { echo "| $NAME | $1 | $2 | $3 | $4 | $5 | $6 | $(python3 -c "print(f'{$6/$BASE:.3f}')") |" >>"$OUT"; }
