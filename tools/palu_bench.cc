@@ -11,6 +11,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -19,6 +21,7 @@
 
 #include "backends/cpu/cpu_isa.h"
 #include "backends/cpu/gemm.h"
+#include "cache/cache_layout.h"
 #include "tools/tool_common.h"
 
 using namespace palu;
@@ -37,6 +40,41 @@ std::string cpu_model_name() {
   return "unknown CPU";
 }
 
+// Memory of a `tokens`-token session: the full f16 cache, and latents in f16 and 4/3/2 bits
+// (no f16 window), from the cache layout's exact byte accounting.
+std::string memory_table(const std::string& name, int layers, int kv_width,
+                         const std::vector<std::array<std::vector<int>, 2>>& ranks, int64_t tokens) {
+  std::ostringstream t;
+  char row[256];
+  auto add = [&](const char* what, cache::CacheLayoutSpec spec) {
+    auto layout = cache::CacheLayout::create(spec);
+    if (!layout.is_ok()) return;
+    const double mib = (double)layout.value().session_bytes(tokens) / 1048576.0;
+    std::snprintf(row, sizeof row, "| %s | %s | %zu | %.1f |\n", name.c_str(), what, layout.value().token_bytes(), mib);
+    t << row;
+  };
+  add("full K/V, f16", cache::full_layout_spec(layers, kv_width, cache::CacheStorage::kF16));
+  const std::pair<const char*, cache::CacheStorage> kinds[] = {{"latent f16", cache::CacheStorage::kF16},
+                                                              {"latent 4-bit", cache::CacheStorage::kQ4},
+                                                              {"latent 3-bit", cache::CacheStorage::kQ3},
+                                                              {"latent 2-bit", cache::CacheStorage::kQ2}};
+  for (const auto& [what, storage] : kinds) {
+    cache::CacheLayoutSpec spec;
+    spec.ranks = ranks;
+    spec.storage = storage;
+    add(what, spec);
+  }
+  return t.str();
+}
+
+// Ranks of a ratio-ρ, group-size-s compression with equal ranks everywhere.
+std::vector<std::array<std::vector<int>, 2>> uniform_ranks(int layers, int kv_heads, int head_dim, int s, double ratio) {
+  const int groups = kv_heads / s;
+  const int r = (int)(ratio * s * head_dim);
+  std::array<std::vector<int>, 2> layer{std::vector<int>(groups, r), std::vector<int>(groups, r)};
+  return std::vector<std::array<std::vector<int>, 2>>(layers, layer);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -50,6 +88,8 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "repetitions (best is reported)")->check(CLI::Range(1, 100));
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_option("--out", out_path, "also write the table (Markdown) to this file");
+  int64_t memory_tokens = 32768;
+  app.add_option("--memory-tokens", memory_tokens, "session length for the KV memory table")->check(CLI::Range(1, 1 << 30));
   CLI11_PARSE(app, argc, argv);
 
   backends::cpu::set_num_threads(threads);
@@ -97,22 +137,58 @@ int main(int argc, char** argv) {
     table << row;
     std::fprintf(stderr, "ctx %d done\n", C);
   }
+  // KV memory of one long session: this model (its own ranks when compressed, else ratio 0.5
+  // at group size min(4, H_kv)) and a Llama-2-7B-shaped model (32 layers, 32 heads × 128,
+  // group size 4, ratio 0.5).
+  const auto& cfg = m.config();
+  std::vector<std::array<std::vector<int>, 2>> own;
+  if (m.is_compressed()) {
+    for (int l = 0; l < cfg.num_layers; ++l) own.push_back({m.palu_manifest().k_ranks[l], m.palu_manifest().v_ranks[l]});
+  } else {
+    own = uniform_ranks(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, std::min(4, cfg.num_kv_heads), 0.5);
+  }
+  std::ostringstream mem;
+  mem << "| model | cache | bytes/token | " << memory_tokens << "-token session (MiB) |\n|---|---|---:|---:|\n"
+      << memory_table(std::filesystem::path(model_path).filename().string() + (m.is_compressed() ? "" : " (ratio 0.5, uniform)"),
+                      cfg.num_layers, cfg.kv_width(), own, memory_tokens)
+      << memory_table("Llama-2-7B shape (ratio 0.5, group 4)", 32, 32 * 128, uniform_ranks(32, 32, 128, 4, 0.5),
+                      memory_tokens);
   std::ostringstream machine;
   machine << cpu_model_name() << ", " << std::thread::hardware_concurrency() << " logical CPUs, "
           << backends::cpu::num_threads() << " threads, kernels " << backends::cpu::cpu_isa_name(backends::cpu::active_cpu_isa())
           << ", GEMM " << backends::cpu::gemm_backend_name();
-  std::printf("model: %s — %s\nmachine: %s\n\n%s", model_path.c_str(), m.config().summary().c_str(),
-              machine.str().c_str(), table.str().c_str());
+  std::printf("model: %s — %s\nmachine: %s\n\n%s\n%s", model_path.c_str(), m.config().summary().c_str(),
+              machine.str().c_str(), table.str().c_str(), mem.str().c_str());
   if (!out_path.empty()) {
-    std::ofstream f(out_path);
-    if (!f) return tools::fail("palu-bench", io_error("cannot write " + out_path));
+    // The generated part sits between two markers, so hand-written sections of the same file
+    // (other measurements) survive a re-run.
     std::string cmd;
     for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
-    f << "# CPU throughput (palu-bench)\n\nCommand: `" << cmd << "`\n\nModel: " << m.config().summary()
-      << " (weights float32 in memory, float32 compute)\n\nMachine: " << machine.str()
-      << "\n\nPrefill: one forward of `context` tokens from an empty cache. Decode: " << decode_tokens
-      << " tokens generated one at a time at the end of the context. Best of " << reps << ".\n\n"
-      << table.str();
+    std::ostringstream gen;
+    gen << "<!-- palu-bench begin -->\n## Throughput (palu-bench)\n\nCommand: `" << cmd << "`\n\nModel: "
+        << m.config().summary() << " (weights float32 in memory, float32 compute)\n\nMachine: " << machine.str()
+        << "\n\nPrefill: one forward of `context` tokens from an empty cache. Decode: " << decode_tokens
+        << " tokens generated one at a time at the end of the context. Best of " << reps << ".\n\n"
+        << table.str() << "\n## KV cache memory of one session (exact byte accounting of cache/cache_layout.h)\n\n"
+        << mem.str() << "<!-- palu-bench end -->\n";
+    std::string doc = "# CPU performance\n\n" + gen.str();
+    {
+      std::ifstream in(out_path);
+      if (in) {
+        std::stringstream ss;
+        ss << in.rdbuf();
+        const std::string old = ss.str();
+        const size_t b = old.find("<!-- palu-bench begin -->"), e = old.find("<!-- palu-bench end -->");
+        if (b != std::string::npos && e != std::string::npos && e > b) {
+          doc = old.substr(0, b) + gen.str() + old.substr(e + std::string("<!-- palu-bench end -->\n").size());
+        } else if (!old.empty()) {
+          doc = old + "\n" + gen.str();
+        }
+      }
+    }
+    std::ofstream f(out_path);
+    if (!f) return tools::fail("palu-bench", io_error("cannot write " + out_path));
+    f << doc;
   }
   return 0;
 }
