@@ -313,7 +313,9 @@ int main(int argc, char** argv) {
   if (!st.is_ok()) return tools::fail(kTool, st);
 
   // 6. Report.
-  std::printf("%-6s %-24s %-24s %8s %8s %10s %10s\n", "layer", "K ranks", "V ranks", "K kept", "V kept", "K err", "V err");
+  const bool fisher = method.value() != compress::RankSearch::kUniform;
+  std::printf("%-6s %-24s %-24s %8s %8s %10s %10s%s\n", "layer", "K ranks", "V ranks", "K kept", "V kept", "K err", "V err",
+              fisher ? "    K score    V score" : "");
   for (int l = 0; l < c.num_layers; ++l) {
     auto join = [](const std::vector<int>& v) {
       std::string s;
@@ -323,8 +325,15 @@ int main(int argc, char** argv) {
     int kr = 0, vr = 0;
     for (int r : manifest.k_ranks[l]) kr += r;
     for (int r : manifest.v_ranks[l]) vr += r;
-    std::printf("%-6d %-24s %-24s %7.1f%% %7.1f%% %10.2e %10.2e\n", l, join(manifest.k_ranks[l]).c_str(),
+    std::printf("%-6d %-24s %-24s %7.1f%% %7.1f%% %10.2e %10.2e", l, join(manifest.k_ranks[l]).c_str(),
                 join(manifest.v_ranks[l]).c_str(), 100.0 * kr / c.kv_width(), 100.0 * vr / c.kv_width(), k_err[l], v_err[l]);
+    if (fisher) {
+      double ks = 0, vs = 0;  // mean Fisher score of the projection (mean over its groups)
+      for (double v : k_scores[l]) ks += v / groups;
+      for (double v : v_scores[l]) vs += v / groups;
+      std::printf(" %10.3e %10.3e", ks, vs);
+    }
+    std::printf("\n");
   }
   const double full_bytes = 2.0 * 2 * c.num_layers * c.kv_width();          // f16 K and V
   const double latent_bytes = 2.0 * (double)manifest.latent_floats_per_token();  // f16 latents
