@@ -10,6 +10,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "model/sampler.h"
+#include "tools/kv_options.h"
 #include "tools/tool_common.h"
 
 using namespace palu;
@@ -35,21 +36,13 @@ int main(int argc, char** argv) {
   app.add_flag("--no-bos", no_bos, "do not put BOS before the prompt");
   app.add_flag("--decode-all", decode_all, "feed the prompt token by token instead of one prefill");
   app.add_flag("--quiet,-q", quiet, "no loading progress or timings on stderr");
-  std::string kv = "auto";
-  int kv_bits = 0;
-  app.add_option("--kv", kv, "KV path: auto (full cache; compressed models: keys/values rebuilt from latents), "
-                             "sim (compressed models only: the latent simulation)")
-      ->check(CLI::IsMember({"auto", "sim"}));
-  app.add_option("--kv-bits", kv_bits, "compressed models: quantize latents per token per group to B bits (2, 3, 4, 8)")
-      ->check(CLI::IsMember({0, 2, 3, 4, 8}));
+  tools::KvOptions kv;
+  kv.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
   backends::cpu::set_num_threads(threads);
-  auto loaded = tools::load_with_progress(model_path, !quiet, kv_bits);
+  auto loaded = kv.load(model_path, !quiet);
   if (!loaded.is_ok()) return tools::fail("palu-generate", loaded.status());
-  if (kv == "sim" && !loaded.value().model->is_compressed()) {
-    return tools::fail("palu-generate", invalid_argument("--kv sim needs a compressed model (made by palu-compress)"));
-  }
   const model::LlamaModel& m = *loaded.value().model;
   const model::Tokenizer& tok = *loaded.value().tokenizer;
 

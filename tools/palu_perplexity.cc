@@ -13,6 +13,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "tools/perplexity.h"
+#include "tools/kv_options.h"
 #include "tools/tool_common.h"
 
 using namespace palu;
@@ -31,13 +32,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_flag("--json", json, "print a JSON summary as the last line of stdout");
   app.add_flag("--quiet,-q", quiet, "no progress on stderr");
-  std::string kv = "auto";
-  int kv_bits = 0;
-  app.add_option("--kv", kv, "KV path: auto (full cache; compressed models: keys/values rebuilt from latents), "
-                             "sim (compressed models only: the latent simulation)")
-      ->check(CLI::IsMember({"auto", "sim"}));
-  app.add_option("--kv-bits", kv_bits, "compressed models: quantize latents per token per group to B bits (2, 3, 4, 8)")
-      ->check(CLI::IsMember({0, 2, 3, 4, 8}));
+  tools::KvOptions kv;
+  kv.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
   backends::cpu::set_num_threads(threads);
@@ -49,11 +45,8 @@ int main(int argc, char** argv) {
     if (!mapped.is_ok()) return tools::fail("palu-perplexity", mapped.status());
     text = std::string((const char*)mapped.value()->data(), mapped.value()->size());
   }
-  auto loaded = tools::load_with_progress(model_path, !quiet, kv_bits);
+  auto loaded = kv.load(model_path, !quiet);
   if (!loaded.is_ok()) return tools::fail("palu-perplexity", loaded.status());
-  if (kv == "sim" && !loaded.value().model->is_compressed()) {
-    return tools::fail("palu-perplexity", invalid_argument("--kv sim needs a compressed model (made by palu-compress)"));
-  }
 
   tools::PerplexityOptions opt;
   opt.ctx = ctx;
