@@ -1,3 +1,4 @@
+#include "tests/unit/compress/test_matrices.h"
 #include "tools/compress/value_folding.h"
 
 #include <gtest/gtest.h>
@@ -8,14 +9,7 @@
 namespace palu::compress {
 namespace {
 
-Eigen::MatrixXd random_matrix(int rows, int cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> n(0.0, 1.0);
-  Eigen::MatrixXd m(rows, cols);
-  for (int j = 0; j < cols; ++j)
-    for (int i = 0; i < rows; ++i) m(i, j) = n(rng);
-  return m;
-}
+using testing::random_matrix;
 
 struct Case {
   int num_heads, num_kv_heads, group_size;

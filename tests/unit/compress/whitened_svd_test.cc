@@ -1,3 +1,4 @@
+#include "tests/unit/compress/test_matrices.h"
 #include "tools/compress/whitened_svd.h"
 
 #include <gtest/gtest.h>
@@ -12,14 +13,7 @@
 namespace palu::compress {
 namespace {
 
-Eigen::MatrixXd random_matrix(int rows, int cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> n(0.0, 1.0);
-  Eigen::MatrixXd m(rows, cols);
-  for (int j = 0; j < cols; ++j)
-    for (int i = 0; i < rows; ++i) m(i, j) = n(rng);
-  return m;
-}
+using testing::random_matrix;
 
 // Calibration tokens as rows X [tokens, d], anisotropic columns so that whitening matters.
 Eigen::MatrixXd calibration(int tokens, int d, uint64_t seed) {
