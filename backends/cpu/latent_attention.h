@@ -16,14 +16,14 @@
 // RoPE applied once per token per KV head, and the rebuilt keys shared by every query head of
 // that KV head (GQA). OpenMP threads run over (group × token chunk) items, each keeping an
 // online-softmax partial (max, sum, acc) per query head; a final reduction merges them.
-// Per call it allocates B^Kᵀ for every group (Σ_g r_k,g·s·d_h floats: 4 MiB at the Llama-2-7B
-// shape with rank 256) so the rebuild is a row-major GEMM, and the RoPE table unless given.
+// Unless the caller passes B^Kᵀ (b_k_t), a call allocates it for every group (Σ_g r_k,g·s·d_h
+// floats: 4 MiB at the Llama-2-7B shape with rank 256) so the rebuild is a row-major GEMM, and
+// the RoPE table unless given.
 // The AVX-512 dequantization computes q·scale + zero with one FMA, so it may differ from
 // cache::decode_row by an ulp; the scalar path uses the same two-rounding form as the cache.
 //
-// Layout (this step): each group's latents are T-contiguous arrays of rows (row t at
-// rows + t·row_stride_bytes); the block pool's per-block views will need a gather or a
-// per-block pointer table later.
+// Layout: each group's latents are either T-contiguous rows or paged like the block pool
+// (LatentRows below), with an optional f16 window overlay for the newest tokens.
 //
 // Ownership: all pointers are borrowed for the duration of the call. Thread-safety: reentrant;
 // a call uses the OpenMP thread team. Errors: shape / pointer / size problems return
@@ -60,21 +60,46 @@ int latent_storage_bits(LatentStorage s);
 // Bytes of one row of `rank` values (codes only for packed types).
 size_t latent_row_bytes(LatentStorage s, int rank);
 
-// T rows of one group's key or value latents.
+// T rows of one group's key or value latents (or, for full-cache kernels, of full K/V rows).
+//
+// Contiguous (block_tokens == 0): row t starts at (const uint8_t*)rows + t·row_stride_bytes,
+// its scale/zero at scale[t]/zero[t].
+// Paged (block_tokens > 0, the block pool's layout): token t lives in block b = t / block_tokens
+// at row i = t mod block_tokens; that block's rows, scales and zeros are `rows`, `scale`, `zero`
+// each advanced by block_ids[b] · block_stride_bytes bytes (so the three pointers name the
+// arrays of the block with id 0). Row i is at rows' + i·row_stride_bytes, scale at scale'[i].
+// Window overlay (window_begin ≥ 0): rows at positions t ≥ window_begin are read as f16 from
+// window_rows[t − window_begin] (each f16[rank]) instead (the pool's KIVI-style window).
 struct LatentRows {
   LatentStorage storage = LatentStorage::kF32;
-  const void* rows = nullptr;  // T rows; row t starts at (const uint8_t*)rows + t·row_stride_bytes
+  const void* rows = nullptr;  // see above
   size_t row_stride_bytes = 0;   // 0 = latent_row_bytes(storage, rank) (dense)
-  const float* scale = nullptr;  // [T] per-row scale (packed types only)
-  const float* zero = nullptr;   // [T] per-row zero = min (packed types only)
+  const float* scale = nullptr;  // per-row scale (packed types only)
+  const float* zero = nullptr;   // per-row zero = min (packed types only)
   int rank = 0;                  // r: values per row
+  // paging (optional)
+  int block_tokens = 0;                // 0: contiguous
+  const int32_t* block_ids = nullptr;  // [ceil(T / block_tokens)]
+  size_t block_stride_bytes = 0;       // bytes between blocks with consecutive ids
+  // window overlay (optional)
+  int64_t window_begin = -1;                     // −1: none
+  const uint16_t* const* window_rows = nullptr;  // [T − window_begin] f16 rows
 };
+
+// out[n, rank] = rows t0 .. t0+n−1 of `rows` dequantized to float32 (paging and window
+// honoured). Uses active_cpu_isa(). No validation: the caller checked the descriptor.
+void decode_latent_rows(const LatentRows& rows, int t0, int n, float* out);
 
 // One low-rank group of s consecutive KV heads.
 struct LatentGroupCache {
   LatentRows k;                // z^K rows, k.rank = r_k,g
   LatentRows v;                // z^V rows, v.rank = r_v,g
   const float* b_k = nullptr;  // B^K_g [s·d_h, r_k,g] row-major float32
+  // Optional: B^K_gᵀ [r_k,g, s·d_h] row-major (the layout the rebuild GEMM wants). When given
+  // the call does not transpose b_k (a model precomputes it once at load).
+  const float* b_k_t = nullptr;
+  // Optional: key bias [s·d_h] added to the rebuilt keys before RoPE (Qwen2's k_proj bias).
+  const float* k_bias = nullptr;
 };
 
 struct LatentAttentionShape {

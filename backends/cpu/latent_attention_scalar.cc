@@ -158,7 +158,7 @@ std::string str(const char* a, long long v) {
   return std::string(a) + std::to_string(v);
 }
 
-Status check_rows(const LatentRows& r, const char* what, int g) {
+Status check_rows(const LatentRows& r, const char* what, int g, int T) {
   const std::string name = "latent attention: group " + std::to_string(g) + " " + what;
   if (r.rows == nullptr) return invalid_argument(name + ".rows is null");
   if (r.rank <= 0) return invalid_argument(name + str(".rank must be > 0, found ", r.rank));
@@ -172,6 +172,15 @@ Status check_rows(const LatentRows& r, const char* what, int g) {
   }
   if (latent_storage_bits(r.storage) != 0 && (r.scale == nullptr || r.zero == nullptr)) {
     return invalid_argument(name + ": packed storage needs per-row scale and zero, found null");
+  }
+  if (r.block_tokens < 0)
+    return invalid_argument(name + str(".block_tokens must be ≥ 0, found ", r.block_tokens));
+  if (r.block_tokens > 0 && (r.block_ids == nullptr || r.block_stride_bytes == 0)) {
+    return invalid_argument(name + ": paged rows need block_ids and block_stride_bytes > 0");
+  }
+  if (r.window_begin >= 0 && r.window_begin < T && r.window_rows == nullptr) {
+    return invalid_argument(name + ": window_begin " + std::to_string(r.window_begin) +
+                            " < T but window_rows is null");
   }
   return Status::ok();
 }
@@ -209,10 +218,42 @@ Status validate(const LatentAttentionShape& sh, const LatentGroupCache* groups, 
   for (int g = 0; g < G; ++g) {
     if (groups[g].b_k == nullptr)
       return invalid_argument("latent attention: group " + std::to_string(g) + " b_k is null");
-    PALU_RETURN_IF_ERROR(check_rows(groups[g].k, "k", g));
-    PALU_RETURN_IF_ERROR(check_rows(groups[g].v, "v", g));
+    PALU_RETURN_IF_ERROR(check_rows(groups[g].k, "k", g, T));
+    PALU_RETURN_IF_ERROR(check_rows(groups[g].v, "v", g, T));
   }
   return Status::ok();
+}
+
+// Rows t0..t0+n−1 through the ISA's contiguous decoder: one call per block run, then the f16
+// window overlay.
+void decode_span(const detail::LatentAttentionPrims& P, const LatentRows& r, int t0, int n,
+                 float* out) {
+  if (r.block_tokens == 0) {
+    P.decode_rows(r, t0, n, out);
+  } else {
+    int t = t0;
+    while (t < t0 + n) {
+      const int b = t / r.block_tokens, i = t % r.block_tokens;
+      const int cnt = std::min(r.block_tokens - i, t0 + n - t);
+      const size_t shift = (size_t)r.block_ids[b] * r.block_stride_bytes;
+      LatentRows blk = r;
+      blk.block_tokens = 0;
+      blk.rows = static_cast<const uint8_t*>(r.rows) + shift;
+      if (r.scale != nullptr) {
+        blk.scale = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(r.scale) + shift);
+        blk.zero = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(r.zero) + shift);
+      }
+      P.decode_rows(blk, i, cnt, out + (size_t)(t - t0) * r.rank);
+      t += cnt;
+    }
+  }
+  if (r.window_begin >= 0 && t0 + n > r.window_begin) {
+    for (int t = (int)std::max<int64_t>(t0, r.window_begin); t < t0 + n; ++t) {
+      const uint16_t* h = r.window_rows[t - r.window_begin];
+      float* o = out + (size_t)(t - t0) * r.rank;
+      for (int i = 0; i < r.rank; ++i) o[i] = f16_to_f32(h[i]);
+    }
+  }
 }
 
 // Online-softmax partial of one query head over one token chunk.
@@ -252,10 +293,13 @@ Status run(const detail::LatentAttentionPrims& P, const LatentAttentionShape& sh
     bt_off[g + 1] = bt_off[g] + (size_t)groups[g].k.rank * N;
     out_off[g + 1] = out_off[g] + (size_t)hq * groups[g].v.rank;
   }
-  std::vector<float> bt(bt_off[G]);
+  bool need_bt = false;
+  for (int g = 0; g < G; ++g) need_bt = need_bt || groups[g].b_k_t == nullptr;
+  std::vector<float> bt(need_bt ? bt_off[G] : 0);
 #pragma omp parallel for schedule(static) collapse(2)
   for (int g = 0; g < G; ++g) {
     for (int n = 0; n < N; ++n) {
+      if (groups[g].b_k_t != nullptr) continue;
       const int r = groups[g].k.rank;
       const float* src = groups[g].b_k + (size_t)n * r;
       float* dst = bt.data() + bt_off[g];
@@ -297,13 +341,18 @@ Status run(const detail::LatentAttentionPrims& P, const LatentAttentionShape& sh
       for (int t0 = t_begin; t0 < t_end; t0 += kBlockTokens) {
         const int nb = std::min(kBlockTokens, t_end - t0);
         // Dequantize the block's key latents once; rebuild all s heads' keys once; RoPE.
-        P.decode_rows(grp.k, t0, nb, zk.data());
-        P.gemm_nn(nb, N, rk, zk.data(), rk, bt.data() + bt_off[g], N, keys.data(), N);
+        decode_span(P, grp.k, t0, nb, zk.data());
+        const float* btg = grp.b_k_t != nullptr ? grp.b_k_t : bt.data() + bt_off[g];
+        P.gemm_nn(nb, N, rk, zk.data(), rk, btg, N, keys.data(), N);
         for (int t = 0; t < nb; ++t) {
+          if (grp.k_bias != nullptr) {
+            float* kr = keys.data() + (size_t)t * N;
+            for (int i = 0; i < N; ++i) kr[i] += grp.k_bias[i];
+          }
           P.rope(keys.data() + (size_t)t * N, s, dh, cos_t + (size_t)(t0 + t) * half,
                  sin_t + (size_t)(t0 + t) * half);
         }
-        P.decode_rows(grp.v, t0, nb, zv.data());
+        decode_span(P, grp.v, t0, nb, zv.data());
         // Every query head of the group uses the rebuilt keys of its KV head.
         for (int lh = 0; lh < hq; ++lh) {
           const int u = lh / n_rep;  // KV head index inside the group
@@ -355,6 +404,12 @@ Status run(const detail::LatentAttentionPrims& P, const LatentAttentionShape& sh
 }
 
 }  // namespace
+
+void decode_latent_rows(const LatentRows& rows, int t0, int n, float* out) {
+  const auto& P = active_cpu_isa() == CpuIsa::kAvx512 ? detail::latent_prims_avx512()
+                                                      : detail::latent_prims_scalar();
+  decode_span(P, rows, t0, n, out);
+}
 
 void build_latent_rope_table(const float* inv_freq, int d_h, int positions, float* cos,
                              float* sin) {
