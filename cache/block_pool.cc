@@ -420,6 +420,29 @@ Result<BlockView> BlockPool::block_view(SeqId s, int64_t block_index, int layer,
   return v;
 }
 
+Result<SegmentView> BlockPool::segment_view(SeqId s, int layer, Proj kv, int group) const {
+  PALU_ASSIGN_OR_RETURN(const Sequence* q, find(s));
+  PALU_RETURN_IF_ERROR(layout_.check_index(layer, kv, group));
+  const size_t bt = (size_t)layout_.block_tokens();
+  const uint8_t* seg0 = arena_.get() + layout_.segment_offset(layer, kv, group);
+  SegmentView v;
+  v.storage = layout_.storage();
+  v.rank = layout_.rank(layer, kv, group);
+  v.row_bytes = layout_.row_bytes(layer, kv, group);
+  v.block_tokens = layout_.block_tokens();
+  v.block_ids = q->blocks.data();
+  v.block_bytes = layout_.block_bytes();
+  v.length = q->length;
+  if (storage_is_packed(v.storage)) {
+    v.scales0 = reinterpret_cast<const float*>(seg0);
+    v.zeros0 = v.scales0 + bt;
+    v.rows0 = seg0 + 8 * bt;
+  } else {
+    v.rows0 = seg0;
+  }
+  return v;
+}
+
 Result<WindowView> BlockPool::window_view(SeqId s, int layer, Proj kv, int group) const {
   PALU_ASSIGN_OR_RETURN(const Sequence* q, find(s));
   PALU_RETURN_IF_ERROR(layout_.check_index(layer, kv, group));

@@ -127,6 +127,23 @@ struct BlockView {
   }
 };
 
+// All token blocks of one (sequence, layer, kv, group) at once, in the paged form kernels
+// take: position p is in block block_ids[p / block_tokens], row p mod block_tokens; the
+// segment of the block with id b starts at b · block_bytes from the arrays below (which name
+// the block with id 0: rows0 for codes / values, scales0 / zeros0 for B-bit parameters).
+struct SegmentView {
+  CacheStorage storage = CacheStorage::kF16;
+  int rank = 0;
+  size_t row_bytes = 0;  // stride between rows inside a block
+  int block_tokens = 0;
+  const int32_t* block_ids = nullptr;  // [ceil(length / block_tokens)]
+  size_t block_bytes = 0;
+  const uint8_t* rows0 = nullptr;
+  const float* scales0 = nullptr;  // B-bit storage only (else null)
+  const float* zeros0 = nullptr;   // B-bit storage only (else null)
+  int64_t length = 0;              // valid positions [0, length)
+};
+
 // The f16 window rows of one (sequence, layer, kv, group): positions [begin, end).
 struct WindowView {
   int64_t begin = 0, end = 0;  // empty when begin == end (always so without a window)
@@ -192,6 +209,8 @@ class BlockPool {
   // Block `block_index` (0 ≤ i < ceil(T / block_tokens)) of s for (layer, kv, group).
   Result<BlockView> block_view(SeqId s, int64_t block_index, int layer, Proj kv, int group) const;
   Result<WindowView> window_view(SeqId s, int layer, Proj kv, int group) const;
+  // Every block of s for (layer, kv, group) (invalidated like the views above).
+  Result<SegmentView> segment_view(SeqId s, int layer, Proj kv, int group) const;
 
   // Every block free xor owned by exactly one sequence and referenced exactly once in its
   // tables; table sizes match lengths; byte totals match the layout formula; window bounds.

@@ -37,19 +37,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backends/base/row_storage.h"
 #include "cache/latent_codec.h"
 
 namespace palu::cache {
 
-enum class CacheStorage : uint8_t {
-  kF32 = 0,
-  kF16 = 1,
-  kBF16 = 2,
-  kQ8 = 3,
-  kQ4 = 4,
-  kQ3 = 5,
-  kQ2 = 6,
-};
+using CacheStorage = backends::RowStorage;
 
 // "f32", "f16", "bf16", "q8", "q4", "q3", "q2".
 const char* storage_name(CacheStorage s);

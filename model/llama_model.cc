@@ -9,6 +9,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/kernels.h"
+#include "backends/cpu/latent_attention.h"
 #include "cache/latent_codec.h"
 
 namespace palu::model {
@@ -135,6 +136,14 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_tensors(const ModelConfig& 
     const float expo = (float)(2 * i) / (float)config.head_dim;
     m->inv_freq_[i] = 1.0f / (float)std::pow((double)(float)config.rope_theta, (double)expo);
   }
+  // cos/sin table for the positions most sequences use (positions beyond it are computed).
+  constexpr int kMaxRopeTable = 32768;
+  const int max_pos = config.max_position_embeddings > 0 ? config.max_position_embeddings : 4096;
+  m->rope_positions_ = std::min(max_pos, kMaxRopeTable);
+  m->rope_cos_.resize((size_t)m->rope_positions_ * half);
+  m->rope_sin_.resize((size_t)m->rope_positions_ * half);
+  cpu::build_latent_rope_table(m->inv_freq_.data(), config.head_dim, m->rope_positions_, m->rope_cos_.data(),
+                               m->rope_sin_.data());
   return m;
 }
 
@@ -255,6 +264,7 @@ Status LlamaModel::attach_palu(PaluManifest manifest, std::vector<PaluLayerFacto
   manifest_ = std::move(manifest);
   palu_ = std::move(factors);
   latent_bits_ = latent_bits;
+  build_latent_runtime();
   return Status::ok();
 }
 

@@ -16,7 +16,10 @@
 #include <string>
 #include <vector>
 
+#include <span>
+
 #include "backends/base/status.h"
+#include "cache/block_pool.h"
 #include "cache/kv_cache.h"
 #include "model/config.h"
 #include "model/palu_format.h"
@@ -50,6 +53,24 @@ struct LlamaWeights {
 
 // Which logits forward() writes.
 enum class LogitsMode { kNone, kLast, kAll };
+
+// How a block-pool cache for this model stores its rows (cache_layout_spec).
+struct CacheOptions {
+  // Compressed models: latents in f32/f16/bf16 or packed q8/q4/q3/q2. Uncompressed models:
+  // full K/V rows in f32/f16/bf16.
+  cache::CacheStorage storage = cache::CacheStorage::kF16;
+  int window_tokens = 0;  // packed storage only: newest N tokens also kept in f16
+  int block_tokens = 16;
+};
+
+// One sequence's part of a batched forward (forward_pooled).
+struct SeqStep {
+  cache::SeqId seq = 0;
+  const int32_t* tokens = nullptr;  // [n]
+  int n = 0;
+  LogitsMode mode = LogitsMode::kLast;
+  float* logits = nullptr;  // kLast: [vocab]; kAll: [n, vocab]; kNone: unused
+};
 
 // Loading progress: (done, total) tensors. Called from the loading thread.
 using LoadProgress = std::function<void(int done, int total)>;
@@ -93,6 +114,28 @@ class LlamaModel {
   // A KV cache sized for this model.
   Result<cache::KvCache> make_cache(int max_tokens) const;
 
+  // ---- block-pool cache (latent for compressed models, full K/V rows otherwise) ----
+  // The layout a pool for this model needs: compressed → per layer, K and V, one row per head
+  // group of the manifest's rank (pre-RoPE latents z = A·x); uncompressed → one K row
+  // (post-RoPE) and one V row of H_kv·d_h values per layer. INVALID_ARGUMENT for a storage
+  // the model cannot use (packed storage for full rows).
+  Result<cache::CacheLayoutSpec> cache_layout_spec(const CacheOptions& options) const;
+  // OK when `layout` is one this model can run on (same shape as cache_layout_spec's).
+  Status check_cache_layout(const cache::CacheLayout& layout) const;
+
+  // Runs a batch of sequences through the pool: step i's n tokens take positions
+  // [L_i − n, L_i) of its sequence, L_i = pool->length(seq) (the caller appended them with
+  // plan/commit first); their K/V rows or latents are written into the pool, attention reads
+  // positions [0, L_i). GEMMs run over all rows of the batch at once. Compressed models: a
+  // step with n = 1 uses the fused latent decode kernel (keys rebuilt from latents, RoPE,
+  // online softmax, p·z^V), longer steps the latent prefill (key tiles rebuilt, causal
+  // attention over them); the value up-projection is folded into W_o (done at attach).
+  // Errors (nothing meaningful written to logits): a layout this model cannot use, an unknown
+  // sequence, n ≤ 0 or > L_i, the same sequence twice, a token outside the vocabulary. A
+  // failure after the first write (non-finite activations) leaves the steps' new rows
+  // unspecified: the caller truncates the sequences back.
+  Status forward_pooled(std::span<const SeqStep> steps, cache::BlockPool* pool) const;
+
  private:
   LlamaModel() = default;
   void attention(int layer, const float* q, int n, int start, const cache::KvCache& cache, float* out) const;
@@ -100,6 +143,14 @@ class LlamaModel {
   // out[n, H_kv·d_h] = per group B·q(A·x) for a compressed layer's K or V projection.
   void low_rank_project(const LowRankProjection& p, const std::vector<float>& a_all, const float* x, int n,
                         float* out) const;
+
+  // Pooled path helpers (llama_pooled.cc).
+  void rope_rows(float* x, int rows, int ld, int heads, const int64_t* positions) const;
+  Status attend_prefill(int layer, const cache::BlockPool& pool, cache::SeqId seq, int n, const float* q,
+                        float* out) const;
+  Status attend_decode_latent(int layer, const cache::BlockPool& pool, cache::SeqId seq, const float* q,
+                              float* out) const;
+  void build_latent_runtime();
 
   ModelConfig config_;
   LlamaWeights w_;
@@ -109,6 +160,14 @@ class LlamaModel {
   std::vector<std::vector<float>> k_a_all_;  // [layer] all groups' A^K stacked: [Σ r, d]
   std::vector<std::vector<float>> v_a_all_;  // [layer] all groups' A^V stacked
   int latent_bits_ = 0;
+  // Latent runtime (built by attach_palu).
+  std::vector<std::vector<float>> wo_fused_;          // [layer] W_o' [d, latent_width] (B^V folded in)
+  std::vector<std::vector<float>> out_bias_;          // [layer] [d] Σ_h W_o,h b_v (Qwen2), else empty
+  std::vector<std::vector<std::vector<float>>> bkt_;  // [layer][group] B^Kᵀ [r_k, s·d_h]
+  std::vector<int> head_v_off_;                       // [layer·(H+1)] latent column of head h
+  // RoPE table for positions [0, rope_positions_): cos/sin [pos, d_h/2].
+  std::vector<float> rope_cos_, rope_sin_;
+  int rope_positions_ = 0;
 };
 
 // A loaded model with its tokenizer.

@@ -34,26 +34,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backends/base/row_storage.h"
 #include "backends/base/status.h"
 #include "backends/cpu/cpu_isa.h"
 
 namespace palu::backends::cpu {
 
-// Storage of one latent row. Numeric values match cache::CacheStorage so a cache row type can
-// be passed through with a cast.
-//   kF32  float32; kF16 IEEE half (uint16 bits); kBF16 bfloat16 (uint16 bits)
-//   kQ8/kQ4/kQ3/kQ2  B-bit codes packed as one little-endian bit string per row (code i at
-//   bits [i·B, i·B+B)), decoded as z' = (float)q · scale + zero with float32 scale and zero
-//   per row (cache/latent_packing.h).
-enum class LatentStorage : uint8_t {
-  kF32 = 0,
-  kF16 = 1,
-  kBF16 = 2,
-  kQ8 = 3,
-  kQ4 = 4,
-  kQ3 = 5,
-  kQ2 = 6,
-};
+// Storage of one latent row (backends/base/row_storage.h; the cache uses the same type).
+using LatentStorage = RowStorage;
 
 // B for packed types, 0 otherwise.
 int latent_storage_bits(LatentStorage s);
