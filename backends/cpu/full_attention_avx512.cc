@@ -39,6 +39,31 @@ inline __m512 load16(const void* row, size_t i, __mmask16 m) {
   }
 }
 
+// The same, 16 values without a mask (lets the compiler fold the load into the conversion).
+template <LatentStorage S>
+inline __m512 load16(const void* row, size_t i) {
+  if constexpr (S == LatentStorage::kF32) {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + i);
+  } else if constexpr (S == LatentStorage::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i)));
+  } else {
+    const __m256i h =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+// Masked when kMasked, else a full 16-value load.
+template <LatentStorage S, bool kMasked>
+inline __m512 load16m(const void* row, size_t i, __mmask16 m) {
+  if constexpr (kMasked) {
+    return load16<S>(row, i, m);
+  } else {
+    return load16<S>(row, i);
+  }
+}
+
 template <LatentStorage S>
 constexpr int kElemBytes = S == LatentStorage::kF32 ? 4 : 2;
 
@@ -63,35 +88,38 @@ inline __m512 reduce16(const __m512* v) {
                        _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// acc[r·TT + tt] += q_r[c, c+16) · row_tt[c, c+16) for one 16-value chunk.
+template <LatentStorage S, int R, int TT, bool kMasked>
+inline void dot_chunk(const uint8_t* const* rp, const float* q, int d, int c, __mmask16 m,
+                      __m512* acc) {
+  __m512 qv[R];
+  for (int r = 0; r < R; ++r) {
+    qv[r] = kMasked ? _mm512_maskz_loadu_ps(m, q + (size_t)r * d + c)
+                    : _mm512_loadu_ps(q + (size_t)r * d + c);
+  }
+  for (int tt = 0; tt < TT; ++tt) {
+    const __m512 kv = load16m<S, kMasked>(rp[tt], (size_t)c, m);
+    for (int r = 0; r < R; ++r) acc[r * TT + tt] = _mm512_fmadd_ps(qv[r], kv, acc[r * TT + tt]);
+  }
+}
+
 // R query heads × TT tokens per pass (R·TT = 16). Token tails reuse the last row and drop the
 // extra lanes.
 template <LatentStorage S, int R>
 void scores_tile(const void* const* rows, int nt, size_t off, const float* q, int d, float scale,
                  float* s, int lds) {
   constexpr int TT = 16 / R;
-  const int row_bytes = d * kElemBytes<S>;
   alignas(64) float out[16];
   for (int t0 = 0; t0 < nt; t0 += TT) {
     const int nv = std::min(TT, nt - t0);
     const uint8_t* rp[TT];
     for (int tt = 0; tt < TT; ++tt)
       rp[tt] = static_cast<const uint8_t*>(rows[t0 + std::min(tt, nv - 1)]) + off * kElemBytes<S>;
-    // Prefetch the next tile's rows (each row's d values are contiguous).
-    for (int tt = 0; tt < TT && t0 + TT + tt < nt; ++tt) {
-      const char* nr = static_cast<const char*>(rows[t0 + TT + tt]) + off * kElemBytes<S>;
-      for (int b = 0; b < row_bytes; b += 64) _mm_prefetch(nr + b, _MM_HINT_T0);
-    }
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-    for (int c = 0; c < d; c += 16) {
-      const __mmask16 m = tail_mask(d - c);
-      __m512 qv[R];
-      for (int r = 0; r < R; ++r) qv[r] = _mm512_maskz_loadu_ps(m, q + (size_t)r * d + c);
-      for (int tt = 0; tt < TT; ++tt) {
-        const __m512 kv = load16<S>(rp[tt], (size_t)c, m);
-        for (int r = 0; r < R; ++r) acc[r * TT + tt] = _mm512_fmadd_ps(qv[r], kv, acc[r * TT + tt]);
-      }
-    }
+    int c = 0;
+    for (; c + 16 <= d; c += 16) dot_chunk<S, R, TT, false>(rp, q, d, c, 0xffff, acc);
+    if (c < d) dot_chunk<S, R, TT, true>(rp, q, d, c, tail_mask(d - c), acc);
     _mm512_store_ps(out, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
     for (int r = 0; r < R; ++r)
       for (int tt = 0; tt < nv; ++tt) s[(size_t)r * lds + t0 + tt] = out[r * TT + tt];
@@ -168,7 +196,7 @@ float exp_sum_avx512(float* x, int n, float m) {
 }
 
 // acc[r, c..c+64) for R ≤ 4 query heads, held in registers across the token loop.
-template <LatentStorage S, int R>
+template <LatentStorage S, int R, bool kMasked>
 void accumulate_tile(const void* const* rows, int nt, size_t off, const float* p, int ldp,
                      const float* corr, int d, int c, float* acc) {
   __mmask16 m[4];
@@ -181,7 +209,8 @@ void accumulate_tile(const void* const* rows, int nt, size_t off, const float* p
   }
   for (int t = 0; t < nt; ++t) {
     __m512 x[4];
-    for (int v = 0; v < 4; ++v) x[v] = load16<S>(rows[t], off + (size_t)(c + 16 * v), m[v]);
+    for (int v = 0; v < 4; ++v)
+      x[v] = load16m<S, kMasked>(rows[t], off + (size_t)(c + 16 * v), m[v]);
     for (int r = 0; r < R; ++r) {
       const __m512 pt = _mm512_set1_ps(p[(size_t)r * ldp + t]);
       for (int v = 0; v < 4; ++v) a[r][v] = _mm512_fmadd_ps(pt, x[v], a[r][v]);
@@ -192,28 +221,35 @@ void accumulate_tile(const void* const* rows, int nt, size_t off, const float* p
       _mm512_mask_storeu_ps(acc + (size_t)r * d + c + 16 * v, m[v], a[r][v]);
 }
 
+template <LatentStorage S, bool kMasked>
+void accumulate_cols(const void* const* rows, int nt, size_t off, const float* p, int ldp,
+                     const float* corr, int nq, int d, int c, float* acc) {
+  for (int r0 = 0; r0 < nq; r0 += 4) {
+    const float* pr = p + (size_t)r0 * ldp;
+    float* ar = acc + (size_t)r0 * d;
+    switch (std::min(4, nq - r0)) {
+      case 4:
+        accumulate_tile<S, 4, kMasked>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
+        break;
+      case 3:
+        accumulate_tile<S, 3, kMasked>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
+        break;
+      case 2:
+        accumulate_tile<S, 2, kMasked>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
+        break;
+      default:
+        accumulate_tile<S, 1, kMasked>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
+    }
+  }
+}
+
 template <LatentStorage S>
 void accumulate_s(const void* const* rows, int nt, size_t off, const float* p, int ldp,
                   const float* corr, int nq, int d, float* acc) {
-  for (int c = 0; c < d; c += 64) {
-    for (int r0 = 0; r0 < nq; r0 += 4) {
-      const float* pr = p + (size_t)r0 * ldp;
-      float* ar = acc + (size_t)r0 * d;
-      switch (std::min(4, nq - r0)) {
-        case 4:
-          accumulate_tile<S, 4>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
-          break;
-        case 3:
-          accumulate_tile<S, 3>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
-          break;
-        case 2:
-          accumulate_tile<S, 2>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
-          break;
-        default:
-          accumulate_tile<S, 1>(rows, nt, off, pr, ldp, corr + r0, d, c, ar);
-      }
-    }
-  }
+  int c = 0;
+  for (; c + 64 <= d; c += 64)
+    accumulate_cols<S, false>(rows, nt, off, p, ldp, corr, nq, d, c, acc);
+  if (c < d) accumulate_cols<S, true>(rows, nt, off, p, ldp, corr, nq, d, c, acc);
 }
 
 void accumulate_avx512(LatentStorage st, const void* const* rows, int nt, size_t off,
