@@ -1,33 +1,85 @@
-// The KV-path flags shared by palu-generate and palu-perplexity, and the model loading that
-// honours them.
+// The KV-path flags shared by palu-generate, palu-perplexity and palu-bench, and the model
+// loading and session creation that honour them.
+//
+//   --kv auto     compressed models: latent cache; others: paged full K/V cache (the runtime)
+//   --kv latent   the paged latent cache (compressed models only)
+//   --kv full     the paged full K/V cache (uncompressed models only)
+//   --kv dense    the contiguous float32 reference cache; compressed models rebuild K/V from
+//                 latents (with --kv-bits: latents fake-quantized) — the accuracy simulation
+//   --kv sim      = dense, compressed models only
+//   --kv-bits B   latent / sim: quantize latents per token per group to B bits (2, 3, 4, 8)
+//   --kv-window N latent with --kv-bits: keep the newest N tokens in f16 as well
+//   --kv-dtype T  paged rows that are not quantized: f32, f16 (default) or bf16
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 
+#include "tools/kv_session.h"
 #include "tools/tool_common.h"
 
 namespace palu::tools {
 
 struct KvOptions {
-  std::string kv = "auto";  // auto | sim
-  int bits = 0;             // latent fake-quantization bits; 0 = float latents
+  std::string kv = "auto";
+  int bits = 0;
+  int window = 0;
+  std::string dtype = "f16";
 
   void add_to(CLI::App& app) {
-    app.add_option("--kv", kv, "KV path: auto (full cache; compressed models: keys/values rebuilt from latents), "
-                               "sim (compressed models only: the latent simulation)")
-        ->check(CLI::IsMember({"auto", "sim"}));
+    app.add_option("--kv", kv,
+                   "KV cache: auto (latent for compressed models, full otherwise), latent, full, dense (float32 "
+                   "reference), sim (dense on a compressed model: the latent simulation)")
+        ->check(CLI::IsMember({"auto", "latent", "full", "dense", "sim"}));
     app.add_option("--kv-bits", bits, "compressed models: quantize latents per token per group to B bits (2, 3, 4, 8)")
         ->check(CLI::IsMember({0, 2, 3, 4, 8}));
+    app.add_option("--kv-window", window, "latent cache with --kv-bits: keep the newest N tokens in f16 too")
+        ->check(CLI::Range(0, 1 << 20));
+    app.add_option("--kv-dtype", dtype, "paged rows that are not quantized: f32, f16 or bf16")
+        ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   }
 
-  // Loads the model with these settings; --kv sim on an uncompressed model is an error.
+  // The mode after resolving auto for this model.
+  std::string resolved(const model::LlamaModel& m) const {
+    if (kv == "auto") return m.is_compressed() ? "latent" : "full";
+    if (kv == "sim") return "dense";
+    return kv;
+  }
+  // Cache options for a paged mode; nullopt for dense.
+  std::optional<model::CacheOptions> cache_options(const model::LlamaModel& m) const {
+    if (resolved(m) == "dense") return std::nullopt;
+    model::CacheOptions o;
+    o.storage = dtype == "f32" ? cache::CacheStorage::kF32
+                               : dtype == "bf16" ? cache::CacheStorage::kBF16 : cache::CacheStorage::kF16;
+    if (bits > 0) cache::storage_for_bits(bits, &o.storage);
+    o.window_tokens = window;
+    return o;
+  }
+
+  // Loads the model and checks the flags against it.
   Result<model::LoadedModel> load(const std::string& path, bool show_progress) const {
-    auto loaded = load_with_progress(path, show_progress, bits);
-    if (loaded.is_ok() && kv == "sim" && !loaded.value().model->is_compressed()) {
-      return invalid_argument("--kv sim needs a compressed model (made by palu-compress)");
+    if (window > 0 && bits == 0) return invalid_argument("--kv-window needs --kv-bits (the window keeps f16 copies of quantized rows)");
+    // The simulation quantizes in the model; the paged cache quantizes in its storage.
+    const bool simulate = kv == "dense" || kv == "sim";
+    if (window > 0 && simulate) return invalid_argument("--kv-window works with the latent cache, not --kv " + kv);
+    auto loaded = load_with_progress(path, show_progress, simulate ? bits : 0);
+    if (!loaded.is_ok()) return loaded;
+    const model::LlamaModel& m = *loaded.value().model;
+    if (bits > 0 && !m.is_compressed()) {
+      return invalid_argument("--kv-bits applies to compressed models only (made by palu-compress); " + path +
+                              " is not one");
+    }
+    if (kv == "sim" && !m.is_compressed()) return invalid_argument("--kv sim needs a compressed model (made by palu-compress)");
+    if (kv == "latent" && !m.is_compressed()) return invalid_argument("--kv latent needs a compressed model (made by palu-compress)");
+    if (kv == "full" && m.is_compressed()) {
+      return invalid_argument("--kv full needs an uncompressed model; a compressed model caches latents (--kv latent)");
     }
     return loaded;
+  }
+
+  Result<KvSession> session(const model::LlamaModel& m, int capacity) const {
+    return KvSession::create(m, capacity, cache_options(m));
   }
 };
 

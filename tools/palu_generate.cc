@@ -2,6 +2,7 @@
 //
 //   palu-generate --model PATH --prompt TEXT --max-tokens N [--temperature T] [--top-p P]
 //                 [--top-k K] [--seed S] [--ids] [--ctx N] [--threads N] [--no-bos] [--decode-all]
+//                 [--kv auto|latent|full|dense|sim] [--kv-bits B] [--kv-window N] [--kv-dtype T]
 //
 // The continuation is written to stdout as it is produced; timings go to stderr. With --ids
 // the generated token ids are printed space-separated on one line at the end.
@@ -58,8 +59,10 @@ int main(int argc, char** argv) {
     return tools::fail("palu-generate", invalid_argument("the prompt has " + std::to_string(ids.size()) +
                                                          " tokens but the context is " + std::to_string(ctx)));
   }
-  auto cache = m.make_cache(ctx);
-  if (!cache.is_ok()) return tools::fail("palu-generate", cache.status());
+  auto session_r = kv.session(m, ctx);
+  if (!session_r.is_ok()) return tools::fail("palu-generate", session_r.status());
+  tools::KvSession& session = session_r.value();
+  if (!quiet) std::fprintf(stderr, "kv cache: %s\n", session.describe().c_str());
   model::SamplerParams sp;
   sp.temperature = temperature;
   sp.top_p = top_p;
@@ -74,11 +77,11 @@ int main(int argc, char** argv) {
   Status st;
   if (decode_all) {
     for (int32_t id : ids) {
-      st = m.forward(&id, 1, &cache.value(), model::LogitsMode::kLast, logits.data());
+      st = session.step(&id, 1, model::LogitsMode::kLast, logits.data());
       if (!st.is_ok()) break;
     }
   } else {
-    st = m.forward(ids.data(), (int)ids.size(), &cache.value(), model::LogitsMode::kLast, logits.data());
+    st = session.step(ids.data(), (int)ids.size(), model::LogitsMode::kLast, logits.data());
   }
   if (!st.is_ok()) return tools::fail("palu-generate", st);
   const double t1 = tools::now_seconds();
@@ -100,11 +103,11 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     prev = next;
     if (i + 1 == max_tokens) break;
-    if (cache.value().size() >= cache.value().capacity()) {
+    if (session.size() >= session.capacity()) {
       stop_reason = "context full";
       break;
     }
-    st = m.forward(&next, 1, &cache.value(), model::LogitsMode::kLast, logits.data());
+    st = session.step(&next, 1, model::LogitsMode::kLast, logits.data());
     if (!st.is_ok()) return tools::fail("palu-generate", st);
   }
   const std::string rest = stream.flush();
@@ -117,9 +120,10 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   const double t2 = tools::now_seconds();
   if (!quiet) {
-    std::fprintf(stderr, "\nprompt: %zu tokens in %.3f s (%.1f tok/s); generated: %zu tokens in %.3f s (%.1f tok/s); stop: %s\n",
+    std::fprintf(stderr, "\nprompt: %zu tokens in %.3f s (%.1f tok/s); generated: %zu tokens in %.3f s (%.1f tok/s); stop: %s; "
+                 "kv cache %.1f KiB for %d tokens\n",
                  ids.size(), t1 - t0, ids.size() / std::max(t1 - t0, 1e-9), out.size(), t2 - t1,
-                 out.size() / std::max(t2 - t1, 1e-9), stop_reason.c_str());
+                 out.size() / std::max(t2 - t1, 1e-9), stop_reason.c_str(), session.bytes() / 1024.0, session.size());
   }
   return 0;
 }

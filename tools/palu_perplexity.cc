@@ -1,7 +1,8 @@
 // palu-perplexity: perplexity of a model on a text file.
 //
 //   palu-perplexity --model PATH --file TEXT --ctx N [--scoring hf|llamacpp] [--json]
-//                   [--max-windows N] [--threads N]
+//                   [--max-windows N] [--threads N] [--decode-all]
+//                   [--kv auto|latent|full|dense|sim] [--kv-bits B] [--kv-window N] [--kv-dtype T]
 //
 // Progress goes to stderr; with --json the last line of stdout is
 // {"ppl": …, "tokens": …, "windows": …, "seconds": …}.
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
   CLI::App app{"palu-perplexity: perplexity of a model on a text file"};
   std::string model_path, file, scoring = "hf";
   int ctx = 512, threads = 0, max_windows = 0;
-  bool json = false, quiet = false;
+  bool json = false, quiet = false, decode_all = false;
   app.add_option("--model,-m", model_path, "model directory (Hugging Face) or .gguf file")->required();
   app.add_option("--file,-f", file, "text file, e.g. wiki.test.raw")->required();
   app.add_option("--ctx,-c", ctx, "window length in tokens")->check(CLI::Range(2, 1 << 24));
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"hf", "llamacpp"}));
   app.add_option("--max-windows", max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
+  app.add_flag("--decode-all", decode_all, "feed each window token by token (decode steps) instead of one prefill");
   app.add_flag("--json", json, "print a JSON summary as the last line of stdout");
   app.add_flag("--quiet,-q", quiet, "no progress on stderr");
   tools::KvOptions kv;
@@ -52,6 +54,8 @@ int main(int argc, char** argv) {
   opt.ctx = ctx;
   opt.scoring = scoring == "hf" ? tools::Scoring::kHf : tools::Scoring::kLlamaCpp;
   opt.max_windows = max_windows;
+  opt.cache = kv.cache_options(*loaded.value().model);
+  opt.decode_all = decode_all;
   const double t0 = tools::now_seconds();
   if (!quiet) {
     const bool tty = isatty(2);
@@ -67,12 +71,16 @@ int main(int argc, char** argv) {
   auto r = tools::evaluate_perplexity(*loaded.value().model, *loaded.value().tokenizer, text.value(), opt);
   if (!r.is_ok()) return tools::fail("palu-perplexity", r.status());
   const auto& v = r.value();
-  std::printf("perplexity (%s scoring, ctx %d): %.4f over %lld scored tokens in %d windows (text: %lld tokens), %.1f s\n",
-              scoring.c_str(), ctx, v.ppl, (long long)v.scored_tokens, v.windows, (long long)v.text_tokens, v.seconds);
+  std::printf("perplexity (%s scoring, ctx %d%s): %.4f over %lld scored tokens in %d windows (text: %lld tokens), %.1f s\n"
+              "kv cache: %s\n",
+              scoring.c_str(), ctx, decode_all ? ", token by token" : "", v.ppl, (long long)v.scored_tokens, v.windows,
+              (long long)v.text_tokens, v.seconds, v.kv.c_str());
   if (json) {
     std::printf("{\"ppl\": %.6f, \"tokens\": %lld, \"scored_tokens\": %lld, \"windows\": %d, \"seconds\": %.3f, "
-                "\"ctx\": %d, \"scoring\": \"%s\"}\n",
-                v.ppl, (long long)v.text_tokens, (long long)v.scored_tokens, v.windows, v.seconds, ctx, scoring.c_str());
+                "\"ctx\": %d, \"scoring\": \"%s\", \"kv\": \"%s\", \"kv_bytes_per_token\": %llu, \"decode_all\": %s}\n",
+                v.ppl, (long long)v.text_tokens, (long long)v.scored_tokens, v.windows, v.seconds, ctx, scoring.c_str(),
+                kv.resolved(*loaded.value().model).c_str(), (unsigned long long)v.kv_bytes_per_token,
+                decode_all ? "true" : "false");
   }
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tools/kv_session.h"
 #include "tools/tool_common.h"
 
 namespace palu::tools {
@@ -61,7 +62,9 @@ Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, con
                             std::to_string(opt.ctx));
   }
   const int V = model.config().vocab_size;
-  PALU_ASSIGN_OR_RETURN(cache::KvCache cache, model.make_cache(opt.ctx));
+  PALU_ASSIGN_OR_RETURN(KvSession session, KvSession::create(model, opt.ctx, opt.cache));
+  r.kv = session.describe();
+  r.kv_bytes_per_token = session.bytes_per_token();
   std::vector<float> logits((size_t)opt.ctx * V);
   std::vector<int32_t> window(opt.ctx);
   for (int w = 0; w < windows; ++w) {
@@ -71,8 +74,14 @@ Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, con
       window[0] = tokenizer.bos_id();
       first = opt.ctx / 2;
     }
-    cache.clear();
-    PALU_RETURN_IF_ERROR(model.forward(window.data(), opt.ctx, &cache, model::LogitsMode::kAll, logits.data()));
+    PALU_RETURN_IF_ERROR(session.reset());
+    if (opt.decode_all) {
+      for (int t = 0; t < opt.ctx; ++t) {
+        PALU_RETURN_IF_ERROR(session.step(window.data() + t, 1, model::LogitsMode::kLast, logits.data() + (size_t)t * V));
+      }
+    } else {
+      PALU_RETURN_IF_ERROR(session.step(window.data(), opt.ctx, model::LogitsMode::kAll, logits.data()));
+    }
     for (int t = first; t + 1 < opt.ctx; ++t) {
       r.nll_sum += nll(logits.data() + (size_t)t * V, V, window[t + 1]);
       ++r.scored_tokens;

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +25,10 @@ struct PerplexityOptions {
   int ctx = 512;
   Scoring scoring = Scoring::kHf;
   int max_windows = 0;  // 0: all
+  // KV cache: nullopt = the dense float32 cache; otherwise the paged cache with these options.
+  std::optional<model::CacheOptions> cache;
+  // Feed every window token by token (decode steps) instead of one prefill.
+  bool decode_all = false;
   // Called after each window: (windows done, windows total, perplexity so far).
   std::function<void(int, int, double)> progress;
 };
@@ -35,6 +40,8 @@ struct PerplexityResult {
   int64_t text_tokens = 0;    // tokens of the whole text
   int windows = 0;
   double seconds = 0.0;
+  std::string kv;                   // the cache used (KvSession::describe)
+  uint64_t kv_bytes_per_token = 0;  // its bytes per token
 };
 
 // The text as the hf protocol feeds it to the tokenizer.

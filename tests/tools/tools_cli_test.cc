@@ -178,7 +178,8 @@ TEST_F(CompressCli, FullRankReproducesTheModel) {
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_NE(c.out.find("achieved 1.0000"), std::string::npos) << c.out;
   EXPECT_TRUE(std::filesystem::exists(out + "/palu.json"));
-  const double base = ppl(model("ref-mha")), full = ppl(out);
+  // Both through the dense float32 cache: the comparison isolates the decomposition.
+  const double base = ppl(model("ref-mha"), "--kv dense"), full = ppl(out, "--kv dense");
   EXPECT_NEAR(full, base, 1e-4 * base);
   std::filesystem::remove_all(out);
 }
@@ -198,6 +199,46 @@ TEST_F(CompressCli, HalfRankFisherHadamardAndQuantizedLatents) {
                    palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --kv-bits 4");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("compressed models only"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(out);
+}
+
+// Issue 4, must-show 2 (small): token-by-token decode through the paged latent cache gives
+// the perplexity of the simulation (--kv sim: K/V rebuilt from fake-quantized latents in a
+// dense cache), for float latents and 4/3/2 bits. The two differ only by float rounding
+// order, but a rounding difference can flip a 2/3-bit code in a later layer, so on 1020
+// scored tokens the gap is noise of up to ~0.2%; the bound here is 0.5% (a real defect —
+// wrong scale, position or row — costs several %), docs/perf/latent-cache.md has the 0.2%
+// measurement on more text. A window as long as the context keeps every token in f16.
+TEST_F(CompressCli, LatentCacheDecodeMatchesTheSimulation) {
+  const std::string out = dir("latent");
+  ASSERT_EQ(run(compress(out, "--ratio 0.5 --group-size 4 --search uniform --hadamard")).exit_code, 0);
+  auto ppl_of = [&](const std::string& args) {
+    CliRun r = run("palu-perplexity -q --model " + out + " --file " +
+                   palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --ctx 256 --max-windows 4 --json " + args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json_number(last_line(r.out), "ppl");
+  };
+  for (int bits : {0, 4, 3, 2}) {
+    const std::string b = " --kv-bits " + std::to_string(bits);
+    const double sim = ppl_of("--kv sim" + b);
+    const double lat = ppl_of("--kv latent --decode-all" + b);
+    EXPECT_NEAR(lat, sim, (bits == 0 ? 0.0002 : 0.005) * sim) << bits << " bits";
+  }
+  const double q2 = ppl_of("--kv latent --kv-bits 2"), w = ppl_of("--kv latent --kv-bits 2 --kv-window 256");
+  const double f16 = ppl_of("--kv latent");
+  EXPECT_NEAR(w, f16, 1e-6 * f16);  // a window as long as the context keeps every token in f16
+  EXPECT_GT(q2, f16);
+  // The cache flags are checked against the model.
+  const std::string wiki = " --file " + palu::testing::shared_file("data/wikitext-2/wiki.test.raw");
+  CliRun full = run("palu-perplexity --model " + out + wiki + " --kv full");
+  EXPECT_EQ(full.exit_code, 1);
+  EXPECT_NE(full.err.find("--kv full needs an uncompressed model"), std::string::npos) << full.err;
+  CliRun lat = run("palu-perplexity --model " + model("ref-mha") + wiki + " --kv latent");
+  EXPECT_EQ(lat.exit_code, 1);
+  EXPECT_NE(lat.err.find("--kv latent needs a compressed model"), std::string::npos) << lat.err;
+  CliRun win = run("palu-perplexity --model " + out + wiki + " --kv-window 8");
+  EXPECT_EQ(win.exit_code, 1);
+  EXPECT_NE(win.err.find("--kv-window needs --kv-bits"), std::string::npos) << win.err;
   std::filesystem::remove_all(out);
 }
 
