@@ -126,7 +126,8 @@ class LlamaModel {
   // Runs a batch of sequences through the pool: step i's n tokens take positions
   // [L_i − n, L_i) of its sequence, L_i = pool->length(seq) (the caller appended them with
   // plan/commit first); their K/V rows or latents are written into the pool, attention reads
-  // positions [0, L_i). GEMMs run over all rows of the batch at once. Compressed models: a
+  // positions [0, L_i). GEMMs run over all rows of the batch at once. Uncompressed models: a
+  // step with n = 1 uses the full-cache decode kernel, longer ones the tiled prefill. Compressed models: a
   // step with n = 1 uses the fused latent decode kernel (keys rebuilt from latents, RoPE,
   // online softmax, p·z^V), longer steps the latent prefill (key tiles rebuilt, causal
   // attention over them); the value up-projection is folded into W_o (done at attach).
@@ -150,6 +151,8 @@ class LlamaModel {
                         float* out) const;
   Status attend_decode_latent(int layer, const cache::BlockPool& pool, cache::SeqId seq, const float* q,
                               float* out) const;
+  Status attend_decode_full(int layer, const cache::BlockPool& pool, cache::SeqId seq, const float* q,
+                            float* out) const;
   void build_latent_runtime();
 
   ModelConfig config_;

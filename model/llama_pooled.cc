@@ -10,6 +10,7 @@
 #include <limits>
 #include <set>
 
+#include "backends/cpu/full_attention.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/kernels.h"
 #include "backends/cpu/latent_attention.h"
@@ -197,6 +198,16 @@ Status LlamaModel::attend_decode_latent(int layer, const cache::BlockPool& pool,
   cpu::LatentRopeTable rope{rope_cos_.data(), rope_sin_.data(), rope_positions_};
   return cpu::latent_attention_decode(shape, groups.data(), (int)T, (int)T - 1, q, inv_freq_.data(), out,
                                       T <= rope_positions_ ? &rope : nullptr);
+}
+
+Status LlamaModel::attend_decode_full(int layer, const cache::BlockPool& pool, cache::SeqId seq, const float* q,
+                                      float* out) const {
+  PALU_ASSIGN_OR_RETURN(int64_t T, pool.length(seq));
+  std::vector<const uint16_t*> wk, wv;
+  PALU_ASSIGN_OR_RETURN(cpu::LatentRows k, rows_of(pool, seq, layer, Proj::kKey, 0, &wk));
+  PALU_ASSIGN_OR_RETURN(cpu::LatentRows v, rows_of(pool, seq, layer, Proj::kValue, 0, &wv));
+  cpu::FullAttentionShape shape{config_.num_heads, config_.num_kv_heads, config_.head_dim};
+  return cpu::full_attention_decode(shape, k, v, (int)T, q, out);
 }
 
 // Causal attention of the sequence's newest n positions over all its positions, in key tiles:
@@ -444,6 +455,9 @@ Status LlamaModel::forward_pooled(std::span<const SeqStep> steps, cache::BlockPo
       if (latent && steps[i].n == 1) {
         PALU_RETURN_IF_ERROR(attend_decode_latent(l, *pool, steps[i].seq, q.data() + (size_t)r * qw,
                                                   att.data() + (size_t)r * lw));
+      } else if (steps[i].n == 1) {
+        PALU_RETURN_IF_ERROR(attend_decode_full(l, *pool, steps[i].seq, q.data() + (size_t)r * qw,
+                                                att.data() + (size_t)r * lw));
       } else {
         PALU_RETURN_IF_ERROR(attend_prefill(l, *pool, steps[i].seq, steps[i].n, q.data() + (size_t)r * qw,
                                             att.data() + (size_t)r * lw));
