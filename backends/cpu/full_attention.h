@@ -14,15 +14,15 @@
 // a full cache is never stored in codes.
 //
 // Implementation (flash-decoding): OpenMP threads run over (KV-head tile × token chunk) items
-// (long contexts: chunks of all KV heads, so an item consumes whole rows; short ones: the heads
-// split into tiles too). An item walks its chunk in blocks of 64 tokens; per block and KV head:
-// the scores of all query heads sharing the KV head (GQA: the key row is read once for all of
-// them), an online-softmax update (max, sum) per query head, and
-// acc = acc·e^{m_old−m_new} + Σ_t p_t·V_t, while the next KV head's slices of the block's rows
-// are prefetched into L2. A final reduction merges the chunks' partials in
-// double. The AVX-512 building blocks convert f16/bf16 to f32 in registers, take 16
-// (token, head) dot products at once with a transposing horizontal reduction, and use a
-// polynomial exp; the scalar ones are the reference.
+// (long contexts: chunks of all KV heads; short ones: the heads split into tiles too). An item
+// walks its chunk in blocks of 64 tokens: the scores of every query head of the tile (GQA: a
+// key slice is read once for all query heads sharing it), an online-softmax update (max, sum)
+// per query head, then acc = acc·e^{m_old−m_new} + Σ_t p_t·V_t. Both passes visit the block's
+// rows 16 at a time across all KV heads, so rows are read front to back (one head's slice alone
+// is a short run every H_kv·d_h values, which hardware prefetchers do not follow). A final
+// reduction merges the chunks' partials in double. The AVX-512 building blocks convert f16/bf16
+// to f32 in registers, take 16 (token, head) dot products at once with a transposing horizontal
+// reduction, and use a polynomial exp; the scalar ones are the reference.
 //
 // Ownership: all pointers are borrowed for the duration of the call. Thread-safety: reentrant;
 // a call uses the OpenMP thread team. Errors: INVALID_ARGUMENT naming the field, the expected

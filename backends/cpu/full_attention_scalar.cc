@@ -183,16 +183,8 @@ int row_pointers(const LatentRows& r, int t0, int n, const void** ptr) {
   return w;
 }
 
-// How many KV heads ahead the L2 prefetch runs (1 measured as good as 2 or 4).
-constexpr int kPrefetchHeads = 1;
-
-// Prefetches (into L2) `bytes` at `byte_off` of each of rows[0..n).
-inline void prefetch_slices(const void* const* rows, int n, size_t byte_off, size_t bytes) {
-  for (int t = 0; t < n; ++t) {
-    const char* p = static_cast<const char*>(rows[t]) + byte_off;
-    for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 2);
-  }
-}
+// Rows per step of the walk across KV heads (one 16-row scores tile of the AVX-512 kernel).
+constexpr int kRowTile = 16;
 
 struct Partial {
   float m;  // running max of the scores
@@ -222,63 +214,71 @@ void run(const detail::FullAttentionPrims& P, const FullAttentionShape& sh, cons
   std::vector<Partial> stats((size_t)chunks * sh.num_heads,
                              Partial{-std::numeric_limits<float>::infinity(), 0.f});
   std::vector<float> acc((size_t)chunks * sh.num_heads * dh, 0.f);
-  const size_t ek = k.storage == LatentStorage::kF32 ? 4 : 2,
-               ev = v.storage == LatentStorage::kF32 ? 4 : 2;
 
 #pragma omp parallel
   {
     std::vector<const void*> kp(kBlockTokens), vp(kBlockTokens);
-    std::vector<float> s((size_t)n_rep * kBlockTokens), corr(n_rep), ones(n_rep, 1.f);
+    std::vector<float> s((size_t)tile_heads * n_rep * kBlockTokens), ones(n_rep, 1.f);
 #pragma omp for schedule(dynamic, 1)
     for (int item = 0; item < tiles * chunks; ++item) {
       const int c = item / tiles, tile = item % tiles;
       const int j_begin = tile * tile_heads, j_end = std::min(Hkv, j_begin + tile_heads);
       const int t_begin = c * chunk_tokens, t_end = std::min(T, t_begin + chunk_tokens);
+      // Query heads of the tile: h_begin .. h_begin + nh − 1; their partials are contiguous.
+      const int h_begin = j_begin * n_rep, nh = (j_end - j_begin) * n_rep;
+      Partial* st = stats.data() + (size_t)c * sh.num_heads + h_begin;
+      float* a = acc.data() + ((size_t)c * sh.num_heads + h_begin) * dh;
       for (int t0 = t_begin; t0 < t_end; t0 += kBlockTokens) {
         const int nb = std::min(kBlockTokens, t_end - t0);
-        // Row pointers once per block; the window (f16) rows are a second run.
+        // Row pointers once per block; rows [0, kw) are stored rows, [kw, nb) f16 window rows.
         const int kw = row_pointers(k, t0, nb, kp.data());
         const int vw = row_pointers(v, t0, nb, vp.data());
-        for (int j = j_begin; j < j_end; ++j) {
-          // Prefetch KV head j+kPrefetchHeads' slices of this block's rows into L2 while j is
-          // computed: a head's slice of a row is a short run (d_h values) every H_kv·d_h values,
-          // a pattern the hardware prefetchers do not follow across pages.
-          const size_t off = (size_t)j * dh;
-          const float* qj = q + (size_t)j * n_rep * dh;
-          Partial* st = stats.data() + (size_t)c * sh.num_heads + (size_t)j * n_rep;
-          float* a = acc.data() + ((size_t)c * sh.num_heads + (size_t)j * n_rep) * dh;
-          if (j + kPrefetchHeads < j_end) {
-            const size_t poff = off + (size_t)kPrefetchHeads * dh;
-            prefetch_slices(kp.data(), kw, poff * ek, dh * ek);
-            prefetch_slices(kp.data() + kw, nb - kw, poff * 2, dh * 2);
-            prefetch_slices(vp.data(), vw, poff * ev, dh * ev);
-            prefetch_slices(vp.data() + vw, nb - vw, poff * 2, dh * 2);
+        // Scores of every query head of the tile. Rows are visited kRowTile at a time across
+        // all KV heads, so each row is read front to back (a head's slice alone is a short run
+        // every H_kv·d_h values, which the hardware prefetchers do not follow).
+        for (int u0 = 0; u0 < nb; u0 += kRowTile) {
+          const int u1 = std::min(nb, u0 + kRowTile), us = std::min(u1, kw), uw = std::max(u0, kw);
+          for (int j = j_begin; j < j_end; ++j) {
+            const size_t off = (size_t)j * dh;
+            const float* qj = q + (size_t)j * n_rep * dh;
+            float* sj = s.data() + (size_t)(j - j_begin) * n_rep * kBlockTokens;
+            if (us > u0) {
+              P.scores(k.storage, kp.data() + u0, us - u0, off, qj, n_rep, dh, scale, sj + u0,
+                       kBlockTokens);
+            }
+            if (u1 > uw) {
+              P.scores(LatentStorage::kF16, kp.data() + uw, u1 - uw, off, qj, n_rep, dh, scale,
+                       sj + uw, kBlockTokens);
+            }
           }
-          // Scores of every query head of KV head j.
-          if (kw > 0) {
-            P.scores(k.storage, kp.data(), kw, off, qj, n_rep, dh, scale, s.data(), kBlockTokens);
-          }
-          if (kw < nb) {
-            P.scores(LatentStorage::kF16, kp.data() + kw, nb - kw, off, qj, n_rep, dh, scale,
-                     s.data() + kw, kBlockTokens);
-          }
-          // Online softmax: p = exp(s − m_new), rescale the old sum and accumulator.
-          for (int r = 0; r < n_rep; ++r) {
-            float* sr = s.data() + (size_t)r * kBlockTokens;
-            float bmax = -std::numeric_limits<float>::infinity();
-            for (int t = 0; t < nb; ++t) bmax = std::max(bmax, sr[t]);
-            const float m_new = std::max(st[r].m, bmax);
-            corr[r] = std::exp(st[r].m - m_new);  // 0 on the first block (m = −inf)
-            st[r].l = st[r].l * corr[r] + P.exp_sum(sr, nb, m_new);
-            st[r].m = m_new;
-          }
-          if (vw > 0) {
-            P.accumulate(v.storage, vp.data(), vw, off, s.data(), kBlockTokens, corr.data(), n_rep,
-                         dh, a);
-          }
-          if (vw < nb) {
-            P.accumulate(LatentStorage::kF16, vp.data() + vw, nb - vw, off, s.data() + vw,
-                         kBlockTokens, vw > 0 ? ones.data() : corr.data(), n_rep, dh, a);
+        }
+        // Online softmax: p = exp(s − m_new); the old sum and accumulator scale by e^{m−m_new}.
+        for (int h = 0; h < nh; ++h) {
+          float* sr = s.data() + (size_t)h * kBlockTokens;
+          float bmax = -std::numeric_limits<float>::infinity();
+          for (int t = 0; t < nb; ++t) bmax = std::max(bmax, sr[t]);
+          const float m_new = std::max(st[h].m, bmax);
+          const float corr = std::exp(st[h].m - m_new);  // 0 on the first block (m = −inf)
+          st[h].l = st[h].l * corr + P.exp_sum(sr, nb, m_new);
+          st[h].m = m_new;
+          float* ah = a + (size_t)h * dh;
+          for (int i = 0; i < dh; ++i) ah[i] *= corr;
+        }
+        // acc += Σ_t p_t·V_t, rows again kRowTile at a time across all KV heads.
+        for (int u0 = 0; u0 < nb; u0 += kRowTile) {
+          const int u1 = std::min(nb, u0 + kRowTile), us = std::min(u1, vw), uw = std::max(u0, vw);
+          for (int j = j_begin; j < j_end; ++j) {
+            const size_t off = (size_t)j * dh;
+            const float* pj = s.data() + (size_t)(j - j_begin) * n_rep * kBlockTokens;
+            float* aj = a + (size_t)(j - j_begin) * n_rep * dh;
+            if (us > u0) {
+              P.accumulate(v.storage, vp.data() + u0, us - u0, off, pj + u0, kBlockTokens,
+                           ones.data(), n_rep, dh, aj);
+            }
+            if (u1 > uw) {
+              P.accumulate(LatentStorage::kF16, vp.data() + uw, u1 - uw, off, pj + uw, kBlockTokens,
+                           ones.data(), n_rep, dh, aj);
+            }
           }
         }
       }
