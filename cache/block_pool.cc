@@ -5,8 +5,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "backends/base/dtype.h"
+
+// Header-only XXH3 (palu_cache does not link libxxhash; XXH_INLINE_ALL keeps the symbols
+// private to this translation unit).
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 namespace palu::cache {
 namespace {
@@ -460,6 +466,125 @@ Result<WindowView> BlockPool::window_view(SeqId s, int layer, Proj kv, int group
     w.rows_per_block_ = layout_.window_rows_per_block();
   }
   return w;
+}
+
+// ---- images ----------------------------------------------------------------------------------
+
+uint64_t layout_hash(const CacheLayout& layout) {
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  const std::string d = layout.describe();
+  XXH3_64bits_update(&st, d.data(), d.size());
+  auto put = [&](uint64_t v) {
+    uint8_t le[8];
+    for (int i = 0; i < 8; ++i) le[i] = (uint8_t)(v >> (8 * i));
+    XXH3_64bits_update(&st, le, sizeof le);
+  };
+  put(layout.block_bytes());
+  put((uint64_t)layout.block_tokens());
+  put((uint64_t)layout.storage());
+  put((uint64_t)layout.window_tokens());
+  put((uint64_t)layout.window_rows_per_block());
+  put((uint64_t)layout.window_blocks());
+  put(layout.window_row_bytes());
+  put((uint64_t)layout.num_layers());
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    for (Proj kv : {Proj::kKey, Proj::kValue}) {
+      put((uint64_t)layout.num_groups(l, kv));
+      for (int g = 0; g < layout.num_groups(l, kv); ++g) {
+        put((uint64_t)layout.rank(l, kv, g));
+        put(layout.row_bytes(l, kv, g));
+        put(layout.segment_offset(l, kv, g));
+        put(layout.window_offset(l, kv, g));
+      }
+    }
+  }
+  return XXH3_64bits_digest(&st);
+}
+
+namespace {
+
+std::string hash_str(uint64_t h) {
+  static const char* kHex = "0123456789abcdef";
+  std::string s = "0x";
+  for (int i = 15; i >= 0; --i) s += kHex[(h >> (4 * i)) & 15];
+  return s;
+}
+
+}  // namespace
+
+Result<SequenceImage> BlockPool::export_sequence(SeqId s) const {
+  PALU_ASSIGN_OR_RETURN(const Sequence* q, find(s));
+  const size_t bb = layout_.block_bytes();
+  const size_t n = q->blocks.size() + q->window_blocks.size();
+  SequenceImage image;
+  image.length = q->length;
+  image.window_begin = q->window_begin;
+  image.layout_hash = layout_hash(layout_);
+  try {
+    image.bytes.resize(n * bb);
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("cache export: cannot allocate " + bytes_str((uint64_t)n * bb) +
+                              " for the image of " + seq_str(s));
+  }
+  uint8_t* out = image.bytes.data();
+  for (const auto* table : {&q->blocks, &q->window_blocks}) {
+    for (int32_t b : *table) {
+      std::memcpy(out, block_ptr(b), bb);
+      out += bb;
+    }
+  }
+  return image;
+}
+
+Status BlockPool::import_sequence(SeqId s, const SequenceImage& image) {
+  const std::string where = "cache import into " + seq_str(s) + ": ";
+  auto it = seqs_.find(s);
+  if (it == seqs_.end()) {
+    return not_found(where + "the sequence does not exist (plan create + append " +
+                     std::to_string(image.length) + " first)");
+  }
+  Sequence& q = it->second;
+  const uint64_t want_hash = layout_hash(layout_);
+  if (image.layout_hash != want_hash) {
+    return invalid_argument(where + "image layout hash " + hash_str(image.layout_hash) +
+                            " differs from this pool's " + hash_str(want_hash) + " (" +
+                            layout_.describe() + ")");
+  }
+  if (image.length < 0 || image.length > kMaxSequenceTokens) {
+    return data_loss(where + "image length must be in [0, " + std::to_string(kMaxSequenceTokens) +
+                     "], got " + std::to_string(image.length));
+  }
+  if (q.length != image.length) {
+    return failed_precondition(where + "the sequence has length " + std::to_string(q.length) +
+                               ", the image " + std::to_string(image.length) +
+                               " (append to the image's length first)");
+  }
+  const int64_t N = layout_.window_tokens();
+  const int64_t lo = N > 0 ? std::max<int64_t>(0, image.length - N) : image.length;
+  if (image.window_begin < lo || image.window_begin > image.length) {
+    return data_loss(where + "image window_begin must be in [" + std::to_string(lo) + ", " +
+                     std::to_string(image.length) + "], got " + std::to_string(image.window_begin));
+  }
+  const size_t bb = layout_.block_bytes();
+  assert(q.blocks.size() == (size_t)layout_.blocks_for_tokens(q.length));
+  const uint64_t want_bytes = (uint64_t)(q.blocks.size() + q.window_blocks.size()) * bb;
+  if ((uint64_t)image.bytes.size() != want_bytes) {
+    return data_loss(where + "image is " + bytes_str(image.bytes.size()) + ", expected " +
+                     bytes_str(want_bytes) + " (" + std::to_string(q.blocks.size()) +
+                     " token blocks + " + std::to_string(q.window_blocks.size()) +
+                     " window blocks of " + bytes_str(bb) + ")");
+  }
+  // Everything validated: write.
+  const uint8_t* in = image.bytes.data();
+  for (const auto* table : {&q.blocks, &q.window_blocks}) {
+    for (int32_t b : *table) {
+      std::memcpy(block_ptr(b), in, bb);
+      in += bb;
+    }
+  }
+  q.window_begin = image.window_begin;
+  return Status::ok();
 }
 
 // ---- invariants ------------------------------------------------------------------------------

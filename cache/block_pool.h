@@ -34,6 +34,13 @@
 // sets window_begin = min(window_begin, n): tokens that aged out stay at B bits (their f16
 // values are gone), so after a truncation the window holds fewer than N tokens until it refills.
 //
+// Images (for the disk tier and session files): export_sequence copies a sequence's blocks
+// out as bytes (SequenceImage); import_sequence writes such bytes into a sequence the caller
+// has already sized (plan + commit create(s), append(s, image.length)). The bytes are exactly
+// what the arena holds, so reads after an import equal reads before the export, bit for bit.
+// An image is bound to its layout by layout_hash(layout) (see below); import refuses another
+// layout, a wrong byte size or window bounds before writing anything.
+//
 // Views (BlockView / WindowView) point into the arena; they are invalidated by commit and
 // their contents by write_token. Thread-safety: one owner thread mutates (plan is const and
 // may run concurrently with readers; commit / write_* need exclusive access). Const reads
@@ -75,6 +82,27 @@ struct PoolRequest {
 
 // "create 3", "append 3 +16", "fork 3 -> 4", "truncate 3 to 10", "free 3".
 std::string describe(const PoolRequest& r);
+
+// Identity of a layout's byte format: XXH3-64 over, in order, layout.describe(), then as
+// little-endian uint64 values: block_bytes, block_tokens, storage, window_tokens,
+// window_rows_per_block, window_blocks, window_row_bytes, the number of layers, and for every
+// segment (l, kv, g) in block order: rank, row_bytes, segment_offset, window_offset. Two
+// layouts with the same hash store every token at the same bytes (describe() alone is not
+// enough: it shows layer 0's ranks only). Stable across runs and machines (it is written
+// into session files); changing this recipe changes every saved session's binding.
+uint64_t layout_hash(const CacheLayout& layout);
+
+// One sequence's cache state as bytes.
+//   bytes = its token blocks in position order (ceil(length / block_tokens) blocks), then its
+//           window blocks (layout.window_blocks() of them, the f16 ring), each exactly
+//           layout.block_bytes() bytes copied from the arena (rows past `length` in the last
+//           block and ring slots before window_begin are copied as they are).
+struct SequenceImage {
+  int64_t length = 0;        // tokens (positions 0..length−1)
+  int64_t window_begin = 0;  // first position read from the f16 window (= length: no window)
+  uint64_t layout_hash = 0;  // layout_hash() of the layout the bytes were exported from
+  std::vector<uint8_t> bytes;
+};
 
 // The validated effect of a list of requests. Opaque: only BlockPool makes one.
 class Plan {
@@ -211,6 +239,20 @@ class BlockPool {
   Result<WindowView> window_view(SeqId s, int layer, Proj kv, int group) const;
   // Every block of s for (layer, kv, group) (invalidated like the views above).
   Result<SegmentView> segment_view(SeqId s, int layer, Proj kv, int group) const;
+
+  // ---- images ----
+  // s's blocks as bytes (SequenceImage above). NOT_FOUND for an unknown sequence;
+  // RESOURCE_EXHAUSTED when the copy cannot be allocated.
+  Result<SequenceImage> export_sequence(SeqId s) const;
+  // Writes `image` into s, which must exist with length == image.length (NOT_FOUND /
+  // FAILED_PRECONDITION otherwise). Refused before anything is written: another layout's
+  // image (INVALID_ARGUMENT naming both hashes), a byte size other than
+  // session_blocks(length) · block_bytes, a negative length, or a window_begin outside
+  // [max(0, length − window_tokens), length] (= length without a window) (DATA_LOSS naming
+  // the expected and found values). On success the token blocks, the window ring and
+  // window_begin equal the exported sequence's: every read returns what it returned there.
+  // Invalidates the contents of views of s (not the views themselves: no block moves).
+  Status import_sequence(SeqId s, const SequenceImage& image);
 
   // Every block free xor owned by exactly one sequence and referenced exactly once in its
   // tables; table sizes match lengths; byte totals match the layout formula; window bounds.
