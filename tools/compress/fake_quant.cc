@@ -1,37 +1,16 @@
 #include "tools/compress/fake_quant.h"
 
-#include <algorithm>
-#include <cmath>
 #include <string>
 
 namespace palu::compress {
 namespace {
 
 Status check_bits(int bits) {
-  if (bits < kMinLatentBits || bits > kMaxLatentBits) {
-    return invalid_argument("latent quantization: bits must be in [" +
-                            std::to_string(kMinLatentBits) + ", " + std::to_string(kMaxLatentBits) +
-                            "], got " + std::to_string(bits));
+  if (!cache::valid_latent_bits(bits)) {
+    return invalid_argument("latent quantization: bits must be one of 2, 3, 4, 8, got " +
+                            std::to_string(bits));
   }
   return Status::ok();
-}
-
-LatentQuantParams quantize(float* z, int n, int bits) {
-  float lo = z[0], hi = z[0];
-  for (int i = 1; i < n; ++i) {
-    lo = std::min(lo, z[i]);
-    hi = std::max(hi, z[i]);
-  }
-  const float levels = static_cast<float>((1 << bits) - 1);
-  LatentQuantParams p;
-  p.zero = lo;
-  p.scale = (hi - lo) / levels;
-  if (!(p.scale > 0.0f)) return p;  // constant group (or non-finite): leave as is
-  for (int i = 0; i < n; ++i) {
-    const float q = std::clamp(std::nearbyint((z[i] - lo) / p.scale), 0.0f, levels);
-    z[i] = q * p.scale + lo;
-  }
-  return p;
 }
 
 }  // namespace
@@ -41,7 +20,9 @@ Result<LatentQuantParams> fake_quantize_group(float* z, int n, int bits) {
   if (n < 1)
     return invalid_argument("fake_quantize_group: n must be >= 1, got " + std::to_string(n));
   if (z == nullptr) return invalid_argument("fake_quantize_group: z is null");
-  return quantize(z, n, bits);
+  const LatentQuantParams p = cache::quant_params(z, static_cast<size_t>(n), bits);
+  cache::fake_quantize(z, static_cast<size_t>(n), bits);
+  return p;
 }
 
 Status fake_quantize_latents(float* z, int64_t tokens, std::span<const int> group_ranks, int bits) {
@@ -63,7 +44,7 @@ Status fake_quantize_latents(float* z, int64_t tokens, std::span<const int> grou
   for (int64_t t = 0; t < tokens; ++t) {
     float* row = z + t * width;
     for (int r : group_ranks) {
-      quantize(row, r, bits);
+      cache::fake_quantize(row, static_cast<size_t>(r), bits);
       row += r;
     }
   }
