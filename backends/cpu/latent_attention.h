@@ -19,8 +19,8 @@
 // Unless the caller passes B^Kᵀ (b_k_t), a call allocates it for every group (Σ_g r_k,g·s·d_h
 // floats: 4 MiB at the Llama-2-7B shape with rank 256) so the rebuild is a row-major GEMM, and
 // the RoPE table unless given.
-// The AVX-512 dequantization computes q·scale + zero with one FMA, so it may differ from
-// cache::decode_row by an ulp; the scalar path uses the same two-rounding form as the cache.
+// Dequantization computes q·scale then + zero (two roundings, no FMA) on both ISAs, so the
+// values equal cache::decode_row and the latent simulation's fake_quantize bit for bit.
 //
 // Layout: each group's latents are either T-contiguous rows or paged like the block pool
 // (LatentRows below), with an optional f16 window overlay for the newest tokens.

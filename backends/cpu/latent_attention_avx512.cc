@@ -75,7 +75,7 @@ void decode_rows_avx512(const LatentRows& r, int t0, int n, float* out) {
             const __mmask16 m = tail_mask(rank - i);
             const __m512 c =
                 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, row + i)));
-            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(c, vs, vz));
+            _mm512_mask_storeu_ps(o + i, m, _mm512_add_ps(_mm512_mul_ps(c, vs), vz));
           }
         } else {
           // 16 codes = 2·B bytes, always starting on a byte boundary; read 8 bytes while they
@@ -84,7 +84,7 @@ void decode_rows_avx512(const LatentRows& r, int t0, int n, float* out) {
             uint64_t x;
             std::memcpy(&x, row + (size_t)i * bits / 8, 8);
             const __m512 c = _mm512_cvtepi32_ps(unpack16(x, bits));
-            _mm512_storeu_ps(o + i, _mm512_fmadd_ps(c, vs, vz));
+            _mm512_storeu_ps(o + i, _mm512_add_ps(_mm512_mul_ps(c, vs), vz));
           }
           for (; i < rank; ++i) o[i] = std::fma((float)packed_code(row, i, bits), scale, zero);
         }
