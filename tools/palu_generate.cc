@@ -1,7 +1,7 @@
 // palu-generate: stream a continuation of a prompt.
 //
 //   palu-generate --model PATH --prompt TEXT --max-tokens N [--temperature T] [--top-p P]
-//                 [--top-k K] [--seed S] [--ids] [--ctx N] [--threads N] [--no-bos] [--decode-all]
+//                 [--top-k K] [--seed S] [--ids] [--ctx N] [--threads N] [--no-bos] [--decode-all] [--ignore-eos]
 //                 [--kv auto|latent|full|dense|sim] [--kv-bits B] [--kv-window N] [--kv-dtype T]
 //
 // The continuation is written to stdout as it is produced; timings go to stderr. With --ids
@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   int max_tokens = 128, ctx = 0, threads = 0, top_k = 40;
   float temperature = 0.8f, top_p = 0.95f;
   uint64_t seed = 0;
-  bool print_ids = false, no_bos = false, decode_all = false, quiet = false;
+  bool print_ids = false, no_bos = false, decode_all = false, quiet = false, ignore_eos = false;
   app.add_option("--model,-m", model_path, "model directory (Hugging Face) or .gguf file")->required();
   app.add_option("--prompt,-p", prompt, "prompt text (may be empty: start from BOS)");
   app.add_option("--max-tokens,-n", max_tokens, "tokens to generate")->check(CLI::Range(0, 1 << 24));
@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_flag("--ids", print_ids, "print the generated token ids on one line at the end");
   app.add_flag("--no-bos", no_bos, "do not put BOS before the prompt");
+  app.add_flag("--ignore-eos", ignore_eos, "keep generating after the end-of-sequence token");
   app.add_flag("--decode-all", decode_all, "feed the prompt token by token instead of one prefill");
   app.add_flag("--quiet,-q", quiet, "no loading progress or timings on stderr");
   tools::KvOptions kv;
@@ -93,7 +94,7 @@ int main(int argc, char** argv) {
   std::string stop_reason = "max tokens";
   for (int i = 0; i < max_tokens; ++i) {
     const int32_t next = sampler.value().sample(logits.data(), V);
-    if (next == eos) {
+    if (next == eos && !ignore_eos) {
       stop_reason = "end of sequence";
       break;
     }

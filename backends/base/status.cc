@@ -15,6 +15,8 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::kIoError: return "IO_ERROR";
     case StatusCode::kCancelled: return "CANCELLED";
     case StatusCode::kOutOfRange: return "OUT_OF_RANGE";
+    case StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
+    case StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
   }
   return "UNKNOWN";
 }

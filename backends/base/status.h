@@ -29,6 +29,8 @@ enum class StatusCode : int {
   kIoError = 8,             // the OS refused (open, read, mmap, write)
   kCancelled = 9,
   kOutOfRange = 10,         // e.g. a position past the context length
+  kPermissionDenied = 11,   // e.g. another user's session
+  kAlreadyExists = 12,      // e.g. a session name in use
 };
 
 // Static name of a code, e.g. "INVALID_ARGUMENT".
@@ -64,6 +66,8 @@ inline Status failed_precondition(std::string m) { return {StatusCode::kFailedPr
 inline Status internal_error(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status io_error(std::string m) { return {StatusCode::kIoError, std::move(m)}; }
 inline Status out_of_range(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
+inline Status permission_denied(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
+inline Status already_exists(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
 
 // Result<T>: a T or a non-OK Status.
 template <typename T>

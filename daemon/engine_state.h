@@ -1,0 +1,111 @@
+// The engine's per-model and per-session state (engine thread only). Internal to daemon/.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache/block_pool.h"
+#include "daemon/engine.h"
+#include "model/llama_model.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+
+namespace palu::daemon {
+
+struct Engine::Model {
+  std::string name, path, fingerprint;
+  model::LoadedModel loaded;
+  api::CacheSettings cache;
+  std::unique_ptr<cache::BlockPool> pool;  // the host tier of this model's sessions
+  uint64_t host_bytes = 0;                 // its arena (part of the host budget)
+  uint64_t layout_hash = 0;
+  int max_context = 0;
+  int sessions = 0;
+
+  const model::LlamaModel& m() const { return *loaded.model; }
+  const model::Tokenizer& tok() const { return *loaded.tokenizer; }
+};
+
+inline api::Code to_code(StatusCode c) {
+  switch (c) {
+    case StatusCode::kOk: return api::OK;
+    case StatusCode::kInvalidArgument: return api::INVALID_ARGUMENT;
+    case StatusCode::kNotFound: return api::NOT_FOUND;
+    case StatusCode::kResourceExhausted: return api::RESOURCE_EXHAUSTED;
+    case StatusCode::kFailedPrecondition: return api::FAILED_PRECONDITION;
+    case StatusCode::kOutOfRange: return api::OUT_OF_RANGE;
+    case StatusCode::kDataLoss: return api::DATA_LOSS;
+    case StatusCode::kUnimplemented: return api::UNIMPLEMENTED;
+    case StatusCode::kIoError: return api::IO_ERROR;
+    case StatusCode::kCancelled: return api::CANCELLED;
+    case StatusCode::kPermissionDenied: return api::PERMISSION_DENIED;
+    case StatusCode::kAlreadyExists: return api::ALREADY_EXISTS;
+    default: return api::INTERNAL;
+  }
+}
+
+inline void reply(const std::shared_ptr<ResponseSink>& sink, uint64_t id, const Status& st) {
+  if (sink) sink->send(make_response(id, to_code(st.code()), st.message()));
+}
+
+inline bool path_exists(FileSystem& fs, const std::string& path) {
+  auto r = fs.exists(path);
+  return r.is_ok() && r.value();
+}
+
+enum class Tier { kHost, kDisk };
+inline const char* tier_name(Tier t) { return t == Tier::kHost ? "host" : "disk"; }
+
+struct Engine::Session {
+  uint64_t id = 0;  // also the pool's sequence id
+  std::string name;
+  uid_t owner = 0;
+  Model* model = nullptr;
+  Tier tier = Tier::kHost;
+  std::string spill_path;  // disk tier: its file
+  uint64_t spill_bytes = 0;
+  std::vector<int32_t> tokens;  // in the cache, in order
+  std::deque<int32_t> pending;  // input not yet run through the model
+  int max_context = 0;
+  double last_used = 0.0;
+  bool saved = false;
+  int waiting_steps = 0;  // steps it had work but did not fit
+  // Logits after the last cached token (valid when has_logits): what the next sample uses.
+  std::vector<float> logits;
+  bool has_logits = false;
+
+  // An Append waiting for its input to be prefilled.
+  struct AppendWaiter {
+    uint64_t request_id = 0;
+    std::shared_ptr<ResponseSink> sink;
+    uint64_t connection_id = 0;
+    uint32_t appended = 0;
+  };
+  std::optional<AppendWaiter> append_waiter;
+
+  struct Generation {
+    uint64_t request_id = 0;
+    std::shared_ptr<ResponseSink> sink;
+    uint64_t connection_id = 0;
+    std::optional<model::Sampler> sampler;
+    uint32_t max_tokens = 128;
+    std::vector<std::string> stop;
+    std::vector<int32_t> stop_ids;
+    bool ignore_eos = false;
+    uint32_t prompt_tokens = 0;
+    uint32_t generated = 0;
+    model::Utf8Streamer utf8;
+    std::string held;  // text held back while it could still become a stop string
+    int32_t prev_token = -1;
+    double t_start = 0.0, t_first = 0.0;
+  };
+  std::optional<Generation> gen;
+
+  bool busy() const { return gen.has_value() || !pending.empty() || append_waiter.has_value(); }
+  bool resident() const { return tier == Tier::kHost; }
+};
+
+}  // namespace palu::daemon

@@ -1,0 +1,273 @@
+// Engine: memory tiers (host pool ↔ disk files) and session persistence (save / restore).
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "daemon/engine.h"
+#include "daemon/engine_state.h"
+#include "daemon/session_file.h"
+
+namespace palu::daemon {
+
+namespace {
+
+std::string bytes_str(uint64_t b) {
+  char buf[64];
+  if (b >= (1ull << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1073741824.0);
+  else if (b >= (1ull << 20)) std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1048576.0);
+  else std::snprintf(buf, sizeof buf, "%llu bytes", (unsigned long long)b);
+  return buf;
+}
+
+}  // namespace
+
+uint64_t Engine::disk_used_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [id, s] : sessions_) {
+    if (!s->resident()) n += s->spill_bytes;
+  }
+  return n;
+}
+
+std::string Engine::saved_path(uid_t uid, const std::string& file_name) const {
+  return opt_.state_dir + "/sessions/" + std::to_string(uid) + "/" + file_name + ".palu";
+}
+
+// The session's state as a session file (its cache blocks exported from the pool).
+static Result<SessionFile> snapshot(const Engine::Model& m, const Engine::Session& s) {
+  SessionFile f;
+  f.name = s.name;
+  f.owner_uid = s.owner;
+  f.model_name = m.name;
+  f.model_fingerprint = m.fingerprint;
+  f.cache_description = m.pool->layout().describe();
+  f.tokens = s.tokens;
+  f.metadata_json = "{\"max_context\": " + std::to_string(s.max_context) + "}";
+  PALU_ASSIGN_OR_RETURN(f.image, m.pool->export_sequence((cache::SeqId)s.id));
+  return f;
+}
+
+void Engine::free_session(Session* s) {
+  Model* m = s->model;
+  if (s->resident()) {
+    auto plan = m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (plan.is_ok()) (void)m->pool->commit(plan.value());
+  } else if (!s->spill_path.empty()) {
+    (void)fs_->remove(s->spill_path);
+  }
+  --m->sessions;
+  sessions_.erase(s->id);
+}
+
+Status Engine::demote(Session* s) {
+  Model* m = s->model;
+  if (opt_.disk_dir.empty()) {
+    return resource_exhausted("no disk tier to move sessions to (start palud with --disk-dir)");
+  }
+  PALU_ASSIGN_OR_RETURN(SessionFile f, snapshot(*m, *s));
+  const uint64_t estimate = f.image.bytes.size() + f.tokens.size() * 4 + 4096;
+  if (disk_used_bytes() + estimate > opt_.disk_budget_bytes) {
+    return resource_exhausted("the disk tier holds " + bytes_str(disk_used_bytes()) + " of its " +
+                              bytes_str(opt_.disk_budget_bytes) + " budget; moving session '" + s->name +
+                              "' there needs " + bytes_str(estimate));
+  }
+  const std::string path = opt_.disk_dir + "/spill-" + std::to_string(s->id) + ".palu";
+  PALU_RETURN_IF_ERROR(write_session_file(*fs_, path, f));
+  auto size = fs_->file_size(path);
+  PALU_ASSIGN_OR_RETURN(cache::Plan plan, m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id)));
+  PALU_RETURN_IF_ERROR(m->pool->commit(plan));
+  s->tier = Tier::kDisk;
+  s->spill_path = path;
+  s->spill_bytes = size.is_ok() ? size.value() : estimate;
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  ++counters_.demotions;
+  return Status::ok();
+}
+
+Status Engine::make_room(Model* m, int64_t blocks_needed, const std::vector<Session*>& keep) {
+  while (m->pool->stats().free_blocks < blocks_needed) {
+    // Victim: resident, not needed this step; idle sessions before busy ones, least recently
+    // used first.
+    Session* victim = nullptr;
+    for (auto& [id, sp] : sessions_) {
+      Session* s = sp.get();
+      if (s->model != m || !s->resident() || s->tokens.empty() && s->pending.empty()) continue;
+      if (std::find(keep.begin(), keep.end(), s) != keep.end()) continue;
+      if (victim == nullptr || std::make_pair(s->busy(), s->last_used) < std::make_pair(victim->busy(), victim->last_used)) {
+        victim = s;
+      }
+    }
+    const auto st = m->pool->stats();
+    if (victim == nullptr) {
+      return resource_exhausted("the KV cache of model '" + m->name + "' needs " + std::to_string(blocks_needed) +
+                                " free blocks (" + bytes_str((uint64_t)blocks_needed * st.block_bytes) + "); " +
+                                std::to_string(st.free_blocks) + " of " + std::to_string(st.num_blocks) +
+                                " are free (host budget " + bytes_str(m->host_bytes) +
+                                ") and no other session can be moved to disk");
+    }
+    PALU_RETURN_IF_ERROR(demote(victim));
+  }
+  return Status::ok();
+}
+
+Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& keep) {
+  Model* m = s->model;
+  const auto req = cache::PoolRequest::append((cache::SeqId)s->id, n);
+  auto plan = m->pool->plan(req);
+  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
+    const auto& L = m->pool->layout();
+    const int64_t len = (int64_t)s->tokens.size();
+    std::vector<Session*> k = keep;
+    k.push_back(s);
+    PALU_RETURN_IF_ERROR(make_room(m, L.blocks_for_tokens(len + n) - L.blocks_for_tokens(len), k));
+    plan = m->pool->plan(req);
+  }
+  if (!plan.is_ok()) return plan.status();
+  return m->pool->commit(plan.value());
+}
+
+Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
+  if (s->resident()) return Status::ok();
+  Model* m = s->model;
+  PALU_ASSIGN_OR_RETURN(SessionFile f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
+  PALU_RETURN_IF_ERROR(check_session_binding(f, m->fingerprint, m->layout_hash));
+  const int64_t len = (int64_t)f.image.length;
+  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
+                                      cache::PoolRequest::append((cache::SeqId)s->id, len)};
+  auto plan = m->pool->plan(reqs);
+  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
+    std::vector<Session*> k = keep;
+    k.push_back(s);
+    PALU_RETURN_IF_ERROR(make_room(m, m->pool->layout().session_blocks(len), k));
+    plan = m->pool->plan(reqs);
+  }
+  if (!plan.is_ok()) return plan.status();
+  PALU_RETURN_IF_ERROR(m->pool->commit(plan.value()));
+  Status st = m->pool->import_sequence((cache::SeqId)s->id, f.image);
+  if (!st.is_ok()) {
+    auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (undo.is_ok()) (void)m->pool->commit(undo.value());
+    return st;
+  }
+  (void)fs_->remove(s->spill_path);
+  s->tier = Tier::kHost;
+  s->spill_path.clear();
+  s->spill_bytes = 0;
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  ++counters_.restorations;
+  return Status::ok();
+}
+
+Status Engine::save_session(Session* s, const std::string& path) {
+  Model* m = s->model;
+  SessionFile f;
+  if (s->resident()) {
+    PALU_ASSIGN_OR_RETURN(f, snapshot(*m, *s));
+  } else {
+    PALU_ASSIGN_OR_RETURN(f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
+    f.name = s->name;
+  }
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  const std::string sessions_dir = std::filesystem::path(dir).parent_path().string();
+  if (!path_exists(*fs_, sessions_dir)) PALU_RETURN_IF_ERROR(fs_->make_dir(sessions_dir, 0700));
+  if (!path_exists(*fs_, dir)) PALU_RETURN_IF_ERROR(fs_->make_dir(dir, 0700));
+  return write_session_file(*fs_, path, f);
+}
+
+Result<Engine::Session*> Engine::restore_session_file(const std::string& path, uid_t uid, const std::string& name) {
+  if (!path_exists(*fs_, path)) return not_found("no saved session " + path);
+  auto fr = read_session_file(*fs_, path, opt_.max_session_file_bytes);
+  if (!fr.is_ok()) {
+    if (fr.status().code() == StatusCode::kDataLoss) {
+      auto aside = move_aside(*fs_, path);
+      return data_loss(fr.status().message() + (aside.is_ok() ? " (the file was kept aside as " + aside.value() + ")" : ""));
+    }
+    return fr.status();
+  }
+  SessionFile f = std::move(fr).value();
+  if (f.owner_uid != uid) return permission_denied("saved session " + path + " belongs to another user");
+  // The model it was saved with: same fingerprint and cache layout (name preferred).
+  Model* m = nullptr;
+  for (auto& [n, mp] : models_) {
+    if (mp->fingerprint == f.model_fingerprint && mp->layout_hash == f.image.layout_hash) {
+      if (m == nullptr || mp->name == f.model_name) m = mp.get();
+    }
+  }
+  if (m == nullptr) {
+    auto it = models_.find(f.model_name);
+    Model* ref = it != models_.end() ? it->second.get() : models_.empty() ? nullptr : models_.begin()->second.get();
+    if (ref == nullptr) return failed_precondition("saved session " + path + " needs model '" + f.model_name + "', which is not loaded");
+    PALU_RETURN_IF_ERROR(check_session_binding(f, ref->fingerprint, ref->layout_hash));
+    return failed_precondition("saved session " + path + " does not match any loaded model");
+  }
+  if ((int64_t)f.tokens.size() != f.image.length) {
+    return data_loss("saved session " + path + " has " + std::to_string(f.tokens.size()) + " tokens but " +
+                     std::to_string(f.image.length) + " cached positions");
+  }
+  const uint64_t id = next_session_id_++;
+  const int64_t len = f.image.length;
+  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)id),
+                                      cache::PoolRequest::append((cache::SeqId)id, len)};
+  auto plan = m->pool->plan(reqs);
+  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
+    PALU_RETURN_IF_ERROR(make_room(m, m->pool->layout().session_blocks(len), {}));
+    plan = m->pool->plan(reqs);
+  }
+  if (!plan.is_ok()) return plan.status();
+  PALU_RETURN_IF_ERROR(m->pool->commit(plan.value()));
+  Status st = m->pool->import_sequence((cache::SeqId)id, f.image);
+  if (!st.is_ok()) {
+    auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)id));
+    if (undo.is_ok()) (void)m->pool->commit(undo.value());
+    return st;
+  }
+  auto s = std::make_unique<Session>();
+  s->id = id;
+  s->name = name;
+  s->owner = uid;
+  s->model = m;
+  s->tokens = std::move(f.tokens);
+  s->max_context = m->max_context;
+  s->last_used = now();
+  s->saved = true;
+  // The next-token logits are not saved: run the last token again to get them.
+  if (!s->tokens.empty()) {
+    auto cut = m->pool->plan(cache::PoolRequest::truncate((cache::SeqId)id, len - 1));
+    if (cut.is_ok()) (void)m->pool->commit(cut.value());
+    s->pending.push_back(s->tokens.back());
+    s->tokens.pop_back();
+  }
+  ++m->sessions;
+  Session* raw = s.get();
+  sessions_[id] = std::move(s);
+  return raw;
+}
+
+Result<int> Engine::restore_saved_sessions() {
+  if (opt_.state_dir.empty()) return 0;
+  const std::string root = opt_.state_dir + "/sessions";
+  if (!path_exists(*fs_, root)) return 0;
+  int restored = 0;
+  PALU_ASSIGN_OR_RETURN(std::vector<std::string> uids, fs_->list_dir(root));
+  for (const std::string& u : uids) {
+    char* end = nullptr;
+    const unsigned long uid = std::strtoul(u.c_str(), &end, 10);
+    if (u.empty() || *end != '\0') continue;
+    auto files = fs_->list_dir(root + "/" + u);
+    if (!files.is_ok()) continue;
+    for (const std::string& f : files.value()) {
+      if (f.size() <= 5 || f.compare(f.size() - 5, 5, ".palu") != 0) continue;
+      const std::string name = f.substr(0, f.size() - 5);
+      auto s = restore_session_file(root + "/" + u + "/" + f, (uid_t)uid, name);
+      if (s.is_ok()) {
+        ++restored;
+      } else {
+        std::fprintf(stderr, "palud: saved session %s/%s/%s not restored: %s\n", root.c_str(), u.c_str(), f.c_str(),
+                     s.status().to_string().c_str());
+      }
+    }
+  }
+  return restored;
+}
+
+}  // namespace palu::daemon
