@@ -21,6 +21,6 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPALU_ASAN=
 # Only the unit-test executables (parsers, kernels, cache, compress math); ctest -L unit
 # leaves out the tests of executables not built here.
 cmake --build build-asan -j "$(nproc)" --target base_unit_tests cpu_unit_tests model_unit_tests cache_unit_tests \
-  compress_unit_tests
+  compress_unit_tests proto_unit_tests daemon_unit_tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_WAIT_POLICY=PASSIVE \
   ctest --test-dir build-asan --output-on-failure -j 2 -L unit
