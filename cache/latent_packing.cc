@@ -78,40 +78,9 @@ void decode_t(const uint8_t* in, size_t n, float scale, float zero, float* out) 
 
 }  // namespace
 
-const char* storage_name(CacheStorage s) {
-  switch (s) {
-    case CacheStorage::kF32:
-      return "f32";
-    case CacheStorage::kF16:
-      return "f16";
-    case CacheStorage::kBF16:
-      return "bf16";
-    case CacheStorage::kQ8:
-      return "q8";
-    case CacheStorage::kQ4:
-      return "q4";
-    case CacheStorage::kQ3:
-      return "q3";
-    case CacheStorage::kQ2:
-      return "q2";
-  }
-  return "?";
-}
+const char* storage_name(CacheStorage s) { return backends::row_storage_name(s); }
 
-int storage_bits(CacheStorage s) {
-  switch (s) {
-    case CacheStorage::kQ8:
-      return 8;
-    case CacheStorage::kQ4:
-      return 4;
-    case CacheStorage::kQ3:
-      return 3;
-    case CacheStorage::kQ2:
-      return 2;
-    default:
-      return 0;
-  }
-}
+int storage_bits(CacheStorage s) { return backends::row_storage_bits(s); }
 
 bool storage_for_bits(int bits, CacheStorage* out) {
   switch (bits) {
@@ -132,17 +101,7 @@ bool storage_for_bits(int bits, CacheStorage* out) {
   }
 }
 
-size_t storage_row_bytes(CacheStorage s, size_t n) {
-  switch (s) {
-    case CacheStorage::kF32:
-      return 4 * n;
-    case CacheStorage::kF16:
-    case CacheStorage::kBF16:
-      return 2 * n;
-    default:
-      return packed_row_bytes(storage_bits(s), n);
-  }
-}
+size_t storage_row_bytes(CacheStorage s, size_t n) { return backends::row_storage_bytes(s, n); }
 
 void pack_codes(const uint8_t* codes, size_t n, int bits, uint8_t* out) {
   switch (bits) {

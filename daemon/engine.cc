@@ -404,14 +404,10 @@ void Engine::on_create_session(Item& it) {
     if (!ids.is_ok()) return reply(it.sink, it.request.id(), ids.status());
     prompt = std::move(ids).value();
   }
-  auto plan = m->pool->plan(cache::PoolRequest::create((cache::SeqId)id));
-  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    const int64_t need = m->pool->layout().session_blocks(0);
-    if (Status st = make_room(m, need, {}); !st.is_ok()) return reply(it.sink, it.request.id(), st);
-    plan = m->pool->plan(cache::PoolRequest::create((cache::SeqId)id));
+  const cache::PoolRequest create = cache::PoolRequest::create((cache::SeqId)id);
+  if (Status st = commit_with_room(m, {&create, 1}, m->pool->layout().session_blocks(0), {}); !st.is_ok()) {
+    return reply(it.sink, it.request.id(), st);
   }
-  if (!plan.is_ok()) return reply(it.sink, it.request.id(), plan.status());
-  if (Status st = m->pool->commit(plan.value()); !st.is_ok()) return reply(it.sink, it.request.id(), st);
   auto s = std::make_unique<Session>();
   s->id = id;
   s->name = name;
@@ -578,19 +574,16 @@ void Engine::on_cancel(Item& it) {
                              " on this connection"));
     }
   }
-  bool any = false;
   if (target->gen) {
     finish_generation(target, api::CANCELLED, "cancelled", "cancelled by request " + std::to_string(it.request.id()));
-    any = true;
   }
   if (target->append_waiter) {
     reply(target->append_waiter->sink, target->append_waiter->request_id, Status(StatusCode::kCancelled, "cancelled"));
     target->append_waiter.reset();
-    any = true;
   }
   // Input not yet run through the model is dropped; what was run stays in the session.
   target->pending.clear();
-  reply(it.sink, it.request.id(), any ? Status::ok() : Status::ok());
+  reply(it.sink, it.request.id(), Status::ok());
 }
 
 void Engine::on_fork(Item& it) {
@@ -611,15 +604,11 @@ void Engine::on_fork(Item& it) {
   }
   if (Status st = ensure_resident(src); !st.is_ok()) return reply(it.sink, it.request.id(), st);
   Model* m = src->model;
-  auto plan = m->pool->plan(cache::PoolRequest::fork((cache::SeqId)src->id, (cache::SeqId)id));
-  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    if (Status st = make_room(m, m->pool->layout().session_blocks((int64_t)src->tokens.size()), {src}); !st.is_ok()) {
-      return reply(it.sink, it.request.id(), st);
-    }
-    plan = m->pool->plan(cache::PoolRequest::fork((cache::SeqId)src->id, (cache::SeqId)id));
+  const cache::PoolRequest fork = cache::PoolRequest::fork((cache::SeqId)src->id, (cache::SeqId)id);
+  if (Status st = commit_with_room(m, {&fork, 1}, m->pool->layout().session_blocks((int64_t)src->tokens.size()), {src});
+      !st.is_ok()) {
+    return reply(it.sink, it.request.id(), st);
   }
-  if (!plan.is_ok()) return reply(it.sink, it.request.id(), plan.status());
-  if (Status st = m->pool->commit(plan.value()); !st.is_ok()) return reply(it.sink, it.request.id(), st);
   auto s = std::make_unique<Session>();
   s->id = id;
   s->name = name;

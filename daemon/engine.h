@@ -41,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,6 +137,10 @@ class Engine : public RequestHandler {
   // tiers (engine_tiers.cc)
   Status ensure_resident(Session* s, const std::vector<Session*>& keep = {});
   Status make_room(Model* m, int64_t blocks_needed, const std::vector<Session*>& keep);
+  // Plans `requests` on m's pool; when they do not fit, demotes sessions (not in keep) until
+  // blocks_needed blocks are free and plans again; commits.
+  Status commit_with_room(Model* m, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
+                          const std::vector<Session*>& keep);
   Status demote(Session* s);
   Status append_positions(Session* s, int n, const std::vector<Session*>& keep);
   Status save_session(Session* s, const std::string& path);

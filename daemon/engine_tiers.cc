@@ -110,20 +110,24 @@ Status Engine::make_room(Model* m, int64_t blocks_needed, const std::vector<Sess
   return Status::ok();
 }
 
-Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& keep) {
-  Model* m = s->model;
-  const auto req = cache::PoolRequest::append((cache::SeqId)s->id, n);
-  auto plan = m->pool->plan(req);
+Status Engine::commit_with_room(Model* m, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
+                                const std::vector<Session*>& keep) {
+  auto plan = m->pool->plan(requests);
   if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    const auto& L = m->pool->layout();
-    const int64_t len = (int64_t)s->tokens.size();
-    std::vector<Session*> k = keep;
-    k.push_back(s);
-    PALU_RETURN_IF_ERROR(make_room(m, L.blocks_for_tokens(len + n) - L.blocks_for_tokens(len), k));
-    plan = m->pool->plan(req);
+    PALU_RETURN_IF_ERROR(make_room(m, blocks_needed, keep));
+    plan = m->pool->plan(requests);
   }
   if (!plan.is_ok()) return plan.status();
   return m->pool->commit(plan.value());
+}
+
+Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& keep) {
+  const auto& L = s->model->pool->layout();
+  const int64_t len = (int64_t)s->tokens.size();
+  std::vector<Session*> k = keep;
+  k.push_back(s);
+  const cache::PoolRequest req = cache::PoolRequest::append((cache::SeqId)s->id, n);
+  return commit_with_room(s->model, {&req, 1}, L.blocks_for_tokens(len + n) - L.blocks_for_tokens(len), k);
 }
 
 Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
@@ -134,15 +138,9 @@ Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
   const int64_t len = (int64_t)f.image.length;
   const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
                                       cache::PoolRequest::append((cache::SeqId)s->id, len)};
-  auto plan = m->pool->plan(reqs);
-  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    std::vector<Session*> k = keep;
-    k.push_back(s);
-    PALU_RETURN_IF_ERROR(make_room(m, m->pool->layout().session_blocks(len), k));
-    plan = m->pool->plan(reqs);
-  }
-  if (!plan.is_ok()) return plan.status();
-  PALU_RETURN_IF_ERROR(m->pool->commit(plan.value()));
+  std::vector<Session*> k = keep;
+  k.push_back(s);
+  PALU_RETURN_IF_ERROR(commit_with_room(m, reqs, m->pool->layout().session_blocks(len), k));
   Status st = m->pool->import_sequence((cache::SeqId)s->id, f.image);
   if (!st.is_ok()) {
     auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
@@ -208,13 +206,7 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   const int64_t len = f.image.length;
   const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)id),
                                       cache::PoolRequest::append((cache::SeqId)id, len)};
-  auto plan = m->pool->plan(reqs);
-  if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    PALU_RETURN_IF_ERROR(make_room(m, m->pool->layout().session_blocks(len), {}));
-    plan = m->pool->plan(reqs);
-  }
-  if (!plan.is_ok()) return plan.status();
-  PALU_RETURN_IF_ERROR(m->pool->commit(plan.value()));
+  PALU_RETURN_IF_ERROR(commit_with_room(m, reqs, m->pool->layout().session_blocks(len), {}));
   Status st = m->pool->import_sequence((cache::SeqId)id, f.image);
   if (!st.is_ok()) {
     auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)id));

@@ -74,26 +74,6 @@ namespace {
 
 constexpr int kBlockTokens = 64;
 
-const char* storage_name(LatentStorage s) {
-  switch (s) {
-    case LatentStorage::kF32:
-      return "f32";
-    case LatentStorage::kF16:
-      return "f16";
-    case LatentStorage::kBF16:
-      return "bf16";
-    case LatentStorage::kQ8:
-      return "q8";
-    case LatentStorage::kQ4:
-      return "q4";
-    case LatentStorage::kQ3:
-      return "q3";
-    case LatentStorage::kQ2:
-      return "q2";
-  }
-  return "?";
-}
-
 Status check_rows(const LatentRows& r, const char* what, int width, int T) {
   const std::string name = std::string("full attention: ") + what;
   if (r.rows == nullptr) return invalid_argument(name + ".rows is null");
@@ -104,7 +84,7 @@ Status check_rows(const LatentRows& r, const char* what, int width, int T) {
   }
   if (latent_storage_bits(r.storage) != 0) {
     return invalid_argument(name + ".storage must be f32, f16 or bf16 (a full cache is not " +
-                            "stored in codes), found " + storage_name(r.storage));
+                            "stored in codes), found " + row_storage_name(r.storage));
   }
   if (r.rank != width) {
     return invalid_argument(name + ".rank must be num_kv_heads·head_dim = " +

@@ -17,32 +17,9 @@
 
 namespace palu::backends::cpu {
 
-int latent_storage_bits(LatentStorage s) {
-  switch (s) {
-    case LatentStorage::kQ8:
-      return 8;
-    case LatentStorage::kQ4:
-      return 4;
-    case LatentStorage::kQ3:
-      return 3;
-    case LatentStorage::kQ2:
-      return 2;
-    default:
-      return 0;
-  }
-}
+int latent_storage_bits(LatentStorage s) { return row_storage_bits(s); }
 
-size_t latent_row_bytes(LatentStorage s, int rank) {
-  switch (s) {
-    case LatentStorage::kF32:
-      return (size_t)rank * 4;
-    case LatentStorage::kF16:
-    case LatentStorage::kBF16:
-      return (size_t)rank * 2;
-    default:
-      return ((size_t)rank * (size_t)latent_storage_bits(s) + 7) / 8;
-  }
-}
+size_t latent_row_bytes(LatentStorage s, int rank) { return row_storage_bytes(s, (size_t)rank); }
 
 int latent_output_width(const LatentAttentionShape& shape, const LatentGroupCache* groups) {
   const int G = shape.num_kv_heads / shape.group_size;

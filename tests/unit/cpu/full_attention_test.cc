@@ -31,19 +31,6 @@ struct Case {
   int window_tokens = 0;  // > 0: the newest N rows come from an f16 window overlay
 };
 
-const char* sname(LatentStorage s) {
-  switch (s) {
-    case LatentStorage::kF32:
-      return "f32";
-    case LatentStorage::kF16:
-      return "f16";
-    case LatentStorage::kBF16:
-      return "bf16";
-    default:
-      return "packed";
-  }
-}
-
 // One of K or V: T rows of width H_kv·d_h in `storage`, contiguous or paged, plus the values the
 // reference must use (the stored values dequantized, or the window's f16 values).
 struct Rows {
@@ -191,7 +178,7 @@ std::vector<Case> all_cases() {
 
 void PrintTo(const Case& c, std::ostream* os) {
   *os << "H=" << c.H << " H_kv=" << c.H_kv << " d_h=" << c.d_h << " T=" << c.T << " "
-      << sname(c.storage) << (c.paged ? " paged" : " contiguous") << " pad=" << c.pad_bytes
+      << row_storage_name(c.storage) << (c.paged ? " paged" : " contiguous") << " pad=" << c.pad_bytes
       << " window=" << c.window_tokens;
 }
 
@@ -215,7 +202,7 @@ std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& 
   const auto& [c, isa] = info.param;
   return std::string(cpu_isa_name(isa)) + "_H" + std::to_string(c.H) + "_Hkv" +
          std::to_string(c.H_kv) + "_dh" + std::to_string(c.d_h) + "_T" + std::to_string(c.T) + "_" +
-         sname(c.storage) + (c.paged ? "_paged" : "_contig") + "_pad" +
+         row_storage_name(c.storage) + (c.paged ? "_paged" : "_contig") + "_pad" +
          std::to_string(c.pad_bytes) + "_win" + std::to_string(c.window_tokens) + "_" +
          std::to_string(info.index);
 }

@@ -27,26 +27,6 @@ namespace {
 
 constexpr int kBt = 16;  // block_tokens
 
-const char* sname(LatentStorage s) {
-  switch (s) {
-    case LatentStorage::kF32:
-      return "f32";
-    case LatentStorage::kF16:
-      return "f16";
-    case LatentStorage::kBF16:
-      return "bf16";
-    case LatentStorage::kQ8:
-      return "q8";
-    case LatentStorage::kQ4:
-      return "q4";
-    case LatentStorage::kQ3:
-      return "q3";
-    case LatentStorage::kQ2:
-      return "q2";
-  }
-  return "?";
-}
-
 void pack_code(uint8_t* row, int i, int bits, uint32_t code) {
   for (int b = 0; b < bits; ++b) {
     const size_t bit = (size_t)i * bits + b;
@@ -337,7 +317,7 @@ TEST(LatentAttentionPaged, PagedEqualsContiguousBitForBit) {
           const bool bt = variant & 1, bias = variant & 2;
           const std::vector<float> c = run_kernel(isa, L, w, Layout::kContiguous, bt, bias);
           const std::vector<float> p = run_kernel(isa, L, w, Layout::kPaged, bt, bias);
-          const std::string what = std::string(sname(st)) + " T=" + std::to_string(T) + " " +
+          const std::string what = std::string(row_storage_name(st)) + " T=" + std::to_string(T) + " " +
                                    cpu_isa_name(isa) + (bt ? " b_k_t" : "") +
                                    (bias ? " k_bias" : "");
           EXPECT_EQ(0, std::memcmp(c.data(), p.data(), c.size() * sizeof(float))) << what;
@@ -368,7 +348,7 @@ TEST(LatentAttentionPaged, WindowOverlayEqualsRowsReplacedByTheirF16Values) {
         for (bool bias : {false, true}) {
           const std::vector<float> ref = run_kernel(isa, L, w, Layout::kMaterialized, false, bias);
           const std::vector<float> got = run_kernel(isa, L, w, Layout::kPagedWindow, true, bias);
-          const std::string what = std::string(sname(st)) + " T=" + std::to_string(T) +
+          const std::string what = std::string(row_storage_name(st)) + " T=" + std::to_string(T) +
                                    " window=" + std::to_string(window) + " " + cpu_isa_name(isa);
           // f32/f16/bf16 rows decode to the same floats: same bits. Packed rows: the AVX-512
           // decoder's single FMA may differ from q·scale + zero by an ulp.
@@ -416,7 +396,7 @@ TEST(LatentAttentionPaged, DecodeLatentRowsHonoursPagingAndWindow) {
                 latent_storage_bits(st) != 0 ? 1e-6f * std::max(1.f, std::fabs(want[i])) : 0.f;
             if (!(std::fabs(out[i] - want[i]) <= tol)) ++bad;
           }
-          EXPECT_EQ(bad, 0) << sname(st) << (paged ? " paged" : " contiguous") << " kv=" << kv
+          EXPECT_EQ(bad, 0) << row_storage_name(st) << (paged ? " paged" : " contiguous") << " kv=" << kv
                             << " t0=" << t0 << " n=" << n;
         }
       }
@@ -427,7 +407,7 @@ TEST(LatentAttentionPaged, DecodeLatentRowsHonoursPagingAndWindow) {
       std::vector<float> out((size_t)T * r), c((size_t)T * r);
       decode_latent_rows(rows, 0, T, out.data());
       decode_latent_rows(L.contiguous(kv, 0), 0, T, c.data());
-      EXPECT_EQ(0, std::memcmp(out.data(), c.data(), out.size() * sizeof(float))) << sname(st);
+      EXPECT_EQ(0, std::memcmp(out.data(), c.data(), out.size() * sizeof(float))) << row_storage_name(st);
     }
   }
 }

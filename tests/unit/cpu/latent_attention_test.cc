@@ -27,26 +27,6 @@ struct Case {
   LatentStorage k_storage, v_storage;
 };
 
-const char* sname(LatentStorage s) {
-  switch (s) {
-    case LatentStorage::kF32:
-      return "f32";
-    case LatentStorage::kF16:
-      return "f16";
-    case LatentStorage::kBF16:
-      return "bf16";
-    case LatentStorage::kQ8:
-      return "q8";
-    case LatentStorage::kQ4:
-      return "q4";
-    case LatentStorage::kQ3:
-      return "q3";
-    case LatentStorage::kQ2:
-      return "q2";
-  }
-  return "?";
-}
-
 // Encoded rows of one group's K or V latents plus their dequantized image (what the
 // reference uses).
 struct Encoded {
@@ -217,7 +197,7 @@ std::vector<Case> all_cases() {
 
 void PrintTo(const Case& c, std::ostream* os) {
   *os << "H=" << c.H << " H_kv=" << c.H_kv << " d_h=" << c.d_h << " s=" << c.s << " T=" << c.T
-      << " k:" << sname(c.k_storage) << " v:" << sname(c.v_storage);
+      << " k:" << row_storage_name(c.k_storage) << " v:" << row_storage_name(c.v_storage);
 }
 
 class LatentAttentionTest : public ::testing::TestWithParam<std::tuple<Case, CpuIsa>> {};
@@ -248,7 +228,7 @@ std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& 
   for (int r : c.k_ranks) n += std::to_string(r) + "x";
   n += "_rv";
   for (int r : c.v_ranks) n += std::to_string(r) + "x";
-  return n + "_" + sname(c.k_storage) + "_" + sname(c.v_storage) + "_" + std::to_string(info.index);
+  return n + "_" + row_storage_name(c.k_storage) + "_" + row_storage_name(c.v_storage) + "_" + std::to_string(info.index);
 }
 
 INSTANTIATE_TEST_SUITE_P(LatentAttention, LatentAttentionTest,
