@@ -91,7 +91,7 @@ Status Engine::make_room(Model* m, int64_t blocks_needed, const std::vector<Sess
     Session* victim = nullptr;
     for (auto& [id, sp] : sessions_) {
       Session* s = sp.get();
-      if (s->model != m || !s->resident() || s->tokens.empty() && s->pending.empty()) continue;
+      if (s->model != m || !s->resident() || (s->tokens.empty() && s->pending.empty())) continue;
       if (std::find(keep.begin(), keep.end(), s) != keep.end()) continue;
       if (victim == nullptr || std::make_pair(s->busy(), s->last_used) < std::make_pair(victim->busy(), victim->last_used)) {
         victim = s;
