@@ -353,7 +353,9 @@ api::SessionInfo Engine::session_info(const Session& s) const {
   i.set_id(s.id);
   i.set_name(s.name);
   i.set_model(s.model->name);
-  i.set_tokens((uint32_t)s.tokens.size());
+  // The session's length: cached tokens and input queued to run (a restored session keeps its
+  // last token queued to recompute the next-token logits).
+  i.set_tokens((uint32_t)(s.tokens.size() + s.pending.size()));
   i.set_max_context((uint32_t)s.max_context);
   i.set_kv_bytes(s.resident() ? s.model->pool->layout().session_bytes((int64_t)s.tokens.size()) : s.spill_bytes);
   i.set_tier(tier_name(s.tier));
