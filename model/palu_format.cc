@@ -2,7 +2,9 @@
 
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "model/safetensors.h"
 
@@ -67,6 +69,37 @@ Status write_palu_files(const std::string& dir, const PaluManifest& m, const std
 
 namespace {
 
+// One field of palu.json: `fallback` when absent or null, DATA_LOSS naming the field when it has
+// another type or does not fit T. (json::value() throws on a wrong type and get<int>() wraps an
+// out-of-range integer; the manifest is input, so neither may see it unchecked.)
+template <typename T>
+Result<T> manifest_field(const json& obj, const char* key, T fallback, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return fallback;
+  std::string found = it->dump();
+  if (found.size() > 40) found = found.substr(0, 40) + "...";
+  const std::string field = where + ": '" + key + "' must be ";
+  if constexpr (std::is_same_v<T, bool>) {
+    if (it->is_boolean()) return it->get<bool>();
+    return data_loss(field + "true or false, found " + found);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (it->is_string()) return it->get<std::string>();
+    return data_loss(field + "a string, found " + found);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (it->is_number()) return it->get<T>();
+    return data_loss(field + "a number, found " + found);
+  } else {
+    constexpr int64_t lo = std::numeric_limits<T>::min();
+    constexpr int64_t hi = std::numeric_limits<T>::max();
+    if (it->is_number_integer() && !(it->is_number_unsigned() && it->get<uint64_t>() > (uint64_t)hi)) {
+      const int64_t v = it->get<int64_t>();
+      if (v >= lo && v <= hi) return (T)v;
+    }
+    return data_loss(field + "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], found " +
+                     found);
+  }
+}
+
 Result<std::vector<std::vector<int>>> read_ranks(const json& j, const char* key, const ModelConfig& c, int groups,
                                                  int width, const std::string& origin) {
   auto it = j.find(key);
@@ -102,18 +135,19 @@ Result<PaluManifest> read_palu_manifest(const std::string& dir, const ModelConfi
   PALU_ASSIGN_OR_RETURN(std::string text, read_text_file(origin));
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return data_loss(origin + ": not a valid JSON object");
-  if (j.value("format", std::string()) != kPaluFormatName) {
+  PALU_ASSIGN_OR_RETURN(std::string format, manifest_field(j, "format", std::string(), origin));
+  if (format != kPaluFormatName) {
     return data_loss(origin + ": 'format' must be \"" + std::string(kPaluFormatName) + "\"");
   }
   PaluManifest m;
   if (!j.contains("version") || !j["version"].is_number_integer()) return data_loss(origin + ": 'version' missing");
-  m.version = j["version"].get<int>();
+  PALU_ASSIGN_OR_RETURN(m.version, manifest_field(j, "version", 0, origin));
   if (m.version != kPaluFormatVersion) {
     return unimplemented(origin + ": format version " + std::to_string(m.version) + " is not supported (this palu reads version " +
                          std::to_string(kPaluFormatVersion) + ")");
   }
   if (!j.contains("group_size") || !j["group_size"].is_number_integer()) return data_loss(origin + ": 'group_size' missing");
-  m.group_size = j["group_size"].get<int>();
+  PALU_ASSIGN_OR_RETURN(m.group_size, manifest_field(j, "group_size", 0, origin));
   if (m.group_size <= 0 || c.num_kv_heads % m.group_size != 0) {
     return data_loss(origin + ": group_size " + std::to_string(m.group_size) + " does not divide the " +
                      std::to_string(c.num_kv_heads) + " KV heads of the model");
@@ -122,25 +156,28 @@ Result<PaluManifest> read_palu_manifest(const std::string& dir, const ModelConfi
   const int width = m.group_size * c.head_dim;
   PALU_ASSIGN_OR_RETURN(m.k_ranks, read_ranks(j, "k_ranks", c, groups, width, origin));
   PALU_ASSIGN_OR_RETURN(m.v_ranks, read_ranks(j, "v_ranks", c, groups, width, origin));
-  m.ratio = j.value("ratio", 0.0);
-  m.achieved_ratio = j.value("achieved_ratio", 0.0);
-  m.search = j.value("search", std::string());
-  m.rank_align = j.value("rank_align", 32);
-  m.hadamard = j.value("hadamard", false);
+  PALU_ASSIGN_OR_RETURN(m.ratio, manifest_field(j, "ratio", 0.0, origin));
+  PALU_ASSIGN_OR_RETURN(m.achieved_ratio, manifest_field(j, "achieved_ratio", 0.0, origin));
+  PALU_ASSIGN_OR_RETURN(m.search, manifest_field(j, "search", std::string(), origin));
+  PALU_ASSIGN_OR_RETURN(m.rank_align, manifest_field(j, "rank_align", 32, origin));
+  PALU_ASSIGN_OR_RETURN(m.hadamard, manifest_field(j, "hadamard", false, origin));
   if (j.contains("source") && j["source"].is_object()) {
-    m.source_model = j["source"].value("model", std::string());
-    m.source_fingerprint = j["source"].value("fingerprint", std::string());
+    const json& sj = j["source"];
+    const std::string where = origin + " source";
+    PALU_ASSIGN_OR_RETURN(m.source_model, manifest_field(sj, "model", std::string(), where));
+    PALU_ASSIGN_OR_RETURN(m.source_fingerprint, manifest_field(sj, "fingerprint", std::string(), where));
   }
   if (j.contains("calibration") && j["calibration"].is_object()) {
     const json& cj = j["calibration"];
-    m.calibration.file = cj.value("file", std::string());
-    m.calibration.fingerprint = cj.value("fingerprint", std::string());
-    m.calibration.samples = cj.value("samples", 0);
-    m.calibration.seq_len = cj.value("seq_len", 0);
-    m.calibration.tokens = cj.value("tokens", (int64_t)0);
-    m.calibration.fisher_samples = cj.value("fisher_samples", 0);
+    const std::string where = origin + " calibration";
+    PALU_ASSIGN_OR_RETURN(m.calibration.file, manifest_field(cj, "file", std::string(), where));
+    PALU_ASSIGN_OR_RETURN(m.calibration.fingerprint, manifest_field(cj, "fingerprint", std::string(), where));
+    PALU_ASSIGN_OR_RETURN(m.calibration.samples, manifest_field(cj, "samples", 0, where));
+    PALU_ASSIGN_OR_RETURN(m.calibration.seq_len, manifest_field(cj, "seq_len", 0, where));
+    PALU_ASSIGN_OR_RETURN(m.calibration.tokens, manifest_field(cj, "tokens", (int64_t)0, where));
+    PALU_ASSIGN_OR_RETURN(m.calibration.fisher_samples, manifest_field(cj, "fisher_samples", 0, where));
   }
-  m.created_by = j.value("created_by", std::string());
+  PALU_ASSIGN_OR_RETURN(m.created_by, manifest_field(j, "created_by", std::string(), origin));
   return m;
 }
 

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "model/llama_model.h"
+#include "model/palu_format.h"
 #include "tests/common/test_paths.h"
 
 namespace palu::model {
@@ -164,6 +165,64 @@ TEST(ModelLoadTest, BrokenModelDirectoriesAreRefused) {
   auto r = load_model("/nonexistent/palu/model");
   ASSERT_FALSE(r.is_ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+}
+
+// palu.json with a field of the wrong type or range: found by fuzz_palu_manifest (json::value()
+// threw nlohmann::type_error through read_palu_manifest and terminated the process; an
+// out-of-range group_size wrapped to a valid one). Each is DATA_LOSS naming the field.
+TEST(ModelLoadTest, ManifestFieldsOfTheWrongTypeOrRangeAreRefused) {
+  ModelConfig config;
+  config.num_layers = 1;
+  config.num_heads = 2;
+  config.num_kv_heads = 2;
+  config.head_dim = 16;
+  config.hidden_size = 32;
+  const json valid = {{"format", "palu-compressed"}, {"version", 1},      {"group_size", 2},
+                      {"k_ranks", {{16}}},           {"v_ranks", {{32}}}, {"ratio", 0.5},
+                      {"calibration", {{"samples", 8}}}};
+  const fs::path dir = fs::temp_directory_path() / ("palu_manifest_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto read_with = [&](const std::function<void(json&)>& edit) {
+    json j = valid;
+    edit(j);
+    std::ofstream(dir / "palu.json") << j.dump();
+    return read_palu_manifest(dir.string(), config);
+  };
+  auto ok = read_with([](json&) {});
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_EQ(ok->calibration.samples, 8);
+  EXPECT_EQ(ok->rank_align, 32);  // absent: the default
+  EXPECT_TRUE(read_with([](json& j) { j["search"] = nullptr; }).is_ok());  // null: the default
+
+  struct Case {
+    const char* name;
+    std::function<void(json&)> edit;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"ratio string", [](json& j) { j["ratio"] = "half"; }, "'ratio' must be a number, found \"half\""},
+      {"format number", [](json& j) { j["format"] = 7; }, "'format' must be a string, found 7"},
+      {"hadamard int", [](json& j) { j["hadamard"] = 1; }, "'hadamard' must be true or false"},
+      {"search array", [](json& j) { j["search"] = json::array({1, 2}); }, "'search' must be a string"},
+      {"rank_align float", [](json& j) { j["rank_align"] = 3.5; }, "'rank_align' must be an integer"},
+      {"calibration samples string", [](json& j) { j["calibration"]["samples"] = "8"; },
+       "calibration: 'samples' must be an integer"},
+      {"source model object", [](json& j) { j["source"] = {{"model", {{"a", 1}}}}; },
+       "source: 'model' must be a string"},
+      {"group_size wraps to 2", [](json& j) { j["group_size"] = (int64_t{1} << 32) + 2; },
+       "'group_size' must be an integer in [-2147483648, 2147483647], found 4294967298"},
+      {"version wraps to 1", [](json& j) { j["version"] = uint64_t{1} << 63 | 1; },
+       "'version' must be an integer"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto r = read_with(c.edit);
+    ASSERT_FALSE(r.is_ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(r.status().message().find(c.expect), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("palu.json"), std::string::npos) << r.status().message();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace
