@@ -669,7 +669,9 @@ Result<RawVocab> raw_from_vocab(const BpeVocab& v, const std::string& origin) {
   raw.merges.reserve(v.merges.size());
   std::string joined;
   for (size_t k = 0; k < v.merges.size(); ++k) {
-    const auto& [a, b] = v.merges[k];
+    // Named references, not a structured binding: clang before 16 cannot capture bindings.
+    const std::string& a = v.merges[k].first;
+    const std::string& b = v.merges[k].second;
     auto describe = [&] {
       return "merge " + std::to_string(k) + " (" + quoted_excerpt(a) + " + " + quoted_excerpt(b) +
              ")";
