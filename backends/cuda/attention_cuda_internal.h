@@ -1,0 +1,23 @@
+// Pieces shared by the attention kernels' translation units (not a public header).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backends/base/status.h"
+
+namespace palu::backends::cuda::detail {
+
+struct DeviceLimits {
+  int device = 0;
+  int sms = 0;
+  int max_smem_optin = 0;
+};
+Result<DeviceLimits> device_limits();
+
+// Queues the merge of the token splits of `heads` query heads (global heads first_head + i)
+// whose outputs (rv floats each) start at out_off0 + i·rv. Partials: pm/pl [H, splits], and
+// pacc at (out offset)·splits + s·rv.
+Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
+                           int heads, int out_off0, int rv, float* out, cudaStream_t stream);
+
+}  // namespace palu::backends::cuda::detail
