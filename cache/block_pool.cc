@@ -8,6 +8,7 @@
 #include <new>
 
 #include "backends/base/dtype.h"
+#include "backends/base/host_alloc.h"
 
 // Header-only XXH3 (palu_cache does not link libxxhash; XXH_INLINE_ALL keeps the symbols
 // private to this translation unit).
@@ -61,7 +62,7 @@ Result<BlockPool> BlockPool::create(CacheLayout layout, uint64_t budget_bytes) {
   BlockPool pool;
   // calloc: zeroed (deterministic unwritten rows) and, for large arenas, pages the OS maps
   // lazily; 16-byte aligned, enough for the 4-byte aligned segments.
-  pool.arena_.reset(static_cast<uint8_t*>(std::calloc((size_t)n, (size_t)block_bytes)));
+  pool.arena_.reset(static_cast<uint8_t*>(host_calloc((size_t)n, (size_t)block_bytes)));
   if (!pool.arena_) {
     return resource_exhausted("cache pool: cannot allocate " + std::to_string(n) + " blocks of " +
                               bytes_str(block_bytes));
@@ -522,6 +523,7 @@ Result<SequenceImage> BlockPool::export_sequence(SeqId s) const {
   image.window_begin = q->window_begin;
   image.layout_hash = layout_hash(layout_);
   try {
+    if (host_alloc_should_fail()) throw std::bad_alloc();  // the test seam (backends/base/host_alloc.h)
     image.bytes.resize(n * bb);
   } catch (const std::bad_alloc&) {
     return resource_exhausted("cache export: cannot allocate " + bytes_str((uint64_t)n * bb) +

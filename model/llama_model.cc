@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 
+#include "backends/base/host_alloc.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/kernels.h"
 #include "backends/cpu/latent_attention.h"
@@ -35,6 +36,7 @@ Status fetch(const TensorMap& tensors, const std::string& name, std::vector<int6
   }
   const size_t n = (size_t)v->numel();
   try {
+    if (host_alloc_should_fail()) throw std::bad_alloc();  // the test seam (backends/base/host_alloc.h)
     out->resize(n);
   } catch (const std::bad_alloc&) {
     return resource_exhausted(origin + ": out of memory converting tensor '" + name + "'");

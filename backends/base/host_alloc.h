@@ -1,0 +1,40 @@
+// Host memory for the large buffers whose allocation can fail at run time (a KV pool's arena,
+// a sequence image, converted model weights), with a seam that lets tests fail them on purpose:
+// the "host allocation failure" cases of docs/reliability.md.
+//
+// Production code calls host_calloc() for raw buffers, or host_alloc_should_fail() right before
+// a container allocation (and treats true like std::bad_alloc). Both count one allocation.
+// Tests make the nth counted allocation fail with ScopedHostAllocFailure.
+//
+// Thread-safety: the counter and the armed failure are process-wide atomics (the one piece of
+// global state here, deliberately: a test seam, inert unless a test arms it). Only one
+// ScopedHostAllocFailure may exist at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace palu {
+
+// calloc(n, size): zeroed memory, or nullptr when the allocation fails (really, or injected).
+// Free with std::free.
+void* host_calloc(size_t n, size_t size);
+
+// Counts one allocation; true when an armed ScopedHostAllocFailure says this one must fail.
+bool host_alloc_should_fail();
+
+// While alive: the nth counted host allocation from now (1 = the next) fails, and with
+// `and_after` every later one too.
+class ScopedHostAllocFailure {
+ public:
+  explicit ScopedHostAllocFailure(int64_t nth, bool and_after = false);
+  ~ScopedHostAllocFailure();
+  ScopedHostAllocFailure(const ScopedHostAllocFailure&) = delete;
+  ScopedHostAllocFailure& operator=(const ScopedHostAllocFailure&) = delete;
+
+  // Allocations counted since construction, and how many of them were failed.
+  int64_t allocations() const;
+  int64_t failures() const;
+};
+
+}  // namespace palu
