@@ -531,6 +531,18 @@ void Engine::on_generate(Item& it) {
                  out_of_range("generate: the session would hold " + std::to_string(total) +
                               " tokens before generating, its context is " + std::to_string(s->max_context)));
   }
+  // No logits for the last cached position: the input after it was dropped (a stream cancelled
+  // because its client stopped reading or left). No step would produce them and the generation
+  // would wait forever: run the last token again, as a restore does.
+  if (prompt.empty() && s->pending.empty() && !s->has_logits && !s->tokens.empty()) {
+    if (Status st = ensure_resident(s); !st.is_ok()) return reply(it.sink, it.request.id(), st);
+    auto cut = s->model->pool->plan(
+        cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size() - 1));
+    Status st = cut.is_ok() ? s->model->pool->commit(cut.value()) : cut.status();
+    if (!st.is_ok()) return reply(it.sink, it.request.id(), st);
+    s->pending.push_back(s->tokens.back());
+    s->tokens.pop_back();
+  }
   model::SamplerParams p;
   p.temperature = sp.temperature();
   p.top_p = sp.top_p() == 0.f ? 1.f : sp.top_p();

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <thread>
 
 #include "backends/base/host_alloc.h"
 #include "daemon/engine.h"
@@ -330,6 +331,92 @@ TEST_F(EngineFaultTest, LyingModelFilesAreRefusedWithTheProblemNamed) {
   ASSERT_EQ(ok.code(), api::OK) << ok.message();
   ASSERT_EQ(call(*engine, create_request("tiny", "s", "Hello")).code(), api::OK);
   EXPECT_EQ(call(*engine, generate_request("s", 2)).code(), api::OK);
+}
+
+// ---- clients that stop reading a stream --------------------------------------------------------
+
+// Accepts `accept` responses, then refuses every send (what the server's sink does once a client
+// stopped reading and its backlog overflowed).
+class StopReadingSink final : public ResponseSink {
+ public:
+  explicit StopReadingSink(int accept) : accept_(accept) {}
+  bool send(const api::Response&) override { return ++sends_ <= accept_; }
+  bool closed() const override { return sends_ > accept_; }
+  int sends() const { return sends_; }
+
+ private:
+  const int accept_;
+  std::atomic<int> sends_{0};
+};
+
+uint64_t host_used_bytes(Engine& engine) {
+  auto stats = call(engine, simple_request(api::Request::kStats));
+  for (const auto& t : stats.stats().tiers()) {
+    if (t.tier() == "host") return t.used_bytes();
+  }
+  ADD_FAILURE() << "no host tier in Stats";
+  return 0;
+}
+
+// A generation whose client stops reading is cancelled at the first refused chunk (nothing more
+// is generated or sent); one whose connection closes is cancelled too. The session stays idle
+// and usable, and closing it gives every cache block back.
+TEST_F(EngineFaultTest, ClientThatStopsReadingIsCancelledAndItsBlocksFreedOnClose) {
+  auto engine = make_engine();
+  ASSERT_NE(engine, nullptr);
+  engine->start();
+  ASSERT_EQ(call(*engine, load_request("tiny", model_a_.path())).code(), api::OK);
+  const uint64_t baseline = host_used_bytes(*engine);
+  ASSERT_EQ(call(*engine, create_request("tiny", "s", "Once upon a time")).code(), api::OK);
+
+  auto sink = std::make_shared<StopReadingSink>(3);
+  api::Request g = generate_request("s", 200);
+  g.set_id(77);
+  engine->handle(g, self_peer(7), sink);
+  // Bounded wait until the session is idle again.
+  bool idle = false;
+  for (int i = 0; i < 200 && !idle; ++i) {
+    auto list = call(*engine, simple_request(api::Request::kListSessions));
+    idle = list.sessions().sessions_size() == 1 && list.sessions().sessions(0).state() == "idle";
+    if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(idle) << "the generation was not cancelled";
+  EXPECT_EQ(sink->sends(), 4) << "the chunk refused, and nothing after it";
+  EXPECT_LT(engine->counters().generated_tokens, 10u);
+
+  // The connection of a running generation closes: cancelled, the sink hears no more.
+  auto sink2 = std::make_shared<RecordingSink>();
+  api::Request g2 = generate_request("s", 200);
+  g2.set_id(78);
+  const PeerInfo peer = self_peer(8);
+  engine->handle(g2, peer, sink2);
+  // Close once the stream runs (a close processed before the request would cancel nothing).
+  for (int i = 0; i < 500 && sink2->responses().empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_FALSE(sink2->responses().empty());
+  engine->connection_closed(peer);
+  idle = false;
+  for (int i = 0; i < 200 && !idle; ++i) {
+    auto list = call(*engine, simple_request(api::Request::kListSessions));
+    idle = list.sessions().sessions(0).state() == "idle";
+    if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(idle);
+  const size_t heard = sink2->responses().size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(sink2->responses().size(), heard) << "responses after the connection closed";
+  EXPECT_LT(heard, 200u);
+
+  // Still usable; closing it frees every block.
+  auto again = call(*engine, generate_request("s", 3));
+  EXPECT_EQ(again.code(), api::OK) << again.message();
+  EXPECT_EQ(again.chunk().generated_tokens(), 3u);
+  EXPECT_GT(host_used_bytes(*engine), baseline);
+  api::Request close;
+  close.mutable_close()->mutable_session()->set_name("s");
+  ASSERT_EQ(call(*engine, close).code(), api::OK);
+  EXPECT_EQ(host_used_bytes(*engine), baseline);
 }
 
 // ---- host allocation failure -----------------------------------------------------------------
