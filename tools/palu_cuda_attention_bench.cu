@@ -214,7 +214,8 @@ int main(int argc, char** argv) {
       const size_t rbk = row_storage_bytes(c.st, c.rk), rbv = row_storage_bytes(c.st, c.rv);
       std::vector<void*> bufs;
       std::vector<CudaLatentGroup> groups(G);
-      double bytes = H * d * 4.0 + H * c.rv * 4.0;
+      // q and out, plus the per-call folded q·B^K matrices (written once, read once: 2·H·d·r_k f16)
+      double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2;
       for (int g = 0; g < G; ++g) {
         CudaLatentGroup& gr = groups[g];
         gr.k.storage = gr.v.storage = c.st;

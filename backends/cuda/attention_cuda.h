@@ -7,7 +7,7 @@
 //     o_h = Σ_t softmax(s)_t · z^V_g,t      (values stay latent; B^V is folded into W_o).
 //   Keys are rebuilt with tensor-core MMA (mma.sync m16n8k16, f16 inputs, f32 accumulation):
 //   z^K is dequantized (packed: q·scale then + zero in f32, as the CPU) and rounded to f16,
-//   B^K is given in f16. RoPE (rotate-half, angle = (float)t·inv_freq[i], accurate sincosf),
+//   B^K is given in f16. RoPE (rotate-half, angle = (float)t·inv_freq[i] as the CPU, cos/sin to ~1e-6),
 //   scores, online softmax and p·z^V run in f32; z^V is decoded exactly as the CPU decodes it.
 //   The token axis is split over thread blocks (flash-decoding) and a second kernel merges the
 //   splits' (max, sum, acc) partials.

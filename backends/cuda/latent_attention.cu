@@ -1,19 +1,27 @@
 // The fused latent decode kernel (see attention_cuda.h for the math and the contract).
 //
-// One thread block = one group g, a chunk of HPC (1 or 2) of its KV heads, and one split of the
-// token axis; 4 warps per KV head (HPC·128 threads). The block keeps that chunk's B^K rows
-// [HPC·128, r_k] (f16, rows padded by 16 B so ldmatrix is conflict-free) in shared memory for
-// its whole life and walks its tokens in tiles of 64:
-//   1. the tile's raw rows (z^K, z^V, scales) were prefetched into registers during the previous
-//      tile's MMA; they are stored to shared memory (f16 z^K straight into the MMA tile, other
-//      storages into a raw buffer and dequantized to f16: q·scale then + zero, as the CPU);
-//   2. keys [64 tokens × HPC·128] = Z^K · B^Kᵀ with mma.sync m16n8k16 (f32 accumulators). Warp
-//      (u, quarter) owns columns [16·qd, 16·qd+16) and the same +64, so each thread holds both
-//      halves of its rotate-half pairs: RoPE and q·k need no data exchange but a quad shuffle;
-//   3. scores of every query head sharing the KV head, summed over the 4 warps in a fixed
-//      order (deterministic), online softmax per query head (one warp per head);
-//   4. acc_h = acc_h·corr_h + Σ_t p_h,t · z^V_t in f32, z^V decoded exactly as the CPU decodes.
-// A second kernel merges the splits: o = Σ_s e^{m_s−M} acc_s / Σ_s e^{m_s−M} l_s.
+// RoPE sits between B^K and q, so keys cannot be folded away; but q can be folded into B^K per
+// call. With rotate-half pairs (i, i+64) and c = cos(t·θ_i), s = sin(t·θ_i):
+//   q·rope(B z, t) = Σ_{i<64} c·(a_i·z) + s·(b_i·z),
+//   a_i = q_i B_i + q_{i+64} B_{i+64},  b_i = q_{i+64} B_i − q_i B_{i+64}   (B_i: row i of B^K_u).
+// A small kernel builds M_h = [a; b] (128 × r_k, f16) for every query head; the main kernel
+// multiplies each tile of key latents by M_hᵀ on the tensor cores (the same FLOPs as rebuilding
+// the keys) and finishes a score with two FMAs per (token, frequency) instead of a rotation and a
+// dot product per key element. A key bias adds α_i = q_i β_i + q_{i+64} β_{i+64} (and the b-form)
+// to the products before the trigonometric weights.
+//
+// One thread block = one group g, QPC (1 or 2) of its query heads and one split of the token
+// axis; 4 warps per query head. The block keeps its M rows [QPC·128, r_k] in shared memory and
+// walks its tokens in tiles of 32 with a two-stage cp.async pipeline (tile i+1 is in flight while
+// tile i is computed; no registers are held for it):
+//   1. cos/sin of the tile's 32 × 64 angles into shared memory (fl(t·inv_freq) as the CPU, then
+//      a 2π reduction and the hardware sin/cos: ~1e-6);
+//   2. packed or f32/bf16 key latents are dequantized to f16 (q·scale then + zero, as the CPU);
+//   3. P = Z^K · Mᵀ with mma.sync m16n8k16 (f16 in, f32 accumulate); warp (h, qd) owns rows
+//      [16·qd, 16·qd+16) of a and of b, so each thread holds both factors of its pairs;
+//   4. scores summed over the 4 warps in a fixed order (deterministic), online softmax per head;
+//   5. acc = acc·corr + Σ_t p_t · z^V_t in f32, z^V decoded exactly as the CPU decodes it.
+// A merge kernel combines the splits: o = Σ_s e^{m_s−M} acc_s / Σ_s e^{m_s−M} l_s.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -29,10 +37,11 @@
 namespace palu::backends::cuda {
 namespace {
 
-constexpr int kTT = 64;          // tokens per tile
+constexpr int kTT = 32;          // tokens per tile
 constexpr int kHD = 128;         // head_dim
-constexpr int kPadHalves = 8;    // 16 B of padding per smem row of halves
-constexpr int kPrefetch = 12;    // uint4 per thread held in registers across the MMA phase
+constexpr int kHalf = kHD / 2;
+constexpr int kPadHalves = 8;    // 16 B of padding per smem row of halves (conflict-free ldmatrix)
+constexpr int kTrigStride = 68;  // float2 per trig row (conflict-free LDS.64 per half-warp)
 constexpr int kMaxBatch = 16;    // groups per launch
 constexpr int kMaxRep = 8;       // query heads per KV head
 constexpr int kThreadsMax = 256;
@@ -44,8 +53,8 @@ struct GroupPtrs {
   const float* zrk;
   const float* sv;
   const float* zrv;
-  const __half* bk;
-  const float* kbias;
+  const __half* bk;     // B^K_g [s·128, rk]
+  const float* kbias;   // [s·128] or nullptr
   int first_head;  // global index of the group's first query head
   int out_off;     // float offset of the group's first head in out
 };
@@ -56,13 +65,14 @@ struct LatentParams {
   int rk, rv;
   int stor_k, stor_v;  // RowStorage values
   int row_bytes_k, row_bytes_v;
-  int n_rep;           // query heads per KV head
-  int hpc;             // KV heads per block
-  int chunks;          // s / hpc
+  int qpc;             // query heads per block
+  int chunks;          // heads per group / qpc
   int splits;
   int tiles_per_split;
   float inv_sqrt_d;
   const float* q;         // [H, 128]
+  const __half* m;        // [H, 128, rk] folded q·B^K (f16)
+  const float* ab;        // [H, 128] bias terms α (i < 64), β (i ≥ 64); nullptr = none
   const float* inv_freq;  // [64]
   float* pm;              // [H, splits]
   float* pl;              // [H, splits]
@@ -70,38 +80,44 @@ struct LatentParams {
 };
 
 struct SmemLayout {
-  size_t bs, zk, rawk, rawv, sc, qs, invf, red, p, stat, acc, total;
+  size_t ms, zk, rawk, rawv, sc, trig, invf, ab, red, p, stat, acc, total;
+  size_t zk_stage, rawk_stage, rawv_stage;
 };
 
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
 
-__host__ __device__ inline SmemLayout smem_layout(int hpc, int n_rep, int rk, int rv, int stor_k, int row_bytes_k,
+__host__ __device__ inline SmemLayout smem_layout(int qpc, int rk, int rv, int stor_k, int row_bytes_k,
                                                   int row_bytes_v) {
   SmemLayout L{};
-  const int hq = hpc * n_rep;
+  const bool k_f16 = stor_k == (int)RowStorage::kF16;
   size_t o = 0;
-  L.bs = o;
-  o += align16((size_t)hpc * kHD * (rk + kPadHalves) * 2);
+  L.ms = o;
+  o += align16((size_t)qpc * kHD * (rk + kPadHalves) * 2);
   L.zk = o;
-  o += align16((size_t)kTT * (rk + kPadHalves) * 2);
+  L.zk_stage = k_f16 ? align16((size_t)kTT * (rk + kPadHalves) * 2) : 0;
+  o += align16((size_t)kTT * (rk + kPadHalves) * 2) * (k_f16 ? 2 : 1);
   L.rawk = o;
-  if (stor_k != (int)RowStorage::kF16) o += align16((size_t)kTT * row_bytes_k + 16);
+  L.rawk_stage = k_f16 ? 0 : align16((size_t)kTT * row_bytes_k + 16);
+  o += 2 * L.rawk_stage;
   L.rawv = o;
-  o += align16((size_t)kTT * row_bytes_v + 16);
+  L.rawv_stage = align16((size_t)kTT * row_bytes_v + 16);
+  o += 2 * L.rawv_stage;
   L.sc = o;
-  o += 4 * kTT * 4;
-  L.qs = o;
-  o += align16((size_t)hq * kHD * 4);
+  o += 2 * 4 * kTT * 4;
+  L.trig = o;
+  o += (size_t)kTT * kTrigStride * 8;
   L.invf = o;
-  o += kHD / 2 * 4;
+  o += kHalf * 4;
+  L.ab = o;
+  o += align16((size_t)qpc * kHD * 4);
   L.red = o;
-  o += align16((size_t)4 * hq * kTT * 4);
+  o += align16((size_t)4 * qpc * kTT * 4);
   L.p = o;
-  o += align16((size_t)hq * kTT * 4);
+  o += align16((size_t)qpc * kTT * 4);
   L.stat = o;
-  o += align16((size_t)3 * hq * 4);
+  o += align16((size_t)3 * qpc * 4);
   L.acc = o;
-  o += align16((size_t)hq * rv * 4);
+  o += align16((size_t)qpc * rv * 4);
   L.total = o;
   return L;
 }
@@ -174,6 +190,112 @@ __device__ __forceinline__ uint4 decode8_half(int stor, const uint8_t* row, int 
   return out;
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(smem)), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// acc[h][c] = acc·corr + Σ_t p[h][t] · z^V[t][c] for NH heads, STOR known at compile time (the
+// decode folds to straight-line code; two partial sums per head for instruction-level parallelism).
+template <int NH, int STOR>
+__device__ __forceinline__ void pv_accumulate(float* acc_s, const float* c_s, const float* Ps, const uint8_t* rawv,
+                                              int row_bytes_v, const float* scv, const float* zrv, int rv, int h0,
+                                              int nvalid, int tid, int nthr) {
+  constexpr bool packed = STOR >= (int)RowStorage::kQ8;
+  for (int c = tid; c < rv; c += nthr) {
+    float a[NH], b[NH];
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh) {
+      a[hh] = acc_s[(h0 + hh) * rv + c] * c_s[h0 + hh];
+      b[hh] = 0.f;
+    }
+    int t = 0;
+#pragma unroll 2
+    for (; t + 1 < nvalid; t += 2) {
+      const float z0 = decode1(STOR, rawv + (size_t)t * row_bytes_v, c, packed ? scv[t] : 0.f, packed ? zrv[t] : 0.f);
+      const float z1 = decode1(STOR, rawv + (size_t)(t + 1) * row_bytes_v, c, packed ? scv[t + 1] : 0.f,
+                               packed ? zrv[t + 1] : 0.f);
+#pragma unroll
+      for (int hh = 0; hh < NH; ++hh) {
+        a[hh] += Ps[(h0 + hh) * kTT + t] * z0;
+        b[hh] += Ps[(h0 + hh) * kTT + t + 1] * z1;
+      }
+    }
+    if (t < nvalid) {
+      const float z0 = decode1(STOR, rawv + (size_t)t * row_bytes_v, c, packed ? scv[t] : 0.f, packed ? zrv[t] : 0.f);
+#pragma unroll
+      for (int hh = 0; hh < NH; ++hh) a[hh] += Ps[(h0 + hh) * kTT + t] * z0;
+    }
+#pragma unroll
+    for (int hh = 0; hh < NH; ++hh) acc_s[(h0 + hh) * rv + c] = a[hh] + b[hh];
+  }
+}
+
+template <int NH>
+__device__ __forceinline__ void pv_dispatch_nh(int stor, float* acc_s, const float* c_s, const float* Ps,
+                                               const uint8_t* rawv, int rbv, const float* scv, const float* zrv,
+                                               int rv, int h0, int nvalid, int tid, int nthr) {
+  switch (stor) {
+#define PALU_PV_CASE(S) \
+  case (int)S: pv_accumulate<NH, (int)S>(acc_s, c_s, Ps, rawv, rbv, scv, zrv, rv, h0, nvalid, tid, nthr); break;
+    PALU_PV_CASE(RowStorage::kF32)
+    PALU_PV_CASE(RowStorage::kF16)
+    PALU_PV_CASE(RowStorage::kBF16)
+    PALU_PV_CASE(RowStorage::kQ8)
+    PALU_PV_CASE(RowStorage::kQ4)
+    PALU_PV_CASE(RowStorage::kQ3)
+    PALU_PV_CASE(RowStorage::kQ2)
+#undef PALU_PV_CASE
+  }
+}
+
+// cos/sin of a non-negative f32 angle (the reference's rounded fl(t·inv_freq)): reduce by 2π in
+// two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
+__device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
+  const float k = rintf(x * 0.159154943091895336f);
+  float r = fmaf(-k, 6.28318548202514648f, x);
+  r = fmaf(-k, -1.74845553146951720e-7f, r);
+  __sincosf(r, s, c);
+}
+
+// M_h[i] = a_i, M_h[64+i] = b_i (f16) for every query head; α/β of the key bias likewise (f32).
+__global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep, __half* m, float* ab) {
+  const int rk = P.rk;
+  const float* q = P.q;
+  const int gl = blockIdx.y;
+  const int lh = blockIdx.x;  // query head inside the group
+  const int h = P.g[gl].first_head + lh;
+  const int u = lh / n_rep;
+  const float* qh = q + (size_t)h * kHD;
+  const __half* B = P.g[gl].bk + (size_t)u * kHD * rk;
+  __half* M = m + (size_t)h * kHD * rk;
+  for (int idx = threadIdx.x; idx < kHalf * rk; idx += blockDim.x) {
+    const int i = idx / rk, k = idx % rk;
+    const float b0 = __half2float(B[(size_t)i * rk + k]), b1 = __half2float(B[(size_t)(i + kHalf) * rk + k]);
+    M[(size_t)i * rk + k] = __float2half_rn(qh[i] * b0 + qh[i + kHalf] * b1);
+    M[(size_t)(i + kHalf) * rk + k] = __float2half_rn(qh[i + kHalf] * b0 - qh[i] * b1);
+  }
+  if (ab != nullptr && threadIdx.x < kHalf) {
+    const int i = threadIdx.x;
+    const float* bias = P.g[gl].kbias;
+    float a = 0.f, b = 0.f;
+    if (bias != nullptr) {
+      const float b0 = bias[u * kHD + i], b1 = bias[u * kHD + i + kHalf];
+      a = qh[i] * b0 + qh[i + kHalf] * b1;
+      b = qh[i + kHalf] * b0 - qh[i] * b1;
+    }
+    ab[(size_t)h * kHD + i] = a;
+    ab[(size_t)h * kHD + i + kHalf] = b;
+  }
+}
+
 __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __grid_constant__ LatentParams P) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int tid = threadIdx.x, nthr = blockDim.x;
@@ -181,144 +303,130 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
   const int split = blockIdx.x;
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const GroupPtrs& G = P.g[gl];
-  const int hpc = P.hpc, n_rep = P.n_rep, hq = hpc * n_rep;
+  const int qpc = P.qpc;
   const int rk = P.rk, rv = P.rv, ldk = rk + kPadHalves;
-  const SmemLayout L = smem_layout(hpc, n_rep, rk, rv, P.stor_k, P.row_bytes_k, P.row_bytes_v);
-  __half* Bs = reinterpret_cast<__half*>(smem + L.bs);
-  __half* Zk = reinterpret_cast<__half*>(smem + L.zk);
-  uint8_t* rawk = smem + L.rawk;
-  uint8_t* rawv = smem + L.rawv;
-  float* sck = reinterpret_cast<float*>(smem + L.sc);
-  float* zrk = sck + kTT;
-  float* scv = sck + 2 * kTT;
-  float* zrv = sck + 3 * kTT;
-  float* qs = reinterpret_cast<float*>(smem + L.qs);
+  const SmemLayout L = smem_layout(qpc, rk, rv, P.stor_k, P.row_bytes_k, P.row_bytes_v);
+  __half* Ms = reinterpret_cast<__half*>(smem + L.ms);
+  float2* trig = reinterpret_cast<float2*>(smem + L.trig);
   float* invf = reinterpret_cast<float*>(smem + L.invf);
+  float* ab_s = reinterpret_cast<float*>(smem + L.ab);
   float* red = reinterpret_cast<float*>(smem + L.red);
   float* Ps = reinterpret_cast<float*>(smem + L.p);
   float* m_s = reinterpret_cast<float*>(smem + L.stat);
-  float* l_s = m_s + hq;
-  float* c_s = m_s + 2 * hq;
+  float* l_s = m_s + qpc;
+  float* c_s = m_s + 2 * qpc;
   float* acc_s = reinterpret_cast<float*>(smem + L.acc);
 
-  const int u0 = chunk * hpc;                      // first KV head (in the group) of this block
-  const int head0 = G.first_head + u0 * n_rep;     // first global query head of this block
+  const int head0 = G.first_head + chunk * qpc;  // first global query head of this block
   const bool k_f16 = P.stor_k == (int)RowStorage::kF16;
   const bool k_packed = P.stor_k >= (int)RowStorage::kQ8;
   const bool v_packed = P.stor_v >= (int)RowStorage::kQ8;
 
-  // ---- once per block: B^K rows, q, inv_freq, state
+  // ---- once per block: folded M rows, bias terms, inv_freq, state
   {
-    const int row16 = rk / 8;  // uint4 per B row
-    const int n16 = hpc * kHD * row16;
-    const uint4* src = reinterpret_cast<const uint4*>(G.bk + (size_t)u0 * kHD * rk);
+    const int row16 = rk / 8;
+    const int n16 = qpc * kHD * row16;
+    const uint4* src = reinterpret_cast<const uint4*>(P.m + (size_t)head0 * kHD * rk);
     for (int i = tid; i < n16; i += nthr) {
       const int r = i / row16, c = i % row16;
-      *reinterpret_cast<uint4*>(Bs + (size_t)r * ldk + c * 8) = __ldg(src + i);
+      cp_async16(Ms + (size_t)r * ldk + c * 8, src + i);
     }
-    for (int i = tid; i < hq * kHD; i += nthr) qs[i] = P.q[(size_t)head0 * kHD + i];
-    if (tid < kHD / 2) invf[tid] = P.inv_freq[tid];
-    for (int i = tid; i < hq; i += nthr) {
+    cp_async_commit();
+    for (int i = tid; i < qpc * kHD; i += nthr) ab_s[i] = P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+    if (tid < kHalf) invf[tid] = P.inv_freq[tid];
+    for (int i = tid; i < qpc; i += nthr) {
       m_s[i] = -INFINITY;
       l_s[i] = 0.f;
     }
-    for (int i = tid; i < hq * rv; i += nthr) acc_s[i] = 0.f;
+    for (int i = tid; i < qpc * rv; i += nthr) acc_s[i] = 0.f;
   }
+  __syncthreads();  // inv_freq is read by the first tile's cos/sin before the loop's first barrier
 
   const int tiles_total = (P.T + kTT - 1) / kTT;
   const int tile_begin = split * P.tiles_per_split;
   const int tile_end = min(tiles_total, tile_begin + P.tiles_per_split);
 
-  // Raw bytes of a tile: k chunks then v chunks (16 B each), tails of 4 B words.
-  uint4 pf[kPrefetch];
-  auto tile_geom = [&](int tile, int& nvalid, int& nk16, int& nv16, int& nk_tail, int& nv_tail) {
-    nvalid = min(kTT, P.T - tile * kTT);
+  // Queue the raw bytes of `tile` into stage `st`: z^K (f16: straight into the padded MMA rows),
+  // z^V, scales and zeros.
+  auto issue = [&](int tile, int st) {
+    const int nvalid = min(kTT, P.T - tile * kTT);
     const int bk = nvalid * P.row_bytes_k, bv = nvalid * P.row_bytes_v;
-    nk16 = bk / 16;
-    nv16 = bv / 16;
-    nk_tail = (bk % 16) / 4;
-    nv_tail = (bv % 16) / 4;
-  };
-  auto chunk_src = [&](int tile, int c, int nk16) -> const uint4* {
-    if (c < nk16) return reinterpret_cast<const uint4*>(G.zk + (size_t)tile * kTT * P.row_bytes_k) + c;
-    return reinterpret_cast<const uint4*>(G.zv + (size_t)tile * kTT * P.row_bytes_v) + (c - nk16);
-  };
-  auto prefetch = [&](int tile) {
-    int nvalid, nk16, nv16, nkt, nvt;
-    tile_geom(tile, nvalid, nk16, nv16, nkt, nvt);
-    const int n = nk16 + nv16;
-#pragma unroll
-    for (int i = 0; i < kPrefetch; ++i) {
-      const int c = tid + i * nthr;
-      if (c < n) pf[i] = __ldcs(chunk_src(tile, c, nk16));
-    }
-  };
-  auto store_chunk = [&](int c, int nk16, const uint4& val) {
-    if (c < nk16) {
-      const int o = c * 16;
-      if (k_f16) {
-        const int t = o / P.row_bytes_k, cb = o % P.row_bytes_k;
-        *reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(Zk + (size_t)t * ldk) + cb) = val;
+    const int nk16 = bk / 16, nv16 = bv / 16;
+    const uint8_t* gk = G.zk + (size_t)tile * kTT * P.row_bytes_k;
+    const uint8_t* gv = G.zv + (size_t)tile * kTT * P.row_bytes_v;
+    uint8_t* zk = smem + L.zk + st * L.zk_stage;
+    uint8_t* rawk = smem + L.rawk + st * L.rawk_stage;
+    uint8_t* rawv = smem + L.rawv + st * L.rawv_stage;
+    for (int c = tid; c < nk16 + nv16; c += nthr) {
+      if (c < nk16) {
+        const int o = c * 16;
+        if (k_f16) {
+          const int t = o / P.row_bytes_k, cb = o % P.row_bytes_k;
+          cp_async16(zk + (size_t)t * ldk * 2 + cb, gk + o);
+        } else {
+          cp_async16(rawk + o, gk + o);
+        }
       } else {
-        *reinterpret_cast<uint4*>(rawk + o) = val;
+        const int o = (c - nk16) * 16;
+        cp_async16(rawv + o, gv + o);
       }
-    } else {
-      *reinterpret_cast<uint4*>(rawv + (size_t)(c - nk16) * 16) = val;
+    }
+    const int nkt = (bk % 16) / 4, nvt = (bv % 16) / 4;  // 4-byte tails (never for f16)
+    if (tid < nkt) cp_async4(rawk + nk16 * 16 + 4 * tid, gk + nk16 * 16 + 4 * tid);
+    if (tid < nvt) cp_async4(rawv + nv16 * 16 + 4 * tid, gv + nv16 * 16 + 4 * tid);
+    float* sc = reinterpret_cast<float*>(smem + L.sc) + st * 4 * kTT;
+    const int t0 = tile * kTT;
+    if (tid < nvalid) {
+      if (k_packed) {
+        cp_async4(sc + tid, G.sk + t0 + tid);
+        cp_async4(sc + kTT + tid, G.zrk + t0 + tid);
+      }
+      if (v_packed) {
+        cp_async4(sc + 2 * kTT + tid, G.sv + t0 + tid);
+        cp_async4(sc + 3 * kTT + tid, G.zrv + t0 + tid);
+      }
     }
   };
 
-  if (tile_begin < tile_end) prefetch(tile_begin);
+  if (tile_begin < tile_end) issue(tile_begin, 0);
+  cp_async_commit();
 
-  for (int tile = tile_begin; tile < tile_end; ++tile) {
-    int nvalid, nk16, nv16, nkt, nvt;
-    tile_geom(tile, nvalid, nk16, nv16, nkt, nvt);
+  const int hl = warp >> 2, qd = warp & 3;  // query head in block, row quarter
+  int it = 0;
+  for (int tile = tile_begin; tile < tile_end; ++tile, ++it) {
+    const int st = it & 1;
+    const int nvalid = min(kTT, P.T - tile * kTT);
     const int t0 = tile * kTT;
-    __syncthreads();  // the previous tile's readers are done
-    {
-      const int n = nk16 + nv16;
-#pragma unroll
-      for (int i = 0; i < kPrefetch; ++i) {
-        const int c = tid + i * nthr;
-        if (c < n) store_chunk(c, nk16, pf[i]);
-      }
-      for (int c = tid + kPrefetch * nthr; c < n; c += nthr) store_chunk(c, nk16, __ldcs(chunk_src(tile, c, nk16)));
-      if (tid < nkt) {  // k tail words (never for f16)
-        const uint32_t* s = reinterpret_cast<const uint32_t*>(G.zk + (size_t)tile * kTT * P.row_bytes_k + nk16 * 16);
-        reinterpret_cast<uint32_t*>(rawk + nk16 * 16)[tid] = s[tid];
-      }
-      if (tid < nvt) {
-        const uint32_t* s = reinterpret_cast<const uint32_t*>(G.zv + (size_t)tile * kTT * P.row_bytes_v + nv16 * 16);
-        reinterpret_cast<uint32_t*>(rawv + nv16 * 16)[tid] = s[tid];
-      }
-      if (tid < nvalid) {
-        if (k_packed) {
-          sck[tid] = G.sk[t0 + tid];
-          zrk[tid] = G.zrk[t0 + tid];
-        }
-        if (v_packed) {
-          scv[tid] = G.sv[t0 + tid];
-          zrv[tid] = G.zrv[t0 + tid];
-        }
-      }
+    if (tile + 1 < tile_end) issue(tile + 1, st ^ 1);
+    cp_async_commit();
+    // cos/sin of this tile's angles (independent of the loads in flight)
+    for (int i = tid; i < kTT * kHalf; i += nthr) {
+      const int t = i / kHalf, f = i % kHalf;
+      float s, c;
+      rope_sincos(__fmul_rn((float)(t0 + t), invf[f]), &s, &c);
+      trig[t * kTrigStride + f] = make_float2(c, s);
     }
-    if (tile + 1 < tile_end) prefetch(tile + 1);
+    cp_async_wait<1>();
     __syncthreads();
+    const float* sc = reinterpret_cast<const float*>(smem + L.sc) + st * 4 * kTT;
+    const uint8_t* rawv = smem + L.rawv + st * L.rawv_stage;
+    __half* Zk = reinterpret_cast<__half*>(smem + L.zk + st * L.zk_stage);
     if (!k_f16) {  // dequantize z^K to f16 rows of the MMA tile
+      const uint8_t* rawk = smem + L.rawk + st * L.rawk_stage;
       const int per_row = rk / 8;
       for (int i = tid; i < nvalid * per_row; i += nthr) {
         const int t = i / per_row, i0 = (i % per_row) * 8;
-        const float sc = k_packed ? sck[t] : 0.f, zr = k_packed ? zrk[t] : 0.f;
+        const float s = k_packed ? sc[t] : 0.f, z = k_packed ? sc[kTT + t] : 0.f;
         *reinterpret_cast<uint4*>(Zk + (size_t)t * ldk + i0) =
-            decode8_half(P.stor_k, rawk + (size_t)t * P.row_bytes_k, i0, sc, zr);
+            decode8_half(P.stor_k, rawk + (size_t)t * P.row_bytes_k, i0, s, z);
       }
       __syncthreads();
     }
 
-    // ---- keys = Z^K · B^Kᵀ for this warp's 64 tokens × 32 columns
-    const int ul = warp >> 2, qd = warp & 3;
-    float acc[4][4][4];
+    // ---- P = Z^K · Mᵀ: this warp's 32 tokens × (a rows 16·qd.., b rows 64+16·qd..)
+    float acc[2][4][4];
 #pragma unroll
-    for (int a = 0; a < 4; ++a)
+    for (int a = 0; a < 2; ++a)
 #pragma unroll
       for (int b = 0; b < 4; ++b)
 #pragma unroll
@@ -327,127 +435,96 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
       const __half* a_base = Zk + (size_t)(lane & 15) * ldk + (lane >> 4) * 8;
       const int brow = (lane & 7) + ((lane >> 4) << 3);
       const int bcol = ((lane >> 3) & 1) * 8;
-      const __half* b_lo = Bs + (size_t)(ul * kHD + qd * 16 + brow) * ldk + bcol;
-      const __half* b_hi = b_lo + (size_t)64 * ldk;
-      const int mt_count = (nvalid + 15) / 16;
-#pragma unroll 2
+      const __half* b_lo = Ms + (size_t)(hl * kHD + qd * 16 + brow) * ldk + bcol;
+      const __half* b_hi = b_lo + (size_t)kHalf * ldk;
+      const bool two = nvalid > 16;
+#pragma unroll 4
       for (int k0 = 0; k0 < rk; k0 += 16) {
-        uint32_t bl[4], bh[4];
+        uint32_t bl[4], bh[4], a0[4], a1[4];
         ldmatrix_x4(bl, b_lo + k0);
         ldmatrix_x4(bh, b_hi + k0);
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          if (mt < mt_count) {
-            uint32_t a[4];
-            ldmatrix_x4(a, a_base + (size_t)mt * 16 * ldk + k0);
-            mma_16816(acc[mt][0], a, bl[0], bl[1]);
-            mma_16816(acc[mt][1], a, bl[2], bl[3]);
-            mma_16816(acc[mt][2], a, bh[0], bh[1]);
-            mma_16816(acc[mt][3], a, bh[2], bh[3]);
-          }
+        ldmatrix_x4(a0, a_base + k0);
+        mma_16816(acc[0][0], a0, bl[0], bl[1]);
+        mma_16816(acc[0][1], a0, bl[2], bl[3]);
+        mma_16816(acc[0][2], a0, bh[0], bh[1]);
+        mma_16816(acc[0][3], a0, bh[2], bh[3]);
+        if (two) {
+          ldmatrix_x4(a1, a_base + (size_t)16 * ldk + k0);
+          mma_16816(acc[1][0], a1, bl[0], bl[1]);
+          mma_16816(acc[1][1], a1, bl[2], bl[3]);
+          mma_16816(acc[1][2], a1, bh[0], bh[1]);
+          mma_16816(acc[1][3], a1, bh[2], bh[3]);
         }
       }
     }
-    // ---- RoPE, then partial q·k of this warp's columns for every query head of KV head ul
+    // ---- partial scores: Σ over this warp's frequencies of cos·(a·z + α) + sin·(b·z + β)
     {
-      const int u_global = u0 + ul;
+      const float* abh = ab_s + hl * kHD;
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt) {
+      for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
           const int row = mt * 16 + (lane >> 2) + rh * 8;
-          const float tpos = (float)(t0 + row);
-          float rlo[4], rhi[4];
+          float part = 0.f;
 #pragma unroll
           for (int f = 0; f < 4; ++f) {
             const int nt = f >> 1, c = f & 1;
-            const int j = qd * 16 + nt * 8 + (lane & 3) * 2 + c;
-            float klo = acc[mt][nt][rh * 2 + c], khi = acc[mt][nt + 2][rh * 2 + c];
-            if (G.kbias != nullptr) {
-              klo += G.kbias[u_global * kHD + j];
-              khi += G.kbias[u_global * kHD + j + 64];
-            }
-            float sn, cs;
-            sincosf(__fmul_rn(tpos, invf[j]), &sn, &cs);
-            rlo[f] = klo * cs - khi * sn;
-            rhi[f] = khi * cs + klo * sn;
+            const int i = qd * 16 + nt * 8 + (lane & 3) * 2 + c;
+            const float2 cs = trig[row * kTrigStride + i];
+            part += cs.x * (acc[mt][nt][rh * 2 + c] + abh[i]) + cs.y * (acc[mt][nt + 2][rh * 2 + c] + abh[i + kHalf]);
           }
-          for (int rr = 0; rr < n_rep; ++rr) {
-            const int lh = ul * n_rep + rr;
-            const float* qh = qs + lh * kHD;
-            float part = 0.f;
-#pragma unroll
-            for (int f = 0; f < 4; ++f) {
-              const int j = qd * 16 + (f >> 1) * 8 + (lane & 3) * 2 + (f & 1);
-              part += qh[j] * rlo[f] + qh[j + 64] * rhi[f];
-            }
-            part += __shfl_xor_sync(0xffffffffu, part, 1);
-            part += __shfl_xor_sync(0xffffffffu, part, 2);
-            if ((lane & 3) == 0) red[(qd * hq + lh) * kTT + row] = part;
-          }
+          part += __shfl_xor_sync(0xffffffffu, part, 1);
+          part += __shfl_xor_sync(0xffffffffu, part, 2);
+          if ((lane & 3) == 0) red[(qd * qpc + hl) * kTT + row] = part;
         }
       }
     }
     __syncthreads();
     // ---- online softmax, one warp per query head
-    for (int lh = warp; lh < hq; lh += nthr / 32) {
-      float s[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int t = lane + 32 * i;
-        s[i] = t < nvalid ? (((red[(0 * hq + lh) * kTT + t] + red[(1 * hq + lh) * kTT + t]) +
-                              red[(2 * hq + lh) * kTT + t]) +
-                             red[(3 * hq + lh) * kTT + t]) *
-                                P.inv_sqrt_d
-                          : -INFINITY;
-      }
-      float mx = fmaxf(s[0], s[1]);
+    for (int h = warp; h < qpc; h += nthr / 32) {
+      const int t = lane;
+      const float s = t < nvalid ? (((red[(0 * qpc + h) * kTT + t] + red[(1 * qpc + h) * kTT + t]) +
+                                     red[(2 * qpc + h) * kTT + t]) +
+                                    red[(3 * qpc + h) * kTT + t]) *
+                                       P.inv_sqrt_d
+                                 : -INFINITY;
+      float mx = s;
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_old = m_s[lh];
+      const float m_old = m_s[h];
       const float m_new = fmaxf(m_old, mx);
       const float corr = expf(m_old - m_new);
-      const float p0 = expf(s[0] - m_new), p1 = expf(s[1] - m_new);
-      Ps[lh * kTT + lane] = p0;
-      Ps[lh * kTT + lane + 32] = p1;
-      float sum = p0 + p1;
+      const float p = expf(s - m_new);
+      Ps[h * kTT + t] = p;
+      float sum = p;
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
       if (lane == 0) {
-        l_s[lh] = l_s[lh] * corr + sum;
-        m_s[lh] = m_new;
-        c_s[lh] = corr;
+        l_s[h] = l_s[h] * corr + sum;
+        m_s[h] = m_new;
+        c_s[h] = corr;
       }
     }
     __syncthreads();
     // ---- acc = acc·corr + Σ_t p_t · z^V_t
-    for (int c = tid; c < rv; c += nthr) {
-      for (int h0 = 0; h0 < hq; h0 += kMaxRep) {
-        float a[kMaxRep];
-#pragma unroll
-        for (int hh = 0; hh < kMaxRep; ++hh) a[hh] = (h0 + hh < hq) ? acc_s[(h0 + hh) * rv + c] * c_s[h0 + hh] : 0.f;
-        for (int t = 0; t < nvalid; ++t) {
-          const float z = decode1(P.stor_v, rawv + (size_t)t * P.row_bytes_v, c, v_packed ? scv[t] : 0.f,
-                                  v_packed ? zrv[t] : 0.f);
-#pragma unroll
-          for (int hh = 0; hh < kMaxRep; ++hh)
-            if (h0 + hh < hq) a[hh] += Ps[(h0 + hh) * kTT + t] * z;
-        }
-#pragma unroll
-        for (int hh = 0; hh < kMaxRep; ++hh)
-          if (h0 + hh < hq) acc_s[(h0 + hh) * rv + c] = a[hh];
-      }
-    }
+    if (qpc == 2)
+      pv_dispatch_nh<2>(P.stor_v, acc_s, c_s, Ps, rawv, P.row_bytes_v, sc + 2 * kTT, sc + 3 * kTT, rv, 0, nvalid, tid,
+                        nthr);
+    else
+      pv_dispatch_nh<1>(P.stor_v, acc_s, c_s, Ps, rawv, P.row_bytes_v, sc + 2 * kTT, sc + 3 * kTT, rv, 0, nvalid, tid,
+                        nthr);
+    __syncthreads();  // stage st is free for the next issue
   }
+  cp_async_wait<0>();
   __syncthreads();
   // ---- this split's partials
-  for (int lh = tid; lh < hq; lh += nthr) {
-    P.pm[(size_t)(head0 + lh) * P.splits + split] = m_s[lh];
-    P.pl[(size_t)(head0 + lh) * P.splits + split] = l_s[lh];
+  for (int h = tid; h < qpc; h += nthr) {
+    P.pm[(size_t)(head0 + h) * P.splits + split] = m_s[h];
+    P.pl[(size_t)(head0 + h) * P.splits + split] = l_s[h];
   }
-  for (int i = tid; i < hq * rv; i += nthr) {
-    const int lh = i / rv, c = i % rv;
-    const size_t out_off = (size_t)G.out_off + (size_t)(u0 * n_rep + lh) * rv;
+  for (int i = tid; i < qpc * rv; i += nthr) {
+    const int h = i / rv, c = i % rv;
+    const size_t out_off = (size_t)G.out_off + (size_t)(chunk * qpc + h) * rv;
     P.pacc[out_off * P.splits + (size_t)split * rv + c] = acc_s[i];
   }
 }
@@ -471,16 +548,16 @@ Status check_rows(const CudaLatentRows& r, const char* what, int g) {
   return Status::ok();
 }
 
-int pick_hpc(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, size_t* smem) {
-  const int n_rep = sh.num_heads / sh.num_kv_heads;
-  for (int hpc : {2, 1}) {
-    if (sh.group_size % hpc != 0) continue;
-    const SmemLayout L = smem_layout(hpc, n_rep, g.k.rank, g.v.rank, storage_int(g.k.storage),
+int pick_qpc(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, size_t* smem) {
+  const int hq = sh.group_size * (sh.num_heads / sh.num_kv_heads);
+  for (int qpc : {2, 1}) {
+    if (hq % qpc != 0) continue;
+    const SmemLayout L = smem_layout(qpc, g.k.rank, g.v.rank, storage_int(g.k.storage),
                                      (int)row_storage_bytes(g.k.storage, g.k.rank),
                                      (int)row_storage_bytes(g.v.storage, g.v.rank));
     if (L.total <= (size_t)max_smem) {
       *smem = L.total;
-      return hpc;
+      return qpc;
     }
   }
   return 0;
@@ -536,7 +613,7 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
   if (!lim.is_ok()) return p;
-  p.heads_per_block = pick_hpc(shape, group, lim->max_smem_optin, &p.smem_bytes);
+  p.heads_per_block = pick_qpc(shape, group, lim->max_smem_optin, &p.smem_bytes);
   p.threads = p.heads_per_block * 128;
   return p;
 }
@@ -567,20 +644,22 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     return invalid_argument("cuda latent attention: workspace allocator and scratch are both null");
   const int G = sh.num_kv_heads / sh.group_size;
   const int hq = sh.group_size * n_rep;
+  bool any_bias = false;
   for (int g = 0; g < G; ++g) {
     if (groups[g].b_k == nullptr) return invalid_argument("cuda latent attention: group " + std::to_string(g) + " b_k is null");
     if (reinterpret_cast<uintptr_t>(groups[g].b_k) % 16 != 0)
       return invalid_argument("cuda latent attention: group " + std::to_string(g) + " b_k must be 16-byte aligned");
     PALU_RETURN_IF_ERROR(check_rows(groups[g].k, "k", g));
     PALU_RETURN_IF_ERROR(check_rows(groups[g].v, "v", g));
+    any_bias = any_bias || groups[g].k_bias != nullptr;
   }
   PALU_ASSIGN_OR_RETURN(const detail::DeviceLimits lim, detail::device_limits());
 
   // Batches of groups with one configuration (≤ kMaxBatch each), in group order.
   struct Batch {
     std::vector<int> gs;
-    int hpc = 0, splits = 0, tiles_per_split = 0;
-    size_t smem = 0, part_off = 0, stat_off = 0;
+    int qpc = 0, splits = 0, tiles_per_split = 0;
+    size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -602,44 +681,47 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   for (int g = 0; g < G; ++g) out_off[g + 1] = out_off[g] + hq * groups[g].v.rank;
 
   const int tiles_total = (T + kTT - 1) / kTT;
-  size_t part_floats = 0, stat_floats = 0;
+  size_t part_floats = 0, stat_floats = 0, m_halves = 0;
   for (Batch& b : batches) {
     const CudaLatentGroup& g0 = groups[b.gs[0]];
-    b.hpc = pick_hpc(sh, g0, lim.max_smem_optin, &b.smem);
-    if (b.hpc == 0)
+    b.qpc = pick_qpc(sh, g0, lim.max_smem_optin, &b.smem);
+    if (b.qpc == 0)
       return unimplemented("cuda latent attention: group " + std::to_string(b.gs[0]) + " (key rank " +
                            std::to_string(g0.k.rank) + " " + row_storage_name(g0.k.storage) + ", value rank " +
                            std::to_string(g0.v.rank) + " " + row_storage_name(g0.v.storage) +
                            ") needs more shared memory than the device's " + std::to_string(lim.max_smem_optin) + " B");
-    PALU_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
     int per_sm = 0;
     PALU_CUDA_RETURN_IF_ERROR(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_decode_kernel, b.hpc * 128, b.smem));
-    const int blocks_y = (int)b.gs.size() * (sh.group_size / b.hpc);
+        cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
+    PALU_CUDA_RETURN_IF_ERROR(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_decode_kernel, b.qpc * 128, b.smem));
+    const int blocks_y = (int)b.gs.size() * (hq / b.qpc);
     int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms * std::max(per_sm, 1) / blocks_y);
     splits = std::min(splits, tiles_total);
     b.tiles_per_split = (tiles_total + splits - 1) / splits;
     b.splits = (tiles_total + b.tiles_per_split - 1) / b.tiles_per_split;
     b.part_off = part_floats;
     b.stat_off = stat_floats;
-    size_t width = 0;
-    for (int g : b.gs) width += (size_t)hq * groups[g].v.rank;
-    (void)width;
+    b.m_off = m_halves;
     part_floats += (size_t)out_off[G] * b.splits;  // indexed by the global out offset
     stat_floats += (size_t)sh.num_heads * b.splits;
+    m_halves += (size_t)sh.num_heads * kHD * g0.k.rank;  // indexed by the global head
   }
-  const size_t need = (part_floats + 2 * stat_floats) * sizeof(float);
+  const size_t ab_floats = any_bias ? (size_t)sh.num_heads * kHD : 0;
+  const size_t need = (part_floats + 2 * stat_floats + ab_floats) * sizeof(float) + align16(m_halves * 2);
   CudaBuffer ws;
-  float* base = static_cast<float*>(options.scratch);
+  uint8_t* base = static_cast<uint8_t*>(options.scratch);
   if (base != nullptr) {
     if (options.scratch_bytes < need)
       return invalid_argument("cuda latent attention: scratch_bytes must be ≥ " + std::to_string(need) + ", found " +
                               std::to_string(options.scratch_bytes));
   } else {
     PALU_ASSIGN_OR_RETURN(ws, CudaBuffer::make(workspace, need));
-    base = ws.as<float>();
+    base = ws.as<uint8_t>();
   }
+  __half* mbase = reinterpret_cast<__half*>(base);
+  float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2));
+  float* ab = any_bias ? fbase + part_floats + 2 * stat_floats : nullptr;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   for (const Batch& b : batches) {
     LatentParams P{};
@@ -657,21 +739,24 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.stor_v = storage_int(g0.v.storage);
     P.row_bytes_k = (int)row_storage_bytes(g0.k.storage, g0.k.rank);
     P.row_bytes_v = (int)row_storage_bytes(g0.v.storage, g0.v.rank);
-    P.n_rep = n_rep;
-    P.hpc = b.hpc;
-    P.chunks = sh.group_size / b.hpc;
+    P.qpc = b.qpc;
+    P.chunks = hq / b.qpc;
     P.splits = b.splits;
     P.tiles_per_split = b.tiles_per_split;
     P.inv_sqrt_d = 1.0f / std::sqrt((float)kHD);
     P.q = q;
+    P.m = mbase + b.m_off;
+    P.ab = ab;
     P.inv_freq = inv_freq;
-    P.pm = base + part_floats + b.stat_off;
-    P.pl = base + part_floats + stat_floats + b.stat_off;
-    P.pacc = base + b.part_off;
+    P.pm = fbase + part_floats + b.stat_off;
+    P.pl = fbase + part_floats + stat_floats + b.stat_off;
+    P.pacc = fbase + b.part_off;
+    fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size()), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
+    PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     PALU_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
     const dim3 grid(b.splits, (unsigned)b.gs.size() * P.chunks);
-    latent_decode_kernel<<<grid, b.hpc * 128, b.smem, st>>>(P);
+    latent_decode_kernel<<<grid, b.qpc * 128, b.smem, st>>>(P);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     for (int g : b.gs) {
       PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, b.splits, g * hq, hq, out_off[g],
