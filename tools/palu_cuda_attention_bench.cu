@@ -164,10 +164,10 @@ int main(int argc, char** argv) {
 
   const int H = 32, Hkv = 32, d = 128, s_grp = 4, G = Hkv / s_grp;
   CudaAllocator alloc(0);
-  void* scratch = dmalloc(size_t{64} << 20);
+  void* scratch = dmalloc(size_t{256} << 20);
   CudaDecodeOptions opt;
   opt.scratch = scratch;
-  opt.scratch_bytes = size_t{64} << 20;
+  opt.scratch_bytes = size_t{256} << 20;
   float* q = static_cast<float*>(dmalloc(H * d * 4));
   float* out = static_cast<float*>(dmalloc(H * 512 * 4));
   std::vector<float> hq(H * d), hinv(d / 2);
@@ -214,8 +214,9 @@ int main(int argc, char** argv) {
       const size_t rbk = row_storage_bytes(c.st, c.rk), rbv = row_storage_bytes(c.st, c.rv);
       std::vector<void*> bufs;
       std::vector<CudaLatentGroup> groups(G);
-      // q and out, plus the per-call folded q·B^K matrices (written once, read once: 2·H·d·r_k f16)
-      double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2;
+      // q and out, the per-call folded q·B^K matrices (written once, read once: 2·H·d·r_k f16) and
+      // the per-call RoPE cos/sin table (written once, read at least once: 2·T·(d/2)·8 B)
+      double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2 + 2.0 * T * (d / 2) * 8;
       for (int g = 0; g < G; ++g) {
         CudaLatentGroup& gr = groups[g];
         gr.k.storage = gr.v.storage = c.st;

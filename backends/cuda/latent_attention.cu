@@ -41,7 +41,6 @@ constexpr int kTT = 32;          // tokens per tile
 constexpr int kHD = 128;         // head_dim
 constexpr int kHalf = kHD / 2;
 constexpr int kPadHalves = 8;    // 16 B of padding per smem row of halves (conflict-free ldmatrix)
-constexpr int kTrigStride = 68;  // float2 per trig row (conflict-free LDS.64 per half-warp)
 constexpr int kMaxBatch = 16;    // groups per launch
 constexpr int kMaxRep = 8;       // query heads per KV head
 constexpr int kThreadsMax = 256;
@@ -74,13 +73,14 @@ struct LatentParams {
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] bias terms α (i < 64), β (i ≥ 64); nullptr = none
   const float* inv_freq;  // [64]
+  const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two pairs at a time
   float* pm;              // [H, splits]
   float* pl;              // [H, splits]
   float* pacc;            // [width · splits]
 };
 
 struct SmemLayout {
-  size_t ms, zk, rawk, rawv, sc, trig, invf, ab, red, p, stat, acc, total;
+  size_t ms, zk, rawk, rawv, sc, invf, ab, red, p, stat, acc, total;
   size_t zk_stage, rawk_stage, rawv_stage;
 };
 
@@ -104,8 +104,6 @@ __host__ __device__ inline SmemLayout smem_layout(int qpc, int rk, int rv, int s
   o += 2 * L.rawv_stage;
   L.sc = o;
   o += 2 * 4 * kTT * 4;
-  L.trig = o;
-  o += (size_t)kTT * kTrigStride * 8;
   L.invf = o;
   o += kHalf * 4;
   L.ab = o;
@@ -265,6 +263,18 @@ __device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
   __sincosf(r, s, c);
 }
 
+// table[t, f] = (cos, sin)(fl(t·inv_freq[f])) for t < T: one evaluation per (token, frequency)
+// per call, shared by every group and head (the model could keep one for its context length).
+__global__ void rope_table_kernel(const float* inv_freq, int T, float2* table) {
+  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < (size_t)T * kHalf;
+       idx += (size_t)gridDim.x * blockDim.x) {
+    const int t = (int)(idx / kHalf), f = (int)(idx % kHalf);
+    float s, c;
+    rope_sincos(__fmul_rn((float)t, inv_freq[f]), &s, &c);
+    table[idx] = make_float2(c, s);
+  }
+}
+
 // M_h[i] = a_i, M_h[64+i] = b_i (f16) for every query head; α/β of the key bias likewise (f32).
 __global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep, __half* m, float* ab) {
   const int rk = P.rk;
@@ -307,7 +317,6 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
   const int rk = P.rk, rv = P.rv, ldk = rk + kPadHalves;
   const SmemLayout L = smem_layout(qpc, rk, rv, P.stor_k, P.row_bytes_k, P.row_bytes_v);
   __half* Ms = reinterpret_cast<__half*>(smem + L.ms);
-  float2* trig = reinterpret_cast<float2*>(smem + L.trig);
   float* invf = reinterpret_cast<float*>(smem + L.invf);
   float* ab_s = reinterpret_cast<float*>(smem + L.ab);
   float* red = reinterpret_cast<float*>(smem + L.red);
@@ -399,13 +408,6 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
     const int t0 = tile * kTT;
     if (tile + 1 < tile_end) issue(tile + 1, st ^ 1);
     cp_async_commit();
-    // cos/sin of this tile's angles (independent of the loads in flight)
-    for (int i = tid; i < kTT * kHalf; i += nthr) {
-      const int t = i / kHalf, f = i % kHalf;
-      float s, c;
-      rope_sincos(__fmul_rn((float)(t0 + t), invf[f]), &s, &c);
-      trig[t * kTrigStride + f] = make_float2(c, s);
-    }
     cp_async_wait<1>();
     __syncthreads();
     const float* sc = reinterpret_cast<const float*>(smem + L.sc) + st * 4 * kTT;
@@ -423,6 +425,19 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
       __syncthreads();
     }
 
+    // cos/sin of this thread's (token, frequency) pairs, loaded before the MMA so their latency
+    // hides behind it: rows mt·16 + lane/4 + 8·rh, frequencies qd·16 + 8·nt + 2·(lane%4) + {0,1}.
+    float4 tg[2][2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int row = mt * 16 + (lane >> 2) + rh * 8;
+          const int i = qd * 16 + nt * 8 + (lane & 3) * 2;
+          tg[mt][rh][nt] = row < nvalid ? __ldg(P.trig + ((size_t)(t0 + row) * kHalf + i) / 2) : make_float4(0, 0, 0, 0);
+        }
     // ---- P = Z^K · Mᵀ: this warp's 32 tokens × (a rows 16·qd.., b rows 64+16·qd..)
     float acc[2][4][4];
 #pragma unroll
@@ -470,8 +485,9 @@ __global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __g
           for (int f = 0; f < 4; ++f) {
             const int nt = f >> 1, c = f & 1;
             const int i = qd * 16 + nt * 8 + (lane & 3) * 2 + c;
-            const float2 cs = trig[row * kTrigStride + i];
-            part += cs.x * (acc[mt][nt][rh * 2 + c] + abh[i]) + cs.y * (acc[mt][nt + 2][rh * 2 + c] + abh[i + kHalf]);
+            const float4 q4 = tg[mt][rh][nt];
+            const float cs_x = c ? q4.z : q4.x, cs_y = c ? q4.w : q4.y;
+            part += cs_x * (acc[mt][nt][rh * 2 + c] + abh[i]) + cs_y * (acc[mt][nt + 2][rh * 2 + c] + abh[i + kHalf]);
           }
           part += __shfl_xor_sync(0xffffffffu, part, 1);
           part += __shfl_xor_sync(0xffffffffu, part, 2);
@@ -708,7 +724,8 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     m_halves += (size_t)sh.num_heads * kHD * g0.k.rank;  // indexed by the global head
   }
   const size_t ab_floats = any_bias ? (size_t)sh.num_heads * kHD : 0;
-  const size_t need = (part_floats + 2 * stat_floats + ab_floats) * sizeof(float) + align16(m_halves * 2);
+  const size_t trig_bytes = align16((size_t)T * kHalf * sizeof(float2));
+  const size_t need = (part_floats + 2 * stat_floats + ab_floats) * sizeof(float) + align16(m_halves * 2) + trig_bytes;
   CudaBuffer ws;
   uint8_t* base = static_cast<uint8_t*>(options.scratch);
   if (base != nullptr) {
@@ -720,9 +737,15 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     base = ws.as<uint8_t>();
   }
   __half* mbase = reinterpret_cast<__half*>(base);
-  float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2));
+  float2* trig = reinterpret_cast<float2*>(base + align16(m_halves * 2));
+  float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2) + trig_bytes);
   float* ab = any_bias ? fbase + part_floats + 2 * stat_floats : nullptr;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
+  {
+    const int blocks = (int)std::min<size_t>(((size_t)T * kHalf + 255) / 256, (size_t)lim.sms * 8);
+    rope_table_kernel<<<blocks, 256, 0, st>>>(inv_freq, T, trig);
+    PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
   for (const Batch& b : batches) {
     LatentParams P{};
     const CudaLatentGroup& g0 = groups[b.gs[0]];
@@ -748,6 +771,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.m = mbase + b.m_off;
     P.ab = ab;
     P.inv_freq = inv_freq;
+    P.trig = reinterpret_cast<const float4*>(trig);
     P.pm = fbase + part_floats + b.stat_off;
     P.pl = fbase + part_floats + stat_floats + b.stat_off;
     P.pacc = fbase + b.part_off;
