@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 
 namespace palu::model {
@@ -155,6 +156,11 @@ Status ModelConfig::validate(std::string_view origin_view) const {
   if (num_heads % num_kv_heads != 0) {
     return invalid_argument(origin + ": num_attention_heads (" + std::to_string(num_heads) +
                             ") must be a multiple of num_key_value_heads (" + std::to_string(num_kv_heads) + ")");
+  }
+  // q_width() / kv_width() (and every projection the loader sizes from them) are int products.
+  if ((int64_t)num_heads * head_dim > INT32_MAX) {
+    return invalid_argument(origin + ": num_attention_heads × head_dim = " + std::to_string(num_heads) + " × " +
+                            std::to_string(head_dim) + " is too large (the product must be < 2^31)");
   }
   if (head_dim % 2 != 0) {
     return invalid_argument(origin + ": head_dim must be even for RoPE, found " + std::to_string(head_dim));

@@ -68,6 +68,10 @@ TEST(ConfigTest, BadConfigsNameTheField) {
       {"zero heads", R"({"model_type":"llama",)" + base_fields + R"(,"num_attention_heads":0})", "num_attention_heads"},
       {"negative eps", R"({"model_type":"llama",)" + base_fields + R"(,"num_attention_heads":4,"rms_norm_eps":-1})",
        "rms_norm_eps"},
+      // Found by fuzz_config_json: num_heads × head_dim overflowed int in q_width().
+      {"heads x head_dim overflows", R"({"model_type":"llama",)" + base_fields +
+                                         R"(,"num_attention_heads":1073741824,"head_dim":1073741824})",
+       "num_attention_heads × head_dim = 1073741824 × 1073741824 is too large"},
       {"odd head_dim", R"({"model_type":"llama",)" + base_fields + R"(,"num_attention_heads":4,"head_dim":15})",
        "head_dim"},
       {"rope scaling", R"({"model_type":"llama",)" + base_fields + R"(,"num_attention_heads":4,"rope_scaling":{"rope_type":"yarn"}})",
