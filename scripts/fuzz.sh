@@ -8,6 +8,8 @@
 #   scripts/fuzz.sh 600             10 minutes per target
 #   scripts/fuzz.sh 60 --only gguf,session_file
 #   scripts/fuzz.sh 20 --write-doc  also writes the table into docs/reliability.md
+#   scripts/fuzz.sh 60 --all        adds fuzz_engine_requests (requests into a live engine with a
+#                                   tiny model; its build takes ~90 s more, so not in the default)
 #   scripts/fuzz.sh --seeds         regenerates the seed corpora (make_corpus.py + the targets'
 #                                   own seed writers) and exits
 #
@@ -23,13 +25,15 @@ SECONDS_PER_TARGET=20
 WRITE_DOC=0
 SEEDS=0
 ONLY=""
+ALL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --write-doc) WRITE_DOC=1 ;;
     --seeds) SEEDS=1 ;;
+    --all) ALL=1 ;;
     --only) ONLY="$2"; shift ;;
     --only=*) ONLY="${1#--only=}" ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *[!0-9]*|"") echo "fuzz.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     *) SECONDS_PER_TARGET="$1" ;;
   esac
@@ -40,6 +44,9 @@ BUILD=${PALU_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 JOBS=${PALU_FUZZ_JOBS:-2}
 TARGETS=(safetensors safetensors_index config_json gguf palu_manifest tokenizer_file tokenizer_encode_sp
          tokenizer_encode_bpe frame_decoder json_lines session_file)
+if [ $ALL -eq 1 ] || [ $SEEDS -eq 1 ]; then
+  TARGETS+=(engine_requests)
+fi
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a TARGETS <<< "$ONLY"
 fi
@@ -64,7 +71,7 @@ echo "fuzz.sh: build took $((built - start)) s"
 
 if [ $SEEDS -eq 1 ]; then
   python3 tests/fuzz/make_corpus.py
-  for t in frame_decoder json_lines; do
+  for t in frame_decoder json_lines engine_requests; do
     mkdir -p "tests/fuzz/corpus/$t"
     PALU_FUZZ_WRITE_SEED="tests/fuzz/corpus/$t" "$BUILD/tests/fuzz/fuzz_$t" -runs=0 > /dev/null 2>&1
   done

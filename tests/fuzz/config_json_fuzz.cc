@@ -15,5 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   PALU_FUZZ_CHECK(!config->summary().empty(), "summary");
   PALU_FUZZ_CHECK(config->num_heads > 0 && config->num_kv_heads > 0 && config->head_dim > 0, "positive sizes");
   PALU_FUZZ_CHECK(config->num_heads % config->num_kv_heads == 0, "H_kv divides H");
+  // The loader sizes every projection from these products (int): they must not overflow.
+  PALU_FUZZ_CHECK(config->q_width() > 0 && config->kv_width() > 0, "q/kv widths are positive ints");
   return 0;
 }

@@ -5,6 +5,8 @@
 // encode_frame → FrameDecoder → ParseFromString gives the same message.
 #include <google/protobuf/util/message_differencer.h>
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstdint>
 
 #include "sdk/proto/framing.h"
@@ -44,6 +46,8 @@ void check_line(const std::string& line) {
 // PALU_FUZZ_WRITE_SEED=DIR: one seed per request type (read size byte 0x0f, then the JSON line
 // as a client writes it), and a whole session in camelCase names with CRLF line ends.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // Invalid UTF-8 in a string field is a parse failure the targets expect; keep the log quiet.
+  google::protobuf::SetLogHandler(nullptr);
   const char* dir = std::getenv("PALU_FUZZ_WRITE_SEED");
   if (dir == nullptr) return 0;
   for (const auto& [name, request] : palu::fuzz::every_request_type()) {
