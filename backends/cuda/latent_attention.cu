@@ -306,7 +306,7 @@ __global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep,
   }
 }
 
-__global__ void __launch_bounds__(kThreadsMax, 1) latent_decode_kernel(const __grid_constant__ LatentParams P) {
+__global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __grid_constant__ LatentParams P) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int tid = threadIdx.x, nthr = blockDim.x;
   const int warp = tid >> 5, lane = tid & 31;
