@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
   CudaDecodeOptions opt;
   opt.scratch = scratch;
   opt.scratch_bytes = size_t{256} << 20;
+  if (const char* e = std::getenv("PALU_BENCH_HEADS_PER_BLOCK")) opt.heads_per_block = std::atoi(e);
   float* q = static_cast<float*>(dmalloc(H * d * 4));
   float* out = static_cast<float*>(dmalloc(H * 512 * 4));
   std::vector<float> hq(H * d), hinv(d / 2);

@@ -65,6 +65,7 @@ struct CudaAttentionShape {
 
 struct CudaDecodeOptions {
   int splits = 0;  // thread blocks per (group, head chunk) along T; 0 = fill the device once
+  int heads_per_block = 0;  // latent kernel: query heads per block (1 or 2); 0 = the largest that fits
   // Optional caller-owned device scratch for the split partials. When given (and large enough,
   // else INVALID_ARGUMENT naming the bytes needed) the call neither allocates nor waits: the
   // work stays queued on the stream. Without it the partials come from `workspace` and the call

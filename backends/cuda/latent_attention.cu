@@ -564,10 +564,10 @@ Status check_rows(const CudaLatentRows& r, const char* what, int g) {
   return Status::ok();
 }
 
-int pick_qpc(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, size_t* smem) {
+int pick_qpc(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, size_t* smem, int forced = 0) {
   const int hq = sh.group_size * (sh.num_heads / sh.num_kv_heads);
   for (int qpc : {2, 1}) {
-    if (hq % qpc != 0) continue;
+    if (hq % qpc != 0 || (forced != 0 && qpc != forced)) continue;
     const SmemLayout L = smem_layout(qpc, g.k.rank, g.v.rank, storage_int(g.k.storage),
                                      (int)row_storage_bytes(g.k.storage, g.k.rank),
                                      (int)row_storage_bytes(g.v.storage, g.v.rank));
@@ -700,7 +700,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   size_t part_floats = 0, stat_floats = 0, m_halves = 0;
   for (Batch& b : batches) {
     const CudaLatentGroup& g0 = groups[b.gs[0]];
-    b.qpc = pick_qpc(sh, g0, lim.max_smem_optin, &b.smem);
+    b.qpc = pick_qpc(sh, g0, lim.max_smem_optin, &b.smem, options.heads_per_block);
     if (b.qpc == 0)
       return unimplemented("cuda latent attention: group " + std::to_string(b.gs[0]) + " (key rank " +
                            std::to_string(g0.k.rank) + " " + row_storage_name(g0.k.storage) + ", value rank " +
