@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
     g.k.rank = g.v.rank = 256;
     return g;
   }());
-  std::printf("# latent launch (f16 256/256): %d KV heads per block, %d threads, %zu B shared memory\n",
+  std::printf("# latent launch (f16 256/256): %d query heads per block, %d threads, %zu B shared memory\n",
               p.heads_per_block, p.threads, p.smem_bytes);
   return 0;
 }
