@@ -76,15 +76,15 @@ The kernel (backends/cuda/latent_attention.cu): per call a small kernel folds q 
 (M_h = [a; b], a_i = q_i B_i + q_{i+64} B_{i+64}, b_i = q_{i+64} B_i − q_i B_{i+64}, f16) and another
 builds the RoPE cos/sin table once per token and frequency; the main kernel keeps M for 2 query
 heads (2 × 128 × r_k f16: 128 KiB at r_k = 256) in shared memory, streams 32-token tiles of latents
-through a two-stage cp.async pipeline, computes Z^K·Mᵀ with mma.sync m16n8k16 (the same FLOPs as
+through cp.async (two stages, or one stage per warp group when two groups share the block), computes Z^K·Mᵀ with mma.sync m16n8k16 (the same FLOPs as
 rebuilding the keys), finishes each score with cos·(a·z) + sin·(b·z), runs the online softmax and
 p·z^V in f32, and a merge kernel combines the token splits.
 
 Why it is 4–5× slower than SDPA instead of faster (measured on the H100 of these runs):
 
-* Occupancy. M for two heads plus the double-buffered tiles take ~207 KB of shared memory at
-  r_k = 256, so one 8-warp block runs per SM, and every tile passes through barrier-separated phases
-  (loads → MMA → scores → softmax → p·z^V). Nsight Compute on the f16 256/256 kernel at 64K:
+* Occupancy. M for two heads plus the tiles take ~207–211 KB of shared memory at r_k = 256, so
+  one block runs per SM (8 warps, or 16 in two warp groups), and every tile passes through
+  barrier-separated phases (loads → MMA → scores → softmax → p·z^V). Nsight Compute on the f16 256/256 kernel at 64K:
   6.3 warp-cycles per issued instruction, 12.5% occupancy, SM throughput 31%, DRAM 9%.
 * Ablation at 64K, f16 256/256 (1504 µs in that run, before the RoPE table and launch-bound
   changes): skipping the key MMA saved ~500 µs (the MMA phase runs at ~30% of the tensor rate),
@@ -94,7 +94,9 @@ Why it is 4–5× slower than SDPA instead of faster (measured on the H100 of th
   one query head per block (two 4-warp blocks per SM; 64K f16: 1370 → 2862 µs).
 * Kept: folding q into B^K (64K f16 2137 → 1459 µs), the cp.async pipeline with 32-token tiles,
   the per-call RoPE table (→ 1393 µs), two blocks per SM where shared memory allows (q4 128/384:
-  1264 → 1006 µs).
+  1264 → 1006 µs), two independent warp groups per block sharing M, each with its own
+  single-stage tiles, named barriers and token split (16 warps per SM at r_k = 256; 64K f16
+  1352 → 1213 µs, q4 256/256 1428 → 1213 µs; 16K slightly slower, 446 → 473 µs).
 
 What the targets need (not built): a Hopper design — wgmma fed by TMA, warp-specialized producer
 and consumer warps with 3+ stages instead of block-wide barriers, and M split across a 2-CTA

@@ -76,47 +76,55 @@ struct LatentParams {
   const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two pairs at a time
   float* pm;              // [H, splits]
   float* pl;              // [H, splits]
-  float* pacc;            // [width · splits]
+  float* pacc;            // [width · splits · wgroups]
+  int stages;             // tile buffers per warp group (2: the next tile loads during this one)
+  int wgroups;            // warp groups per block, each its own split of the tokens
 };
 
+// Shared memory: M rows, bias terms and inv_freq once per block; then per warp group (1 or 2
+// groups of 4 warps per query head, each walking its own tiles) its tile stages and state.
 struct SmemLayout {
-  size_t ms, zk, rawk, rawv, sc, invf, ab, red, p, stat, acc, total;
+  size_t ms, invf, ab, gbase, group_bytes, total;                // block-wide
+  size_t zk, rawk, rawv, sc, red, p, stat, acc;                  // inside a group
   size_t zk_stage, rawk_stage, rawv_stage;
 };
 
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
 
 __host__ __device__ inline SmemLayout smem_layout(int qpc, int rk, int rv, int stor_k, int row_bytes_k,
-                                                  int row_bytes_v) {
+                                                  int row_bytes_v, int stages, int wgroups) {
   SmemLayout L{};
   const bool k_f16 = stor_k == (int)RowStorage::kF16;
   size_t o = 0;
   L.ms = o;
   o += align16((size_t)qpc * kHD * (rk + kPadHalves) * 2);
-  L.zk = o;
-  L.zk_stage = k_f16 ? align16((size_t)kTT * (rk + kPadHalves) * 2) : 0;
-  o += align16((size_t)kTT * (rk + kPadHalves) * 2) * (k_f16 ? 2 : 1);
-  L.rawk = o;
-  L.rawk_stage = k_f16 ? 0 : align16((size_t)kTT * row_bytes_k + 16);
-  o += 2 * L.rawk_stage;
-  L.rawv = o;
-  L.rawv_stage = align16((size_t)kTT * row_bytes_v + 16);
-  o += 2 * L.rawv_stage;
-  L.sc = o;
-  o += 2 * 4 * kTT * 4;
   L.invf = o;
   o += kHalf * 4;
   L.ab = o;
   o += align16((size_t)qpc * kHD * 4);
-  L.red = o;
-  o += align16((size_t)4 * qpc * kTT * 4);
-  L.p = o;
-  o += align16((size_t)qpc * kTT * 4);
-  L.stat = o;
-  o += align16((size_t)3 * qpc * 4);
-  L.acc = o;
-  o += align16((size_t)qpc * rv * 4);
-  L.total = o;
+  L.gbase = o;
+  size_t g = 0;
+  L.zk = g;
+  L.zk_stage = k_f16 ? align16((size_t)kTT * (rk + kPadHalves) * 2) : 0;
+  g += align16((size_t)kTT * (rk + kPadHalves) * 2) * (k_f16 ? stages : 1);
+  L.rawk = g;
+  L.rawk_stage = k_f16 ? 0 : align16((size_t)kTT * row_bytes_k + 16);
+  g += stages * L.rawk_stage;
+  L.rawv = g;
+  L.rawv_stage = align16((size_t)kTT * row_bytes_v + 16);
+  g += stages * L.rawv_stage;
+  L.sc = g;
+  g += stages * 4 * kTT * 4;
+  L.red = g;
+  g += align16((size_t)4 * qpc * kTT * 4);
+  L.p = g;
+  g += align16((size_t)qpc * kTT * 4);
+  L.stat = g;
+  g += align16((size_t)3 * qpc * 4);
+  L.acc = g;
+  g += align16((size_t)qpc * rv * 4);
+  L.group_bytes = g;
+  L.total = o + (size_t)wgroups * g;
   return L;
 }
 
@@ -306,25 +314,36 @@ __global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep,
   }
 }
 
-__global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __grid_constant__ LatentParams P) {
+__global__ void __launch_bounds__(2 * kThreadsMax, 1) latent_decode_kernel(const __grid_constant__ LatentParams P) {
   extern __shared__ __align__(16) uint8_t smem[];
-  const int tid = threadIdx.x, nthr = blockDim.x;
+  const int tid_block = threadIdx.x, nthr_block = blockDim.x;
+  const int nthr = nthr_block / P.wgroups;  // threads of one warp group
+  const int wg = tid_block / nthr, tid = tid_block % nthr;
   const int warp = tid >> 5, lane = tid & 31;
-  const int split = blockIdx.x;
+  const int split = blockIdx.x * P.wgroups + wg;  // each warp group is a split of its own
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const GroupPtrs& G = P.g[gl];
   const int qpc = P.qpc;
   const int rk = P.rk, rv = P.rv, ldk = rk + kPadHalves;
-  const SmemLayout L = smem_layout(qpc, rk, rv, P.stor_k, P.row_bytes_k, P.row_bytes_v);
+  const SmemLayout L = smem_layout(qpc, rk, rv, P.stor_k, P.row_bytes_k, P.row_bytes_v, P.stages, P.wgroups);
   __half* Ms = reinterpret_cast<__half*>(smem + L.ms);
   float* invf = reinterpret_cast<float*>(smem + L.invf);
   float* ab_s = reinterpret_cast<float*>(smem + L.ab);
-  float* red = reinterpret_cast<float*>(smem + L.red);
-  float* Ps = reinterpret_cast<float*>(smem + L.p);
-  float* m_s = reinterpret_cast<float*>(smem + L.stat);
+  uint8_t* gsm = smem + L.gbase + (size_t)wg * L.group_bytes;  // this warp group's part
+  float* red = reinterpret_cast<float*>(gsm + L.red);
+  float* Ps = reinterpret_cast<float*>(gsm + L.p);
+  float* m_s = reinterpret_cast<float*>(gsm + L.stat);
   float* l_s = m_s + qpc;
   float* c_s = m_s + 2 * qpc;
-  float* acc_s = reinterpret_cast<float*>(smem + L.acc);
+  float* acc_s = reinterpret_cast<float*>(gsm + L.acc);
+  // A barrier of this warp group only (named barrier 1 + wg), so the groups drift apart and one
+  // computes while the other waits for its loads.
+  auto group_sync = [&]() {
+    if (wg == 0)
+      asm volatile("bar.sync 1, %0;\n" ::"r"(nthr) : "memory");
+    else
+      asm volatile("bar.sync 2, %0;\n" ::"r"(nthr) : "memory");
+  };
 
   const int head0 = G.first_head + chunk * qpc;  // first global query head of this block
   const bool k_f16 = P.stor_k == (int)RowStorage::kF16;
@@ -336,13 +355,14 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
     const int row16 = rk / 8;
     const int n16 = qpc * kHD * row16;
     const uint4* src = reinterpret_cast<const uint4*>(P.m + (size_t)head0 * kHD * rk);
-    for (int i = tid; i < n16; i += nthr) {
+    for (int i = tid_block; i < n16; i += nthr_block) {
       const int r = i / row16, c = i % row16;
       cp_async16(Ms + (size_t)r * ldk + c * 8, src + i);
     }
     cp_async_commit();
-    for (int i = tid; i < qpc * kHD; i += nthr) ab_s[i] = P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
-    if (tid < kHalf) invf[tid] = P.inv_freq[tid];
+    for (int i = tid_block; i < qpc * kHD; i += nthr_block)
+      ab_s[i] = P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+    if (tid_block < kHalf) invf[tid_block] = P.inv_freq[tid_block];
     for (int i = tid; i < qpc; i += nthr) {
       m_s[i] = -INFINITY;
       l_s[i] = 0.f;
@@ -352,8 +372,9 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
   __syncthreads();  // inv_freq is read by the first tile's cos/sin before the loop's first barrier
 
   const int tiles_total = (P.T + kTT - 1) / kTT;
-  const int tile_begin = split * P.tiles_per_split;
+  const int tile_begin = blockIdx.x * P.tiles_per_split;
   const int tile_end = min(tiles_total, tile_begin + P.tiles_per_split);
+  const int tile_step = P.wgroups;  // group wg takes tiles tile_begin + wg, + 2·wg ...
 
   // Queue the raw bytes of `tile` into stage `st`: z^K (f16: straight into the padded MMA rows),
   // z^V, scales and zeros.
@@ -363,9 +384,9 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
     const int nk16 = bk / 16, nv16 = bv / 16;
     const uint8_t* gk = G.zk + (size_t)tile * kTT * P.row_bytes_k;
     const uint8_t* gv = G.zv + (size_t)tile * kTT * P.row_bytes_v;
-    uint8_t* zk = smem + L.zk + st * L.zk_stage;
-    uint8_t* rawk = smem + L.rawk + st * L.rawk_stage;
-    uint8_t* rawv = smem + L.rawv + st * L.rawv_stage;
+    uint8_t* zk = gsm + L.zk + st * L.zk_stage;
+    uint8_t* rawk = gsm + L.rawk + st * L.rawk_stage;
+    uint8_t* rawv = gsm + L.rawv + st * L.rawv_stage;
     for (int c = tid; c < nk16 + nv16; c += nthr) {
       if (c < nk16) {
         const int o = c * 16;
@@ -383,7 +404,7 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
     const int nkt = (bk % 16) / 4, nvt = (bv % 16) / 4;  // 4-byte tails (never for f16)
     if (tid < nkt) cp_async4(rawk + nk16 * 16 + 4 * tid, gk + nk16 * 16 + 4 * tid);
     if (tid < nvt) cp_async4(rawv + nv16 * 16 + 4 * tid, gv + nv16 * 16 + 4 * tid);
-    float* sc = reinterpret_cast<float*>(smem + L.sc) + st * 4 * kTT;
+    float* sc = reinterpret_cast<float*>(gsm + L.sc) + st * 4 * kTT;
     const int t0 = tile * kTT;
     if (tid < nvalid) {
       if (k_packed) {
@@ -397,24 +418,29 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
     }
   };
 
-  if (tile_begin < tile_end) issue(tile_begin, 0);
+  const int first = tile_begin + wg;
+  if (P.stages == 2 && first < tile_end) issue(first, 0);
   cp_async_commit();
 
   const int hl = warp >> 2, qd = warp & 3;  // query head in block, row quarter
   int it = 0;
-  for (int tile = tile_begin; tile < tile_end; ++tile, ++it) {
-    const int st = it & 1;
+  for (int tile = first; tile < tile_end; tile += tile_step, ++it) {
+    const int st = P.stages == 2 ? (it & 1) : 0;
     const int nvalid = min(kTT, P.T - tile * kTT);
     const int t0 = tile * kTT;
-    if (tile + 1 < tile_end) issue(tile + 1, st ^ 1);
+    if (P.stages == 1) issue(tile, 0);
+    else if (tile + tile_step < tile_end) issue(tile + tile_step, st ^ 1);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const float* sc = reinterpret_cast<const float*>(smem + L.sc) + st * 4 * kTT;
-    const uint8_t* rawv = smem + L.rawv + st * L.rawv_stage;
-    __half* Zk = reinterpret_cast<__half*>(smem + L.zk + st * L.zk_stage);
+    if (P.stages == 2)
+      cp_async_wait<1>();
+    else
+      cp_async_wait<0>();
+    group_sync();
+    const float* sc = reinterpret_cast<const float*>(gsm + L.sc) + st * 4 * kTT;
+    const uint8_t* rawv = gsm + L.rawv + st * L.rawv_stage;
+    __half* Zk = reinterpret_cast<__half*>(gsm + L.zk + st * L.zk_stage);
     if (!k_f16) {  // dequantize z^K to f16 rows of the MMA tile
-      const uint8_t* rawk = smem + L.rawk + st * L.rawk_stage;
+      const uint8_t* rawk = gsm + L.rawk + st * L.rawk_stage;
       const int per_row = rk / 8;
       for (int i = tid; i < nvalid * per_row; i += nthr) {
         const int t = i / per_row, i0 = (i % per_row) * 8;
@@ -422,7 +448,7 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
         *reinterpret_cast<uint4*>(Zk + (size_t)t * ldk + i0) =
             decode8_half(P.stor_k, rawk + (size_t)t * P.row_bytes_k, i0, s, z);
       }
-      __syncthreads();
+      group_sync();
     }
 
     // cos/sin of this thread's (token, frequency) pairs, loaded before the MMA so their latency
@@ -495,7 +521,7 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
         }
       }
     }
-    __syncthreads();
+    group_sync();
     // ---- online softmax, one warp per query head
     for (int h = warp; h < qpc; h += nthr / 32) {
       const int t = lane;
@@ -521,7 +547,7 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
         c_s[h] = corr;
       }
     }
-    __syncthreads();
+    group_sync();
     // ---- acc = acc·corr + Σ_t p_t · z^V_t
     if (qpc == 2)
       pv_dispatch_nh<2>(P.stor_v, acc_s, c_s, Ps, rawv, P.row_bytes_v, sc + 2 * kTT, sc + 3 * kTT, rv, 0, nvalid, tid,
@@ -529,10 +555,10 @@ __global__ void __launch_bounds__(kThreadsMax, 2) latent_decode_kernel(const __g
     else
       pv_dispatch_nh<1>(P.stor_v, acc_s, c_s, Ps, rawv, P.row_bytes_v, sc + 2 * kTT, sc + 3 * kTT, rv, 0, nvalid, tid,
                         nthr);
-    __syncthreads();  // stage st is free for the next issue
+    group_sync();  // stage st is free for the next issue
   }
   cp_async_wait<0>();
-  __syncthreads();
+  group_sync();
   // ---- this split's partials
   for (int h = tid; h < qpc; h += nthr) {
     P.pm[(size_t)(head0 + h) * P.splits + split] = m_s[h];
@@ -564,19 +590,38 @@ Status check_rows(const CudaLatentRows& r, const char* what, int g) {
   return Status::ok();
 }
 
-int pick_qpc(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, size_t* smem, int forced = 0) {
+// Block shape for one group configuration: query heads per block, tile stages, warp groups.
+struct BlockShape {
+  int qpc = 0, stages = 2, wgroups = 1;
+  size_t smem = 0;
+};
+
+// The shape with the most resident warps per SM (shared memory and 128 registers per thread
+// permitting); ties go to one warp group with two stages. `forced_qpc` ≠ 0 pins the heads.
+BlockShape pick_shape(const CudaAttentionShape& sh, const CudaLatentGroup& g, int max_smem, int forced_qpc = 0,
+                      int smem_per_sm = 233472) {
   const int hq = sh.group_size * (sh.num_heads / sh.num_kv_heads);
+  BlockShape best;
+  int best_warps = 0;
   for (int qpc : {2, 1}) {
-    if (hq % qpc != 0 || (forced != 0 && qpc != forced)) continue;
-    const SmemLayout L = smem_layout(qpc, g.k.rank, g.v.rank, storage_int(g.k.storage),
-                                     (int)row_storage_bytes(g.k.storage, g.k.rank),
-                                     (int)row_storage_bytes(g.v.storage, g.v.rank));
-    if (L.total <= (size_t)max_smem) {
-      *smem = L.total;
-      return qpc;
+    if (hq % qpc != 0 || (forced_qpc != 0 && qpc != forced_qpc)) continue;
+    for (const auto [stages, wgroups] : {std::pair{2, 1}, std::pair{1, 2}, std::pair{2, 2}}) {
+      const SmemLayout L =
+          smem_layout(qpc, g.k.rank, g.v.rank, storage_int(g.k.storage), (int)row_storage_bytes(g.k.storage, g.k.rank),
+                      (int)row_storage_bytes(g.v.storage, g.v.rank), stages, wgroups);
+      if (L.total > (size_t)max_smem) continue;
+      const int threads = qpc * 128 * wgroups;
+      const int by_smem = (int)(smem_per_sm / (L.total + 1024));
+      const int by_regs = 65536 / (threads * 128);
+      const int warps = std::min(by_smem, by_regs) * threads / 32;
+      if (warps > best_warps) {
+        best_warps = warps;
+        best = BlockShape{qpc, stages, wgroups, L.total};
+      }
     }
+    if (best_warps > 0) break;  // prefer 2 heads per block when anything fits
   }
-  return 0;
+  return best;
 }
 
 }  // namespace
@@ -629,8 +674,10 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
   if (!lim.is_ok()) return p;
-  p.heads_per_block = pick_qpc(shape, group, lim->max_smem_optin, &p.smem_bytes);
-  p.threads = p.heads_per_block * 128;
+  const BlockShape b = pick_shape(shape, group, lim->max_smem_optin);
+  p.heads_per_block = b.qpc;
+  p.smem_bytes = b.smem;
+  p.threads = b.qpc * 128 * b.wgroups;
   return p;
 }
 
@@ -674,7 +721,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   // Batches of groups with one configuration (≤ kMaxBatch each), in group order.
   struct Batch {
     std::vector<int> gs;
-    int qpc = 0, splits = 0, tiles_per_split = 0;
+    int qpc = 0, splits = 0, tiles_per_split = 0, stages = 2, wgroups = 1;
     size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
   };
   std::vector<Batch> batches;
@@ -700,7 +747,11 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   size_t part_floats = 0, stat_floats = 0, m_halves = 0;
   for (Batch& b : batches) {
     const CudaLatentGroup& g0 = groups[b.gs[0]];
-    b.qpc = pick_qpc(sh, g0, lim.max_smem_optin, &b.smem, options.heads_per_block);
+    const BlockShape shape = pick_shape(sh, g0, lim.max_smem_optin, options.heads_per_block);
+    b.qpc = shape.qpc;
+    b.smem = shape.smem;
+    b.stages = shape.stages;
+    b.wgroups = shape.wgroups;
     if (b.qpc == 0)
       return unimplemented("cuda latent attention: group " + std::to_string(b.gs[0]) + " (key rank " +
                            std::to_string(g0.k.rank) + " " + row_storage_name(g0.k.storage) + ", value rank " +
@@ -710,7 +761,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     PALU_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
     PALU_CUDA_RETURN_IF_ERROR(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_decode_kernel, b.qpc * 128, b.smem));
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_decode_kernel, b.qpc * 128 * b.wgroups, b.smem));
     const int blocks_y = (int)b.gs.size() * (hq / b.qpc);
     int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms * std::max(per_sm, 1) / blocks_y);
     splits = std::min(splits, tiles_total);
@@ -719,8 +770,8 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     b.part_off = part_floats;
     b.stat_off = stat_floats;
     b.m_off = m_halves;
-    part_floats += (size_t)out_off[G] * b.splits;  // indexed by the global out offset
-    stat_floats += (size_t)sh.num_heads * b.splits;
+    part_floats += (size_t)out_off[G] * b.splits * b.wgroups;  // indexed by the global out offset
+    stat_floats += (size_t)sh.num_heads * b.splits * b.wgroups;
     m_halves += (size_t)sh.num_heads * kHD * g0.k.rank;  // indexed by the global head
   }
   const size_t ab_floats = any_bias ? (size_t)sh.num_heads * kHD : 0;
@@ -764,7 +815,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.row_bytes_v = (int)row_storage_bytes(g0.v.storage, g0.v.rank);
     P.qpc = b.qpc;
     P.chunks = hq / b.qpc;
-    P.splits = b.splits;
+    P.splits = b.splits * b.wgroups;
+    P.stages = b.stages;
+    P.wgroups = b.wgroups;
     P.tiles_per_split = b.tiles_per_split;
     P.inv_sqrt_d = 1.0f / std::sqrt((float)kHD);
     P.q = q;
@@ -780,10 +833,10 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     PALU_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
     const dim3 grid(b.splits, (unsigned)b.gs.size() * P.chunks);
-    latent_decode_kernel<<<grid, b.qpc * 128, b.smem, st>>>(P);
+    latent_decode_kernel<<<grid, b.qpc * 128 * b.wgroups, b.smem, st>>>(P);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     for (int g : b.gs) {
-      PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, b.splits, g * hq, hq, out_off[g],
+      PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, P.splits, g * hq, hq, out_off[g],
                                                        groups[g].v.rank, out, st));
     }
   }
