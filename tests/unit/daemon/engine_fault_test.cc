@@ -6,6 +6,9 @@
 // The engine runs in-process on a tiny random model written to a temp directory; every wait is
 // bounded (RecordingSink::wait_final), so a misbehaving engine fails a test instead of hanging it.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
 #include <cstring>
@@ -17,6 +20,8 @@
 #include "backends/base/host_alloc.h"
 #include "daemon/engine.h"
 #include "daemon/file_system.h"
+#include "daemon/server.h"
+#include "sdk/proto/framing.h"
 #include "tests/unit/daemon/engine_test_util.h"
 
 namespace palu::daemon {
@@ -119,6 +124,117 @@ TEST_F(EngineFaultTest, RequestFloodIsAnsweredBusyAndTheEngineGoesOn) {
   EXPECT_EQ(ok + busy, kFlood);
   EXPECT_GE(ok, kQueue);
   EXPECT_EQ(call(*engine, simple_request(api::Request::kListSessions)).code(), api::OK);
+}
+
+// The same flood through a real socket: the server hands every decoded request to the engine on
+// its I/O thread; over max_queue the client reads BUSY for each, the queued ones are answered
+// once the engine runs, and the daemon (server + engine) keeps serving new connections.
+class FrameClient {
+ public:
+  explicit FrameClient(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    connected_ = ::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~FrameClient() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  bool send(const std::string& bytes) {
+    std::string_view rest = bytes;
+    while (!rest.empty()) {
+      const ssize_t n = ::send(fd_, rest.data(), rest.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      rest.remove_prefix((size_t)n);
+    }
+    return true;
+  }
+  // The next response, or nullopt after 5 s.
+  std::optional<api::Response> read() {
+    for (int waited = 0; waited < 5000;) {
+      if (auto f = decoder_.next()) {
+        api::Response r;
+        if (!r.ParseFromString(f->payload)) return std::nullopt;
+        return r;
+      }
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) {
+        waited += 100;
+        continue;
+      }
+      char buf[65536];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0 || !decoder_.feed(std::string_view(buf, (size_t)n)).is_ok()) return std::nullopt;
+    }
+    return std::nullopt;
+  }
+  bool handshake() {
+    api::Request h;
+    h.set_id(1);
+    h.mutable_handshake()->set_protocol_version(palu::api::kProtocolVersion);
+    if (!send(palu::api::encode_frame(h))) return false;
+    auto r = read();
+    return r && r->code() == api::OK;
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+  palu::api::FrameDecoder decoder_;
+};
+
+TEST_F(EngineFaultTest, RequestFloodThroughTheSocketGetsBusyAndTheDaemonStaysAlive) {
+  constexpr int kQueue = 4, kFlood = 100;
+  auto engine = make_engine(nullptr, kQueue);
+  ASSERT_NE(engine, nullptr);
+  ServerOptions so;
+  so.socket_path = tmp_.path() + "/run/palud.sock";
+  so.daemon_version = "test";
+  auto server = Server::create(so, engine.get());
+  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+  (*server)->start_in_thread();
+
+  FrameClient flood(so.socket_path);
+  ASSERT_TRUE(flood.connected());
+  ASSERT_TRUE(flood.handshake());
+  std::string burst;
+  for (int i = 0; i < kFlood; ++i) {
+    api::Request r = simple_request(api::Request::kStats);
+    r.set_id(100 + i);
+    burst += palu::api::encode_frame(r);
+  }
+  ASSERT_TRUE(flood.send(burst));  // one write: the engine thread is not running yet
+  for (int i = 0; i < kFlood - kQueue; ++i) {
+    auto r = flood.read();
+    ASSERT_TRUE(r.has_value()) << "BUSY answer " << i << " missing";
+    EXPECT_EQ(r->code(), api::BUSY) << r->message();
+    EXPECT_GE(r->id(), 100u + kQueue);
+  }
+  engine->start();
+  for (int i = 0; i < kQueue; ++i) {
+    auto r = flood.read();
+    ASSERT_TRUE(r.has_value()) << "queued request " << i << " not answered";
+    EXPECT_EQ(r->code(), api::OK) << r->message();
+    EXPECT_LT(r->id(), 100u + kQueue);
+  }
+  EXPECT_EQ(engine->counters().busy_refusals, (uint64_t)(kFlood - kQueue));
+
+  // Alive: the flooding connection and a new one are both served.
+  FrameClient next(so.socket_path);
+  ASSERT_TRUE(next.connected());
+  ASSERT_TRUE(next.handshake());
+  for (FrameClient* c : {&flood, &next}) {
+    api::Request r = load_request("tiny", model_a_.path());
+    r.set_id(7);
+    ASSERT_TRUE(c->send(palu::api::encode_frame(r)));
+    auto reply = c->read();
+    ASSERT_TRUE(reply.has_value());
+    // The first load succeeds; the second finds the name taken: either way a real answer.
+    EXPECT_TRUE(reply->code() == api::OK || reply->code() == api::ALREADY_EXISTS) << reply->message();
+  }
+  EXPECT_EQ((*server)->stats().connections_open, 2u);
+  (*server)->stop();
+  engine->stop();
 }
 
 // ---- disk full and fsync failure during a save ---------------------------------------------
