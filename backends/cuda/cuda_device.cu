@@ -17,7 +17,18 @@ class CudaDevice final : public Device {
     info_.memory_bytes = prop.totalGlobalMem;
   }
   const DeviceInfo& info() const override { return info_; }
-  bool supports(OpKind op) const override { return op == OpKind::kRmsNorm; }
+  // forward_ops.h and attention_cuda.h; softmax and prefill attention are not implemented yet.
+  bool supports(OpKind op) const override {
+    switch (op) {
+      case OpKind::kMatMul:
+      case OpKind::kRmsNorm:
+      case OpKind::kRope:
+      case OpKind::kSiluMul:
+      case OpKind::kAttentionDecode:
+      case OpKind::kLatentAttentionDecode: return true;
+      default: return false;
+    }
+  }
 
  private:
   DeviceInfo info_;
@@ -42,6 +53,7 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float eps, float
 
 Status cuda_status(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::ok();
+  (void)cudaGetLastError();  // reset the last-error slot (see cuda_status.h)
   return internal_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 

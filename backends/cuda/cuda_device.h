@@ -1,5 +1,5 @@
-// CUDA devices. Issue "CUDA backend" grows the kernels; today a CUDA device is enumerated,
-// reports its memory, and runs the smoke kernel below (used by the gpu-labelled test).
+// CUDA devices: enumeration (zero devices and one log line without a GPU or driver), memory size,
+// the ops they support (forward_ops.h, attention_cuda.h) and the smoke kernel below.
 #pragma once
 
 #include <memory>

@@ -13,6 +13,9 @@ namespace palu::backends::cuda {
 
 inline Status cuda_status(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::ok();
+  // Reset the runtime's last-error slot, so a later cudaGetLastError() after a good launch does
+  // not report this (non-sticky) failure again.
+  (void)cudaGetLastError();
   std::string m = std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
   if (e == cudaErrorMemoryAllocation) return resource_exhausted(std::move(m));
   return internal_error(std::move(m));
