@@ -5,6 +5,7 @@ PKGS=(cmake ninja-build g++ pkg-config git
       libdnnl-dev libsentencepiece-dev libprotobuf-dev protobuf-compiler libboost-dev
       nlohmann-json3-dev libcli11-dev libeigen3-dev libpcre2-dev libxxhash-dev
       libgtest-dev libgmock-dev
+      clang libclang-rt-14-dev libomp-14-dev
       libvulkan-dev glslc mesa-vulkan-drivers)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (what .ci/run runs): packages, a Release build with every test
 # (unit, integration, slow perplexity; GPU tests skip without a GPU), then the unit and
-# parser tests again under AddressSanitizer + UBSan.
-#   scripts/test.sh            everything (~15 min on 2 cores)
-#   scripts/test.sh --fast     skip the tests labelled slow and the sanitizer pass
+# parser tests again under AddressSanitizer + UBSan, then every parser's libFuzzer target for
+# 10 s on its seed corpus (scripts/fuzz.sh; scripts/tsan.sh runs the daemon's tests under
+# ThreadSanitizer separately, ~8 min).
+#   scripts/test.sh            everything (~30 min on 2 cores from a fresh clone)
+#   scripts/test.sh --fast     skip the tests labelled slow, the sanitizer pass and fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0
@@ -24,3 +26,5 @@ cmake --build build-asan -j "$(nproc)" --target base_unit_tests cpu_unit_tests m
   compress_unit_tests proto_unit_tests daemon_unit_tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_WAIT_POLICY=PASSIVE \
   ctest --test-dir build-asan --output-on-failure -j 2 -L unit
+# Fuzz step: every parser's libFuzzer target for 10 s (clang; ~4 min on 2 cores with the build).
+scripts/fuzz.sh 10
