@@ -57,6 +57,21 @@ Status KvSession::reset() {
   return pool_->commit(plan);
 }
 
+Status KvSession::truncate(int n) {
+  if (n < 0 || n > size_) {
+    return invalid_argument("truncate: " + std::to_string(n) + " is outside 0.." + std::to_string(size_) +
+                            " (the tokens held)");
+  }
+  if (dense_) {
+    PALU_RETURN_IF_ERROR(dense_->truncate(n));
+  } else {
+    PALU_ASSIGN_OR_RETURN(cache::Plan plan, pool_->plan(cache::PoolRequest::truncate(kSeq, n)));
+    PALU_RETURN_IF_ERROR(pool_->commit(plan));
+  }
+  size_ = n;
+  return Status::ok();
+}
+
 uint64_t KvSession::bytes() const {
   if (dense_) return dense_->bytes();
   return pool_->layout().session_bytes(size_);

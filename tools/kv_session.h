@@ -28,6 +28,8 @@ class KvSession {
 
   Status step(const int32_t* tokens, int n, model::LogitsMode mode, float* logits);
   Status reset();
+  // Forgets the tokens after the first n (0 ≤ n ≤ size()).
+  Status truncate(int n);
   int size() const { return size_; }
   int capacity() const { return capacity_; }
   bool pooled() const { return pool_ != nullptr; }
