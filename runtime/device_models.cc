@@ -92,14 +92,14 @@ Result<std::unique_ptr<model::DeviceModel>> make_device_model(const model::Llama
     }
     case backends::DeviceKind::kCuda:
 #if defined(PALU_WITH_CUDA_MODEL)
-      return cuda::make_cuda_model(model, options);
+      return backends::cuda::make_cuda_model(model, options);
 #else
       return failed_precondition("backend cuda: this palu was built without the CUDA backend "
                                  "(configure with -DPALU_CUDA=ON and the CUDA Toolkit installed)");
 #endif
     case backends::DeviceKind::kVulkan:
 #if defined(PALU_WITH_VULKAN_MODEL)
-      return vulkan::make_vulkan_model(model, options);
+      return backends::vulkan::make_vulkan_model(model, options);
 #else
       return failed_precondition("backend vulkan: this palu was built without the Vulkan backend "
                                  "(install libvulkan-dev and glslc, configure with -DPALU_VULKAN=ON)");

@@ -7,9 +7,9 @@
 #include "backends/base/status.h"
 #include "model/device_model.h"
 
-namespace palu::cuda {
+namespace palu::backends::cuda {
 
 Result<std::unique_ptr<model::DeviceModel>> make_cuda_model(const model::LlamaModel& model,
                                                             const model::DeviceModelOptions& options);
 
-}  // namespace palu::cuda
+}  // namespace palu::backends::cuda

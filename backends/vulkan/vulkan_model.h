@@ -7,9 +7,9 @@
 #include "backends/base/status.h"
 #include "model/device_model.h"
 
-namespace palu::vulkan {
+namespace palu::backends::vulkan {
 
 Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
                                                               const model::DeviceModelOptions& options);
 
-}  // namespace palu::vulkan
+}  // namespace palu::backends::vulkan
