@@ -94,14 +94,14 @@ Result<std::unique_ptr<model::DeviceModel>> make_device_model(const model::Llama
 #if defined(PALU_WITH_CUDA_MODEL)
       return backends::cuda::make_cuda_model(model, options);
 #else
-      return failed_precondition("backend cuda: this palu was built without the CUDA backend "
+      return failed_precondition("backend cuda is not in this build of palu "
                                  "(configure with -DPALU_CUDA=ON and the CUDA Toolkit installed)");
 #endif
     case backends::DeviceKind::kVulkan:
 #if defined(PALU_WITH_VULKAN_MODEL)
       return backends::vulkan::make_vulkan_model(model, options);
 #else
-      return failed_precondition("backend vulkan: this palu was built without the Vulkan backend "
+      return failed_precondition("backend vulkan is not in this build of palu "
                                  "(install libvulkan-dev and glslc, configure with -DPALU_VULKAN=ON)");
 #endif
   }

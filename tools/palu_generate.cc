@@ -7,9 +7,12 @@
 // The continuation is written to stdout as it is produced; timings go to stderr. With --ids
 // the generated token ids are printed space-separated on one line at the end.
 #include <CLI/CLI.hpp>
+#include <memory>
+#include <optional>
 #include <cstdio>
 
 #include "backends/cpu/gemm.h"
+#include "runtime/device_models.h"
 #include "model/sampler.h"
 #include "tools/kv_options.h"
 #include "tools/tool_common.h"
@@ -38,6 +41,11 @@ int main(int argc, char** argv) {
   app.add_flag("--ignore-eos", ignore_eos, "keep generating after the end-of-sequence token");
   app.add_flag("--decode-all", decode_all, "feed the prompt token by token instead of one prefill");
   app.add_flag("--quiet,-q", quiet, "no loading progress or timings on stderr");
+  std::string backend = "cpu";
+  int device_index = 0;
+  app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
+      ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
+  app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
   tools::KvOptions kv;
   kv.add_to(app);
   CLI11_PARSE(app, argc, argv);
@@ -60,10 +68,40 @@ int main(int argc, char** argv) {
     return tools::fail("palu-generate", invalid_argument("the prompt has " + std::to_string(ids.size()) +
                                                          " tokens but the context is " + std::to_string(ctx)));
   }
-  auto session_r = kv.session(m, ctx);
-  if (!session_r.is_ok()) return tools::fail("palu-generate", session_r.status());
-  tools::KvSession& session = session_r.value();
-  if (!quiet) std::fprintf(stderr, "kv cache: %s\n", session.describe().c_str());
+  // The sequence: the CPU KvSession, or one on a device (--backend).
+  std::optional<tools::KvSession> cpu_session;
+  std::unique_ptr<model::DeviceModel> device;
+  std::unique_ptr<model::DeviceSequence> dseq;
+  if (backend == "cpu" && device_index == 0) {
+    auto session_r = kv.session(m, ctx);
+    if (!session_r.is_ok()) return tools::fail("palu-generate", session_r.status());
+    cpu_session.emplace(std::move(session_r).value());
+    if (!quiet) std::fprintf(stderr, "kv cache: %s\n", cpu_session->describe().c_str());
+  } else {
+    const auto cache = kv.cache_options(m);
+    if (!cache) {
+      return tools::fail("palu-generate", invalid_argument("--backend " + backend + " runs the paged cache; --kv dense/sim "
+                                                           "is the CPU reference only (use --kv auto, latent or full)"));
+    }
+    auto kind = runtime::parse_backend(backend);
+    if (!kind.is_ok()) return tools::fail("palu-generate", kind.status());
+    model::DeviceModelOptions dopt;
+    dopt.device_index = device_index;
+    dopt.cache = *cache;
+    auto dm = runtime::make_device_model(m, kind.value(), dopt);
+    if (!dm.is_ok()) return tools::fail("palu-generate", dm.status());
+    device = std::move(dm).value();
+    auto sq = device->new_sequence(ctx);
+    if (!sq.is_ok()) return tools::fail("palu-generate", sq.status());
+    dseq = std::move(sq).value();
+    if (!quiet) std::fprintf(stderr, "device: %s\n", device->describe().c_str());
+  }
+  auto step = [&](const int32_t* t, int n, model::LogitsMode mode, float* out) {
+    return dseq ? dseq->forward(t, n, mode, out) : cpu_session->step(t, n, mode, out);
+  };
+  auto held = [&] { return dseq ? dseq->size() : cpu_session->size(); };
+  auto capacity = [&] { return dseq ? dseq->capacity() : cpu_session->capacity(); };
+  auto held_bytes = [&]() -> double { return dseq ? (double)dseq->cache_bytes() : (double)cpu_session->bytes(); };
   model::SamplerParams sp;
   sp.temperature = temperature;
   sp.top_p = top_p;
@@ -78,11 +116,11 @@ int main(int argc, char** argv) {
   Status st;
   if (decode_all) {
     for (int32_t id : ids) {
-      st = session.step(&id, 1, model::LogitsMode::kLast, logits.data());
+      st = step(&id, 1, model::LogitsMode::kLast, logits.data());
       if (!st.is_ok()) break;
     }
   } else {
-    st = session.step(ids.data(), (int)ids.size(), model::LogitsMode::kLast, logits.data());
+    st = step(ids.data(), (int)ids.size(), model::LogitsMode::kLast, logits.data());
   }
   if (!st.is_ok()) return tools::fail("palu-generate", st);
   const double t1 = tools::now_seconds();
@@ -104,11 +142,11 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     prev = next;
     if (i + 1 == max_tokens) break;
-    if (session.size() >= session.capacity()) {
+    if (held() >= capacity()) {
       stop_reason = "context full";
       break;
     }
-    st = session.step(&next, 1, model::LogitsMode::kLast, logits.data());
+    st = step(&next, 1, model::LogitsMode::kLast, logits.data());
     if (!st.is_ok()) return tools::fail("palu-generate", st);
   }
   const std::string rest = stream.flush();
@@ -124,7 +162,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "\nprompt: %zu tokens in %.3f s (%.1f tok/s); generated: %zu tokens in %.3f s (%.1f tok/s); stop: %s; "
                  "kv cache %.1f KiB for %d tokens\n",
                  ids.size(), t1 - t0, ids.size() / std::max(t1 - t0, 1e-9), out.size(), t2 - t1,
-                 out.size() / std::max(t2 - t1, 1e-9), stop_reason.c_str(), session.bytes() / 1024.0, session.size());
+                 out.size() / std::max(t2 - t1, 1e-9), stop_reason.c_str(), held_bytes() / 1024.0, held());
   }
   return 0;
 }

@@ -1,7 +1,7 @@
 // palu-perplexity: perplexity of a model on a text file.
 //
 //   palu-perplexity --model PATH --file TEXT --ctx N [--scoring hf|llamacpp] [--json]
-//                   [--max-windows N] [--threads N] [--decode-all]
+//                   [--max-windows N] [--threads N] [--decode-all] [--backend cpu|cuda|vulkan] [--device N]
 //                   [--kv auto|latent|full|dense|sim] [--kv-bits B] [--kv-window N] [--kv-dtype T]
 //
 // Progress goes to stderr; with --json the last line of stdout is
@@ -13,6 +13,7 @@
 #include <cstdio>
 
 #include "backends/cpu/gemm.h"
+#include "runtime/device_models.h"
 #include "tools/perplexity.h"
 #include "tools/kv_options.h"
 #include "tools/tool_common.h"
@@ -21,8 +22,8 @@ using namespace palu;
 
 int main(int argc, char** argv) {
   CLI::App app{"palu-perplexity: perplexity of a model on a text file"};
-  std::string model_path, file, scoring = "hf";
-  int ctx = 512, threads = 0, max_windows = 0;
+  std::string model_path, file, scoring = "hf", backend = "cpu";
+  int ctx = 512, threads = 0, max_windows = 0, device_index = 0;
   bool json = false, quiet = false, decode_all = false;
   app.add_option("--model,-m", model_path, "model directory (Hugging Face) or .gguf file")->required();
   app.add_option("--file,-f", file, "text file, e.g. wiki.test.raw")->required();
@@ -32,6 +33,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-windows", max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_flag("--decode-all", decode_all, "feed each window token by token (decode steps) instead of one prefill");
+  app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
+      ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
+  app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
   app.add_flag("--json", json, "print a JSON summary as the last line of stdout");
   app.add_flag("--quiet,-q", quiet, "no progress on stderr");
   tools::KvOptions kv;
@@ -56,6 +60,24 @@ int main(int argc, char** argv) {
   opt.max_windows = max_windows;
   opt.cache = kv.cache_options(*loaded.value().model);
   opt.decode_all = decode_all;
+  std::unique_ptr<model::DeviceModel> device;
+  if (backend != "cpu" || device_index != 0) {
+    if (!opt.cache) {
+      return tools::fail("palu-perplexity",
+                         invalid_argument("--backend " + backend + " runs the paged cache; --kv dense/sim is the "
+                                          "CPU reference only (use --kv auto, latent or full)"));
+    }
+    auto kind = runtime::parse_backend(backend);
+    if (!kind.is_ok()) return tools::fail("palu-perplexity", kind.status());
+    model::DeviceModelOptions dopt;
+    dopt.device_index = device_index;
+    dopt.cache = *opt.cache;
+    auto dm = runtime::make_device_model(*loaded.value().model, kind.value(), dopt);
+    if (!dm.is_ok()) return tools::fail("palu-perplexity", dm.status());
+    device = std::move(dm.value());
+    opt.device = device.get();
+    if (!quiet) std::fprintf(stderr, "device: %s\n", device->describe().c_str());
+  }
   const double t0 = tools::now_seconds();
   if (!quiet) {
     const bool tty = isatty(2);
@@ -77,10 +99,11 @@ int main(int argc, char** argv) {
               (long long)v.text_tokens, v.seconds, v.kv.c_str());
   if (json) {
     std::printf("{\"ppl\": %.6f, \"tokens\": %lld, \"scored_tokens\": %lld, \"windows\": %d, \"seconds\": %.3f, "
-                "\"ctx\": %d, \"scoring\": \"%s\", \"kv\": \"%s\", \"kv_bytes_per_token\": %llu, \"decode_all\": %s}\n",
+                "\"ctx\": %d, \"scoring\": \"%s\", \"kv\": \"%s\", \"kv_bytes_per_token\": %llu, \"decode_all\": %s, "
+                "\"backend\": \"%s\"}\n",
                 v.ppl, (long long)v.text_tokens, (long long)v.scored_tokens, v.windows, v.seconds, ctx, scoring.c_str(),
                 kv.resolved(*loaded.value().model).c_str(), (unsigned long long)v.kv_bytes_per_token,
-                decode_all ? "true" : "false");
+                decode_all ? "true" : "false", backend.c_str());
   }
   return 0;
 }

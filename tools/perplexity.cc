@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <optional>
 
 #include "tools/kv_session.h"
 #include "tools/tool_common.h"
@@ -62,9 +64,22 @@ Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, con
                             std::to_string(opt.ctx));
   }
   const int V = model.config().vocab_size;
-  PALU_ASSIGN_OR_RETURN(KvSession session, KvSession::create(model, opt.ctx, opt.cache));
-  r.kv = session.describe();
-  r.kv_bytes_per_token = session.bytes_per_token();
+  // One sequence of ctx tokens, reused for every window: the CPU KvSession or a device's.
+  std::optional<KvSession> session;
+  std::unique_ptr<model::DeviceSequence> dseq;
+  if (opt.device) {
+    PALU_ASSIGN_OR_RETURN(dseq, opt.device->new_sequence(opt.ctx));
+    r.kv = opt.device->describe();
+    r.kv_bytes_per_token = 0;
+  } else {
+    PALU_ASSIGN_OR_RETURN(KvSession s, KvSession::create(model, opt.ctx, opt.cache));
+    session.emplace(std::move(s));
+    r.kv = session->describe();
+    r.kv_bytes_per_token = session->bytes_per_token();
+  }
+  auto step = [&](const int32_t* t, int n, model::LogitsMode mode, float* out) {
+    return dseq ? dseq->forward(t, n, mode, out) : session->step(t, n, mode, out);
+  };
   std::vector<float> logits((size_t)opt.ctx * V);
   std::vector<int32_t> window(opt.ctx);
   for (int w = 0; w < windows; ++w) {
@@ -74,13 +89,13 @@ Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, con
       window[0] = tokenizer.bos_id();
       first = opt.ctx / 2;
     }
-    PALU_RETURN_IF_ERROR(session.reset());
+    PALU_RETURN_IF_ERROR(dseq ? dseq->truncate(0) : session->reset());
     if (opt.decode_all) {
       for (int t = 0; t < opt.ctx; ++t) {
-        PALU_RETURN_IF_ERROR(session.step(window.data() + t, 1, model::LogitsMode::kLast, logits.data() + (size_t)t * V));
+        PALU_RETURN_IF_ERROR(step(window.data() + t, 1, model::LogitsMode::kLast, logits.data() + (size_t)t * V));
       }
     } else {
-      PALU_RETURN_IF_ERROR(session.step(window.data(), opt.ctx, model::LogitsMode::kAll, logits.data()));
+      PALU_RETURN_IF_ERROR(step(window.data(), opt.ctx, model::LogitsMode::kAll, logits.data()));
     }
     for (int t = first; t + 1 < opt.ctx; ++t) {
       r.nll_sum += nll(logits.data() + (size_t)t * V, V, window[t + 1]);

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 
+#include "model/device_model.h"
 #include "model/llama_model.h"
 
 namespace palu::tools {
@@ -27,6 +28,9 @@ struct PerplexityOptions {
   int max_windows = 0;  // 0: all
   // KV cache: nullopt = the dense float32 cache; otherwise the paged cache with these options.
   std::optional<model::CacheOptions> cache;
+  // Run on this device model (runtime::make_device_model; its cache options apply and `cache`
+  // is ignored); nullptr = the CPU KvSession path above.
+  model::DeviceModel* device = nullptr;
   // Feed every window token by token (decode steps) instead of one prefill.
   bool decode_all = false;
   // Called after each window: (windows done, windows total, perplexity so far).
