@@ -65,6 +65,17 @@ void own_gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, i
   }
 }
 
+#ifdef PALU_HAVE_ONEDNN
+// oneDNN's sgemm splits the work over omp_get_max_threads() parts and assumes the parallel
+// region gets that many threads; under OMP_THREAD_LIMIT (or a thread limit set by the host
+// application) it gets fewer and the other parts are silently never computed. Keep the calling
+// thread's team size within the limit (a per-thread setting, checked on every call).
+void clamp_to_thread_limit() {
+  const int limit = omp_get_thread_limit();
+  if (omp_get_max_threads() > limit) omp_set_num_threads(limit);
+}
+#endif
+
 }  // namespace
 
 void gemm_nt(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
@@ -72,6 +83,7 @@ void gemm_nt(int m, int n, int k, const float* a, int lda, const float* b, int l
   if (m <= 0 || n <= 0) return;
 #ifdef PALU_HAVE_ONEDNN
   if (kernels().isa != CpuIsa::kScalar) {
+    clamp_to_thread_limit();
     if (dnnl_sgemm('N', 'T', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc) == dnnl_success) return;
   }
 #endif
@@ -83,6 +95,7 @@ void gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, int l
   if (m <= 0 || n <= 0) return;
 #ifdef PALU_HAVE_ONEDNN
   if (kernels().isa != CpuIsa::kScalar) {
+    clamp_to_thread_limit();
     if (dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc) == dnnl_success) return;
   }
 #endif
@@ -98,7 +111,7 @@ const char* gemm_backend_name() {
 
 void set_num_threads(int n) {
   if (n <= 0) n = omp_get_num_procs();
-  omp_set_num_threads(n);
+  omp_set_num_threads(std::min(n, omp_get_thread_limit()));
 }
 
 int num_threads() { return omp_get_max_threads(); }
