@@ -654,6 +654,7 @@ void Engine::on_save(Item& it) {
   Status st = save_session(s, saved_path(s->owner, file));
   if (!st.is_ok()) return reply(it.sink, it.request.id(), st);
   s->saved = true;
+  s->saved_file = saved_path(s->owner, file);
   api::Response resp = make_response(it.request.id(), api::OK, "saved to " + saved_path(s->owner, file));
   *resp.mutable_session() = session_info(*s);
   it.sink->send(resp);
@@ -691,7 +692,8 @@ void Engine::on_close(Item& it) {
     s->append_waiter.reset();
   }
   if (r.delete_saved() && !opt_.state_dir.empty()) {
-    const std::string p = saved_path(s->owner, s->name);
+    // Its saved file: the one it was last saved to or restored from, else <name>.palu.
+    const std::string p = s->saved_file.empty() ? saved_path(s->owner, s->name) : s->saved_file;
     if (path_exists(*fs_, p)) (void)fs_->remove(p);
   }
   free_session(s);

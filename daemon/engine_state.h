@@ -72,6 +72,7 @@ struct Engine::Session {
   int max_context = 0;
   double last_used = 0.0;
   bool saved = false;
+  std::string saved_file;  // the file it was last saved to or restored from (close delete_saved removes it)
   int waiting_steps = 0;  // steps it had work but did not fit
   // Logits after the last cached token (valid when has_logits): what the next sample uses.
   std::vector<float> logits;

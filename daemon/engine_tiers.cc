@@ -222,6 +222,7 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   s->max_context = m->max_context;
   s->last_used = now();
   s->saved = true;
+  s->saved_file = path;
   // The next-token logits are not saved: run the last token again to get them.
   if (!s->tokens.empty()) {
     auto cut = m->pool->plan(cache::PoolRequest::truncate((cache::SeqId)id, len - 1));

@@ -225,7 +225,8 @@ PALU_API palu_session_params palu_session_default_params(void);
 /* The out lists (may be NULL) hold the one session concerned. */
 PALU_API int palu_session_create(palu_client* client, const palu_session_params* params, palu_session_list** out);
 PALU_API int palu_sessions_list(palu_client* client, palu_session_list** out);
-/* Frees the session in palud; delete_saved = 1 also removes its saved file. */
+/* Frees the session in palud; delete_saved = 1 also removes its saved file (the file it was
+ * last saved to or restored from; for a session never saved or restored, <name>.palu). */
 PALU_API int palu_session_close(palu_client* client, const char* session, int delete_saved);
 /* Copies a session (its cache and history) under a new name. */
 PALU_API int palu_session_fork(palu_client* client, const char* session, const char* new_name,

@@ -336,6 +336,39 @@ TEST_F(EngineFaultTest, SessionFileFromAnotherModelIsFailedPrecondition) {
   EXPECT_EQ(back.session().model(), "a");
 }
 
+// close {delete_saved}: removes the file the session was last saved to or restored from (found
+// by the soak: a session saved under another file name used to leave its file behind), and
+// only that file.
+TEST_F(EngineFaultTest, CloseWithDeleteSavedRemovesTheSessionsOwnSavedFile) {
+  auto engine = make_engine();
+  ASSERT_NE(engine, nullptr);
+  engine->start();
+  ASSERT_EQ(call(*engine, load_request("tiny", model_a_.path())).code(), api::OK);
+  ASSERT_EQ(call(*engine, create_request("tiny", "s", "Hello there")).code(), api::OK);
+  ASSERT_EQ(call(*engine, save_request("s", "keep")).code(), api::OK);
+  ASSERT_EQ(call(*engine, save_request("s", "snap")).code(), api::OK);
+  auto close = [&](const std::string& name, bool del) {
+    api::Request c;
+    c.mutable_close()->mutable_session()->set_name(name);
+    c.mutable_close()->set_delete_saved(del);
+    return call(*engine, c).code();
+  };
+  ASSERT_EQ(close("s", true), api::OK);
+  EXPECT_FALSE(fs::exists(saved_file("snap"))) << "the last file it was saved to";
+  EXPECT_TRUE(fs::exists(saved_file("keep"))) << "an older file of the session is not touched";
+  // Restored under another name: delete_saved removes the file it came from.
+  ASSERT_EQ(call(*engine, restore_request("keep", "t")).code(), api::OK);
+  ASSERT_EQ(close("t", false), api::OK);
+  EXPECT_TRUE(fs::exists(saved_file("keep")));
+  ASSERT_EQ(call(*engine, restore_request("keep", "u")).code(), api::OK);
+  ASSERT_EQ(close("u", true), api::OK);
+  EXPECT_FALSE(fs::exists(saved_file("keep")));
+  // Never saved: <name>.palu, if any.
+  ASSERT_EQ(call(*engine, create_request("tiny", "v", "Hi")).code(), api::OK);
+  ASSERT_EQ(close("v", true), api::OK);
+  EXPECT_TRUE(names_in(tmp_.path() + "/state/sessions/" + std::to_string(::getuid())).empty());
+}
+
 // ---- truncated and lying model files ---------------------------------------------------------
 
 // Each broken copy of the model is refused by LoadModel with a message naming the file and the
