@@ -1,7 +1,7 @@
 // The fuzz build's CPU ISA choice, replacing backends/cpu/cpu_isa.cc: always the scalar
-// reference kernels. cpu_isa.cc asks __builtin_cpu_supports("f16c"), which clang before 15 does
-// not know; the engine fuzz target exercises request handling, not kernel dispatch (the AVX-512
-// objects are linked because the dispatch tables name them, and never run).
+// reference kernels, so the sanitizers see plain C++ loops. The engine fuzz target exercises
+// request handling, not kernel dispatch (the AVX-512 objects are linked because the dispatch
+// tables name them, and never run).
 #include "backends/cpu/cpu_isa.h"
 
 namespace palu::backends::cpu {
