@@ -1,0 +1,146 @@
+// Decode attention, one split of the cached tokens per workgroup (flash-decoding). Workgroup
+// (j, sp): KV head j of this dispatch (query heads h0 + j·n_rep .. + n_rep − 1 share its keys),
+// tokens [sp·tps, min(T, (sp+1)·tps)). Writes the split's partial (m, l, acc[w]) per query head
+// into part[(h·splits + sp)·part_stride ..]; attn_reduce.comp merges the splits.
+//
+// Full cache (LATENT undefined): K/V rows of the layer (post-RoPE keys), KV head j's values at
+// columns j·kcol.. of the row; storage f32/f16/bf16.
+// LATENT: the dispatch is one low-rank group (s KV heads); kc/vc are its z^K/z^V regions (any
+// storage incl. packed codes). Per tile of TT tokens the key latents are dequantized into
+// shared memory, KV head j's keys rebuilt as B^K[j·d_h.., :]·z (+ bias), rotated at each
+// token's position (RoPE table), then scored; values are never rebuilt: acc += p·z^V.
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(local_size_x = 64) in;
+layout(constant_id = 0) const uint WDT = 1u;     // B^K dtype
+layout(constant_id = 1) const uint NREP = 8u;    // max query heads per KV head
+layout(constant_id = 2) const uint DHMAX = 128u; // max head dim
+layout(constant_id = 3) const uint TT = 16u;     // tokens per tile
+layout(constant_id = 4) const uint RMAX = 256u;  // max key rank (LATENT)
+layout(push_constant) uniform PC {
+  Buf q;     // [H, d_h] f32, RoPE applied
+  Buf kc;    // key region (rows of k_words words; packed params after cap rows)
+  Buf vc;    // value region
+  Buf bk;    // LATENT: B^K_g [s·d_h, r_k] row-major, dtype WDT
+  Buf bias;  // LATENT: k bias of the group [s·d_h] f32 (flags & 1)
+  Buf rope;  // cos [P, d_h/2], sin at word sin_off
+  Buf part;  // partials
+  uint T, tps, cap, k_words, v_words, storage, h0, kcol, r_k, w, n_rep, dh, sin_off, flags, part_stride;
+  float scale;
+} pc;
+
+shared float qs[NREP * DHMAX];
+shared float ks[TT * DHMAX];
+#ifdef LATENT
+shared float zs[TT * RMAX];
+#endif
+shared float ps[NREP * TT];
+shared float ms[NREP];
+shared float ls[NREP];
+shared float cs[NREP];
+
+void main() {
+  const uint j = gl_WorkGroupID.x;
+  const uint sp = gl_WorkGroupID.y;
+  const uint splits = gl_NumWorkGroups.y;
+  const uint tid = gl_LocalInvocationID.x;
+  const uint dh = pc.dh, half_dh = dh / 2u, nrep = pc.n_rep, W = pc.w;
+  const uint hq0 = pc.h0 + j * nrep;
+  for (uint e = tid; e < nrep * dh; e += 64u) qs[e] = ldf(pc.q, hq0 * dh + e);
+  if (tid < nrep) {
+    ms[tid] = NEG_INF;
+    ls[tid] = 0.0;
+  }
+  // The accumulator lives in the partial buffer; element (rep, c) always belongs to the same
+  // invocation, so no synchronisation is needed on it.
+  for (uint e = tid; e < nrep * W; e += 64u) {
+    const uint rep = e / W, c = e % W;
+    stf(pc.part, ((hq0 + rep) * splits + sp) * pc.part_stride + 2u + c, 0.0);
+  }
+  barrier();
+  const uint t_begin = sp * pc.tps;
+  const uint t_end = min(pc.T, t_begin + pc.tps);
+  const uint kprm = pc.cap * pc.k_words, vprm = pc.cap * pc.v_words;
+  for (uint t0 = t_begin; t0 < t_end; t0 += TT) {
+    const uint nt = min(TT, t_end - t0);
+#ifdef LATENT
+    const uint rk = pc.r_k;
+    for (uint e = tid; e < nt * rk; e += 64u) {
+      const uint t = e / rk, p = e % rk;
+      zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, pc.storage, kprm + 2u * (t0 + t));
+    }
+    barrier();
+    for (uint e = tid; e < nt * dh; e += 64u) {
+      const uint t = e / dh, i = e % dh;
+      const uint brow = (j * dh + i) * rk;
+      float acc = 0.0;
+      for (uint p = 0u; p < rk; ++p) acc += zs[t * rk + p] * ldw(pc.bk, brow + p, WDT);
+      if ((pc.flags & 1u) != 0u) acc += ldf(pc.bias, j * dh + i);
+      ks[t * dh + i] = acc;
+    }
+    barrier();
+    for (uint e = tid; e < nt * half_dh; e += 64u) {
+      const uint t = e / half_dh, i = e % half_dh;
+      const uint pos = t0 + t;
+      const float c = ldf(pc.rope, pos * half_dh + i);
+      const float s = ldf(pc.rope, pc.sin_off + pos * half_dh + i);
+      const float x0 = ks[t * dh + i], x1 = ks[t * dh + i + half_dh];
+      precise float p0 = x0 * c;
+      precise float p1 = x1 * s;
+      precise float p2 = x1 * c;
+      precise float p3 = x0 * s;
+      precise float y0 = p0 - p1;
+      precise float y1 = p2 + p3;
+      ks[t * dh + i] = y0;
+      ks[t * dh + i + half_dh] = y1;
+    }
+    barrier();
+    const uint vcol = 0u;
+#else
+    for (uint e = tid; e < nt * dh; e += 64u) {
+      const uint t = e / dh, i = e % dh;
+      ks[t * dh + i] = ld_row(pc.kc, (t0 + t) * pc.k_words, j * pc.kcol + i, pc.storage, 0u);
+    }
+    barrier();
+    const uint vcol = j * pc.kcol;
+#endif
+    for (uint e = tid; e < nrep * nt; e += 64u) {
+      const uint rep = e / nt, t = e % nt;
+      float s = 0.0;
+      for (uint i = 0u; i < dh; ++i) s += qs[rep * dh + i] * ks[t * dh + i];
+      ps[rep * TT + t] = s * pc.scale;
+    }
+    barrier();
+    if (tid < nrep) {
+      float mx = ms[tid];
+      for (uint t = 0u; t < nt; ++t) mx = max(mx, ps[tid * TT + t]);
+      const float corr = exp(ms[tid] - mx);
+      float sum = 0.0;
+      for (uint t = 0u; t < nt; ++t) {
+        const float p = exp(ps[tid * TT + t] - mx);
+        ps[tid * TT + t] = p;
+        sum += p;
+      }
+      ls[tid] = ls[tid] * corr + sum;
+      ms[tid] = mx;
+      cs[tid] = corr;
+    }
+    barrier();
+    for (uint e = tid; e < nrep * W; e += 64u) {
+      const uint rep = e / W, c = e % W;
+      const uint o = ((hq0 + rep) * splits + sp) * pc.part_stride + 2u + c;
+      float acc = ldf(pc.part, o) * cs[rep];
+      for (uint t = 0u; t < nt; ++t) {
+        acc += ps[rep * TT + t] * ld_row(pc.vc, (t0 + t) * pc.v_words, vcol + c, pc.storage, vprm + 2u * (t0 + t));
+      }
+      stf(pc.part, o, acc);
+    }
+    barrier();
+  }
+  if (tid < nrep) {
+    const uint o = ((hq0 + tid) * splits + sp) * pc.part_stride;
+    stf(pc.part, o, ms[tid]);
+    stf(pc.part, o + 1u, ls[tid]);
+  }
+}

@@ -1,0 +1,569 @@
+#include "backends/vulkan/vulkan_context.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "backends/vulkan/vulkan_shaders.h"
+
+namespace palu::backends::vulkan {
+namespace {
+
+constexpr uint32_t kPushConstantBytes = 128;
+constexpr size_t kStagingBytes = 16u << 20;
+
+int type_rank(VkPhysicalDeviceType t) {
+  switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 3;
+    default: return 4;
+  }
+}
+
+Status vk_error(const char* call, VkResult r) {
+  const std::string m = std::string("vulkan: ") + call + " failed: " + vk_result_string(r);
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) return resource_exhausted(m);
+  return internal_error(m);
+}
+
+}  // namespace
+
+std::string vk_result_string(VkResult r) {
+  const char* name = "";
+  switch (r) {
+    case VK_ERROR_OUT_OF_HOST_MEMORY: name = " (VK_ERROR_OUT_OF_HOST_MEMORY)"; break;
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY: name = " (VK_ERROR_OUT_OF_DEVICE_MEMORY)"; break;
+    case VK_ERROR_INITIALIZATION_FAILED: name = " (VK_ERROR_INITIALIZATION_FAILED)"; break;
+    case VK_ERROR_DEVICE_LOST: name = " (VK_ERROR_DEVICE_LOST)"; break;
+    case VK_ERROR_INCOMPATIBLE_DRIVER: name = " (VK_ERROR_INCOMPATIBLE_DRIVER)"; break;
+    case VK_ERROR_FEATURE_NOT_PRESENT: name = " (VK_ERROR_FEATURE_NOT_PRESENT)"; break;
+    case VK_TIMEOUT: name = " (VK_TIMEOUT)"; break;
+    default: break;
+  }
+  return "VkResult " + std::to_string((int)r) + name;
+}
+
+int vulkan_device_from_env() {
+  const char* e = std::getenv("PALU_VULKAN_DEVICE");
+  if (e == nullptr || *e == '\0') return -1;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end != '\0' || v < 0 || v > 1000) return -1;
+  return (int)v;
+}
+
+VulkanInstanceDevices select_vulkan_devices() {
+  VulkanInstanceDevices out;
+  VkApplicationInfo app{};
+  app.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO;
+  app.pApplicationName = "palu";
+  app.apiVersion = VK_API_VERSION_1_2;
+  VkInstanceCreateInfo ci{};
+  ci.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO;
+  ci.pApplicationInfo = &app;
+  const VkResult r = vkCreateInstance(&ci, nullptr, &out.instance);
+  if (r != VK_SUCCESS) {
+    out.instance = VK_NULL_HANDLE;
+    out.log.push_back("vulkan: no instance (" + vk_result_string(r) + "; is a Vulkan driver installed?)");
+    return out;
+  }
+  uint32_t n = 0;
+  vkEnumeratePhysicalDevices(out.instance, &n, nullptr);
+  std::vector<VkPhysicalDevice> phys(n);
+  if (n > 0) vkEnumeratePhysicalDevices(out.instance, &n, phys.data());
+  std::vector<VulkanDeviceEntry> all;
+  for (VkPhysicalDevice pd : phys) {
+    VulkanDeviceEntry e;
+    e.physical = pd;
+    vkGetPhysicalDeviceProperties(pd, &e.props);
+    uint32_t qn = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(pd, &qn, nullptr);
+    std::vector<VkQueueFamilyProperties> qf(qn);
+    vkGetPhysicalDeviceQueueFamilyProperties(pd, &qn, qf.data());
+    int family = -1;
+    // Prefer a compute-only family (async compute), else any with compute.
+    for (uint32_t i = 0; i < qn; ++i) {
+      if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) family = (int)i;
+    }
+    for (uint32_t i = 0; i < qn && family < 0; ++i) {
+      if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = (int)i;
+    }
+    VkPhysicalDeviceMemoryProperties mem{};
+    vkGetPhysicalDeviceMemoryProperties(pd, &mem);
+    for (uint32_t h = 0; h < mem.memoryHeapCount; ++h) {
+      if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) e.device_local_bytes += mem.memoryHeaps[h].size;
+    }
+    VkPhysicalDeviceVulkan12Features f12{};
+    f12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+    VkPhysicalDeviceFeatures2 f2{};
+    f2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
+    f2.pNext = &f12;
+    if (e.props.apiVersion >= VK_API_VERSION_1_2) vkGetPhysicalDeviceFeatures2(pd, &f2);
+    if (family < 0) {
+      e.unusable = "no compute queue";
+    } else if (e.props.apiVersion < VK_API_VERSION_1_2) {
+      e.unusable = "Vulkan 1.2 is needed";
+    } else if (!f12.bufferDeviceAddress) {
+      e.unusable = "no bufferDeviceAddress";
+    } else if (e.props.limits.maxComputeSharedMemorySize < 16384 || e.props.limits.maxPushConstantsSize < 128) {
+      e.unusable = "compute limits below 16 KiB shared memory / 128 B push constants";
+    }
+    e.queue_family = family < 0 ? 0 : (uint32_t)family;
+    all.push_back(e);
+  }
+  std::stable_sort(all.begin(), all.end(), [](const VulkanDeviceEntry& a, const VulkanDeviceEntry& b) {
+    return type_rank(a.props.deviceType) < type_rank(b.props.deviceType);
+  });
+  for (auto& e : all) {
+    if (!e.unusable.empty()) {
+      out.log.push_back(std::string("vulkan: skipping ") + e.props.deviceName + ": " + e.unusable);
+      continue;
+    }
+    out.devices.push_back(e);
+  }
+  if (out.devices.empty()) {
+    out.log.push_back(phys.empty() ? "vulkan: no physical device" : "vulkan: no usable compute device");
+    vkDestroyInstance(out.instance, nullptr);
+    out.instance = VK_NULL_HANDLE;
+  }
+  return out;
+}
+
+// ---- buffers ----------------------------------------------------------------------------
+
+VulkanBuffer::~VulkanBuffer() { reset(); }
+
+VulkanBuffer& VulkanBuffer::operator=(VulkanBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    ctx_ = o.ctx_;
+    buffer_ = o.buffer_;
+    memory_ = o.memory_;
+    bytes_ = o.bytes_;
+    charged_bytes_ = o.charged_bytes_;
+    address_ = o.address_;
+    mapped_ = o.mapped_;
+    o.ctx_ = nullptr;
+    o.buffer_ = VK_NULL_HANDLE;
+    o.memory_ = VK_NULL_HANDLE;
+    o.bytes_ = o.charged_bytes_ = 0;
+    o.address_ = 0;
+    o.mapped_ = nullptr;
+  }
+  return *this;
+}
+
+void VulkanBuffer::reset() {
+  if (ctx_ != nullptr) ctx_->release(this);
+  ctx_ = nullptr;
+  buffer_ = VK_NULL_HANDLE;
+  memory_ = VK_NULL_HANDLE;
+  bytes_ = charged_bytes_ = 0;
+  address_ = 0;
+  mapped_ = nullptr;
+}
+
+void VulkanContext::release(VulkanBuffer* b) {
+  if (b->mapped_ != nullptr) vkUnmapMemory(device_, b->memory_);
+  if (b->buffer_ != VK_NULL_HANDLE) vkDestroyBuffer(device_, b->buffer_, nullptr);
+  if (b->memory_ != VK_NULL_HANDLE) vkFreeMemory(device_, b->memory_, nullptr);
+  std::lock_guard<std::mutex> g(mem_mu_);
+  allocated_ -= b->charged_bytes_;
+}
+
+// ---- context ----------------------------------------------------------------------------
+
+Result<std::unique_ptr<VulkanContext>> VulkanContext::create(int device_index) {
+  VulkanInstanceDevices found = select_vulkan_devices();
+  if (found.devices.empty()) {
+    std::string why;
+    for (const auto& l : found.log) why += (why.empty() ? "" : "; ") + l;
+    return failed_precondition("vulkan: no usable device (" + why + ")");
+  }
+  int index = device_index;
+  if (index < 0) index = std::max(0, vulkan_device_from_env());
+  if (index >= (int)found.devices.size()) {
+    vkDestroyInstance(found.instance, nullptr);
+    return invalid_argument("vulkan: device index " + std::to_string(index) + " asked for (PALU_VULKAN_DEVICE or "
+                            "device_index), but there are " + std::to_string(found.devices.size()) +
+                            " usable Vulkan devices");
+  }
+  std::unique_ptr<VulkanContext> ctx(new VulkanContext());
+  Status st = ctx->init(found, index);
+  if (!st.is_ok()) return st;
+  return ctx;
+}
+
+Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
+  instance_ = found.instance;
+  const VulkanDeviceEntry& e = found.devices[index];
+  physical_ = e.physical;
+  props_ = e.props;
+  queue_family_ = e.queue_family;
+  vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
+  info_.kind = DeviceKind::kVulkan;
+  info_.index = index;
+  info_.name = props_.deviceName;
+  info_.memory_bytes = e.device_local_bytes;
+
+  const float prio = 1.0f;
+  VkDeviceQueueCreateInfo qci{};
+  qci.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO;
+  qci.queueFamilyIndex = queue_family_;
+  qci.queueCount = 1;
+  qci.pQueuePriorities = &prio;
+  VkPhysicalDeviceVulkan12Features f12{};
+  f12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  f12.bufferDeviceAddress = VK_TRUE;
+  VkDeviceCreateInfo dci{};
+  dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
+  dci.pNext = &f12;
+  dci.queueCreateInfoCount = 1;
+  dci.pQueueCreateInfos = &qci;
+  VkResult r = vkCreateDevice(physical_, &dci, nullptr, &device_);
+  if (r != VK_SUCCESS) {
+    device_ = VK_NULL_HANDLE;
+    return vk_error("vkCreateDevice", r);
+  }
+  vkGetDeviceQueue(device_, queue_family_, 0, &queue_);
+  VkCommandPoolCreateInfo pci{};
+  pci.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO;
+  pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+  pci.queueFamilyIndex = queue_family_;
+  if ((r = vkCreateCommandPool(device_, &pci, nullptr, &pool_)) != VK_SUCCESS) return vk_error("vkCreateCommandPool", r);
+  VkCommandBufferAllocateInfo cai{};
+  cai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+  cai.commandPool = pool_;
+  cai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+  cai.commandBufferCount = 1;
+  if ((r = vkAllocateCommandBuffers(device_, &cai, &cmd_)) != VK_SUCCESS) return vk_error("vkAllocateCommandBuffers", r);
+  VkFenceCreateInfo fci{};
+  fci.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
+  if ((r = vkCreateFence(device_, &fci, nullptr, &fence_)) != VK_SUCCESS) return vk_error("vkCreateFence", r);
+  VkPipelineCacheCreateInfo pcci{};
+  pcci.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO;
+  if ((r = vkCreatePipelineCache(device_, &pcci, nullptr, &pipeline_cache_)) != VK_SUCCESS)
+    return vk_error("vkCreatePipelineCache", r);
+  VkPushConstantRange range{};
+  range.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+  range.size = kPushConstantBytes;
+  VkPipelineLayoutCreateInfo plci{};
+  plci.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
+  plci.pushConstantRangeCount = 1;
+  plci.pPushConstantRanges = &range;
+  if ((r = vkCreatePipelineLayout(device_, &plci, nullptr, &layout_)) != VK_SUCCESS)
+    return vk_error("vkCreatePipelineLayout", r);
+  return Status::ok();
+}
+
+VulkanContext::~VulkanContext() {
+  staging_.reset();
+  if (device_ != VK_NULL_HANDLE) {
+    vkDeviceWaitIdle(device_);
+    for (auto& [k, p] : pipelines_) vkDestroyPipeline(device_, p, nullptr);
+    for (auto& [k, m] : modules_) vkDestroyShaderModule(device_, m, nullptr);
+    if (layout_ != VK_NULL_HANDLE) vkDestroyPipelineLayout(device_, layout_, nullptr);
+    if (pipeline_cache_ != VK_NULL_HANDLE) vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
+    if (fence_ != VK_NULL_HANDLE) vkDestroyFence(device_, fence_, nullptr);
+    if (pool_ != VK_NULL_HANDLE) vkDestroyCommandPool(device_, pool_, nullptr);
+    vkDestroyDevice(device_, nullptr);
+  }
+  if (instance_ != VK_NULL_HANDLE) vkDestroyInstance(instance_, nullptr);
+}
+
+size_t VulkanContext::allocated_bytes() const {
+  std::lock_guard<std::mutex> g(mem_mu_);
+  return allocated_;
+}
+
+void VulkanContext::set_memory_limit_bytes(size_t bytes) {
+  std::lock_guard<std::mutex> g(mem_mu_);
+  limit_ = bytes;
+}
+
+size_t VulkanContext::memory_limit_bytes() const {
+  std::lock_guard<std::mutex> g(mem_mu_);
+  return limit_;
+}
+
+Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const std::string& what) {
+  bytes = std::max<size_t>(16, (bytes + 15) / 16 * 16);
+  VkBufferCreateInfo bci{};
+  bci.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO;
+  bci.size = bytes;
+  bci.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT |
+              VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+  bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+  VulkanBuffer b;
+  VkResult r = vkCreateBuffer(device_, &bci, nullptr, &b.buffer_);
+  if (r != VK_SUCCESS) {
+    b.buffer_ = VK_NULL_HANDLE;
+    return vk_error(("vkCreateBuffer for " + what).c_str(), r);
+  }
+  b.ctx_ = this;
+  b.bytes_ = bytes;
+  VkMemoryRequirements req{};
+  vkGetBufferMemoryRequirements(device_, b.buffer_, &req);
+  // Pick the memory type: device-local for kDevice (host-visible too when the device has such
+  // memory, e.g. integrated GPUs and lavapipe, so uploads skip staging); host-visible coherent
+  // (cached for read-back) otherwise.
+  int type = -1, best = -1;
+  for (uint32_t i = 0; i < mem_props_.memoryTypeCount; ++i) {
+    if (!(req.memoryTypeBits & (1u << i))) continue;
+    const VkMemoryPropertyFlags f = mem_props_.memoryTypes[i].propertyFlags;
+    int score = -1;
+    const bool dl = f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
+    const bool hv = (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) && (f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+    const bool hc = f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
+    if (kind == MemoryKind::kDevice) {
+      if (dl) score = hv ? 3 : 2;
+      else score = 0;
+    } else if (hv) {
+      score = 1 + (kind == MemoryKind::kHostRead && hc ? 2 : 0) + (kind == MemoryKind::kHostWrite && dl ? 1 : 0);
+    }
+    if (score > best) {
+      best = score;
+      type = (int)i;
+    }
+  }
+  if (type < 0) return internal_error("vulkan: no memory type for " + what);
+  const uint32_t heap = mem_props_.memoryTypes[type].heapIndex;
+  const size_t heap_bytes = mem_props_.memoryHeaps[heap].size;
+  {
+    std::lock_guard<std::mutex> g(mem_mu_);
+    const size_t cap = limit_ > 0 ? std::min(limit_, heap_bytes) : heap_bytes;
+    if (allocated_ + req.size > cap) {
+      const std::string m = "vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
+                            " bytes, " + std::to_string(allocated_) + " of " + std::to_string(cap) + " bytes held" +
+                            (limit_ > 0 ? " (memory limit)" : " (heap size)");
+      return resource_exhausted(m);
+    }
+    allocated_ += req.size;
+    b.charged_bytes_ = req.size;
+  }
+  VkMemoryAllocateFlagsInfo flags{};
+  flags.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO;
+  flags.flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT;
+  VkMemoryAllocateInfo mai{};
+  mai.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO;
+  mai.pNext = &flags;
+  mai.allocationSize = req.size;
+  mai.memoryTypeIndex = (uint32_t)type;
+  r = vkAllocateMemory(device_, &mai, nullptr, &b.memory_);
+  if (r != VK_SUCCESS) {
+    b.memory_ = VK_NULL_HANDLE;
+    const size_t held = allocated_bytes() - b.charged_bytes_;
+    Status s = vk_error(("vkAllocateMemory of " + std::to_string(req.size) + " bytes for " + what + " (" +
+                         std::to_string(held) + " bytes held)").c_str(),
+                        r);
+    return s;  // b's destructor returns the charge
+  }
+  if ((r = vkBindBufferMemory(device_, b.buffer_, b.memory_, 0)) != VK_SUCCESS) return vk_error("vkBindBufferMemory", r);
+  if (mem_props_.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) {
+    if ((r = vkMapMemory(device_, b.memory_, 0, VK_WHOLE_SIZE, 0, &b.mapped_)) != VK_SUCCESS) {
+      b.mapped_ = nullptr;
+      return vk_error("vkMapMemory", r);
+    }
+  }
+  VkBufferDeviceAddressInfo ai{};
+  ai.sType = VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO;
+  ai.buffer = b.buffer_;
+  b.address_ = vkGetBufferDeviceAddress(device_, &ai);
+  return b;
+}
+
+Status VulkanContext::ensure_staging(size_t) {
+  if (staging_.valid()) return Status::ok();
+  PALU_ASSIGN_OR_RETURN(staging_, alloc(kStagingBytes, MemoryKind::kHostWrite, "staging buffer"));
+  return Status::ok();
+}
+
+Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes) {
+  VkCommandBufferBeginInfo bi{};
+  bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
+  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+  VkResult r = vkBeginCommandBuffer(cmd_, &bi);
+  if (r != VK_SUCCESS) return vk_error("vkBeginCommandBuffer", r);
+  VkBufferCopy c{src_off, dst_off, bytes};
+  vkCmdCopyBuffer(cmd_, src, dst, 1, &c);
+  if ((r = vkEndCommandBuffer(cmd_)) != VK_SUCCESS) return vk_error("vkEndCommandBuffer", r);
+  VkSubmitInfo si{};
+  si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cmd_;
+  if ((r = vkQueueSubmit(queue_, 1, &si, fence_)) != VK_SUCCESS) return vk_error("vkQueueSubmit (copy)", r);
+  r = vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX);
+  vkResetFences(device_, 1, &fence_);
+  if (r != VK_SUCCESS) return vk_error("vkWaitForFences (copy)", r);
+  return Status::ok();
+}
+
+Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void* src, size_t bytes) {
+  if (offset + bytes > dst.bytes()) return internal_error("vulkan: upload past the end of a buffer");
+  if (dst.mapped() != nullptr) {
+    std::memcpy(static_cast<uint8_t*>(dst.mapped()) + offset, src, bytes);
+    return Status::ok();
+  }
+  std::lock_guard<std::mutex> g(queue_mu_);
+  PALU_RETURN_IF_ERROR(ensure_staging(bytes));
+  for (size_t done = 0; done < bytes;) {
+    const size_t n = std::min(bytes - done, staging_.bytes());
+    std::memcpy(staging_.mapped(), static_cast<const uint8_t*>(src) + done, n);
+    PALU_RETURN_IF_ERROR(copy_buffer(staging_.handle(), 0, dst.handle(), offset + done, n));
+    done += n;
+  }
+  return Status::ok();
+}
+
+Status VulkanContext::download(const VulkanBuffer& src, size_t offset, void* dst, size_t bytes) {
+  if (offset + bytes > src.bytes()) return internal_error("vulkan: download past the end of a buffer");
+  if (src.mapped() != nullptr) {
+    std::memcpy(dst, static_cast<const uint8_t*>(src.mapped()) + offset, bytes);
+    return Status::ok();
+  }
+  std::lock_guard<std::mutex> g(queue_mu_);
+  PALU_RETURN_IF_ERROR(ensure_staging(bytes));
+  for (size_t done = 0; done < bytes;) {
+    const size_t n = std::min(bytes - done, staging_.bytes());
+    PALU_RETURN_IF_ERROR(copy_buffer(src.handle(), offset + done, staging_.handle(), 0, n));
+    std::memcpy(static_cast<uint8_t*>(dst) + done, staging_.mapped(), n);
+    done += n;
+  }
+  return Status::ok();
+}
+
+Result<VkPipeline> VulkanContext::pipeline(const std::string& shader, const std::vector<uint32_t>& spec) {
+  auto key = std::make_pair(shader, spec);
+  auto it = pipelines_.find(key);
+  if (it != pipelines_.end()) return it->second;
+  VkShaderModule module = VK_NULL_HANDLE;
+  auto mit = modules_.find(shader);
+  if (mit != modules_.end()) {
+    module = mit->second;
+  } else {
+    const SpirvModule* m = find_spirv(shader);
+    if (m == nullptr) return internal_error("vulkan: no embedded shader '" + shader + "'");
+    VkShaderModuleCreateInfo smci{};
+    smci.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
+    smci.codeSize = m->word_count * 4;
+    smci.pCode = m->words;
+    VkResult r = vkCreateShaderModule(device_, &smci, nullptr, &module);
+    if (r != VK_SUCCESS) return vk_error(("vkCreateShaderModule " + shader).c_str(), r);
+    modules_[shader] = module;
+  }
+  std::vector<VkSpecializationMapEntry> entries(spec.size());
+  for (size_t i = 0; i < spec.size(); ++i) entries[i] = {(uint32_t)i, (uint32_t)(i * 4), 4};
+  VkSpecializationInfo si{};
+  si.mapEntryCount = (uint32_t)entries.size();
+  si.pMapEntries = entries.data();
+  si.dataSize = spec.size() * 4;
+  si.pData = spec.data();
+  VkComputePipelineCreateInfo cpci{};
+  cpci.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO;
+  cpci.stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO;
+  cpci.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
+  cpci.stage.module = module;
+  cpci.stage.pName = "main";
+  cpci.stage.pSpecializationInfo = spec.empty() ? nullptr : &si;
+  cpci.layout = layout_;
+  VkPipeline p = VK_NULL_HANDLE;
+  VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpci, nullptr, &p);
+  if (r != VK_SUCCESS) return vk_error(("vkCreateComputePipelines " + shader).c_str(), r);
+  pipelines_[key] = p;
+  return p;
+}
+
+// ---- recorder ---------------------------------------------------------------------------
+
+Recorder::Recorder(VulkanContext* ctx) : ctx_(ctx), lock_(ctx->queue_mu_) {}
+
+Recorder::~Recorder() {
+  if (recording_) vkEndCommandBuffer(ctx_->cmd_);
+}
+
+void Recorder::begin() {
+  if (recording_) return;
+  VkCommandBufferBeginInfo bi{};
+  bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
+  bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+  const VkResult r = vkBeginCommandBuffer(ctx_->cmd_, &bi);
+  if (r != VK_SUCCESS) {
+    error_ = vk_error("vkBeginCommandBuffer", r);
+    return;
+  }
+  recording_ = true;
+}
+
+void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push, size_t push_bytes,
+                        uint32_t gx, uint32_t gy, uint32_t gz) {
+  if (!error_.is_ok()) return;
+  if (gx == 0 || gy == 0 || gz == 0) return;
+  const uint32_t* lim = ctx_->props_.limits.maxComputeWorkGroupCount;
+  if (gx > lim[0] || gy > lim[1] || gz > lim[2] || push_bytes > kPushConstantBytes) {
+    error_ = internal_error(std::string("vulkan: dispatch of ") + shader + " exceeds the device's limits (" +
+                            std::to_string(gx) + "×" + std::to_string(gy) + "×" + std::to_string(gz) + " groups)");
+    return;
+  }
+  begin();
+  if (!error_.is_ok()) return;
+  auto p = ctx_->pipeline(shader, spec);
+  if (!p.is_ok()) {
+    error_ = p.status();
+    return;
+  }
+  vkCmdBindPipeline(ctx_->cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.value());
+  vkCmdPushConstants(ctx_->cmd_, ctx_->layout_, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)push_bytes, push);
+  vkCmdDispatch(ctx_->cmd_, gx, gy, gz);
+  VkMemoryBarrier mb{};
+  mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT;
+  vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, nullptr, 0,
+                       nullptr);
+}
+
+void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off, size_t bytes) {
+  if (!error_.is_ok() || bytes == 0) return;
+  begin();
+  if (!error_.is_ok()) return;
+  VkBufferCopy c{src_off, dst_off, bytes};
+  vkCmdCopyBuffer(ctx_->cmd_, src.handle(), dst.handle(), 1, &c);
+  VkMemoryBarrier mb{};
+  mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+  mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_HOST_READ_BIT;
+  vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0,
+                       nullptr);
+}
+
+Status Recorder::submit(const char* what) {
+  if (!error_.is_ok()) {
+    Status e = error_.with_context(what);
+    if (recording_) {
+      vkEndCommandBuffer(ctx_->cmd_);
+      recording_ = false;
+    }
+    error_ = Status::ok();
+    return e;
+  }
+  if (!recording_) return Status::ok();
+  recording_ = false;
+  VkResult r = vkEndCommandBuffer(ctx_->cmd_);
+  if (r != VK_SUCCESS) return vk_error("vkEndCommandBuffer", r).with_context(what);
+  VkSubmitInfo si{};
+  si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &ctx_->cmd_;
+  if ((r = vkQueueSubmit(ctx_->queue_, 1, &si, ctx_->fence_)) != VK_SUCCESS)
+    return vk_error("vkQueueSubmit", r).with_context(what);
+  r = vkWaitForFences(ctx_->device_, 1, &ctx_->fence_, VK_TRUE, UINT64_MAX);
+  vkResetFences(ctx_->device_, 1, &ctx_->fence_);
+  if (r != VK_SUCCESS) return vk_error("vkWaitForFences", r).with_context(what);
+  return Status::ok();
+}
+
+}  // namespace palu::backends::vulkan

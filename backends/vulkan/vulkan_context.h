@@ -1,0 +1,183 @@
+// VulkanContext: one logical Vulkan device opened for compute — the physical device picked by
+// index (select_vulkan_devices orders them: discrete GPUs first; PALU_VULKAN_DEVICE=N moves the
+// default), a compute queue, memory allocation with exact byte accounting and an optional
+// limit, buffer upload/download, compute pipelines made from the embedded SPIR-V (one pipeline
+// cache, pipelines memoised per shader and specialization constants), and a reusable command
+// buffer (Recorder).
+//
+// Buffers are handed to shaders by device address (VK_KHR_buffer_device_address, core in 1.2):
+// push constants carry the addresses, so there are no descriptor sets to allocate or update per
+// dispatch. Devices without buffer device addresses or Vulkan 1.2 are not used (listed with the
+// reason in the log).
+//
+// Ownership: a VulkanBuffer frees its memory when destroyed and must not outlive its context.
+// Thread-safety: alloc/free and the accounting are thread-safe; one Recorder at a time holds
+// the context's command buffer and queue (its constructor takes the context's lock).
+// Errors: every Vulkan failure comes back as a Status naming the call and the VkResult; memory
+// exhaustion (the driver's or the limit's) is RESOURCE_EXHAUSTED with the byte counts.
+#pragma once
+
+#include <vulkan/vulkan.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backends/base/device.h"
+#include "backends/base/status.h"
+
+namespace palu::backends::vulkan {
+
+class VulkanContext;
+
+// One physical device as found by select_vulkan_devices.
+struct VulkanDeviceEntry {
+  VkPhysicalDevice physical = VK_NULL_HANDLE;
+  VkPhysicalDeviceProperties props{};
+  uint32_t queue_family = 0;
+  size_t device_local_bytes = 0;
+  std::string unusable;  // non-empty: why palu cannot compute on it
+};
+
+// Usable devices in preference order (discrete, integrated, virtual, CPU, other; enumeration
+// order within a type), then the default index honouring PALU_VULKAN_DEVICE.
+struct VulkanInstanceDevices {
+  VkInstance instance = VK_NULL_HANDLE;  // owned by the caller when devices are returned
+  std::vector<VulkanDeviceEntry> devices;
+  std::vector<std::string> log;
+};
+VulkanInstanceDevices select_vulkan_devices();
+// PALU_VULKAN_DEVICE as an index (−1 when unset or not a number).
+int vulkan_device_from_env();
+
+enum class MemoryKind {
+  kDevice,    // device-local (weights, caches, activations)
+  kHostRead,  // host-visible, cached when possible (read-back)
+  kHostWrite, // host-visible, coherent (staging, small per-step inputs)
+};
+
+class VulkanBuffer {
+ public:
+  VulkanBuffer() = default;
+  ~VulkanBuffer();
+  VulkanBuffer(const VulkanBuffer&) = delete;
+  VulkanBuffer& operator=(const VulkanBuffer&) = delete;
+  VulkanBuffer(VulkanBuffer&& o) noexcept { *this = std::move(o); }
+  VulkanBuffer& operator=(VulkanBuffer&& o) noexcept;
+
+  bool valid() const { return buffer_ != VK_NULL_HANDLE; }
+  size_t bytes() const { return bytes_; }
+  // Device address of byte `offset` (what shaders receive).
+  uint64_t address(size_t offset = 0) const { return address_ + offset; }
+  VkBuffer handle() const { return buffer_; }
+  // Host pointer when the memory is host-visible, else null.
+  void* mapped() const { return mapped_; }
+
+ private:
+  friend class VulkanContext;
+  void reset();
+  VulkanContext* ctx_ = nullptr;
+  VkBuffer buffer_ = VK_NULL_HANDLE;
+  VkDeviceMemory memory_ = VK_NULL_HANDLE;
+  size_t bytes_ = 0;
+  size_t charged_bytes_ = 0;  // the allocation's size (VkMemoryRequirements)
+  uint64_t address_ = 0;
+  void* mapped_ = nullptr;
+};
+
+class Recorder;
+
+class VulkanContext {
+ public:
+  // Opens the device_index-th usable device of select_vulkan_devices() (−1: the default one).
+  static Result<std::unique_ptr<VulkanContext>> create(int device_index = -1);
+  ~VulkanContext();
+  VulkanContext(const VulkanContext&) = delete;
+  VulkanContext& operator=(const VulkanContext&) = delete;
+
+  const DeviceInfo& info() const { return info_; }
+  const VkPhysicalDeviceProperties& properties() const { return props_; }
+  uint32_t max_shared_bytes() const { return props_.limits.maxComputeSharedMemorySize; }
+
+  // A buffer of `bytes` (rounded up to 16) for `what` (named in errors).
+  Result<VulkanBuffer> alloc(size_t bytes, MemoryKind kind, const std::string& what);
+  // Bytes held by live allocations of this context (the drivers' sizes, exactly).
+  size_t allocated_bytes() const;
+  // Refuse allocations that would take allocated_bytes() past `bytes` (0: no limit other than
+  // the heap). A budget hook for the daemon and for tests of the out-of-memory path.
+  void set_memory_limit_bytes(size_t bytes);
+  size_t memory_limit_bytes() const;
+
+  // Host → buffer and buffer → host (through a staging buffer when not host-visible).
+  Status upload(const VulkanBuffer& dst, size_t offset, const void* src, size_t bytes);
+  Status download(const VulkanBuffer& src, size_t offset, void* dst, size_t bytes);
+
+ private:
+  friend class Recorder;
+  friend class VulkanBuffer;
+  VulkanContext() = default;
+  Status init(const VulkanInstanceDevices& found, int index);
+  void release(VulkanBuffer* b);
+  Result<VkPipeline> pipeline(const std::string& shader, const std::vector<uint32_t>& spec);
+  Status ensure_staging(size_t bytes);
+  Status copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes);
+
+  DeviceInfo info_;
+  VkPhysicalDeviceProperties props_{};
+  VkPhysicalDeviceMemoryProperties mem_props_{};
+  VkInstance instance_ = VK_NULL_HANDLE;
+  VkPhysicalDevice physical_ = VK_NULL_HANDLE;
+  VkDevice device_ = VK_NULL_HANDLE;
+  VkQueue queue_ = VK_NULL_HANDLE;
+  uint32_t queue_family_ = 0;
+  VkCommandPool pool_ = VK_NULL_HANDLE;
+  VkCommandBuffer cmd_ = VK_NULL_HANDLE;
+  VkFence fence_ = VK_NULL_HANDLE;
+  VkPipelineCache pipeline_cache_ = VK_NULL_HANDLE;
+  VkPipelineLayout layout_ = VK_NULL_HANDLE;
+  std::map<std::string, VkShaderModule> modules_;
+  std::map<std::pair<std::string, std::vector<uint32_t>>, VkPipeline> pipelines_;
+  VulkanBuffer staging_;
+
+  mutable std::mutex mem_mu_;
+  size_t allocated_ = 0;
+  size_t limit_ = 0;
+  std::mutex queue_mu_;  // the command buffer, the queue, the pipeline map, staging
+};
+
+// Records compute dispatches into the context's command buffer, then submits and waits.
+// Holds the context's queue lock from construction to destruction. Every dispatch is followed
+// by a compute→compute memory barrier, so dispatches see their predecessors' writes.
+class Recorder {
+ public:
+  explicit Recorder(VulkanContext* ctx);
+  ~Recorder();
+  Recorder(const Recorder&) = delete;
+  Recorder& operator=(const Recorder&) = delete;
+
+  // shader: a name of kSpirvModules; spec: specialization constants 0..n−1; push: the shader's
+  // push-constant block (≤ 128 bytes). A failure is remembered and returned by submit().
+  void dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push, size_t push_bytes,
+                uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
+  // Device → device copy (e.g. logits into a host-readable buffer).
+  void copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off, size_t bytes);
+  // Ends, submits and waits; the command buffer can be recorded again afterwards.
+  Status submit(const char* what);
+  VulkanContext* context() const { return ctx_; }
+
+ private:
+  void begin();
+  VulkanContext* ctx_;
+  std::unique_lock<std::mutex> lock_;
+  bool recording_ = false;
+  Status error_;
+};
+
+// "VkResult -2 (VK_ERROR_OUT_OF_DEVICE_MEMORY)"
+std::string vk_result_string(VkResult r);
+
+}  // namespace palu::backends::vulkan
