@@ -1,3 +1,4 @@
+#include <atomic>
 #include <string>
 #include <utility>
 
@@ -10,6 +11,26 @@ namespace {
 constexpr size_t kSmallGranule = 512;
 constexpr size_t kLargeGranule = size_t{2} << 20;
 constexpr size_t kLargeFrom = size_t{1} << 20;
+
+// The armed ScopedCudaAllocFailure (see cuda_allocator.h).
+std::atomic<bool> g_armed{false};
+std::atomic<int64_t> g_count{0};
+std::atomic<int64_t> g_fail_at{0};
+std::atomic<bool> g_and_after{false};
+std::atomic<size_t> g_limit{0};
+std::atomic<int64_t> g_failures{0};
+
+// Counts one allocate() call; true when the armed spec says it must fail.
+bool injected_failure(size_t size_class, size_t in_use_bytes) {
+  if (!g_armed.load(std::memory_order_acquire)) return false;
+  const int64_t n = g_count.fetch_add(1, std::memory_order_relaxed) + 1;
+  const int64_t at = g_fail_at.load(std::memory_order_relaxed);
+  const size_t limit = g_limit.load(std::memory_order_relaxed);
+  bool fail = at != 0 && (n == at || (n > at && g_and_after.load(std::memory_order_relaxed)));
+  fail = fail || (limit != 0 && in_use_bytes + size_class > limit);
+  if (fail) g_failures.fetch_add(1, std::memory_order_relaxed);
+  return fail;
+}
 
 std::string totals(const CudaAllocatorStats& s) {
   return "in use " + std::to_string(s.in_use_bytes) + " B, cached " + std::to_string(s.cached_bytes) +
@@ -58,6 +79,12 @@ Result<void*> CudaAllocator::allocate(size_t bytes) {
   if (bytes == 0) return invalid_argument("cuda allocator: bytes must be > 0, found 0");
   const size_t cls = size_class(bytes);
   std::lock_guard<std::mutex> lock(mu_);
+  if (injected_failure(cls, stats_.in_use_bytes)) {
+    ++stats_.failed_allocations;
+    return resource_exhausted("cuda allocator: device " + std::to_string(device_) + " could not allocate " +
+                              std::to_string(bytes) + " B (class " + std::to_string(cls) +
+                              " B; injected by ScopedCudaAllocFailure); " + totals(stats_));
+  }
   void* p = nullptr;
   if (auto it = free_.find(cls); it != free_.end()) {
     p = it->second;
@@ -115,6 +142,20 @@ size_t CudaAllocator::live_blocks() const {
   std::lock_guard<std::mutex> lock(mu_);
   return live_.size();
 }
+
+ScopedCudaAllocFailure::ScopedCudaAllocFailure(CudaAllocFailureSpec spec) {
+  g_count.store(0, std::memory_order_relaxed);
+  g_failures.store(0, std::memory_order_relaxed);
+  g_fail_at.store(spec.nth, std::memory_order_relaxed);
+  g_and_after.store(spec.and_after, std::memory_order_relaxed);
+  g_limit.store(spec.in_use_limit_bytes, std::memory_order_relaxed);
+  g_armed.store(true, std::memory_order_release);
+}
+
+ScopedCudaAllocFailure::~ScopedCudaAllocFailure() { g_armed.store(false, std::memory_order_release); }
+
+int64_t ScopedCudaAllocFailure::allocations() const { return g_count.load(std::memory_order_relaxed); }
+int64_t ScopedCudaAllocFailure::failures() const { return g_failures.load(std::memory_order_relaxed); }
 
 // ---- CudaBuffer
 

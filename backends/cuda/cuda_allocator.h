@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -100,6 +101,33 @@ class CudaBuffer {
   CudaAllocator* alloc_ = nullptr;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// Test seam for device allocation failures (the "device allocation failure" cases of
+// docs/reliability.md), the device twin of backends/base/host_alloc.h. While a
+// ScopedCudaAllocFailure lives, every CudaAllocator::allocate() call (cache hits included) is
+// counted, and a call fails with RESOURCE_EXHAUSTED ("injected", with the byte counts) when
+//   * it is the nth counted call from now (1 = the next), or a later one with `and_after`, or
+//   * the allocator's in_use_bytes would exceed `in_use_limit_bytes` (0 = no limit) with it.
+// A failed call changes no accounting except failed_allocations.
+// Thread-safety: process-wide atomics (deliberate global state: a test seam, inert unless armed).
+// Only one ScopedCudaAllocFailure may exist at a time.
+struct CudaAllocFailureSpec {
+  int64_t nth = 0;               // 0: no counted failure
+  bool and_after = false;
+  size_t in_use_limit_bytes = 0;  // 0: no byte limit
+};
+
+class ScopedCudaAllocFailure {
+ public:
+  explicit ScopedCudaAllocFailure(CudaAllocFailureSpec spec);
+  ~ScopedCudaAllocFailure();
+  ScopedCudaAllocFailure(const ScopedCudaAllocFailure&) = delete;
+  ScopedCudaAllocFailure& operator=(const ScopedCudaAllocFailure&) = delete;
+
+  // allocate() calls counted since construction, and how many of them were failed.
+  int64_t allocations() const;
+  int64_t failures() const;
 };
 
 }  // namespace palu::backends::cuda
