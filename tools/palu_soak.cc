@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -68,12 +69,23 @@ int count_dir(const std::string& path, const char* suffix) {
   return n;
 }
 
+// .palu files anywhere under palud's state directory (sessions/<uid>/NAME.palu).
+int count_saved(const std::string& dir) {
+  std::error_code ec;
+  int n = 0;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec) && it->path().extension() == ".palu") ++n;
+  }
+  return n;
+}
+
 Sample sample(palu_client* c, int pid, const std::string& state_dir) {
   Sample s;
   s.rss_kib = proc_status_field(pid, "VmRSS");
   s.threads = (int)proc_status_field(pid, "Threads");
   s.fds = count_dir("/proc/" + std::to_string(pid) + "/fd", nullptr);
-  s.saved_files = state_dir.empty() ? -1 : count_dir(state_dir, ".palu");
+  s.saved_files = state_dir.empty() ? -1 : count_saved(state_dir);
   palu_stats* st = nullptr;
   if (palu_stats_get(c, &st) == PALU_OK) {
     for (size_t i = 0; i < palu_stats_tier_count(st); ++i) {

@@ -138,6 +138,38 @@ TEST(PerplexityCli, BadInputGivesClearErrors) {
   EXPECT_NE(d.err.find("scoring"), std::string::npos) << d.err;
 }
 
+// --backend: the CPU device model gives the CPU result; a backend that is not built or has no
+// device, a device index that does not exist and the dense reference on a device are clear
+// errors (exit 1, the problem named).
+TEST(PerplexityCli, BackendFlag) {
+  const std::string base = "palu-perplexity -q --json --model " + model("ref-mha") + " --file " +
+                           palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --ctx 64 --max-windows 2";
+  CliRun cpu = run(base);
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_NE(last_line(cpu.out).find("\"backend\": \"cpu\""), std::string::npos) << cpu.out;
+  CliRun bad_index = run(base + " --backend cpu --device 3");
+  EXPECT_EQ(bad_index.exit_code, 1);
+  EXPECT_NE(bad_index.err.find("one CPU device"), std::string::npos) << bad_index.err;
+  CliRun dense = run(base + " --backend cuda --kv dense");
+  EXPECT_EQ(dense.exit_code, 1);
+  EXPECT_NE(dense.err.find("CPU reference only"), std::string::npos) << dense.err;
+  CliRun unknown = run(base + " --backend metal");
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.err.find("backend"), std::string::npos) << unknown.err;
+  for (const char* b : {"cuda", "vulkan"}) {
+    // Either it runs (a device is here) and agrees with the CPU closely, or it says why not.
+    CliRun r = run(base + " --backend " + b);
+    if (r.exit_code == 0) {
+      const double p_cpu = std::stod(last_line(cpu.out).substr(last_line(cpu.out).find(':') + 1));
+      const double p_dev = std::stod(last_line(r.out).substr(last_line(r.out).find(':') + 1));
+      EXPECT_NEAR(p_dev, p_cpu, 2e-3 * p_cpu) << b;
+    } else {
+      EXPECT_EQ(r.exit_code, 1) << b;
+      EXPECT_NE(r.err.find(b), std::string::npos) << r.err;
+    }
+  }
+}
+
 std::string slurp(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   std::stringstream ss;
