@@ -5,7 +5,7 @@
 
 namespace palu::cache {
 
-Result<KvCache> KvCache::create(int num_layers, int kv_width, int max_tokens) {
+Result<KvCache> KvCache::create(int num_layers, int kv_width, int max_tokens, bool exact_copies) {
   if (num_layers <= 0 || kv_width <= 0 || max_tokens <= 0) {
     return invalid_argument("KvCache: layers, kv_width and max_tokens must be positive (got " +
                             std::to_string(num_layers) + ", " + std::to_string(kv_width) + ", " +
@@ -15,7 +15,8 @@ Result<KvCache> KvCache::create(int num_layers, int kv_width, int max_tokens) {
   c.num_layers_ = num_layers;
   c.kv_width_ = kv_width;
   c.max_tokens_ = max_tokens;
-  const size_t n = (size_t)num_layers * 2 * max_tokens * kv_width;
+  c.planes_ = exact_copies ? 4 : 2;
+  const size_t n = (size_t)num_layers * c.planes_ * max_tokens * kv_width;
   try {
     c.data_.assign(n, 0.f);
   } catch (const std::bad_alloc&) {

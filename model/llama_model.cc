@@ -161,7 +161,16 @@ size_t LlamaModel::weight_bytes() const {
 int64_t LlamaModel::parameter_count() const { return (int64_t)(weight_bytes() / sizeof(float)); }
 
 Result<cache::KvCache> LlamaModel::make_cache(int max_tokens) const {
-  return cache::KvCache::create(config_.num_layers, config_.kv_width(), max_tokens);
+  return cache::KvCache::create(config_.num_layers, config_.kv_width(), max_tokens, latent_window_ > 0);
+}
+
+Status LlamaModel::set_latent_window(int window) {
+  if (window < 0) return invalid_argument("latent window must be ≥ 0, got " + std::to_string(window));
+  if (window > 0 && (palu_.empty() || latent_bits_ == 0)) {
+    return invalid_argument("a latent window needs a compressed model with quantized latents (latent bits > 0)");
+  }
+  latent_window_ = window;
+  return Status::ok();
 }
 
 void LlamaModel::apply_rope(float* x, int n, int heads, int start) const {
@@ -205,9 +214,15 @@ void LlamaModel::attention(int layer, const float* q, int n, int start, const ca
   const float scale = 1.0f / std::sqrt((float)dh);
   const float* K = cache.keys(layer);
   const float* Vv = cache.values(layer);
+  // The window simulation: a query at position p uses the unquantized rows of positions
+  // > p − W (what the latent cache keeps in f16) and the quantized ones before.
+  const int W = cache.has_exact() ? latent_window_ : 0;
+  const float* EK = W > 0 ? cache.exact_keys(layer) : nullptr;
+  const float* EV = W > 0 ? cache.exact_values(layer) : nullptr;
   const cpu::KernelTable& kt = cpu::kernels();
   constexpr int kChunk = 128;
   std::vector<float> scores((size_t)std::min(n, kChunk) * (start + n));
+  std::vector<float> escores(W > 0 ? scores.size() : 0);
   for (int c0 = 0; c0 < n; c0 += kChunk) {
     const int rows = std::min(kChunk, n - c0);
     const int keys = start + c0 + rows;  // keys visible to the last row of the chunk
@@ -215,16 +230,35 @@ void LlamaModel::attention(int layer, const float* q, int n, int start, const ca
       const int kvh = h / group;
       // S[rows, keys] = Q_h · K_hᵀ
       cpu::gemm_nt(rows, keys, dh, q + (size_t)c0 * qw + h * dh, qw, K + kvh * dh, kvw, scores.data(), keys);
+      if (W > 0) {
+        cpu::gemm_nt(rows, keys, dh, q + (size_t)c0 * qw + h * dh, qw, EK + kvh * dh, kvw, escores.data(), keys);
+      }
 #pragma omp parallel for schedule(static) if (rows * keys > 4096)
       for (int r = 0; r < rows; ++r) {
         float* srow = scores.data() + (size_t)r * keys;
         const int visible = start + c0 + r + 1;
+        const int w0 = W > 0 ? std::max(0, visible - W) : visible;  // first unquantized position
+        float* erow = W > 0 ? escores.data() + (size_t)r * keys : nullptr;
+        for (int j = w0; j < visible; ++j) srow[j] = erow[j];
         for (int j = 0; j < visible; ++j) srow[j] *= scale;
         kt.softmax(srow, (size_t)visible);
         std::fill(srow + visible, srow + keys, 0.f);
+        if (W > 0) {
+          // Split P: quantized columns stay in S, window columns move to E.
+          std::fill(erow, erow + w0, 0.f);
+          for (int j = w0; j < visible; ++j) {
+            erow[j] = srow[j];
+            srow[j] = 0.f;
+          }
+          std::fill(erow + visible, erow + keys, 0.f);
+        }
       }
-      // O_h[rows, d_h] = P · V_h
+      // O_h[rows, d_h] = P · V_h (+ P_window · V_exact,h)
       cpu::gemm_nn(rows, dh, keys, scores.data(), keys, Vv + kvh * dh, kvw, out + (size_t)c0 * qw + h * dh, qw);
+      if (W > 0) {
+        cpu::gemm_nn(rows, dh, keys, escores.data(), keys, EV + kvh * dh, kvw, out + (size_t)c0 * qw + h * dh, qw,
+                     1.0f);
+      }
     }
   }
 }
@@ -271,12 +305,20 @@ Status LlamaModel::attach_palu(PaluManifest manifest, std::vector<PaluLayerFacto
 }
 
 void LlamaModel::low_rank_project(const LowRankProjection& p, const std::vector<float>& a_all, const float* x,
-                                  int n, float* out) const {
+                                  int n, float* out, float* exact_out) const {
   const int d = config_.hidden_size, kvw = config_.kv_width();
   const int R = (int)(a_all.size() / d);
   const int width = kvw / (int)p.groups.size();
   std::vector<float> z((size_t)n * R);
   cpu::gemm_nt(n, R, d, x, d, a_all.data(), d, z.data(), R);  // latents of every group: [n, Σ r]
+  if (exact_out != nullptr) {
+    int off = 0;
+    for (size_t g = 0; g < p.groups.size(); ++g) {
+      const LowRankGroup& grp = p.groups[g];
+      cpu::gemm_nt(n, width, grp.rank, z.data() + off, R, grp.b.data(), grp.rank, exact_out + g * width, kvw);
+      off += grp.rank;
+    }
+  }
   if (latent_bits_ > 0) {
 #pragma omp parallel for schedule(static) if (n > 8)
     for (int t = 0; t < n; ++t) {
@@ -315,6 +357,10 @@ Status LlamaModel::forward(const int32_t* tokens, int n, cache::KvCache* cache, 
   const int d = config_.hidden_size, F = config_.intermediate_size, V = config_.vocab_size;
   const int qw = config_.q_width(), kvw = config_.kv_width();
   const cpu::KernelTable& kt = cpu::kernels();
+  const bool window = latent_window_ > 0 && !palu_.empty();
+  if (window && !cache->has_exact()) {
+    return invalid_argument("forward: a model with a latent window needs a cache from its make_cache()");
+  }
 
   std::vector<float> x((size_t)n * d), xn((size_t)n * d), q((size_t)n * qw), att((size_t)n * qw),
       gate((size_t)n * F), up((size_t)n * F);
@@ -328,24 +374,32 @@ Status LlamaModel::forward(const int32_t* tokens, int n, cache::KvCache* cache, 
                                             xn.data() + (size_t)i * d, d);
     float* kdst = cache->keys(l) + (size_t)start * kvw;
     float* vdst = cache->values(l) + (size_t)start * kvw;
+    // The window simulation's unquantized rows (compressed models with a latent window only).
+    float* ekdst = window ? cache->exact_keys(l) + (size_t)start * kvw : nullptr;
+    float* evdst = window ? cache->exact_values(l) + (size_t)start * kvw : nullptr;
     cpu::gemm_nt(n, qw, d, xn.data(), d, L.wq.data(), d, q.data(), qw);
     if (observer != nullptr && *observer) (*observer)(l, xn.data(), n);
     if (palu_.empty()) {
       cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wk.data(), d, kdst, kvw);
       cpu::gemm_nt(n, kvw, d, xn.data(), d, L.wv.data(), d, vdst, kvw);
     } else {
-      low_rank_project(palu_[l].k, k_a_all_[l], xn.data(), n, kdst);
-      low_rank_project(palu_[l].v, v_a_all_[l], xn.data(), n, vdst);
+      low_rank_project(palu_[l].k, k_a_all_[l], xn.data(), n, kdst, ekdst);
+      low_rank_project(palu_[l].v, v_a_all_[l], xn.data(), n, vdst, evdst);
     }
     if (config_.qkv_bias) {
       for (int i = 0; i < n; ++i) {
         kt.add(L.bq.data(), q.data() + (size_t)i * qw, qw);
         kt.add(L.bk.data(), kdst + (size_t)i * kvw, kvw);
         kt.add(L.bv.data(), vdst + (size_t)i * kvw, kvw);
+        if (ekdst != nullptr) {
+          kt.add(L.bk.data(), ekdst + (size_t)i * kvw, kvw);
+          kt.add(L.bv.data(), evdst + (size_t)i * kvw, kvw);
+        }
       }
     }
     apply_rope(q.data(), n, config_.num_heads, start);
     apply_rope(kdst, n, config_.num_kv_heads, start);
+    if (ekdst != nullptr) apply_rope(ekdst, n, config_.num_kv_heads, start);
     attention(l, q.data(), n, start, *cache, att.data());
     // x += att · W_oᵀ
     cpu::gemm_nt(n, d, qw, att.data(), qw, L.wo.data(), qw, x.data(), d, 1.0f);

@@ -96,6 +96,12 @@ class LlamaModel {
   const PaluManifest& palu_manifest() const { return manifest_; }
   const std::vector<PaluLayerFactors>& palu_factors() const { return palu_; }
   int latent_bits() const { return latent_bits_; }
+  // The simulation of an f16 window (compressed models with latent_bits > 0): a query at
+  // position p sees unquantized keys/values for positions > p − window and quantized ones
+  // before, as the latent cache does with window_tokens = window. make_cache() then holds exact
+  // copies too. Call before the model is shared. 0 = off.
+  Status set_latent_window(int window);
+  int latent_window() const { return latent_window_; }
 
   const ModelConfig& config() const { return config_; }
   const LlamaWeights& weights() const { return w_; }
@@ -142,8 +148,9 @@ class LlamaModel {
   void attention(int layer, const float* q, int n, int start, const cache::KvCache& cache, float* out) const;
   void apply_rope(float* x, int n, int heads, int start) const;
   // out[n, H_kv·d_h] = per group B·q(A·x) for a compressed layer's K or V projection.
+  // exact_out (may be null): the same without the latents' quantization.
   void low_rank_project(const LowRankProjection& p, const std::vector<float>& a_all, const float* x, int n,
-                        float* out) const;
+                        float* out, float* exact_out = nullptr) const;
 
   // Pooled path helpers (llama_pooled.cc).
   void rope_rows(float* x, int rows, int ld, int heads, const int64_t* positions) const;
@@ -163,6 +170,7 @@ class LlamaModel {
   std::vector<std::vector<float>> k_a_all_;  // [layer] all groups' A^K stacked: [Σ r, d]
   std::vector<std::vector<float>> v_a_all_;  // [layer] all groups' A^V stacked
   int latent_bits_ = 0;
+  int latent_window_ = 0;
   // Latent runtime (built by attach_palu).
   std::vector<std::vector<float>> wo_fused_;          // [layer] W_o' [d, latent_width] (B^V folded in)
   std::vector<std::vector<float>> out_bias_;          // [layer] [d] Σ_h W_o,h b_v (Qwen2), else empty

@@ -8,7 +8,8 @@
 //                 latents (with --kv-bits: latents fake-quantized) — the accuracy simulation
 //   --kv sim      = dense, compressed models only
 //   --kv-bits B   latent / sim: quantize latents per token per group to B bits (2, 3, 4, 8)
-//   --kv-window N latent with --kv-bits: keep the newest N tokens in f16 as well
+//   --kv-window N with --kv-bits: keep the newest N tokens in f16 as well (latent: in the cache;
+//                 sim: each query sees its newest N positions unquantized)
 //   --kv-dtype T  paged rows that are not quantized: f32, f16 (default) or bf16
 #pragma once
 
@@ -34,7 +35,7 @@ struct KvOptions {
         ->check(CLI::IsMember({"auto", "latent", "full", "dense", "sim"}));
     app.add_option("--kv-bits", bits, "compressed models: quantize latents per token per group to B bits (2, 3, 4, 8)")
         ->check(CLI::IsMember({0, 2, 3, 4, 8}));
-    app.add_option("--kv-window", window, "latent cache with --kv-bits: keep the newest N tokens in f16 too")
+    app.add_option("--kv-window", window, "with --kv-bits: keep the newest N tokens in f16 too (latent cache; sim: simulated per query)")
         ->check(CLI::Range(0, 1 << 20));
     app.add_option("--kv-dtype", dtype, "paged rows that are not quantized: f32, f16 or bf16")
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
@@ -62,9 +63,14 @@ struct KvOptions {
     if (window > 0 && bits == 0) return invalid_argument("--kv-window needs --kv-bits (the window keeps f16 copies of quantized rows)");
     // The simulation quantizes in the model; the paged cache quantizes in its storage.
     const bool simulate = kv == "dense" || kv == "sim";
-    if (window > 0 && simulate) return invalid_argument("--kv-window works with the latent cache, not --kv " + kv);
     auto loaded = load_with_progress(path, show_progress, simulate ? bits : 0);
     if (!loaded.is_ok()) return loaded;
+    if (window > 0 && simulate) {
+      // The simulation of the f16 window: newest N positions of each query unquantized.
+      if (Status st = loaded.value().model->set_latent_window(window); !st.is_ok()) {
+        return invalid_argument("--kv-window with --kv " + kv + ": " + st.message());
+      }
+    }
     const model::LlamaModel& m = *loaded.value().model;
     if (bits > 0 && !m.is_compressed()) {
       return invalid_argument("--kv-bits applies to compressed models only (made by palu-compress); " + path +

@@ -150,7 +150,9 @@ TEST_P(PooledForward, LatentsMatchTheSimulation) {
     attach_random_palu(m.get(), c.group_size, 4, bits);
     const auto ref = reference_logits(*m, ids, 130);
     CacheStorage st = CacheStorage::kF32;
-    if (bits > 0) ASSERT_TRUE(cache::storage_for_bits(bits, &st));
+    if (bits > 0) {
+      ASSERT_TRUE(cache::storage_for_bits(bits, &st));
+    }
     const auto got = pooled_logits(*m, CacheOptions{st, 0, 16}, ids, 130);
     // Identical quantization; only summation order differs (tiles, fused kernel blocks).
     EXPECT_LT(max_rel_diff(got, ref), bits == 0 ? 2e-5 : 1e-3) << "bits " << bits;
@@ -183,6 +185,47 @@ TEST(PooledForwardWindow, WindowCoveringEverythingEqualsF16Latents) {
   EXPECT_EQ(max_rel_diff(rows(w8, 0, 32), rows(q2, 0, 32)), 0.0);
   EXPECT_GT(max_rel_diff(rows(w8, 32, 60), rows(q2, 32, 60)), 1e-4);
   EXPECT_GT(max_rel_diff(rows(w8, 32, 60), rows(f16, 32, 60)), 1e-4);
+}
+
+// The simulation of the f16 window (LlamaModel::set_latent_window): token-by-token decode
+// through the 2-bit latent cache with a window of W equals the windowed simulation (each query
+// sees its newest W positions unquantized) up to the window rows' f16 rounding; a window as
+// long as the sequence equals float latents; the windowed simulation differs from both the
+// plain 2-bit one and float latents.
+TEST(SimulationWindow, DecodeThroughTheWindowedCacheMatchesTheWindowedSimulation) {
+  const auto ids = tokens(90);
+  TinyLlama tiny({"gqa", 4, 2, false, false});
+  auto m = tiny.build();
+  attach_random_palu(m.get(), 1, 4, 2);
+  const auto q2 = reference_logits(*m, ids, 1);
+  ASSERT_TRUE(m->set_latent_window(8).is_ok());
+  EXPECT_EQ(m->latent_window(), 8);
+  const auto sim8 = reference_logits(*m, ids, 1);
+  const auto sim8_prefill = reference_logits(*m, ids, 90);  // one prefill: same per-query rule
+  const auto dec8 = pooled_logits(*m, CacheOptions{CacheStorage::kQ2, 8, 16}, ids, 1);
+  std::printf("dec8-sim8 %g, sim8-q2 %g, dec8-q2 %g\n", max_rel_diff(dec8, sim8), max_rel_diff(sim8, q2), max_rel_diff(dec8, q2));
+  EXPECT_LT(max_rel_diff(dec8, sim8), 5e-3);
+  EXPECT_LT(max_rel_diff(sim8_prefill, sim8), 1e-5);
+  EXPECT_GT(max_rel_diff(sim8, q2), 1e-3);
+  ASSERT_TRUE(m->set_latent_window(1000).is_ok());
+  const auto all = reference_logits(*m, ids, 30);
+  TinyLlama tiny_f({"gqa", 4, 2, false, false});
+  auto mf = tiny_f.build();
+  attach_random_palu(mf.get(), 1, 4, 0);
+  const auto f32 = reference_logits(*mf, ids, 30);
+  EXPECT_LT(max_rel_diff(all, f32), 1e-5);
+  EXPECT_GT(max_rel_diff(sim8, f32), 1e-3);
+  // A cache without exact copies is refused, and the window needs quantized latents.
+  auto plain = cache::KvCache::create(m->config().num_layers, m->config().kv_width(), 8);
+  ASSERT_TRUE(plain.is_ok());
+  std::vector<float> logits(m->config().vocab_size);
+  EXPECT_EQ(m->forward(ids.data(), 2, &plain.value(), LogitsMode::kLast, logits.data()).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_FALSE(mf->set_latent_window(8).is_ok());
+  TinyLlama tiny_p({"gqa", 4, 2, false, false});
+  auto plain_model = tiny_p.build();
+  EXPECT_FALSE(plain_model->set_latent_window(8).is_ok());
+  EXPECT_FALSE(m->set_latent_window(-1).is_ok());
 }
 
 TEST(PooledForwardBatch, TwoSequencesInOneCallEqualSeparateCalls) {
