@@ -86,6 +86,12 @@ Status full_attention_decode_cuda(const CudaAttentionShape& shape, const uint16_
                                   const float* q, float* out, CudaAllocator* workspace, void* stream,
                                   const CudaDecodeOptions& options = {});
 
+// Upper bounds of the scratch bytes (CudaDecodeOptions::scratch) a call with these groups / this
+// shape and T cached tokens needs, whatever split count the device picks: a caller that keeps
+// one scratch buffer of this size runs the kernels without allocating or synchronizing.
+size_t latent_decode_scratch_bound(const CudaAttentionShape& shape, const CudaLatentGroup* groups, int T);
+size_t full_decode_scratch_bound(const CudaAttentionShape& shape, int T);
+
 // Shared memory (bytes) one block of the latent kernel needs for a group of this configuration,
 // and the key heads per block it would use (0 when no configuration fits). For benchmarks.
 struct LatentLaunchPlan {

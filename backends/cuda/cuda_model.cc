@@ -1,8 +1,8 @@
 // The whole Llama-family forward on a CUDA GPU (cuda_model.h, model/device_model.h).
 //
-// Weights are uploaded once as f16 (norm weights, biases and tables in f32); activations are
-// f32; every weight GEMM rounds its input rows to f16 and runs cuBLAS GemmEx with f32
-// accumulation. The math is LlamaModel::forward_pooled's (model/llama_pooled.cc):
+// Weights are uploaded once as f16 (norm weights, biases, tables and the latent projections A in
+// f32); activations are f32; every f16 weight GEMM rounds its input rows to f16 and runs cuBLAS
+// GemmEx with f32 accumulation; z = A·x is an f32 SGEMM (it decides quantized latents' codes). The math is LlamaModel::forward_pooled's (model/llama_pooled.cc):
 //   x = embed[ids]; per layer: xn = rms(x)·w; q = xn·W_qᵀ (+b_q), RoPE at the token positions;
 //   uncompressed: k, v = xn·W_kᵀ, xn·W_vᵀ (+b), RoPE(k), rows appended to an f16 K/V cache;
 //   compressed: z^K = xn·A^Kᵀ, z^V = xn·A^Vᵀ per group (pre-RoPE), appended in the cache storage
@@ -67,7 +67,7 @@ struct LayerDev {
   CudaBuffer wk, wv;               // f16 [H_kv·d_h, d] (uncompressed)
   CudaBuffer wo;                   // f16 [d, H·d_h], or W_o' [d, width] with B^V folded in (latents)
   CudaBuffer out_bias;             // f32 [d]: Σ_h W_o,h b_v (latent Qwen2), else empty
-  CudaBuffer ka, va;               // f16 [Σ r_k, d], [Σ r_v, d]: the groups' A stacked
+  CudaBuffer ka, va;               // f32 [Σ r_k, d], [Σ r_v, d]: the groups' A stacked (f32: see upload)
   std::vector<CudaBuffer> bk16;    // [group] B^K f16 [s·d_h, r_k] (fused decode)
   std::vector<CudaBuffer> bk32;    // [group] B^K f32 [s·d_h, r_k] (prefill key rebuild)
   CudaBuffer w_gate, w_up;         // f16 [F, d]
@@ -100,7 +100,7 @@ class CudaSequence final : public model::DeviceSequence {
   // Buffers of one forward; they outlive the work queued on them (freed after a sync).
   struct Scratch {
     std::vector<CudaBuffer> bufs;
-    Result<float*> f32(CudaAllocator* a, size_t n) {
+    Result<float*> f32(CudaAllocator* a, size_t n) {  // n floats
       PALU_ASSIGN_OR_RETURN(CudaBuffer b, CudaBuffer::make(a, std::max<size_t>(n, 1) * 4));
       bufs.push_back(std::move(b));
       return bufs.back().as<float>();
@@ -110,10 +110,20 @@ class CudaSequence final : public model::DeviceSequence {
     size_t rows = 0, scale = 0, zero = 0, row_bytes = 0;
     int rank = 0;
   };
+  // The prefill attention's buffers, allocated once per forward and reused by every layer.
+  struct GenericBufs {
+    float* K = nullptr;  // [T, H_kv·d_h] keys (post-RoPE)
+    float* V = nullptr;  // [T, value width] values or value latents
+    float* Z = nullptr;  // [T, Σ r_k] key latents (compressed models)
+    float* S = nullptr;  // [H, qc, T] scores of one query chunk
+    int qc = 0;
+  };
   Status run(const int32_t* tokens, int n, LogitsMode mode, float* logits, Scratch* s);
   Status gemm(const float* x, const CudaBuffer& w, float* y, int m, int n, int k, float beta);
-  Status attention_generic(int l, int n, const float* q, float* att, Scratch* s);
+  Status gemm_f32(const float* x, const CudaBuffer& w, float* y, int m, int n, int k);
+  Status attention_generic(int l, int n, const float* q, float* att, const GenericBufs& b);
   Status attention_decode(int l, const float* q, float* att);
+  std::vector<CudaLatentGroup> latent_groups(int l) const;
   const Seg& seg(int l, int kv, int g) const;
   uint16_t* full_rows(int l, int kv) const;
 
@@ -125,6 +135,8 @@ class CudaSequence final : public model::DeviceSequence {
   CudaBuffer cache_;
   std::vector<Seg> segs_;  // [layer][kv][group]
   uint16_t* h16_ = nullptr;  // the f16 copy of a GEMM's input rows (in the forward's scratch)
+  void* dec_scratch_ = nullptr;  // the fused decode kernels' partials (in the forward's scratch)
+  size_t dec_scratch_bytes_ = 0;
 };
 
 class CudaModel final : public model::DeviceModel {
@@ -242,8 +254,11 @@ Status CudaModel::upload_layer(int l, const CublasHandle& blas) {
     L.bk16.push_back(std::move(b16));
     L.bk32.push_back(std::move(b32));
   }
-  PALU_ASSIGN_OR_RETURN(L.ka, up_f16(ka.data(), ka.size()));
-  PALU_ASSIGN_OR_RETURN(L.va, up_f16(va.data(), va.size()));
+  // A stays f32 and z = A·x runs in f32 (SGEMM on the f32 activations): z decides the codes of
+  // packed latents, and the ~3e-4 relative error of an f16 GEMM there flips codes at rounding
+  // boundaries by a whole quantization step (measured: q4 ppl 0.12% off the CPU with f16 A).
+  PALU_ASSIGN_OR_RETURN(L.ka, up_f32(ka.data(), ka.size()));
+  PALU_ASSIGN_OR_RETURN(L.va, up_f32(va.data(), va.size()));
   for (int h = 0; h < H; ++h) L.h_out[h + 1] = L.h_out[h] + L.rv[(h / n_rep) / s];
   L.width = L.h_out[H];
   // W_o'[:, h_out(h) .. + r_v) = W_o[:, h·d_h .. (h+1)·d_h) · B^V_g[u·d_h .. (u+1)·d_h, :] in f32 (cuBLAS), then f16.
@@ -412,6 +427,14 @@ Status CudaSequence::gemm(const float* x, const CudaBuffer& w, float* y, int m, 
   return Status::ok();
 }
 
+// y[m, n] = x[m, k] · W[n, k]ᵀ with f32 W (cuBLAS SGEMM, no TF32).
+Status CudaSequence::gemm_f32(const float* x, const CudaBuffer& w, float* y, int m, int n, int k) {
+  const float one = 1.f, zero = 0.f;
+  PALU_BLAS(cublasSgemm(static_cast<cublasHandle_t>(blas_.handle()), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one,
+                        w.as<float>(), k, x, k, &zero, y, n));
+  return Status::ok();
+}
+
 Status CudaSequence::forward(const int32_t* tokens, int n, LogitsMode mode, float* logits) {
   const ModelConfig& c = m_->src_.config();
   if (n <= 0) return invalid_argument("forward: n (tokens) must be ≥ 1, found " + std::to_string(n));
@@ -463,6 +486,33 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   const float* cs = M.rope_cos_.as<float>();
   const float* sn = M.rope_sin_.as<float>();
   const RowStorage storage = M.opt_.cache.storage;
+  // One scratch for the fused decode kernels' split partials, sized for the largest layer: the
+  // kernels then neither allocate nor wait, and the whole step stays queued on the stream.
+  dec_scratch_ = nullptr;
+  dec_scratch_bytes_ = 0;
+  if (n == 1 && M.fused_) {
+    CudaAttentionShape sh{c.num_heads, c.num_kv_heads, c.head_dim, M.latent_ ? M.src_.palu_manifest().group_size : 0};
+    size_t bytes = 0;
+    for (int l = 0; l < c.num_layers; ++l) {
+      bytes = std::max(bytes, M.latent_ ? latent_decode_scratch_bound(sh, latent_groups(l).data(), p0 + 1)
+                                        : full_decode_scratch_bound(sh, p0 + 1));
+      if (!M.latent_) break;
+    }
+    PALU_ASSIGN_OR_RETURN(float* ds, s->f32(a, (bytes + 3) / 4));
+    dec_scratch_ = ds;
+    dec_scratch_bytes_ = bytes;
+  }
+  GenericBufs gb;
+  if (n > 1 || !M.fused_) {
+    const size_t T = (size_t)p0 + n;
+    PALU_ASSIGN_OR_RETURN(gb.K, s->f32(a, T * kvw));
+    PALU_ASSIGN_OR_RETURN(gb.V, s->f32(a, T * vcols));
+    if (M.latent_) {
+      PALU_ASSIGN_OR_RETURN(gb.Z, s->f32(a, T * kcols));
+    }
+    gb.qc = (int)std::max<size_t>(1, std::min<size_t>((size_t)n, kScoreBudgetBytes / ((size_t)c.num_heads * T * 4)));
+    PALU_ASSIGN_OR_RETURN(gb.S, s->f32(a, (size_t)c.num_heads * gb.qc * T));
+  }
 
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerDev& L = M.layers_[l];
@@ -480,8 +530,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
       PALU_RETURN_IF_ERROR(detail::to_half(vz, full_rows(l, 1) + (size_t)p0 * kvw, (size_t)n * kvw, st));
     } else {
       const int rk_all = L.koff.back(), rv_all = L.voff.back();
-      PALU_RETURN_IF_ERROR(gemm(xn, L.ka, kz, n, rk_all, d, 0.f));
-      PALU_RETURN_IF_ERROR(gemm(xn, L.va, vz, n, rv_all, d, 0.f));
+      PALU_RETURN_IF_ERROR(gemm_f32(xn, L.ka, kz, n, rk_all, d));
+      PALU_RETURN_IF_ERROR(gemm_f32(xn, L.va, vz, n, rv_all, d));
       uint8_t* base = cache_.as<uint8_t>();
       for (int g = 0; g < (int)L.rk.size(); ++g) {
         for (int kv = 0; kv < 2; ++kv) {
@@ -496,7 +546,7 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
     if (n == 1 && M.fused_) {
       PALU_RETURN_IF_ERROR(attention_decode(l, q, att));
     } else {
-      PALU_RETURN_IF_ERROR(attention_generic(l, n, q, att, s));
+      PALU_RETURN_IF_ERROR(attention_generic(l, n, q, att, gb));
     }
     PALU_RETURN_IF_ERROR(gemm(att, L.wo, x, n, d, L.width, 1.f));
     if (L.out_bias.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(x, L.out_bias.as<float>(), n, d, d, st));
@@ -518,18 +568,11 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   return Status::ok();
 }
 
-Status CudaSequence::attention_decode(int l, const float* q, float* att) {
+std::vector<CudaLatentGroup> CudaSequence::latent_groups(int l) const {
   const CudaModel& M = *m_;
   const ModelConfig& c = M.src_.config();
   const LayerDev& L = M.layers_[l];
-  const int T = len_ + 1;
-  CudaAttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, 0};
-  if (!M.latent_) {
-    return full_attention_decode_cuda(shape, full_rows(l, 0), full_rows(l, 1), T, q, att, M.alloc_.get(),
-                                      stream_.handle());
-  }
   const int s = M.src_.palu_manifest().group_size, G = (int)L.rk.size();
-  shape.group_size = s;
   const RowStorage storage = M.opt_.cache.storage;
   const bool packed = row_storage_bits(storage) != 0;
   uint8_t* base = cache_.as<uint8_t>();
@@ -548,15 +591,31 @@ Status CudaSequence::attention_decode(int l, const float* q, float* att) {
     groups[g].b_k = L.bk16[g].as<uint16_t>();
     groups[g].k_bias = L.bk.data() != nullptr ? L.bk.as<float>() + (size_t)g * s * c.head_dim : nullptr;
   }
-  return latent_attention_decode_cuda(shape, groups.data(), T, T - 1, q, M.inv_freq_.as<float>(), att,
-                                      M.alloc_.get(), stream_.handle());
+  return groups;
 }
 
-Status CudaSequence::attention_generic(int l, int n, const float* q, float* att, Scratch* s) {
+Status CudaSequence::attention_decode(int l, const float* q, float* att) {
+  const CudaModel& M = *m_;
+  const ModelConfig& c = M.src_.config();
+  const int T = len_ + 1;
+  CudaAttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, 0};
+  CudaDecodeOptions opt;
+  opt.scratch = dec_scratch_;
+  opt.scratch_bytes = dec_scratch_bytes_;
+  if (!M.latent_) {
+    return full_attention_decode_cuda(shape, full_rows(l, 0), full_rows(l, 1), T, q, att, M.alloc_.get(),
+                                      stream_.handle(), opt);
+  }
+  shape.group_size = M.src_.palu_manifest().group_size;
+  const std::vector<CudaLatentGroup> groups = latent_groups(l);
+  return latent_attention_decode_cuda(shape, groups.data(), T, T - 1, q, M.inv_freq_.as<float>(), att,
+                                      M.alloc_.get(), stream_.handle(), opt);
+}
+
+Status CudaSequence::attention_generic(int l, int n, const float* q, float* att, const GenericBufs& b) {
   const CudaModel& M = *m_;
   const ModelConfig& c = M.src_.config();
   const LayerDev& L = M.layers_[l];
-  CudaAllocator* a = M.alloc_.get();
   cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
   cublasHandle_t bh = static_cast<cublasHandle_t>(blas_.handle());
   const int H = c.num_heads, Hkv = c.num_kv_heads, dh = c.head_dim, qw = c.q_width(), kvw = c.kv_width();
@@ -564,8 +623,8 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
   const RowStorage storage = M.opt_.cache.storage;
   const int vw = M.latent_ ? L.voff.back() : kvw;
   // Keys [T, kvw] (post-RoPE) and values [T, vw] of every cached token, f32.
-  PALU_ASSIGN_OR_RETURN(float* K, s->f32(a, (size_t)T * kvw));
-  PALU_ASSIGN_OR_RETURN(float* Vv, s->f32(a, (size_t)T * vw));
+  float* K = b.K;
+  float* Vv = b.V;
   std::vector<int> hv_col(H);
   if (!M.latent_) {
     PALU_RETURN_IF_ERROR(detail::half_to_float(full_rows(l, 0), K, (size_t)T * kvw, st));
@@ -573,7 +632,7 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
     for (int h = 0; h < H; ++h) hv_col[h] = (h / n_rep) * dh;
   } else {
     const int sz = M.src_.palu_manifest().group_size, G = (int)L.rk.size(), N = sz * dh, rk_all = L.koff.back();
-    PALU_ASSIGN_OR_RETURN(float* Z, s->f32(a, (size_t)T * rk_all));
+    float* Z = b.Z;
     const uint8_t* base = cache_.as<uint8_t>();
     const float one = 1.f, zero = 0.f;
     for (int g = 0; g < G; ++g) {
@@ -596,9 +655,8 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
                                                  M.rope_sin_.as<float>(), st));
     for (int h = 0; h < H; ++h) hv_col[h] = L.voff[(h / n_rep) / sz];
   }
-  const size_t per_row = (size_t)H * T * 4;
-  const int qc = (int)std::max<size_t>(1, std::min<size_t>((size_t)n, kScoreBudgetBytes / per_row));
-  PALU_ASSIGN_OR_RETURN(float* S, s->f32(a, (size_t)H * qc * T));
+  const int qc = b.qc;
+  float* S = b.S;
   const float scale = 1.0f / std::sqrt((float)dh), one = 1.f, zero = 0.f;
   for (int r0 = 0; r0 < n; r0 += qc) {
     const int rows = std::min(qc, n - r0), Te = p0 + r0 + rows;  // keys visible to the chunk's last row

@@ -154,6 +154,13 @@ __global__ void __launch_bounds__(kWarps * 32) full_decode_kernel(const __grid_c
 
 }  // namespace
 
+size_t full_decode_scratch_bound(const CudaAttentionShape& sh, int T) {
+  if (sh.num_heads <= 0 || T <= 0) return 0;
+  // splits ≤ the token steps of kWarps·kStep tokens.
+  const size_t splits = (size_t)(T + kWarps * kStep - 1) / (kWarps * kStep);
+  return ((size_t)sh.num_heads * kHD * splits + 2 * (size_t)sh.num_heads * splits) * sizeof(float) + 256;
+}
+
 Status full_attention_decode_cuda(const CudaAttentionShape& sh, const uint16_t* k, const uint16_t* v, int T,
                                   const float* q, float* out, CudaAllocator* workspace, void* stream,
                                   const CudaDecodeOptions& options) {

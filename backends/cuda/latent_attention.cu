@@ -670,6 +670,41 @@ Result<DeviceLimits> device_limits() {
 
 }  // namespace detail
 
+size_t latent_decode_scratch_bound(const CudaAttentionShape& sh, const CudaLatentGroup* groups, int T) {
+  if (sh.num_heads <= 0 || sh.num_kv_heads <= 0 || sh.group_size <= 0 || T <= 0 || groups == nullptr) return 0;
+  const int G = sh.num_kv_heads / sh.group_size;
+  const int hq = sh.group_size * (sh.num_heads / sh.num_kv_heads);
+  // The batches latent_attention_decode_cuda forms: groups of one configuration, ≤ kMaxBatch each.
+  size_t batches = 0, width = 0, max_rk = 0;
+  bool any_bias = false;
+  std::vector<bool> taken(G, false);
+  for (int g = 0; g < G; ++g) {
+    width += (size_t)hq * groups[g].v.rank;
+    max_rk = std::max(max_rk, (size_t)groups[g].k.rank);
+    any_bias = any_bias || groups[g].k_bias != nullptr;
+    if (taken[g]) continue;
+    int in_batch = 0;
+    for (int h = g; h < G; ++h) {
+      const auto &x = groups[g], &y = groups[h];
+      if (taken[h] || x.k.rank != y.k.rank || x.v.rank != y.v.rank || x.k.storage != y.k.storage ||
+          x.v.storage != y.v.storage)
+        continue;
+      taken[h] = true;
+      if (++in_batch == kMaxBatch) {
+        ++batches;
+        in_batch = 0;
+      }
+    }
+    if (in_batch > 0) ++batches;
+  }
+  // splits ≤ the token tiles, ≤ 2 warp groups per block.
+  const size_t splits = 2 * (size_t)((T + kTT - 1) / kTT);
+  const size_t part = batches * width * splits, stat = batches * (size_t)sh.num_heads * splits;
+  const size_t ab = any_bias ? (size_t)sh.num_heads * kHD : 0;
+  const size_t m = batches * (size_t)sh.num_heads * kHD * max_rk;
+  return (part + 2 * stat + ab) * sizeof(float) + align16(m * 2) + align16((size_t)T * kHalf * sizeof(float2)) + 256;
+}
+
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group) {
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
