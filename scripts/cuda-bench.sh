@@ -1,14 +1,75 @@
 #!/usr/bin/env bash
 # Decode-attention benchmark on the GPU machine → docs/perf/cuda.md (also copied to $OUT).
 #   scripts/cuda-bench.sh [BUILD_DIR]        (default build-gpu; tools/gpu-check.sh calls it)
+#   scripts/cuda-bench.sh --model [BUILD_DIR]   only the end-to-end section: palu-cuda-model-bench
+#     (whole-model decode tokens/s at PALU_MODEL_CTX tokens of context, default 32768) replaces the
+#     section between the model-bench markers of docs/perf/cuda.md; the attention run keeps it.
 # Runs palu-cuda-attention-bench (our kernels + the measured copy bandwidth and f16 tensor
 # rate), then tools/sdpa_bench.py (PyTorch SDPA over a full f16 cache) with those peaks, and
 # renders the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODEL=0
+if [ "${1:-}" = "--model" ]; then MODEL=1; shift; fi
 BUILD="${1:-build-gpu}"
 OUT="${OUT:-/tmp/palu-cuda-bench}"
 mkdir -p "$OUT" docs/perf
+touch docs/perf/cuda.md
+# The end-to-end section, kept between these markers.
+python3 - docs/perf/cuda.md "$OUT/model-section.md" <<'PY'
+import sys
+src, dst = sys.argv[1:3]
+t = open(src).read()
+b, e = "<!-- model-bench:begin -->", "<!-- model-bench:end -->"
+open(dst, "w").write(t[t.index(b):t.index(e) + len(e)] + "\n" if b in t and e in t else "")
+PY
+if [ "$MODEL" = 1 ]; then
+  SH="${PALU_SHARED_DIR:-../shared}"
+  CTX="${PALU_MODEL_CTX:-32768}"
+  TOK="${PALU_MODEL_TOKENS:-32}"
+  MODELS="${PALU_MODEL_MODELS:-ref-mha,llama7b}"
+  CMD="palu-cuda-model-bench --ref-mha \$SHARED/models/ref-mha --ctx $CTX --tokens $TOK --models $MODELS"
+  "$BUILD/tools/palu-cuda-model-bench" --ref-mha "$SH/models/ref-mha" --ctx "$CTX" --tokens "$TOK" --models "$MODELS" \
+    2> >(tee "$OUT/model-bench.err" >&2) | tee "$OUT/model-bench.csv"
+  python3 - "$OUT/model-bench.csv" "$OUT/model-bench.err" docs/perf/cuda.md "$CMD" <<'PY'
+import sys, datetime
+csv, err, dst, cmd = sys.argv[1:5]
+gpu, rows = "", []
+for line in open(csv):
+    line = line.strip()
+    if line.startswith("# gpu:"):
+        gpu = line[6:].strip()
+    elif line and not line.startswith("#") and not line.startswith("model,"):
+        rows.append(line.split(","))
+notes = [l.strip()[1:].strip() for l in open(err) if l.startswith("#")]
+out = ["<!-- model-bench:begin -->", "## End-to-end decode at long context (whole model on the GPU)", "",
+       f"Generated {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {gpu} by `tools/gpu-check.sh --model-bench` → "
+       f"`scripts/cuda-bench.sh --model` → `{cmd}`. Batch 1. The context is filled by a prefill in chunks of 2048 "
+       "tokens, then each timed step is one `DeviceSequence::forward` of one token with its logits copied to the host "
+       "(wall clock, the call ends with a stream synchronize). ref-mha: the reference model's weights, context raised; "
+       "llama7b: Llama-2-7B shape (d 4096, 32 layers, 32 heads × 128, FFN 11008, vocab 32000), random weights. "
+       "Latent rows use random Palu factors of the shape named (group size 4; ref-mha rank 128 = palu-compress "
+       "--ratio 0.5 --group-size 4, llama7b rank 256 for keys and values); q4 = 4-bit codes + f32 scale/zero per "
+       "token per group. Memory: weights and cache as the DeviceModel reports them, peak = the caching allocator's "
+       "peak bytes in use (weights + cache + per-forward scratch, which includes the prefill's attention buffers), "
+       "GPU used = cudaMemGetInfo total − free after the run (includes the CUDA context and cuBLAS workspaces).", "",
+       "| model | cache | decode attention | context | tokens/s | ms/token | prefill s | weights MiB | cache MiB | peak alloc MiB | GPU used MiB |",
+       "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+for r in rows:
+    out.append("| " + " | ".join(r[:3]) + " | " + " | ".join(r[3:]) + " |")
+out += ["", "Run notes:", ""] + [f"* {n}" for n in notes] + ["", "<!-- model-bench:end -->", ""]
+t = open(dst).read()
+b, e = "<!-- model-bench:begin -->", "<!-- model-bench:end -->"
+if b in t and e in t:
+    t = t[:t.index(b)] + "\n".join(out) + t[t.index(e) + len(e) + 1:]
+else:
+    t = t.rstrip("\n") + "\n\n" + "\n".join(out)
+open(dst, "w").write(t)
+print("\n".join(out))
+PY
+  cp docs/perf/cuda.md "$OUT/cuda.md"
+  exit 0
+fi
 TS="${PALU_BENCH_T:-4096,16384,65536,131072}"
 ITERS="${PALU_BENCH_ITERS:-20}"
 "$BUILD/tools/palu-cuda-attention-bench" --T "$TS" --iters "$ITERS" | tee "$OUT/cuda-bench.csv"
@@ -104,4 +165,5 @@ cluster with the latent tiles multicast to both, so that each SM holds half of M
 warps. The key rebuild would then approach the tensor bound in the table (~200 µs at 64K for
 256/256, ~100 µs for 128/384).
 NOTES
+if [ -s "$OUT/model-section.md" ]; then printf '\n' >>docs/perf/cuda.md; cat "$OUT/model-section.md" >>docs/perf/cuda.md; fi
 cp docs/perf/cuda.md "$OUT/cuda.md"
