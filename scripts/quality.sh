@@ -54,7 +54,7 @@ throttle() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; do
 # model directory, --kv-bits.
 CONFIGS=()
 declare -A CARGS
-add() {  # ratio gs search latents hadamard dir bits compress-args...
+add() {  # ratio gs search latents hadamard dir bits[:window] compress-args...
   CONFIGS+=("$1|$2|$3|$4|$5|$6|$7")
   CARGS[$6]="${*:8}"
 }
@@ -75,6 +75,12 @@ for bits in 4 3 2; do
   add 0.5 $DEFAULT_GS fisher_uniform "$bits-bit" yes "r50_g${DEFAULT_GS}_fu_hadamard" $bits \
     --ratio 0.5 --group-size $DEFAULT_GS --search fisher_uniform --hadamard
 done
+# 2-bit latents with the newest 32 tokens also in f16 (DESIGN.md §1's option; the simulation
+# gives each query its newest 32 positions unquantized, as the latent cache does).
+add 0.5 $DEFAULT_GS fisher_uniform "2-bit + f16 window 32" no "r50_g${DEFAULT_GS}_fisher_uniform" 2:32 \
+  --ratio 0.5 --group-size $DEFAULT_GS --search fisher_uniform
+add 0.5 $DEFAULT_GS fisher_uniform "2-bit + f16 window 32" yes "r50_g${DEFAULT_GS}_fu_hadamard" 2:32 \
+  --ratio 0.5 --group-size $DEFAULT_GS --search fisher_uniform --hadamard
 
 if resumable && [ ! -s "$OUT" ]; then
   echo "| model | ratio | group size | search | latents | Hadamard | achieved ratio | ppl | × baseline |" >>"$OUT"
@@ -125,7 +131,10 @@ for c in "${ORDERED[@]}"; do
   throttle
   (
     extra=(--kv sim)
+    win=0
+    case "$bits" in *:*) win="${bits#*:}"; bits="${bits%%:*}" ;; esac
     [ "$bits" != 0 ] && extra+=(--kv-bits "$bits")
+    [ "$win" != 0 ] && extra+=(--kv-window "$win")
     p=$(ppl "$WORK/$dir" "${extra[@]}")
     [ -n "$p" ] || { echo "quality.sh: palu-perplexity failed for $k" >&2; exit 1; }
     echo "$k $(achieved "$WORK/$dir") | $p | $(awk -v p="$p" -v b="$BASE" 'BEGIN{printf "%.3f", p/b}') |" >>"$OUT"
