@@ -31,8 +31,8 @@
 namespace {
 
 using namespace palu;
-using model::LlamaModel;
 using backends::RowStorage;
+using model::LlamaModel;
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -45,7 +45,8 @@ Result<std::unique_ptr<LlamaModel>> with_context(const LlamaModel& m, int ctx) {
   const model::LlamaWeights& w = m.weights();
   model::TensorMap map;
   std::vector<std::string> errs;
-  auto add = [&](const std::string& name, const std::vector<float>& v, std::vector<int64_t> shape) -> Status {
+  auto add = [&](const std::string& name, const std::vector<float>& v,
+                 std::vector<int64_t> shape) -> Status {
     model::TensorView view;
     view.dtype = DType::kF32;
     view.shape = std::move(shape);
@@ -54,7 +55,8 @@ Result<std::unique_ptr<LlamaModel>> with_context(const LlamaModel& m, int ctx) {
     view.file = "memory";
     return map.add(name, view);
   };
-  const int64_t d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(), kvw = c.kv_width();
+  const int64_t d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(),
+                kvw = c.kv_width();
   PALU_RETURN_IF_ERROR(add("model.embed_tokens.weight", w.embed, {V, d}));
   PALU_RETURN_IF_ERROR(add("model.norm.weight", w.final_norm, {d}));
   if (!w.lm_head.empty()) PALU_RETURN_IF_ERROR(add("lm_head.weight", w.lm_head, {V, d}));
@@ -95,32 +97,38 @@ Status bench_one(const std::string& name, const LlamaModel& m, RowStorage st, in
   const double prefill_s = now_s() - t0;
   std::vector<float> logits(V);
   // Two warm-up steps (first-use cuBLAS heuristics, allocator growth), then the timed ones.
-  for (int i = 0; i < 2; ++i) PALU_RETURN_IF_ERROR(seq->forward(&ids[ctx + i], 1, model::LogitsMode::kLast, logits.data()));
+  for (int i = 0; i < 2; ++i)
+    PALU_RETURN_IF_ERROR(seq->forward(&ids[ctx + i], 1, model::LogitsMode::kLast, logits.data()));
   const double t1 = now_s();
   for (int i = 0; i < tokens; ++i)
-    PALU_RETURN_IF_ERROR(seq->forward(&ids[ctx + 2 + i], 1, model::LogitsMode::kLast, logits.data()));
+    PALU_RETURN_IF_ERROR(
+        seq->forward(&ids[ctx + 2 + i], 1, model::LogitsMode::kLast, logits.data()));
   const double dt = now_s() - t1;
   size_t free_b = 0, total_b = 0;
   cudaMemGetInfo(&free_b, &total_b);
   PALU_ASSIGN_OR_RETURN(auto stats, backends::cuda::cuda_model_allocator_stats(*dm));
   const std::string desc = dm->describe();
-  const std::string decode = desc.find("fused") != std::string::npos ? "fused kernel" : "generic (cuBLAS)";
-  const char* cache = m.is_compressed() ? (st == RowStorage::kF16 ? "latent f16" : "latent q4") : "full f16";
-  std::printf("%s,%s,%s,%d,%.2f,%.3f,%.1f,%.0f,%.0f,%.0f,%.0f\n", name.c_str(), cache, decode.c_str(), ctx,
-              tokens / dt, 1e3 * dt / tokens, prefill_s, dm->weight_bytes() / 1048576.0,
-              seq->cache_bytes() / 1048576.0, stats.peak_in_use_bytes / 1048576.0,
-              (total_b - free_b) / 1048576.0);
+  const std::string decode =
+      desc.find("fused") != std::string::npos ? "fused kernel" : "generic (cuBLAS)";
+  const char* cache =
+      m.is_compressed() ? (st == RowStorage::kF16 ? "latent f16" : "latent q4") : "full f16";
+  std::printf("%s,%s,%s,%d,%.2f,%.3f,%.1f,%.0f,%.0f,%.0f,%.0f\n", name.c_str(), cache,
+              decode.c_str(), ctx, tokens / dt, 1e3 * dt / tokens, prefill_s,
+              dm->weight_bytes() / 1048576.0, seq->cache_bytes() / 1048576.0,
+              stats.peak_in_use_bytes / 1048576.0, (total_b - free_b) / 1048576.0);
   std::fflush(stdout);
   std::fprintf(stderr, "# %s: %s\n", name.c_str(), desc.c_str());
   return Status::ok();
 }
 
-Status run_model(const std::string& name, std::unique_ptr<LlamaModel> m, int rank, int ctx, int tokens) {
+Status run_model(const std::string& name, std::unique_ptr<LlamaModel> m, int rank, int ctx,
+                 int tokens) {
   PALU_RETURN_IF_ERROR(bench_one(name, *m, RowStorage::kF16, ctx, tokens));
   const double t = now_s();
   PALU_RETURN_IF_ERROR(tools::attach_random_palu(m.get(), 4, rank, rank, 21));
-  std::fprintf(stderr, "# %s: random Palu factors (rank %d per group of 4 heads) attached in %.1f s\n", name.c_str(),
-               rank, now_s() - t);
+  std::fprintf(stderr,
+               "# %s: random Palu factors (rank %d per group of 4 heads) attached in %.1f s\n",
+               name.c_str(), rank, now_s() - t);
   PALU_RETURN_IF_ERROR(bench_one(name, *m, RowStorage::kF16, ctx, tokens));
   PALU_RETURN_IF_ERROR(bench_one(name, *m, RowStorage::kQ4, ctx, tokens));
   return Status::ok();
@@ -134,12 +142,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : std::string(); };
-    if (a == "--ref-mha") ref_mha = next();
-    else if (a == "--ctx") ctx = std::atoi(next().c_str());
-    else if (a == "--tokens") tokens = std::atoi(next().c_str());
-    else if (a == "--models") models = next();
+    if (a == "--ref-mha")
+      ref_mha = next();
+    else if (a == "--ctx")
+      ctx = std::atoi(next().c_str());
+    else if (a == "--tokens")
+      tokens = std::atoi(next().c_str());
+    else if (a == "--models")
+      models = next();
     else {
-      std::fprintf(stderr, "usage: palu-cuda-model-bench [--ref-mha DIR] [--ctx N] [--tokens N] [--models LIST]\n");
+      std::fprintf(
+          stderr,
+          "usage: palu-cuda-model-bench [--ref-mha DIR] [--ctx N] [--tokens N] [--models LIST]\n");
       return 2;
     }
   }
@@ -154,8 +168,10 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("# gpu: %s, %.1f GiB\n", prop.name, prop.totalGlobalMem / 1073741824.0);
-  std::printf("model,cache,decode,ctx,tokens_per_s,ms_per_token,prefill_s,weights_MiB,cache_MiB,peak_alloc_MiB,"
-              "gpu_used_MiB\n");
+  std::printf(
+      "model,cache,decode,ctx,tokens_per_s,ms_per_token,prefill_s,weights_MiB,cache_MiB,peak_alloc_"
+      "MiB,"
+      "gpu_used_MiB\n");
   std::stringstream ss(models);
   std::string name;
   while (std::getline(ss, name, ',')) {

@@ -41,10 +41,12 @@ struct RandomTensors {
   std::map<std::string, std::string> alias;  // name → buffer name (shared layers)
 };
 
-inline Result<std::unique_ptr<model::LlamaModel>> random_llama(const model::ModelConfig& c, uint64_t seed,
+inline Result<std::unique_ptr<model::LlamaModel>> random_llama(const model::ModelConfig& c,
+                                                               uint64_t seed,
                                                                bool share_layers = false) {
   RandomTensors t;
-  const int64_t d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(), kvw = c.kv_width();
+  const int64_t d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(),
+                kvw = c.kv_width();
   uint64_t s = seed;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, float sd, float off) {
     int64_t n = 1;
@@ -60,10 +62,12 @@ inline Result<std::unique_ptr<model::LlamaModel>> random_llama(const model::Mode
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string src = "model.layers.0.";
-    const char* names[] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                           "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                           "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-                           "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
+    const char* names[] = {"input_layernorm.weight",  "post_attention_layernorm.weight",
+                           "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                           "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                           "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                           "mlp.down_proj.weight",    "self_attn.q_proj.bias",
+                           "self_attn.k_proj.bias",   "self_attn.v_proj.bias"};
     if (share_layers && l > 0) {
       for (const char* n : names)
         if (t.data.count(src + n)) t.alias[p + n] = src + n;
@@ -103,7 +107,8 @@ inline Result<std::unique_ptr<model::LlamaModel>> random_llama(const model::Mode
 
 // Random Palu factors: groups of `group_size` KV heads, key rank k_rank and value rank v_rank
 // in every group and layer (A: [r, d], B: [s·d_h, r]).
-inline Status attach_random_palu(model::LlamaModel* m, int group_size, int k_rank, int v_rank, uint64_t seed) {
+inline Status attach_random_palu(model::LlamaModel* m, int group_size, int k_rank, int v_rank,
+                                 uint64_t seed) {
   const model::ModelConfig& c = m->config();
   if (group_size <= 0 || c.num_kv_heads % group_size != 0)
     return invalid_argument("attach_random_palu: group_size must divide num_kv_heads");

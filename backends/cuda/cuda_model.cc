@@ -2,7 +2,8 @@
 //
 // Weights are uploaded once as f16 (norm weights, biases, tables and the latent projections A in
 // f32); activations are f32; every f16 weight GEMM rounds its input rows to f16 and runs cuBLAS
-// GemmEx with f32 accumulation; z = A·x is an f32 SGEMM (it decides quantized latents' codes). The math is LlamaModel::forward_pooled's (model/llama_pooled.cc):
+// GemmEx with f32 accumulation; z = A·x is an f32 SGEMM (it decides quantized latents' codes). The
+// math is LlamaModel::forward_pooled's (model/llama_pooled.cc):
 //   x = embed[ids]; per layer: xn = rms(x)·w; q = xn·W_qᵀ (+b_q), RoPE at the token positions;
 //   uncompressed: k, v = xn·W_kᵀ, xn·W_vᵀ (+b), RoPE(k), rows appended to an f16 K/V cache;
 //   compressed: z^K = xn·A^Kᵀ, z^V = xn·A^Vᵀ per group (pre-RoPE), appended in the cache storage
@@ -21,6 +22,8 @@
 // A sequence owns one contiguous device buffer for its cache (capacity tokens), a stream and a
 // cuBLAS handle. Scratch for one forward comes from the model's caching allocator and is
 // returned after the stream is synchronized at the end of the call (also on failure).
+#include "backends/cuda/cuda_model.h"
+
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -32,7 +35,6 @@
 
 #include "backends/cuda/attention_cuda.h"
 #include "backends/cuda/cuda_device.h"
-#include "backends/cuda/cuda_model.h"
 #include "backends/cuda/cuda_model_kernels.h"
 #include "backends/cuda/cuda_status.h"
 #include "backends/cuda/cuda_stream.h"
@@ -52,30 +54,33 @@ constexpr size_t kStagingFloats = size_t{16} << 20;
 
 Status blas_status(cublasStatus_t s, const char* what) {
   if (s == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  if (s == CUBLAS_STATUS_ALLOC_FAILED) return resource_exhausted(std::string(what) + ": cuBLAS could not allocate");
+  if (s == CUBLAS_STATUS_ALLOC_FAILED)
+    return resource_exhausted(std::string(what) + ": cuBLAS could not allocate");
   return internal_error(std::string(what) + ": cuBLAS status " + std::to_string((int)s));
 }
 #define PALU_BLAS(call) PALU_RETURN_IF_ERROR(blas_status((call), #call))
 
-size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+size_t align256(size_t x) {
+  return (x + 255) / 256 * 256;
+}
 
 // One layer's weights on the device.
 struct LayerDev {
   CudaBuffer attn_norm, ffn_norm;  // f32 [d]
   CudaBuffer wq;                   // f16 [H·d_h, d]
-  CudaBuffer bq, bk, bv;           // f32 [H·d_h], [H_kv·d_h] (Qwen2 only; bk also for latent keys)
-  CudaBuffer wk, wv;               // f16 [H_kv·d_h, d] (uncompressed)
-  CudaBuffer wo;                   // f16 [d, H·d_h], or W_o' [d, width] with B^V folded in (latents)
-  CudaBuffer out_bias;             // f32 [d]: Σ_h W_o,h b_v (latent Qwen2), else empty
-  CudaBuffer ka, va;               // f32 [Σ r_k, d], [Σ r_v, d]: the groups' A stacked (f32: see upload)
-  std::vector<CudaBuffer> bk16;    // [group] B^K f16 [s·d_h, r_k] (fused decode)
-  std::vector<CudaBuffer> bk32;    // [group] B^K f32 [s·d_h, r_k] (prefill key rebuild)
-  CudaBuffer w_gate, w_up;         // f16 [F, d]
-  CudaBuffer w_down;               // f16 [d, F]
-  std::vector<int> rk, rv;         // [group] ranks (latents)
-  std::vector<int> koff, voff;     // [G+1] column of group g in z^K / z^V rows
-  std::vector<int> h_out;          // [H+1] attention output column of head h
-  int width = 0;                   // attention output width (H·d_h, or the latent width)
+  CudaBuffer bq, bk, bv;  // f32 [H·d_h], [H_kv·d_h] (Qwen2 only; bk also for latent keys)
+  CudaBuffer wk, wv;      // f16 [H_kv·d_h, d] (uncompressed)
+  CudaBuffer wo;          // f16 [d, H·d_h], or W_o' [d, width] with B^V folded in (latents)
+  CudaBuffer out_bias;    // f32 [d]: Σ_h W_o,h b_v (latent Qwen2), else empty
+  CudaBuffer ka, va;      // f32 [Σ r_k, d], [Σ r_v, d]: the groups' A stacked (f32: see upload)
+  std::vector<CudaBuffer> bk16;  // [group] B^K f16 [s·d_h, r_k] (fused decode)
+  std::vector<CudaBuffer> bk32;  // [group] B^K f32 [s·d_h, r_k] (prefill key rebuild)
+  CudaBuffer w_gate, w_up;       // f16 [F, d]
+  CudaBuffer w_down;             // f16 [d, F]
+  std::vector<int> rk, rv;       // [group] ranks (latents)
+  std::vector<int> koff, voff;   // [G+1] column of group g in z^K / z^V rows
+  std::vector<int> h_out;        // [H+1] attention output column of head h
+  int width = 0;                 // attention output width (H·d_h, or the latent width)
 };
 
 class CudaModel;
@@ -89,8 +94,8 @@ class CudaSequence final : public model::DeviceSequence {
   int capacity() const override { return cap_; }
   Status truncate(int n) override {
     if (n < 0 || n > len_)
-      return out_of_range("truncate: n must be in [0, " + std::to_string(len_) + "] (the cached tokens), found " +
-                          std::to_string(n));
+      return out_of_range("truncate: n must be in [0, " + std::to_string(len_) +
+                          "] (the cached tokens), found " + std::to_string(n));
     len_ = n;
     return Status::ok();
   }
@@ -133,8 +138,8 @@ class CudaSequence final : public model::DeviceSequence {
   CudaStream stream_;
   CublasHandle blas_;
   CudaBuffer cache_;
-  std::vector<Seg> segs_;  // [layer][kv][group]
-  uint16_t* h16_ = nullptr;  // the f16 copy of a GEMM's input rows (in the forward's scratch)
+  std::vector<Seg> segs_;        // [layer][kv][group]
+  uint16_t* h16_ = nullptr;      // the f16 copy of a GEMM's input rows (in the forward's scratch)
   void* dec_scratch_ = nullptr;  // the fused decode kernels' partials (in the forward's scratch)
   size_t dec_scratch_bytes_ = 0;
 };
@@ -148,19 +153,21 @@ class CudaModel final : public model::DeviceModel {
   Result<std::unique_ptr<model::DeviceSequence>> new_sequence(int max_tokens) override {
     const int ctx = std::min(src_.config().max_position_embeddings, rope_positions_);
     if (max_tokens <= 0 || max_tokens > ctx)
-      return invalid_argument("new_sequence: max_tokens " + std::to_string(max_tokens) + " is outside 1.." +
-                              std::to_string(ctx) + " (the model's context)");
+      return invalid_argument("new_sequence: max_tokens " + std::to_string(max_tokens) +
+                              " is outside 1.." + std::to_string(ctx) + " (the model's context)");
     PALU_CUDA_RETURN_IF_ERROR(cudaSetDevice(dev_));
     auto s = std::make_unique<CudaSequence>(this, max_tokens);
     PALU_RETURN_IF_ERROR(s->init());
     return std::unique_ptr<model::DeviceSequence>(std::move(s));
   }
   std::string describe() const override {
-    std::string c = latent_ ? std::string("latent ") + row_storage_name(opt_.cache.storage) + " cache (group size " +
-                                  std::to_string(src_.palu_manifest().group_size) + ")"
-                            : std::string("full ") + row_storage_name(opt_.cache.storage) + " K/V cache";
+    std::string c =
+        latent_ ? std::string("latent ") + row_storage_name(opt_.cache.storage) +
+                      " cache (group size " + std::to_string(src_.palu_manifest().group_size) + ")"
+                : std::string("full ") + row_storage_name(opt_.cache.storage) + " K/V cache";
     return "cuda:" + std::to_string(dev_) + " " + info_.name + ", f16 weights, " + c + ", decode " +
-           (fused_ ? "fused kernel" : "generic attention (head_dim " + std::to_string(src_.config().head_dim) + ")");
+           (fused_ ? "fused kernel"
+                   : "generic attention (head_dim " + std::to_string(src_.config().head_dim) + ")");
   }
   CudaAllocatorStats allocator_stats() const { return alloc_->stats(); }
 
@@ -177,7 +184,7 @@ class CudaModel final : public model::DeviceModel {
   std::unique_ptr<CudaAllocator> alloc_;  // declared before every buffer: destroyed after them
   CudaBuffer staging_;
   std::vector<LayerDev> layers_;
-  CudaBuffer embed_, final_norm_, lm_head_;  // lm_head_ empty when tied to embed_
+  CudaBuffer embed_, final_norm_, lm_head_;    // lm_head_ empty when tied to embed_
   CudaBuffer rope_cos_, rope_sin_, inv_freq_;  // [positions, d_h/2] f32, [d_h/2] f32
   int rope_positions_ = 0;
   bool latent_ = false;
@@ -261,7 +268,8 @@ Status CudaModel::upload_layer(int l, const CublasHandle& blas) {
   PALU_ASSIGN_OR_RETURN(L.va, up_f32(va.data(), va.size()));
   for (int h = 0; h < H; ++h) L.h_out[h + 1] = L.h_out[h] + L.rv[(h / n_rep) / s];
   L.width = L.h_out[H];
-  // W_o'[:, h_out(h) .. + r_v) = W_o[:, h·d_h .. (h+1)·d_h) · B^V_g[u·d_h .. (u+1)·d_h, :] in f32 (cuBLAS), then f16.
+  // W_o'[:, h_out(h) .. + r_v) = W_o[:, h·d_h .. (h+1)·d_h) · B^V_g[u·d_h .. (u+1)·d_h, :] in f32
+  // (cuBLAS), then f16.
   PALU_ASSIGN_OR_RETURN(CudaBuffer wo32, up_f32(w.wo.data(), (size_t)d * qw));
   PALU_ASSIGN_OR_RETURN(CudaBuffer wf32, CudaBuffer::make(alloc_.get(), (size_t)d * L.width * 4));
   std::vector<CudaBuffer> bv32;
@@ -274,11 +282,13 @@ Status CudaModel::upload_layer(int l, const CublasHandle& blas) {
   const float one = 1.f, zero = 0.f;
   for (int hd = 0; hd < H; ++hd) {
     const int j = hd / n_rep, g = j / s, u = j % s, r = L.rv[g];
-    PALU_BLAS(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, r, d, dh, &one, bv32[g].as<float>() + (size_t)u * dh * r, r,
-                          wo32.as<float>() + (size_t)hd * dh, qw, &zero, wf32.as<float>() + L.h_out[hd], L.width));
+    PALU_BLAS(cublasSgemm(
+        h, CUBLAS_OP_N, CUBLAS_OP_N, r, d, dh, &one, bv32[g].as<float>() + (size_t)u * dh * r, r,
+        wo32.as<float>() + (size_t)hd * dh, qw, &zero, wf32.as<float>() + L.h_out[hd], L.width));
   }
   PALU_ASSIGN_OR_RETURN(L.wo, CudaBuffer::make(alloc_.get(), (size_t)d * L.width * 2));
-  PALU_RETURN_IF_ERROR(detail::to_half(wf32.as<float>(), L.wo.as<uint16_t>(), (size_t)d * L.width, nullptr));
+  PALU_RETURN_IF_ERROR(
+      detail::to_half(wf32.as<float>(), L.wo.as<uint16_t>(), (size_t)d * L.width, nullptr));
   PALU_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // the temporaries go back to the allocator
   if (c.qkv_bias && !w.bv.empty()) {
     // v = B^V z + b_v and Σ_t p_t = 1: the bias adds Σ_h W_o,h b_v(h) to every output row.
@@ -298,10 +308,12 @@ Status CudaModel::upload_layer(int l, const CublasHandle& blas) {
 Status CudaModel::init() {
   const ModelConfig& c = src_.config();
   const int count = cuda_device_count();
-  if (count == 0) return failed_precondition("backend cuda: no CUDA device (no GPU or no driver visible)");
+  if (count == 0)
+    return failed_precondition("backend cuda: no CUDA device (no GPU or no driver visible)");
   if (opt_.device_index < 0 || opt_.device_index >= count)
-    return invalid_argument("backend cuda: --device " + std::to_string(opt_.device_index) + " is outside 0.." +
-                            std::to_string(count - 1) + " (" + std::to_string(count) + " CUDA devices)");
+    return invalid_argument("backend cuda: --device " + std::to_string(opt_.device_index) +
+                            " is outside 0.." + std::to_string(count - 1) + " (" +
+                            std::to_string(count) + " CUDA devices)");
   dev_ = opt_.device_index;
   PALU_CUDA_RETURN_IF_ERROR(cudaSetDevice(dev_));
   cudaDeviceProp prop{};
@@ -315,8 +327,9 @@ Status CudaModel::init() {
   PALU_RETURN_IF_ERROR(src_.cache_layout_spec(opt_.cache).status());
   const RowStorage st = opt_.cache.storage;
   if (opt_.cache.window_tokens > 0)
-    return unimplemented("backend cuda: cache window_tokens " + std::to_string(opt_.cache.window_tokens) +
-                         " (an f16 window of the newest tokens next to packed latents) is not implemented; use 0");
+    return unimplemented(
+        "backend cuda: cache window_tokens " + std::to_string(opt_.cache.window_tokens) +
+        " (an f16 window of the newest tokens next to packed latents) is not implemented; use 0");
   if (!latent_ && st != RowStorage::kF16)
     return unimplemented(std::string("backend cuda: full K/V rows in ") + row_storage_name(st) +
                          " are not implemented (the CUDA full cache is f16)");
@@ -339,7 +352,8 @@ Status CudaModel::init() {
     const float expo = (float)(2 * i) / (float)dh;
     inv[i] = 1.0f / (float)std::pow((double)(float)c.rope_theta, (double)expo);
   }
-  rope_positions_ = std::max(1, std::min(c.max_position_embeddings > 0 ? c.max_position_embeddings : 4096, 1 << 20));
+  rope_positions_ = std::max(
+      1, std::min(c.max_position_embeddings > 0 ? c.max_position_embeddings : 4096, 1 << 20));
   std::vector<float> cs((size_t)rope_positions_ * half), sn((size_t)rope_positions_ * half);
   for (int t = 0; t < rope_positions_; ++t)
     for (int i = 0; i < half; ++i) {
@@ -377,7 +391,8 @@ Status CudaSequence::init() {
   const ModelConfig& c = m_->src_.config();
   PALU_ASSIGN_OR_RETURN(stream_, CudaStream::make(m_->dev_));
   PALU_ASSIGN_OR_RETURN(blas_, CublasHandle::make(m_->dev_));
-  PALU_BLAS(cublasSetStream(static_cast<cublasHandle_t>(blas_.handle()), static_cast<cudaStream_t>(stream_.handle())));
+  PALU_BLAS(cublasSetStream(static_cast<cublasHandle_t>(blas_.handle()),
+                            static_cast<cudaStream_t>(stream_.handle())));
   size_t bytes = 0;
   if (!m_->latent_) {
     bytes = (size_t)c.num_layers * 2 * cap_ * c.kv_width() * 2;
@@ -416,37 +431,42 @@ uint16_t* CudaSequence::full_rows(int l, int kv) const {
   return cache_.as<uint16_t>() + ((size_t)l * 2 + kv) * cap_ * m_->src_.config().kv_width();
 }
 
-Status CudaSequence::gemm(const float* x, const CudaBuffer& w, float* y, int m, int n, int k, float beta) {
+Status CudaSequence::gemm(const float* x, const CudaBuffer& w, float* y, int m, int n, int k,
+                          float beta) {
   cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
   PALU_RETURN_IF_ERROR(detail::to_half(x, h16_, (size_t)m * k, st));
   const float one = 1.f;
   // Row-major y[m,n] = x[m,k]·W[n,k]ᵀ is column-major yᵀ[n,m] = op_T(W as col-major [k,n]) · xᵀ.
-  PALU_BLAS(cublasGemmEx(static_cast<cublasHandle_t>(blas_.handle()), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one,
-                         w.data(), CUDA_R_16F, k, h16_, CUDA_R_16F, k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT));
+  PALU_BLAS(cublasGemmEx(static_cast<cublasHandle_t>(blas_.handle()), CUBLAS_OP_T, CUBLAS_OP_N, n,
+                         m, k, &one, w.data(), CUDA_R_16F, k, h16_, CUDA_R_16F, k, &beta, y,
+                         CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return Status::ok();
 }
 
 // y[m, n] = x[m, k] · W[n, k]ᵀ with f32 W (cuBLAS SGEMM, no TF32).
 Status CudaSequence::gemm_f32(const float* x, const CudaBuffer& w, float* y, int m, int n, int k) {
   const float one = 1.f, zero = 0.f;
-  PALU_BLAS(cublasSgemm(static_cast<cublasHandle_t>(blas_.handle()), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one,
-                        w.as<float>(), k, x, k, &zero, y, n));
+  PALU_BLAS(cublasSgemm(static_cast<cublasHandle_t>(blas_.handle()), CUBLAS_OP_T, CUBLAS_OP_N, n, m,
+                        k, &one, w.as<float>(), k, x, k, &zero, y, n));
   return Status::ok();
 }
 
 Status CudaSequence::forward(const int32_t* tokens, int n, LogitsMode mode, float* logits) {
   const ModelConfig& c = m_->src_.config();
-  if (n <= 0) return invalid_argument("forward: n (tokens) must be ≥ 1, found " + std::to_string(n));
+  if (n <= 0)
+    return invalid_argument("forward: n (tokens) must be ≥ 1, found " + std::to_string(n));
   if (tokens == nullptr) return invalid_argument("forward: tokens is null");
-  if (mode != LogitsMode::kNone && logits == nullptr) return invalid_argument("forward: logits is null");
+  if (mode != LogitsMode::kNone && logits == nullptr)
+    return invalid_argument("forward: logits is null");
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
-      return invalid_argument("forward: token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                              " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+      return invalid_argument("forward: token id " + std::to_string(tokens[i]) + " at index " +
+                              std::to_string(i) + " is outside the vocabulary [0, " +
+                              std::to_string(c.vocab_size) + ")");
   if (n > cap_ - len_)
-    return out_of_range("forward: " + std::to_string(n) + " tokens do not fit: the sequence holds " +
-                        std::to_string(len_) + " of " + std::to_string(cap_) + " tokens");
+    return out_of_range("forward: " + std::to_string(n) +
+                        " tokens do not fit: the sequence holds " + std::to_string(len_) + " of " +
+                        std::to_string(cap_) + " tokens");
   PALU_CUDA_RETURN_IF_ERROR(cudaSetDevice(m_->dev_));
   Scratch s;
   Status st = run(tokens, n, mode, logits, &s);
@@ -465,7 +485,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   const ModelConfig& c = M.src_.config();
   CudaAllocator* a = M.alloc_.get();
   cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
-  const int d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(), kvw = c.kv_width();
+  const int d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, qw = c.q_width(),
+            kvw = c.kv_width();
   const int p0 = len_;
   const int kcols = M.latent_ ? M.max_rk_ : kvw, vcols = M.latent_ ? M.max_rv_ : kvw;
   PALU_ASSIGN_OR_RETURN(float* x, s->f32(a, (size_t)n * d));
@@ -481,7 +502,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   h16_ = reinterpret_cast<uint16_t*>(h16);
   PALU_ASSIGN_OR_RETURN(float* ids, s->f32(a, (size_t)n));
   int32_t* dids = reinterpret_cast<int32_t*>(ids);
-  PALU_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dids, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, st));
+  PALU_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dids, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, st));
   PALU_RETURN_IF_ERROR(detail::gather_rows_f16(M.embed_.as<uint16_t>(), dids, n, d, x, st));
   const float* cs = M.rope_cos_.as<float>();
   const float* sn = M.rope_sin_.as<float>();
@@ -491,11 +513,13 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   dec_scratch_ = nullptr;
   dec_scratch_bytes_ = 0;
   if (n == 1 && M.fused_) {
-    CudaAttentionShape sh{c.num_heads, c.num_kv_heads, c.head_dim, M.latent_ ? M.src_.palu_manifest().group_size : 0};
+    CudaAttentionShape sh{c.num_heads, c.num_kv_heads, c.head_dim,
+                          M.latent_ ? M.src_.palu_manifest().group_size : 0};
     size_t bytes = 0;
     for (int l = 0; l < c.num_layers; ++l) {
-      bytes = std::max(bytes, M.latent_ ? latent_decode_scratch_bound(sh, latent_groups(l).data(), p0 + 1)
-                                        : full_decode_scratch_bound(sh, p0 + 1));
+      bytes = std::max(bytes, M.latent_
+                                  ? latent_decode_scratch_bound(sh, latent_groups(l).data(), p0 + 1)
+                                  : full_decode_scratch_bound(sh, p0 + 1));
       if (!M.latent_) break;
     }
     PALU_ASSIGN_OR_RETURN(float* ds, s->f32(a, (bytes + 3) / 4));
@@ -510,7 +534,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
     if (M.latent_) {
       PALU_ASSIGN_OR_RETURN(gb.Z, s->f32(a, T * kcols));
     }
-    gb.qc = (int)std::max<size_t>(1, std::min<size_t>((size_t)n, kScoreBudgetBytes / ((size_t)c.num_heads * T * 4)));
+    gb.qc = (int)std::max<size_t>(
+        1, std::min<size_t>((size_t)n, kScoreBudgetBytes / ((size_t)c.num_heads * T * 4)));
     PALU_ASSIGN_OR_RETURN(gb.S, s->f32(a, (size_t)c.num_heads * gb.qc * T));
   }
 
@@ -518,16 +543,23 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
     const LayerDev& L = M.layers_[l];
     PALU_RETURN_IF_ERROR(rms_norm_cuda(x, L.attn_norm.as<float>(), c.rms_norm_eps, xn, n, d, st));
     PALU_RETURN_IF_ERROR(gemm(xn, L.wq, q, n, qw, d, 0.f));
-    if (L.bq.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(q, L.bq.as<float>(), n, qw, qw, st));
-    PALU_RETURN_IF_ERROR(detail::rope_rows_table(q, n, qw, c.num_heads, c.head_dim, p0, cs, sn, st));
+    if (L.bq.data() != nullptr)
+      PALU_RETURN_IF_ERROR(detail::add_bias_rows(q, L.bq.as<float>(), n, qw, qw, st));
+    PALU_RETURN_IF_ERROR(
+        detail::rope_rows_table(q, n, qw, c.num_heads, c.head_dim, p0, cs, sn, st));
     if (!M.latent_) {
       PALU_RETURN_IF_ERROR(gemm(xn, L.wk, kz, n, kvw, d, 0.f));
       PALU_RETURN_IF_ERROR(gemm(xn, L.wv, vz, n, kvw, d, 0.f));
-      if (L.bk.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(kz, L.bk.as<float>(), n, kvw, kvw, st));
-      if (L.bv.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(vz, L.bv.as<float>(), n, kvw, kvw, st));
-      PALU_RETURN_IF_ERROR(detail::rope_rows_table(kz, n, kvw, c.num_kv_heads, c.head_dim, p0, cs, sn, st));
-      PALU_RETURN_IF_ERROR(detail::to_half(kz, full_rows(l, 0) + (size_t)p0 * kvw, (size_t)n * kvw, st));
-      PALU_RETURN_IF_ERROR(detail::to_half(vz, full_rows(l, 1) + (size_t)p0 * kvw, (size_t)n * kvw, st));
+      if (L.bk.data() != nullptr)
+        PALU_RETURN_IF_ERROR(detail::add_bias_rows(kz, L.bk.as<float>(), n, kvw, kvw, st));
+      if (L.bv.data() != nullptr)
+        PALU_RETURN_IF_ERROR(detail::add_bias_rows(vz, L.bv.as<float>(), n, kvw, kvw, st));
+      PALU_RETURN_IF_ERROR(
+          detail::rope_rows_table(kz, n, kvw, c.num_kv_heads, c.head_dim, p0, cs, sn, st));
+      PALU_RETURN_IF_ERROR(
+          detail::to_half(kz, full_rows(l, 0) + (size_t)p0 * kvw, (size_t)n * kvw, st));
+      PALU_RETURN_IF_ERROR(
+          detail::to_half(vz, full_rows(l, 1) + (size_t)p0 * kvw, (size_t)n * kvw, st));
     } else {
       const int rk_all = L.koff.back(), rv_all = L.voff.back();
       PALU_RETURN_IF_ERROR(gemm_f32(xn, L.ka, kz, n, rk_all, d));
@@ -539,7 +571,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
           const float* z = (kv == 0 ? kz + L.koff[g] : vz + L.voff[g]);
           PALU_RETURN_IF_ERROR(detail::encode_latent_rows(
               z, kv == 0 ? rk_all : rv_all, n, sg.rank, storage, base + sg.rows, sg.row_bytes,
-              reinterpret_cast<float*>(base + sg.scale), reinterpret_cast<float*>(base + sg.zero), p0, st));
+              reinterpret_cast<float*>(base + sg.scale), reinterpret_cast<float*>(base + sg.zero),
+              p0, st));
         }
       }
     }
@@ -549,7 +582,8 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
       PALU_RETURN_IF_ERROR(attention_generic(l, n, q, att, gb));
     }
     PALU_RETURN_IF_ERROR(gemm(att, L.wo, x, n, d, L.width, 1.f));
-    if (L.out_bias.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(x, L.out_bias.as<float>(), n, d, d, st));
+    if (L.out_bias.data() != nullptr)
+      PALU_RETURN_IF_ERROR(detail::add_bias_rows(x, L.out_bias.as<float>(), n, d, d, st));
     PALU_RETURN_IF_ERROR(rms_norm_cuda(x, L.ffn_norm.as<float>(), c.rms_norm_eps, xn, n, d, st));
     PALU_RETURN_IF_ERROR(gemm(xn, L.w_gate, gate, n, F, d, 0.f));
     PALU_RETURN_IF_ERROR(gemm(xn, L.w_up, up, n, F, d, 0.f));
@@ -559,10 +593,12 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   if (mode != LogitsMode::kNone) {
     const int rows = mode == LogitsMode::kAll ? n : 1, first = n - rows;
     PALU_ASSIGN_OR_RETURN(float* lg, s->f32(a, (size_t)rows * V));
+    PALU_RETURN_IF_ERROR(rms_norm_cuda(x + (size_t)first * d, M.final_norm_.as<float>(),
+                                       c.rms_norm_eps, xn, rows, d, st));
     PALU_RETURN_IF_ERROR(
-        rms_norm_cuda(x + (size_t)first * d, M.final_norm_.as<float>(), c.rms_norm_eps, xn, rows, d, st));
-    PALU_RETURN_IF_ERROR(gemm(xn, M.lm_head_.data() != nullptr ? M.lm_head_ : M.embed_, lg, rows, V, d, 0.f));
-    PALU_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits, lg, (size_t)rows * V * 4, cudaMemcpyDeviceToHost, st));
+        gemm(xn, M.lm_head_.data() != nullptr ? M.lm_head_ : M.embed_, lg, rows, V, d, 0.f));
+    PALU_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(logits, lg, (size_t)rows * V * 4, cudaMemcpyDeviceToHost, st));
   }
   PALU_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
   return Status::ok();
@@ -589,7 +625,8 @@ std::vector<CudaLatentGroup> CudaSequence::latent_groups(int l) const {
       r.rank = sg.rank;
     }
     groups[g].b_k = L.bk16[g].as<uint16_t>();
-    groups[g].k_bias = L.bk.data() != nullptr ? L.bk.as<float>() + (size_t)g * s * c.head_dim : nullptr;
+    groups[g].k_bias =
+        L.bk.data() != nullptr ? L.bk.as<float>() + (size_t)g * s * c.head_dim : nullptr;
   }
   return groups;
 }
@@ -603,22 +640,24 @@ Status CudaSequence::attention_decode(int l, const float* q, float* att) {
   opt.scratch = dec_scratch_;
   opt.scratch_bytes = dec_scratch_bytes_;
   if (!M.latent_) {
-    return full_attention_decode_cuda(shape, full_rows(l, 0), full_rows(l, 1), T, q, att, M.alloc_.get(),
-                                      stream_.handle(), opt);
+    return full_attention_decode_cuda(shape, full_rows(l, 0), full_rows(l, 1), T, q, att,
+                                      M.alloc_.get(), stream_.handle(), opt);
   }
   shape.group_size = M.src_.palu_manifest().group_size;
   const std::vector<CudaLatentGroup> groups = latent_groups(l);
-  return latent_attention_decode_cuda(shape, groups.data(), T, T - 1, q, M.inv_freq_.as<float>(), att,
-                                      M.alloc_.get(), stream_.handle(), opt);
+  return latent_attention_decode_cuda(shape, groups.data(), T, T - 1, q, M.inv_freq_.as<float>(),
+                                      att, M.alloc_.get(), stream_.handle(), opt);
 }
 
-Status CudaSequence::attention_generic(int l, int n, const float* q, float* att, const GenericBufs& b) {
+Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
+                                       const GenericBufs& b) {
   const CudaModel& M = *m_;
   const ModelConfig& c = M.src_.config();
   const LayerDev& L = M.layers_[l];
   cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
   cublasHandle_t bh = static_cast<cublasHandle_t>(blas_.handle());
-  const int H = c.num_heads, Hkv = c.num_kv_heads, dh = c.head_dim, qw = c.q_width(), kvw = c.kv_width();
+  const int H = c.num_heads, Hkv = c.num_kv_heads, dh = c.head_dim, qw = c.q_width(),
+            kvw = c.kv_width();
   const int n_rep = H / Hkv, p0 = len_, T = p0 + n;
   const RowStorage storage = M.opt_.cache.storage;
   const int vw = M.latent_ ? L.voff.back() : kvw;
@@ -631,26 +670,29 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
     PALU_RETURN_IF_ERROR(detail::half_to_float(full_rows(l, 1), Vv, (size_t)T * kvw, st));
     for (int h = 0; h < H; ++h) hv_col[h] = (h / n_rep) * dh;
   } else {
-    const int sz = M.src_.palu_manifest().group_size, G = (int)L.rk.size(), N = sz * dh, rk_all = L.koff.back();
+    const int sz = M.src_.palu_manifest().group_size, G = (int)L.rk.size(), N = sz * dh,
+              rk_all = L.koff.back();
     float* Z = b.Z;
     const uint8_t* base = cache_.as<uint8_t>();
     const float one = 1.f, zero = 0.f;
     for (int g = 0; g < G; ++g) {
       const Seg& sk = seg(l, 0, g);
       const Seg& sv = seg(l, 1, g);
-      PALU_RETURN_IF_ERROR(detail::decode_latent_rows(base + sk.rows, sk.row_bytes,
-                                                      reinterpret_cast<const float*>(base + sk.scale),
-                                                      reinterpret_cast<const float*>(base + sk.zero), storage, sk.rank,
-                                                      T, Z, rk_all, L.koff[g], st));
-      PALU_RETURN_IF_ERROR(detail::decode_latent_rows(base + sv.rows, sv.row_bytes,
-                                                      reinterpret_cast<const float*>(base + sv.scale),
-                                                      reinterpret_cast<const float*>(base + sv.zero), storage, sv.rank,
-                                                      T, Vv, vw, L.voff[g], st));
+      PALU_RETURN_IF_ERROR(detail::decode_latent_rows(
+          base + sk.rows, sk.row_bytes, reinterpret_cast<const float*>(base + sk.scale),
+          reinterpret_cast<const float*>(base + sk.zero), storage, sk.rank, T, Z, rk_all, L.koff[g],
+          st));
+      PALU_RETURN_IF_ERROR(detail::decode_latent_rows(
+          base + sv.rows, sv.row_bytes, reinterpret_cast<const float*>(base + sv.scale),
+          reinterpret_cast<const float*>(base + sv.zero), storage, sv.rank, T, Vv, vw, L.voff[g],
+          st));
       // K[:, g·N .. (g+1)·N) = Z_g[T, r_k] · B^K_gᵀ  (col-major: Kᵀ = op_T(B as [r_k, N]) · Zᵀ)
-      PALU_BLAS(cublasSgemm(bh, CUBLAS_OP_T, CUBLAS_OP_N, N, T, L.rk[g], &one, L.bk32[g].as<float>(), L.rk[g],
-                            Z + L.koff[g], rk_all, &zero, K + (size_t)g * N, kvw));
+      PALU_BLAS(cublasSgemm(bh, CUBLAS_OP_T, CUBLAS_OP_N, N, T, L.rk[g], &one,
+                            L.bk32[g].as<float>(), L.rk[g], Z + L.koff[g], rk_all, &zero,
+                            K + (size_t)g * N, kvw));
     }
-    if (L.bk.data() != nullptr) PALU_RETURN_IF_ERROR(detail::add_bias_rows(K, L.bk.as<float>(), T, kvw, kvw, st));
+    if (L.bk.data() != nullptr)
+      PALU_RETURN_IF_ERROR(detail::add_bias_rows(K, L.bk.as<float>(), T, kvw, kvw, st));
     PALU_RETURN_IF_ERROR(detail::rope_rows_table(K, T, kvw, Hkv, dh, 0, M.rope_cos_.as<float>(),
                                                  M.rope_sin_.as<float>(), st));
     for (int h = 0; h < H; ++h) hv_col[h] = L.voff[(h / n_rep) / sz];
@@ -659,19 +701,23 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
   float* S = b.S;
   const float scale = 1.0f / std::sqrt((float)dh), one = 1.f, zero = 0.f;
   for (int r0 = 0; r0 < n; r0 += qc) {
-    const int rows = std::min(qc, n - r0), Te = p0 + r0 + rows;  // keys visible to the chunk's last row
-    // S_h[rows, Te] = Q_h · K_{h/n_rep}ᵀ · scale, batched over KV heads for each of the n_rep heads.
+    const int rows = std::min(qc, n - r0),
+              Te = p0 + r0 + rows;  // keys visible to the chunk's last row
+    // S_h[rows, Te] = Q_h · K_{h/n_rep}ᵀ · scale, batched over KV heads for each of the n_rep
+    // heads.
     for (int rr = 0; rr < n_rep; ++rr) {
-      PALU_BLAS(cublasSgemmStridedBatched(bh, CUBLAS_OP_T, CUBLAS_OP_N, Te, rows, dh, &scale, K, kvw, dh,
-                                          q + (size_t)r0 * qw + (size_t)rr * dh, qw, (long long)n_rep * dh, &zero,
-                                          S + (size_t)rr * rows * Te, Te, (long long)n_rep * rows * Te, Hkv));
+      PALU_BLAS(cublasSgemmStridedBatched(bh, CUBLAS_OP_T, CUBLAS_OP_N, Te, rows, dh, &scale, K,
+                                          kvw, dh, q + (size_t)r0 * qw + (size_t)rr * dh, qw,
+                                          (long long)n_rep * dh, &zero, S + (size_t)rr * rows * Te,
+                                          Te, (long long)n_rep * rows * Te, Hkv));
     }
     PALU_RETURN_IF_ERROR(detail::causal_softmax(S, H, rows, Te, p0 + r0, st));
     // out_h[rows, w_h] = P_h[rows, Te] · V_h[Te, w_h]
     for (int h = 0; h < H; ++h) {
       const int w = L.h_out[h + 1] - L.h_out[h];
       PALU_BLAS(cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, w, rows, Te, &one, Vv + hv_col[h], vw,
-                            S + (size_t)h * rows * Te, Te, &zero, att + (size_t)r0 * L.width + L.h_out[h], L.width));
+                            S + (size_t)h * rows * Te, Te, &zero,
+                            att + (size_t)r0 * L.width + L.h_out[h], L.width));
     }
   }
   return Status::ok();
@@ -679,8 +725,8 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
 
 }  // namespace
 
-Result<std::unique_ptr<model::DeviceModel>> make_cuda_model(const model::LlamaModel& model,
-                                                            const model::DeviceModelOptions& options) {
+Result<std::unique_ptr<model::DeviceModel>> make_cuda_model(
+    const model::LlamaModel& model, const model::DeviceModelOptions& options) {
   auto m = std::make_unique<CudaModel>(model, options);
   PALU_RETURN_IF_ERROR(m->init());
   return std::unique_ptr<model::DeviceModel>(std::move(m));

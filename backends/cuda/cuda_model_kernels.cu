@@ -12,15 +12,19 @@
 namespace palu::backends::cuda::detail {
 namespace {
 
-int grid_for(size_t n) { return (int)std::min<size_t>((n + 255) / 256, 8192); }
+int grid_for(size_t n) {
+  return (int)std::min<size_t>((n + 255) / 256, 8192);
+}
 
 __global__ void to_half_kernel(const float* x, __half* y, size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
     y[i] = __float2half_rn(x[i]);
 }
 
 __global__ void half_to_float_kernel(const __half* x, float* y, size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
     y[i] = __half2float(x[i]);
 }
 
@@ -31,11 +35,12 @@ __global__ void add_bias_rows_kernel(float* y, const float* b, int n, int ld) {
 
 __global__ void gather_kernel(const __half* table, const int32_t* ids, int d, float* out) {
   const __half* row = table + (size_t)ids[blockIdx.x] * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)blockIdx.x * d + i] = __half2float(row[i]);
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
+    out[(size_t)blockIdx.x * d + i] = __half2float(row[i]);
 }
 
-__global__ void rope_table_rows_kernel(float* x, int ld, int heads, int d_h, int pos0, const float* cs,
-                                       const float* sn) {
+__global__ void rope_table_rows_kernel(float* x, int ld, int heads, int d_h, int pos0,
+                                       const float* cs, const float* sn) {
   const int r = blockIdx.x, half = d_h / 2;
   const float* c = cs + (size_t)(pos0 + r) * half;
   const float* s = sn + (size_t)(pos0 + r) * half;
@@ -51,8 +56,8 @@ __global__ void rope_table_rows_kernel(float* x, int ld, int heads, int d_h, int
 }
 
 // One block per row: min/max (packed), codes, bit packing — cache::encode_row's math.
-__global__ void encode_kernel(const float* z, int ld_z, int rank, int storage, int bits, uint8_t* dst,
-                              size_t row_bytes, float* scale, float* zero, int t0) {
+__global__ void encode_kernel(const float* z, int ld_z, int rank, int storage, int bits,
+                              uint8_t* dst, size_t row_bytes, float* scale, float* zero, int t0) {
   extern __shared__ uint8_t codes[];  // [rank]
   __shared__ float s_lo[32], s_hi[32];
   __shared__ float s_scale, s_zero;
@@ -63,7 +68,8 @@ __global__ void encode_kernel(const float* z, int ld_z, int rank, int storage, i
     return;
   }
   if (storage == (int)RowStorage::kF16) {
-    for (int i = threadIdx.x; i < rank; i += blockDim.x) reinterpret_cast<__half*>(out)[i] = __float2half_rn(zr[i]);
+    for (int i = threadIdx.x; i < rank; i += blockDim.x)
+      reinterpret_cast<__half*>(out)[i] = __float2half_rn(zr[i]);
     return;
   }
   if (storage == (int)RowStorage::kBF16) {
@@ -118,8 +124,9 @@ __global__ void encode_kernel(const float* z, int ld_z, int rank, int storage, i
   }
 }
 
-__global__ void decode_kernel(const uint8_t* src, size_t row_bytes, const float* scale, const float* zero, int storage,
-                              int bits, int rank, float* out, int ld_out, int col0) {
+__global__ void decode_kernel(const uint8_t* src, size_t row_bytes, const float* scale,
+                              const float* zero, int storage, int bits, int rank, float* out,
+                              int ld_out, int col0) {
   const uint8_t* row = src + (size_t)blockIdx.x * row_bytes;
   float* o = out + (size_t)blockIdx.x * ld_out + col0;
   const float sc = bits ? scale[blockIdx.x] : 0.f, zo = bits ? zero[blockIdx.x] : 0.f;
@@ -130,7 +137,7 @@ __global__ void decode_kernel(const uint8_t* src, size_t row_bytes, const float*
     } else if (storage == (int)RowStorage::kF16) {
       v = __half2float(reinterpret_cast<const __half*>(row)[i]);
     } else if (storage == (int)RowStorage::kBF16) {
-      v = __uint_as_float((uint32_t)reinterpret_cast<const uint16_t*>(row)[i] << 16);
+      v = __uint_as_float((uint32_t) reinterpret_cast<const uint16_t*>(row)[i] << 16);
     } else {
       const int bit = i * bits, byte = bit >> 3, off = bit & 7;
       uint32_t w = row[byte];
@@ -180,7 +187,9 @@ __global__ void causal_softmax_kernel(float* S, int rows, int keys, int first_vi
   for (int t = threadIdx.x; t < visible; t += blockDim.x) row[t] *= inv;
 }
 
-Status launched(const char* what) { return cuda_status(cudaGetLastError(), what); }
+Status launched(const char* what) {
+  return cuda_status(cudaGetLastError(), what);
+}
 
 }  // namespace
 
@@ -192,7 +201,8 @@ Status to_half(const float* x, uint16_t* y, size_t n, void* stream) {
 
 Status half_to_float(const uint16_t* x, float* y, size_t n, void* stream) {
   if (n == 0) return Status::ok();
-  half_to_float_kernel<<<grid_for(n), 256, 0, (cudaStream_t)stream>>>(reinterpret_cast<const __half*>(x), y, n);
+  half_to_float_kernel<<<grid_for(n), 256, 0, (cudaStream_t)stream>>>(
+      reinterpret_cast<const __half*>(x), y, n);
   return launched("cuda model: half_to_float");
 }
 
@@ -202,38 +212,43 @@ Status add_bias_rows(float* y, const float* b, int rows, int n, int ld, void* st
   return launched("cuda model: add_bias_rows");
 }
 
-Status gather_rows_f16(const uint16_t* table, const int32_t* ids, int n, int d, float* out, void* stream) {
-  gather_kernel<<<n, 256, 0, (cudaStream_t)stream>>>(reinterpret_cast<const __half*>(table), ids, d, out);
+Status gather_rows_f16(const uint16_t* table, const int32_t* ids, int n, int d, float* out,
+                       void* stream) {
+  gather_kernel<<<n, 256, 0, (cudaStream_t)stream>>>(reinterpret_cast<const __half*>(table), ids, d,
+                                                     out);
   return launched("cuda model: embedding gather");
 }
 
-Status rope_rows_table(float* x, int rows, int ld, int heads, int d_h, int pos0, const float* cos, const float* sin,
-                       void* stream) {
+Status rope_rows_table(float* x, int rows, int ld, int heads, int d_h, int pos0, const float* cos,
+                       const float* sin, void* stream) {
   if (rows <= 0) return Status::ok();
   rope_table_rows_kernel<<<rows, 256, 0, (cudaStream_t)stream>>>(x, ld, heads, d_h, pos0, cos, sin);
   return launched("cuda model: rope");
 }
 
-Status encode_latent_rows(const float* z, int ld_z, int rows, int rank, RowStorage storage, uint8_t* dst,
-                          size_t row_bytes, float* scale, float* zero, int t0, void* stream) {
+Status encode_latent_rows(const float* z, int ld_z, int rows, int rank, RowStorage storage,
+                          uint8_t* dst, size_t row_bytes, float* scale, float* zero, int t0,
+                          void* stream) {
   if (rows <= 0) return Status::ok();
-  encode_kernel<<<rows, 128, (size_t)rank, (cudaStream_t)stream>>>(z, ld_z, rank, (int)storage,
-                                                                      row_storage_bits(storage), dst, row_bytes, scale,
-                                                                      zero, t0);
+  encode_kernel<<<rows, 128, (size_t)rank, (cudaStream_t)stream>>>(
+      z, ld_z, rank, (int)storage, row_storage_bits(storage), dst, row_bytes, scale, zero, t0);
   return launched("cuda model: encode latent rows");
 }
 
-Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* scale, const float* zero,
-                          RowStorage storage, int rank, int T, float* out, int ld_out, int col0, void* stream) {
+Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* scale,
+                          const float* zero, RowStorage storage, int rank, int T, float* out,
+                          int ld_out, int col0, void* stream) {
   if (T <= 0) return Status::ok();
   decode_kernel<<<T, 128, 0, (cudaStream_t)stream>>>(src, row_bytes, scale, zero, (int)storage,
-                                                     row_storage_bits(storage), rank, out, ld_out, col0);
+                                                     row_storage_bits(storage), rank, out, ld_out,
+                                                     col0);
   return launched("cuda model: decode latent rows");
 }
 
 Status causal_softmax(float* S, int heads, int rows, int keys, int first_visible, void* stream) {
   if (heads <= 0 || rows <= 0 || keys <= 0) return Status::ok();
-  causal_softmax_kernel<<<dim3(rows, heads), 256, 0, (cudaStream_t)stream>>>(S, rows, keys, first_visible);
+  causal_softmax_kernel<<<dim3(rows, heads), 256, 0, (cudaStream_t)stream>>>(S, rows, keys,
+                                                                             first_visible);
   return launched("cuda model: causal softmax");
 }
 

@@ -23,20 +23,23 @@ Status half_to_float(const uint16_t* x, float* y, size_t n, void* stream);
 // y[r, i] += b[i] for r < rows, i < n; rows of y are `ld` floats apart.
 Status add_bias_rows(float* y, const float* b, int rows, int n, int ld, void* stream);
 // out[t, :] = float(table[ids[t], :]) for device ids (already checked to be in range).
-Status gather_rows_f16(const uint16_t* table, const int32_t* ids, int n, int d, float* out, void* stream);
+Status gather_rows_f16(const uint16_t* table, const int32_t* ids, int n, int d, float* out,
+                       void* stream);
 // Rotate-half RoPE in place on x [rows, ld] (heads × d_h values from column 0), row r at
 // position pos0 + r, from a [positions, d_h/2] cos / sin table (the CPU's rounding).
-Status rope_rows_table(float* x, int rows, int ld, int heads, int d_h, int pos0, const float* cos, const float* sin,
-                       void* stream);
+Status rope_rows_table(float* x, int rows, int ld, int heads, int d_h, int pos0, const float* cos,
+                       const float* sin, void* stream);
 // Encodes rows t < rows of z (row t at z + t·ld_z, `rank` values) into storage rows
 // dst + (t0 + t)·row_bytes; packed storage also writes scale[t0 + t], zero[t0 + t]. Matches
 // cache::encode_row bit for bit (quant_params, nearbyint codes, little-endian bit packing).
-Status encode_latent_rows(const float* z, int ld_z, int rows, int rank, RowStorage storage, uint8_t* dst,
-                          size_t row_bytes, float* scale, float* zero, int t0, void* stream);
+Status encode_latent_rows(const float* z, int ld_z, int rows, int rank, RowStorage storage,
+                          uint8_t* dst, size_t row_bytes, float* scale, float* zero, int t0,
+                          void* stream);
 // Decodes rows [0, T) of a storage into out[t, col0 .. col0 + rank) (ld_out floats per row),
 // exactly as cache::decode_row.
-Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* scale, const float* zero,
-                          RowStorage storage, int rank, int T, float* out, int ld_out, int col0, void* stream);
+Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* scale,
+                          const float* zero, RowStorage storage, int rank, int T, float* out,
+                          int ld_out, int col0, void* stream);
 // Causal softmax in place on scores S [heads, rows, keys] (row-major, each head's block
 // rows·keys): row i sees keys [0, first_visible + i + 1) (clamped to keys); the rest are set to 0.
 // exp and the max/sum in f32, as the CPU prefill.

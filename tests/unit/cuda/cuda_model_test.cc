@@ -8,6 +8,8 @@
 // the reference's top-2 margin exceeds twice that bound (a smaller margin may legitimately flip).
 // Packed (q4/q2) latents against the CPU at the same storage: see kPackedRowTol below.
 // The measured worst ratio max|Δ| / max|logit| is printed for docs/perf/cuda.md.
+#include "backends/cuda/cuda_model.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -21,7 +23,6 @@
 
 #include "backends/cuda/cuda_allocator.h"
 #include "backends/cuda/cuda_device.h"
-#include "backends/cuda/cuda_model.h"
 #include "model/llama_model.h"
 #include "model/safetensors.h"
 #include "runtime/device_models.h"
@@ -39,7 +40,7 @@ using model::LlamaModel;
 using model::LogitsMode;
 using model::TensorMap;
 
-#define PALU_SKIP_WITHOUT_GPU()                                                               \
+#define PALU_SKIP_WITHOUT_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device: no GPU or no driver visible"
 
 constexpr float kTol = 2e-2f;
@@ -65,8 +66,8 @@ constexpr double kPackedVsQuantization = 0.5;
 
 // Compares `rows` rows of V logits; EXPECTs the tolerance above (one failure per call, naming
 // the worst row and how many rows are off).
-void expect_rows_close(const float* got, const float* want, int rows, int V, const std::string& what,
-                       RowCheck* rc, bool packed = false) {
+void expect_rows_close(const float* got, const float* want, int rows, int V,
+                       const std::string& what, RowCheck* rc, bool packed = false) {
   const float tol = packed ? kPackedRowTol : kTol;
   int bad_rows = 0, worst_row = -1, argmax_bad = 0, argmax_row = -1;
   double worst = 0.0;
@@ -102,10 +103,11 @@ void expect_rows_close(const float* got, const float* want, int rows, int V, con
     rc->sum_ratio += ratio;
     ++rc->rows;
   }
-  EXPECT_EQ(bad_rows, 0) << what << ": " << bad_rows << " of " << rows << " rows have max|Δ| > " << tol
-                         << "·max|logit|; worst row " << worst_row << " at " << worst;
+  EXPECT_EQ(bad_rows, 0) << what << ": " << bad_rows << " of " << rows << " rows have max|Δ| > "
+                         << tol << "·max|logit|; worst row " << worst_row << " at " << worst;
   if (!packed) {
-    EXPECT_EQ(argmax_bad, 0) << what << ": " << argmax_bad << " rows with a clear reference argmax differ (e.g. row "
+    EXPECT_EQ(argmax_bad, 0) << what << ": " << argmax_bad
+                             << " rows with a clear reference argmax differ (e.g. row "
                              << argmax_row << ")";
   }
   rc->argmax_differ += argmax_bad;
@@ -115,10 +117,11 @@ void expect_rows_close(const float* got, const float* want, int rows, int V, con
 // at this storage with the CPU at f16.
 void expect_packed_close(const RowCheck& rc, const RowCheck& quant, const std::string& what) {
   EXPECT_LE(rc.mean_ratio(), kPackedVsQuantization * quant.mean_ratio())
-      << what << ": mean max|Δ|/max|logit| vs the CPU " << rc.mean_ratio() << ", the quantization itself (CPU vs CPU f16) "
-      << quant.mean_ratio();
+      << what << ": mean max|Δ|/max|logit| vs the CPU " << rc.mean_ratio()
+      << ", the quantization itself (CPU vs CPU f16) " << quant.mean_ratio();
   EXPECT_LE(rc.argmax_differ, rc.argmax_checked / 10)
-      << what << ": " << rc.argmax_differ << " of " << rc.argmax_checked << " clear argmaxes differ";
+      << what << ": " << rc.argmax_differ << " of " << rc.argmax_checked
+      << " clear argmaxes differ";
 }
 
 // Mean row error of `got` against `want` without expectations (the size of an effect).
@@ -173,7 +176,8 @@ std::unique_ptr<DeviceModel> cpu_model(const LlamaModel& m, RowStorage st) {
 }
 
 // Logits of every position: a prefill of `prefill` tokens (kAll), then one token at a time.
-std::vector<float> run_logits(DeviceModel* dm, const std::vector<int32_t>& ids, int prefill, int V) {
+std::vector<float> run_logits(DeviceModel* dm, const std::vector<int32_t>& ids, int prefill,
+                              int V) {
   std::vector<float> out(ids.size() * (size_t)V);
   auto seq = dm->new_sequence((int)ids.size());
   EXPECT_TRUE(seq.is_ok()) << seq.status().to_string();
@@ -215,9 +219,11 @@ TEST_P(CudaModelGolden, PromptsPrefillAndDecodeAndLongPrefill) {
     const auto want = golden.floats(name + ".logits");
     ASSERT_EQ(want.size(), ids.size() * (size_t)V);
     const auto a = run_logits(dm.get(), ids, (int)ids.size(), V);
-    expect_rows_close(a.data(), want.data(), (int)ids.size(), V, GetParam() + " " + name + " prefill", &pre);
+    expect_rows_close(a.data(), want.data(), (int)ids.size(), V,
+                      GetParam() + " " + name + " prefill", &pre);
     const auto b = run_logits(dm.get(), ids, 1, V);
-    expect_rows_close(b.data(), want.data(), (int)ids.size(), V, GetParam() + " " + name + " decode", &dec);
+    expect_rows_close(b.data(), want.data(), (int)ids.size(), V,
+                      GetParam() + " " + name + " decode", &dec);
     ++prompts;
   }
   EXPECT_GT(prompts, 0);
@@ -227,10 +233,12 @@ TEST_P(CudaModelGolden, PromptsPrefillAndDecodeAndLongPrefill) {
   const auto want = golden.floats("long.logits_last64");
   ASSERT_EQ(ids.size(), 1024u);
   const int R = (int)(want.size() / V);
-  ASSERT_TRUE(R >= 1 && R <= 64 && want.size() == (size_t)R * V) << "long.logits_last64 has " << want.size() << " floats";
+  ASSERT_TRUE(R >= 1 && R <= 64 && want.size() == (size_t)R * V)
+      << "long.logits_last64 has " << want.size() << " floats";
   const auto all = run_logits(dm.get(), ids, (int)ids.size(), V);
   RowCheck lng;
-  expect_rows_close(all.data() + (ids.size() - R) * V, want.data(), R, V, GetParam() + " long", &lng);
+  expect_rows_close(all.data() + (ids.size() - R) * V, want.data(), R, V, GetParam() + " long",
+                    &lng);
   double nll = 0.0;
   for (size_t t = 0; t + 1 < ids.size(); ++t) {
     const float* row = all.data() + t * V;
@@ -241,14 +249,19 @@ TEST_P(CudaModelGolden, PromptsPrefillAndDecodeAndLongPrefill) {
   }
   const double want_nll = golden.floats("long.nll_sum")[0];
   EXPECT_NEAR(nll, want_nll, 1e-3 * want_nll);
-  std::printf("[model] %s golden on %s: prefill worst max|Δ|/max|logit| %.2e (%d rows, %d argmax), decode %.2e "
-              "(%d rows), long %.2e, NLL %.4f vs %.4f (rel %.1e)\n",
-              GetParam().c_str(), dm->describe().c_str(), pre.worst_ratio, pre.rows, pre.argmax_checked,
-              dec.worst_ratio, dec.rows, lng.worst_ratio, nll, want_nll, std::fabs(nll - want_nll) / want_nll);
+  std::printf(
+      "[model] %s golden on %s: prefill worst max|Δ|/max|logit| %.2e (%d rows, %d argmax), decode "
+      "%.2e "
+      "(%d rows), long %.2e, NLL %.4f vs %.4f (rel %.1e)\n",
+      GetParam().c_str(), dm->describe().c_str(), pre.worst_ratio, pre.rows, pre.argmax_checked,
+      dec.worst_ratio, dec.rows, lng.worst_ratio, nll, want_nll,
+      std::fabs(nll - want_nll) / want_nll);
 }
 
 INSTANTIATE_TEST_SUITE_P(RefModels, CudaModelGolden, ::testing::Values("ref-mha", "ref-gqa"),
-                         [](const auto& info) { return info.param == "ref-mha" ? "RefMha" : "RefGqa"; });
+                         [](const auto& info) {
+                           return info.param == "ref-mha" ? "RefMha" : "RefGqa";
+                         });
 
 // ---- compressed ref-mha (palu-compress) against the CPU DeviceModel ---------------------------
 
@@ -256,15 +269,17 @@ class CudaModelCompressed : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (cuda_device_count() == 0) return;
-    dir_ = std::filesystem::temp_directory_path().string() + "/palu-cuda-model-test-" + std::to_string(::getpid());
+    dir_ = std::filesystem::temp_directory_path().string() + "/palu-cuda-model-test-" +
+           std::to_string(::getpid());
     std::filesystem::remove_all(dir_);
     const std::string tool = std::string(PALU_BINARY_DIR) + "/tools/palu-compress";
     if (!std::filesystem::exists(tool)) {
       error_ = "missing " + tool + " (build the palu-compress target)";
       return;
     }
-    const std::string cmd = tool + " -q --model " + palu::testing::shared_dir() + "/models/ref-mha --calib " +
-                            palu::testing::shared_dir() + "/data/calib.txt --calib-samples 2 --calib-seq 128 " +
+    const std::string cmd = tool + " -q --model " + palu::testing::shared_dir() +
+                            "/models/ref-mha --calib " + palu::testing::shared_dir() +
+                            "/data/calib.txt --calib-samples 2 --calib-seq 128 " +
                             "--ratio 0.5 --group-size 4 --search uniform --out " + dir_ + " 2>&1";
     if (std::system(cmd.c_str()) != 0) error_ = "palu-compress failed: " + cmd;
   }
@@ -284,7 +299,8 @@ TEST_F(CudaModelCompressed, MatchesTheCpuDeviceModelF16AndQ4) {
   ASSERT_TRUE(m.is_compressed());
   const int V = m.config().vocab_size;
   Golden golden;
-  ASSERT_TRUE(model::load_safetensors_file(palu::testing::shared_file("models/ref-mha/golden.safetensors"), &golden.map)
+  ASSERT_TRUE(model::load_safetensors_file(
+                  palu::testing::shared_file("models/ref-mha/golden.safetensors"), &golden.map)
                   .is_ok());
   auto ids = golden.ints("long.ids");
   ids.resize(200);
@@ -306,10 +322,12 @@ TEST_F(CudaModelCompressed, MatchesTheCpuDeviceModelF16AndQ4) {
       quant = measure(want, run_logits(cpu16.get(), ids, 150, V), V);
       expect_packed_close(rc, quant, what);
     }
-    std::printf("[model] compressed ref-mha (ratio 0.5, group 4) %s vs CPU: max|Δ|/max|logit| worst %.2e mean %.2e over "
-                "%d rows (CPU %s vs CPU f16: mean %.2e), %d of %d clear argmaxes differ; %s\n",
-                row_storage_name(st), rc.worst_ratio, rc.mean_ratio(), rc.rows, row_storage_name(st), quant.mean_ratio(),
-                rc.argmax_differ, rc.argmax_checked, gpu->describe().c_str());
+    std::printf(
+        "[model] compressed ref-mha (ratio 0.5, group 4) %s vs CPU: max|Δ|/max|logit| worst %.2e "
+        "mean %.2e over "
+        "%d rows (CPU %s vs CPU f16: mean %.2e), %d of %d clear argmaxes differ; %s\n",
+        row_storage_name(st), rc.worst_ratio, rc.mean_ratio(), rc.rows, row_storage_name(st),
+        quant.mean_ratio(), rc.argmax_differ, rc.argmax_checked, gpu->describe().c_str());
   }
 }
 
@@ -379,10 +397,12 @@ TEST(CudaModelFused, HeadDim128FullAndLatentMatchTheCpu) {
       quant = measure(want, run_logits(cpu16.get(), ids, 40, V), V);
       expect_packed_close(rc, quant, k.name);
     }
-    std::printf("[model] d_h 128 %s vs CPU: max|Δ|/max|logit| worst %.2e mean %.2e (%d rows; CPU at this storage vs "
-                "CPU f16: mean %.2e), %d of %d clear argmaxes differ\n",
-                k.name, rc.worst_ratio, rc.mean_ratio(), rc.rows, quant.mean_ratio(), rc.argmax_differ,
-                rc.argmax_checked);
+    std::printf(
+        "[model] d_h 128 %s vs CPU: max|Δ|/max|logit| worst %.2e mean %.2e (%d rows; CPU at this "
+        "storage vs "
+        "CPU f16: mean %.2e), %d of %d clear argmaxes differ\n",
+        k.name, rc.worst_ratio, rc.mean_ratio(), rc.rows, quant.mean_ratio(), rc.argmax_differ,
+        rc.argmax_checked);
   }
 }
 
@@ -410,7 +430,8 @@ TEST(CudaModelErrors, TokensCapacityOptionsAndTruncate) {
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
   EXPECT_NE(st.message().find(std::to_string(V)), std::string::npos) << st.message();
   const std::vector<int32_t> neg{-1};
-  EXPECT_EQ(s.forward(neg.data(), 1, LogitsMode::kLast, lg.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.forward(neg.data(), 1, LogitsMode::kLast, lg.data()).code(),
+            StatusCode::kInvalidArgument);
   EXPECT_EQ(s.size(), 0);
   const auto ids = some_tokens(9, V);
   ASSERT_TRUE(s.forward(ids.data(), 6, LogitsMode::kLast, lg.data()).is_ok());
@@ -424,7 +445,8 @@ TEST(CudaModelErrors, TokensCapacityOptionsAndTruncate) {
   ASSERT_TRUE(s.forward(&ids[6], 1, LogitsMode::kLast, b.data()).is_ok());
   for (int j = 0; j < V; ++j) ASSERT_NEAR(a[j], b[j], 1e-5f * (1.f + std::fabs(a[j]))) << j;
   EXPECT_EQ(s.truncate(9).code(), StatusCode::kOutOfRange);
-  EXPECT_EQ(s.forward(ids.data(), 1, LogitsMode::kLast, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.forward(ids.data(), 1, LogitsMode::kLast, nullptr).code(),
+            StatusCode::kInvalidArgument);
   // Options this backend lacks, and packed rows for an uncompressed model.
   DeviceModelOptions o;
   o.cache.storage = RowStorage::kF32;
@@ -507,7 +529,8 @@ TEST(CudaModelAllocFailure, ForwardFailsCleanlyAndTheSequenceStaysUsable) {
     EXPECT_EQ(s.size(), 40);
     // Same kernels and shapes, another sequence: equal up to cuBLAS's choice of reduction order.
     for (int j = 0; j < V; ++j)
-      ASSERT_NEAR(got[j], want[j], 1e-4f * (1.f + std::fabs(want[j]))) << "group " << group << " logit " << j;
+      ASSERT_NEAR(got[j], want[j], 1e-4f * (1.f + std::fabs(want[j])))
+          << "group " << group << " logit " << j;
     // A sequence that cannot get its cache: RESOURCE_EXHAUSTED, nothing held.
     {
       ScopedCudaAllocFailure limit(CudaAllocFailureSpec{0, false, base.in_use_bytes + 1024});
