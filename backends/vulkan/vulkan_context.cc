@@ -203,6 +203,16 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   props_ = e.props;
   queue_family_ = e.queue_family;
   vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
+  VkPhysicalDeviceSubgroupProperties sg{};
+  sg.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES;
+  VkPhysicalDeviceProperties2 p2{};
+  p2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2;
+  p2.pNext = &sg;
+  vkGetPhysicalDeviceProperties2(physical_, &p2);
+  subgroup_size_ = sg.subgroupSize;
+  subgroup_arithmetic_ = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                         (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) && sg.subgroupSize >= 4 &&
+                         sg.subgroupSize <= 128;
   info_.kind = DeviceKind::kVulkan;
   info_.index = index;
   info_.name = props_.deviceName;

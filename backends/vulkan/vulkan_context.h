@@ -102,6 +102,10 @@ class VulkanContext {
   const DeviceInfo& info() const { return info_; }
   const VkPhysicalDeviceProperties& properties() const { return props_; }
   uint32_t max_shared_bytes() const { return props_.limits.maxComputeSharedMemorySize; }
+  // Subgroup size, and whether compute shaders have subgroup arithmetic (subgroupAdd).
+  uint32_t subgroup_size() const { return subgroup_size_; }
+  bool subgroup_arithmetic() const { return subgroup_arithmetic_; }
+  bool is_cpu() const { return props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU; }
 
   // A buffer of `bytes` (rounded up to 16) for `what` (named in errors).
   Result<VulkanBuffer> alloc(size_t bytes, MemoryKind kind, const std::string& what);
@@ -129,6 +133,8 @@ class VulkanContext {
   DeviceInfo info_;
   VkPhysicalDeviceProperties props_{};
   VkPhysicalDeviceMemoryProperties mem_props_{};
+  uint32_t subgroup_size_ = 0;
+  bool subgroup_arithmetic_ = false;
   VkInstance instance_ = VK_NULL_HANDLE;
   VkPhysicalDevice physical_ = VK_NULL_HANDLE;
   VkDevice device_ = VK_NULL_HANDLE;

@@ -109,10 +109,19 @@ void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int 
 }
 
 void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc, int M, int N, int K,
-            uint64_t bias, bool accumulate, bool force_tiled) {
+            uint64_t bias, bool accumulate, MatmulKernel kernel) {
   MatPC pc{a, w, c, bias, u32(M), u32(N), u32(K), u32(lda), u32(ldc),
            (accumulate ? 1u : 0u) | (bias != 0 ? 2u : 0u)};
-  if (M <= 4 && !force_tiled) {
+  VulkanContext* ctx = rec.context();
+  if (kernel == MatmulKernel::kAuto) {
+    if (ctx->subgroup_arithmetic() && (ctx->is_cpu() || M <= 4)) kernel = MatmulKernel::kSubgroup;
+    else kernel = M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled;
+  }
+  if (kernel == MatmulKernel::kSubgroup) {
+    // 8×8 blocks for prefill-sized products (more FMAs per load), 4×4 for decode.
+    const uint32_t b = M > 4 ? 8 : 4, bn = M > 4 ? 16 : 4;
+    rec.dispatch("matmul_sg", {(uint32_t)wt, ctx->subgroup_size(), b, bn}, &pc, sizeof(pc), ceil_div(N, bn), ceil_div(M, b));
+  } else if (kernel == MatmulKernel::kVector && M <= 4) {
     uint32_t gx, gy;
     split_groups(ceil_div(N, 4), &gx, &gy);
     rec.dispatch("matvec", {(uint32_t)wt}, &pc, sizeof(pc), gx, gy);
@@ -240,8 +249,11 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
 }
 
 Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v, int vcol_per_kv,
-                         int w, int h0, int nh, int out0) {
+                         int w, int h0, int nh, int out0, int use_subgroup) {
   if (row_storage_bits(k.storage) != 0) return unimplemented("vulkan prefill: keys cannot be packed codes");
+  VulkanContext* ctx = rec.context();
+  const bool sg = use_subgroup < 0 ? ctx->subgroup_arithmetic() && ctx->is_cpu() : use_subgroup == 1;
+  if (sg && !ctx->subgroup_arithmetic()) return unimplemented("vulkan prefill: no subgroup arithmetic on this device");
   const size_t floats = (size_t)kQB * a.dh + (size_t)kKT * a.dh + kQB * kKT + 3 * kQB;
   if (floats * 4 > rec.context()->max_shared_bytes()) {
     return unimplemented("vulkan prefill: head dim " + std::to_string(a.dh) + " does not fit shared memory");
@@ -267,7 +279,13 @@ Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, c
   pc.ow = u32(a.ow);
   pc.out0 = u32(out0);
   pc.scale = inv_sqrt_dh(a.dh);
-  rec.dispatch("attn_prefill", {(uint32_t)a.dh}, &pc, sizeof(pc), (uint32_t)nh, ceil_div(a.n, kQB));
+  if (sg) {
+    const uint32_t wmax = (uint32_t)w;
+    rec.dispatch("attn_prefill_sg", {(uint32_t)a.dh, ctx->subgroup_size(), wmax, (uint32_t)k.storage, (uint32_t)v.storage}, &pc, sizeof(pc), (uint32_t)nh,
+                 (uint32_t)a.n);
+  } else {
+    rec.dispatch("attn_prefill", {(uint32_t)a.dh}, &pc, sizeof(pc), (uint32_t)nh, ceil_div(a.n, kQB));
+  }
   return Status::ok();
 }
 

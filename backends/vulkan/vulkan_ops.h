@@ -40,10 +40,13 @@ void rms_norm(Recorder& rec, uint64_t x, uint64_t w, uint64_t y, int rows, int n
 // model's table, cos [P, d_h/2] followed by sin at value index sin_off.
 void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int heads, int dh, int pos0,
           uint32_t sin_off);
-// C[M, N] = A[M, K]·W[N, K]ᵀ (+ bias) (+ C when accumulate). Tiled for M > 4, a matrix-vector
-// kernel otherwise. bias = 0: none.
+// C[M, N] = A[M, K]·W[N, K]ᵀ (+ bias) (+ C when accumulate). bias = 0: none.
+// Kernels: kTiled (64×64 shared-memory tiles), kVector (M ≤ 4, shared-memory reduction),
+// kSubgroup (4×4 blocks, one subgroup each, subgroupAdd; needs subgroup arithmetic). kAuto:
+// kSubgroup on CPU drivers and for M ≤ 4 when available, else kTiled / kVector.
+enum class MatmulKernel { kAuto, kTiled, kVector, kSubgroup };
 void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc, int M, int N, int K,
-            uint64_t bias = 0, bool accumulate = false, bool force_tiled = false);
+            uint64_t bias = 0, bool accumulate = false, MatmulKernel kernel = MatmulKernel::kAuto);
 // y = silu(g)·u over n values (y may alias g).
 void silu_mul(Recorder& rec, uint64_t g, uint64_t u, uint64_t y, size_t n);
 // y[i] += x[i mod xn] for i < n.
@@ -98,8 +101,10 @@ struct PrefillArgs {
 };
 // Keys: rows of a region (f32/f16/bf16; KV head j at j·d_h). Values: region rows with head
 // columns at j·vcol_per_kv, width w. Heads [h0, h0 + nh) written at out0 + (h − h0)·w.
+// Kernels: shared-memory tiles (attn_prefill.comp) or one subgroup per (head, query row)
+// (attn_prefill_sg.comp, CPU drivers with subgroup arithmetic); use_subgroup: −1 auto, 0, 1.
 Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v, int vcol_per_kv,
-                         int w, int h0, int nh, int out0);
+                         int w, int h0, int nh, int out0, int use_subgroup = -1);
 // Keys of group g (s KV heads) rebuilt from z^K for positions 0..T−1 into out [T, ld] f32 at
 // columns col0.. (RoPE applied).
 Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt, uint64_t k_bias, int s,

@@ -108,8 +108,12 @@ TEST(VulkanOps, MatMulTiledAndMatVecF32AndF16Weights) {
                            {67, 129, 45}, {128, 96, 200}, {2, 8000, 16}};
   for (const MatCase& mc : cases) {
     for (WeightType wt : {WeightType::kF32, WeightType::kF16}) {
-      for (int variant = 0; variant < 3; ++variant) {  // plain, bias, accumulate (+ forced tiled)
-        const bool use_bias = variant == 1, acc = variant == 2;
+      for (int variant = 0; variant < 9; ++variant) {  // {plain, bias, accumulate} × kernel
+        const bool use_bias = variant % 3 == 1, acc = variant % 3 == 2;
+        const MatmulKernel kern = variant / 3 == 0 ? MatmulKernel::kTiled
+                                  : variant / 3 == 1 ? (mc.M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled)
+                                                     : MatmulKernel::kSubgroup;
+        if (kern == MatmulKernel::kSubgroup && !ctx->subgroup_arithmetic()) continue;
         auto a = random_floats((size_t)mc.M * mc.K, 5), w = random_floats((size_t)mc.N * mc.K, 6);
         auto bias = random_floats(mc.N, 7), c0 = random_floats((size_t)mc.M * mc.N, 8);
         const auto wr = wt == WeightType::kF16 ? round_f16(w) : w;
@@ -117,7 +121,7 @@ TEST(VulkanOps, MatMulTiledAndMatVecF32AndF16Weights) {
         VulkanBuffer wb = wt == WeightType::kF16 ? to_device(ctx, to_f16(w)) : to_device(ctx, w);
         Recorder rec(ctx);
         matmul(rec, ab.address(), mc.K, wb.address(), wt, cb.address(), mc.N, mc.M, mc.N, mc.K,
-               use_bias ? bb.address() : 0, acc, variant == 2 && mc.M <= 4);
+               use_bias ? bb.address() : 0, acc, kern);
         ASSERT_TRUE(rec.submit("matmul").is_ok());
         std::vector<float> want((size_t)mc.M * mc.N);
         for (int i = 0; i < mc.M; ++i) {

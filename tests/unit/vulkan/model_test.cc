@@ -1,0 +1,228 @@
+// The whole model through the Vulkan DeviceModel: golden logits of the reference models
+// (Hugging Face transformers, float32) by prefill and by token-by-token decode, the 1024-token
+// golden by prefill only (lavapipe is slow), and the error rules of model/device_model.h.
+//
+// Tolerance: f16 weights and an f16 cache against a float32 oracle: per position
+// max |Δ| ≤ 2e-2 · max |logit| (the DeviceModel contract's golden tolerance), and equal argmax
+// wherever the oracle's top-2 margin exceeds that tolerance. Measured on lavapipe: worst
+// ~4e-3 · max |logit| (printed by the test).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/vulkan/vulkan_model.h"
+#include "model/safetensors.h"
+#include "tests/common/test_paths.h"
+#include "tests/unit/vulkan/vulkan_test_util.h"
+
+namespace palu::backends::vulkan {
+namespace {
+
+struct Golden {
+  model::TensorMap map;
+  std::vector<int32_t> ints(const std::string& name) const {
+    const model::TensorView* v = map.find(name);
+    std::vector<int32_t> out(v ? v->numel() : 0);
+    if (v) std::memcpy(out.data(), v->data, out.size() * 4);
+    return out;
+  }
+  std::vector<float> floats(const std::string& name) const {
+    const model::TensorView* v = map.find(name);
+    std::vector<float> out(v ? v->numel() : 0);
+    if (v) std::memcpy(out.data(), v->data, out.size() * 4);
+    return out;
+  }
+};
+
+// Returns max |Δ| / max |want| and checks the tolerance (above).
+float expect_logits_close(const float* got, const float* want, int V, float rtol, const std::string& what) {
+  float max_abs = 0.f, max_diff = 0.f;
+  int am_got = 0, am_want = 0;
+  for (int j = 0; j < V; ++j) {
+    max_abs = std::max(max_abs, std::fabs(want[j]));
+    max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
+    if (got[j] > got[am_got]) am_got = j;
+    if (want[j] > want[am_want]) am_want = j;
+  }
+  const float tol = rtol * max_abs;
+  EXPECT_LE(max_diff, tol) << what;
+  float second = -INFINITY;
+  for (int j = 0; j < V; ++j)
+    if (j != am_want) second = std::max(second, want[j]);
+  if (want[am_want] - second > tol) EXPECT_EQ(am_got, am_want) << what;
+  return max_diff / std::max(max_abs, 1e-30f);
+}
+
+class VulkanGoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
+    const std::string dir = palu::testing::shared_file("models/" + GetParam());
+    auto loaded = model::load_model(dir);
+    ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+    model_ = std::move(loaded.value().model);
+    ASSERT_TRUE(model::load_safetensors_file(dir + "/golden.safetensors", &golden_.map).is_ok());
+    V_ = model_->config().vocab_size;
+    auto dm = make_vulkan_model(*model_, model::DeviceModelOptions{});
+    ASSERT_TRUE(dm.is_ok()) << dm.status().to_string();
+    dm_ = std::move(dm).value();
+    std::printf("[vulkan] %s, %zu weight bytes\n", dm_->describe().c_str(), dm_->weight_bytes());
+  }
+  std::unique_ptr<model::LlamaModel> model_;
+  Golden golden_;
+  std::unique_ptr<model::DeviceModel> dm_;
+  int V_ = 0;
+};
+
+TEST_P(VulkanGoldenTest, PromptsByPrefillAndByDecode) {
+  float worst = 0.f;
+  for (int p = 0; p < 3; ++p) {
+    const std::string name = "prompt" + std::to_string(p);
+    const auto t = golden_.ints(name + ".ids");
+    const auto want = golden_.floats(name + ".logits");
+    ASSERT_FALSE(t.empty());
+    const int n = (int)t.size();
+    ASSERT_EQ(want.size(), (size_t)n * V_);
+    std::vector<float> got((size_t)n * V_);
+    auto seq = dm_->new_sequence(n);
+    ASSERT_TRUE(seq.is_ok()) << seq.status().to_string();
+    Status st = seq.value()->forward(t.data(), n, model::LogitsMode::kAll, got.data());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    for (int i = 0; i < n; ++i)
+      worst = std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_, 2e-2f,
+                                                  name + " prefill pos " + std::to_string(i)));
+    ASSERT_TRUE(seq.value()->truncate(0).is_ok());
+    for (int i = 0; i < n; ++i) {
+      st = seq.value()->forward(&t[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V_);
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+    }
+    for (int i = 0; i < n; ++i)
+      worst = std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_, 2e-2f,
+                                                  name + " decode pos " + std::to_string(i)));
+  }
+  std::printf("[vulkan] %s prompts: worst max|Δ|/max|logit| %.2e\n", GetParam().c_str(), worst);
+}
+
+// The 1024-token golden by one prefill (decode of 1024 tokens is too slow for lavapipe in CI):
+// the last 64 positions' logits and the summed next-token NLL.
+TEST_P(VulkanGoldenTest, LongPromptPrefill) {
+  const auto t = golden_.ints("long.ids");
+  const auto want = golden_.floats("long.logits_last64");
+  const auto nll_want = golden_.floats("long.nll_sum");
+  ASSERT_EQ(t.size(), 1024u);
+  ASSERT_EQ(want.size(), (size_t)64 * V_);
+  const int n = (int)t.size();
+  auto seq = dm_->new_sequence(n);
+  ASSERT_TRUE(seq.is_ok());
+  std::vector<float> got((size_t)n * V_);
+  Status st = seq.value()->forward(t.data(), n, model::LogitsMode::kAll, got.data());
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  float worst = 0.f;
+  for (int i = 0; i < 64; ++i)
+    worst = std::max(worst, expect_logits_close(&got[(size_t)(n - 64 + i) * V_], &want[(size_t)i * V_], V_, 2e-2f,
+                                                "long pos " + std::to_string(n - 64 + i)));
+  double nll = 0.0;
+  for (int i = 0; i + 1 < n; ++i) {
+    const float* row = &got[(size_t)i * V_];
+    const float mx = *std::max_element(row, row + V_);
+    double sum = 0.0;
+    for (int j = 0; j < V_; ++j) sum += std::exp((double)row[j] - mx);
+    nll += std::log(sum) + mx - row[t[i + 1]];
+  }
+  ASSERT_EQ(nll_want.size(), 1u);
+  // Perplexity within 0.1 %: |Δ mean NLL| ≤ 1e-3.
+  EXPECT_NEAR(nll / (n - 1), nll_want[0] / (n - 1), 1e-3);
+  std::printf("[vulkan] %s long: worst %.2e, mean NLL %.6f vs %.6f\n", GetParam().c_str(), worst, nll / (n - 1),
+              nll_want[0] / (n - 1));
+}
+
+TEST_P(VulkanGoldenTest, ErrorsAreValuesAndLeaveTheSequenceUnchanged) {
+  auto seq = dm_->new_sequence(8);
+  ASSERT_TRUE(seq.is_ok());
+  auto& s = *seq.value();
+  std::vector<float> logits((size_t)V_), again((size_t)V_);
+  const int32_t good[3] = {1, 5, 9};
+  ASSERT_TRUE(s.forward(good, 3, model::LogitsMode::kLast, logits.data()).is_ok());
+  const int32_t bad[2] = {7, V_};
+  Status st = s.forward(bad, 2, model::LogitsMode::kLast, logits.data());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+  const int32_t neg = -4;
+  EXPECT_EQ(s.forward(&neg, 1, model::LogitsMode::kLast, logits.data()).code(), StatusCode::kInvalidArgument);
+  const int32_t six[6] = {2, 3, 4, 5, 6, 7};
+  st = s.forward(six, 6, model::LogitsMode::kLast, logits.data());
+  EXPECT_EQ(st.code(), StatusCode::kOutOfRange) << st.to_string();
+  EXPECT_EQ(s.size(), 3);
+  EXPECT_FALSE(s.truncate(4).is_ok());
+  const int32_t next = 11;
+  ASSERT_TRUE(s.forward(&next, 1, model::LogitsMode::kLast, logits.data()).is_ok());
+  auto fresh = dm_->new_sequence(8);
+  ASSERT_TRUE(fresh.is_ok());
+  const int32_t all[4] = {1, 5, 9, 11};
+  ASSERT_TRUE(fresh.value()->forward(all, 4, model::LogitsMode::kLast, again.data()).is_ok());
+  expect_logits_close(logits.data(), again.data(), V_, 1e-3f, "after errors vs fresh");
+  EXPECT_EQ(dm_->new_sequence(0).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dm_->new_sequence(model_->config().max_position_embeddings + 1).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(RefModels, VulkanGoldenTest, ::testing::Values("ref-mha", "ref-gqa"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           std::replace(s.begin(), s.end(), '-', '_');
+                           return s;
+                         });
+
+// Device memory exhaustion through the limit hook: the weights do not fit, then a cache does
+// not fit; both RESOURCE_EXHAUSTED naming the bytes, nothing else affected.
+TEST(VulkanModel, OutOfDeviceMemoryIsResourceExhausted) {
+  std::string why;
+  if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
+  auto loaded = model::load_model(palu::testing::shared_file("models/ref-gqa"));
+  ASSERT_TRUE(loaded.is_ok());
+  const model::LlamaModel& m = *loaded.value().model;
+  VulkanModelOptions tiny;
+  tiny.memory_limit_bytes = 1 << 20;
+  auto none = make_vulkan_model(m, model::DeviceModelOptions{}, tiny);
+  ASSERT_FALSE(none.is_ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kResourceExhausted) << none.status().to_string();
+  EXPECT_NE(none.status().message().find("model weights"), std::string::npos) << none.status().to_string();
+
+  auto full = make_vulkan_model(m, model::DeviceModelOptions{});
+  ASSERT_TRUE(full.is_ok());
+  const size_t weights = full.value()->weight_bytes();
+  full = Result<std::unique_ptr<model::DeviceModel>>(std::unique_ptr<model::DeviceModel>());
+  VulkanModelOptions some;
+  some.memory_limit_bytes = weights + (4 << 20);  // room for a short sequence only
+  auto dm = make_vulkan_model(m, model::DeviceModelOptions{}, some);
+  ASSERT_TRUE(dm.is_ok()) << dm.status().to_string();
+  auto big = dm.value()->new_sequence(4096);
+  ASSERT_FALSE(big.is_ok());
+  EXPECT_EQ(big.status().code(), StatusCode::kResourceExhausted) << big.status().to_string();
+  EXPECT_NE(big.status().message().find("KV cache"), std::string::npos) << big.status().to_string();
+  auto small = dm.value()->new_sequence(16);
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  std::vector<float> logits(m.config().vocab_size);
+  const int32_t t[2] = {1, 2};
+  Status st = small.value()->forward(t, 2, model::LogitsMode::kLast, logits.data());
+  EXPECT_TRUE(st.is_ok()) << st.to_string();
+  EXPECT_EQ(small.value()->size(), 2);
+}
+
+TEST(VulkanModel, UnsupportedOptionsAreClearErrors) {
+  std::string why;
+  if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
+  auto loaded = model::load_model(palu::testing::shared_file("models/ref-gqa"));
+  ASSERT_TRUE(loaded.is_ok());
+  model::DeviceModelOptions o;
+  o.cache.storage = cache::CacheStorage::kQ4;  // packed storage needs a compressed model
+  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(), StatusCode::kInvalidArgument);
+  o = model::DeviceModelOptions{};
+  o.device_index = 99;
+  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace palu::backends::vulkan
