@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -90,7 +92,7 @@ class VulkanSequence final : public model::DeviceSequence {
 
 class VulkanModel final : public model::DeviceModel {
  public:
-  VulkanModel(const model::LlamaModel& m, model::CacheOptions cache, std::unique_ptr<VulkanContext> ctx,
+  VulkanModel(const model::LlamaModel& m, model::CacheOptions cache, std::shared_ptr<VulkanContext> ctx,
               WeightType wt)
       : m_(m), cache_(cache), ctx_(std::move(ctx)), wt_(wt) {}
   Status init();
@@ -119,7 +121,7 @@ class VulkanModel final : public model::DeviceModel {
 
   const model::LlamaModel& m_;
   model::CacheOptions cache_;
-  std::unique_ptr<VulkanContext> ctx_;
+  std::shared_ptr<VulkanContext> ctx_;
   VulkanBuffer weights_;
   WeightType wt_ = WeightType::kF16;
   size_t embed_ = 0, final_norm_ = 0, out_matrix_ = 0, rope_ = 0;
@@ -522,6 +524,19 @@ Status VulkanSequence::forward(const int32_t* tokens, int n, LogitsMode mode, fl
   return Status::ok();
 }
 
+// Models on the same device share one context (its compiled pipelines above all: building them
+// takes seconds on CPU drivers) while any of them lives.
+Result<std::shared_ptr<VulkanContext>> shared_context(int index) {
+  static std::mutex mu;
+  static std::map<int, std::weak_ptr<VulkanContext>> live;
+  std::lock_guard<std::mutex> g(mu);
+  if (auto c = live[index].lock()) return c;
+  PALU_ASSIGN_OR_RETURN(std::unique_ptr<VulkanContext> made, VulkanContext::create(index));
+  std::shared_ptr<VulkanContext> c = std::move(made);
+  live[index] = c;
+  return c;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
@@ -538,9 +553,16 @@ Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::Llama
                          std::to_string(options.cache.window_tokens) + ") is not implemented; use window_tokens 0");
   }
   if (options.device_index < 0) return invalid_argument("vulkan: negative device index");
-  PALU_ASSIGN_OR_RETURN(std::unique_ptr<VulkanContext> ctx,
-                        VulkanContext::create(options.device_index == 0 ? -1 : options.device_index));
-  ctx->set_memory_limit_bytes(vulkan.memory_limit_bytes);
+  const int index = options.device_index == 0 ? -1 : options.device_index;
+  std::shared_ptr<VulkanContext> ctx;
+  if (vulkan.memory_limit_bytes > 0) {
+    // A budgeted model gets a device of its own, so the limit counts its allocations only.
+    PALU_ASSIGN_OR_RETURN(std::unique_ptr<VulkanContext> own, VulkanContext::create(index));
+    own->set_memory_limit_bytes(vulkan.memory_limit_bytes);
+    ctx = std::move(own);
+  } else {
+    PALU_ASSIGN_OR_RETURN(ctx, shared_context(index));
+  }
   WeightType wt = ctx->is_cpu() ? WeightType::kF32 : WeightType::kF16;
   if (vulkan.weights == VulkanModelOptions::Weights::kF16) wt = WeightType::kF16;
   if (vulkan.weights == VulkanModelOptions::Weights::kF32) wt = WeightType::kF32;

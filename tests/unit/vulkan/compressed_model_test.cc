@@ -1,0 +1,138 @@
+// A compressed (Palu) model through the Vulkan DeviceModel against the CPU DeviceModel
+// (runtime::make_device_model(kCpu), the pooled-cache reference): ref-gqa compressed in the
+// fixture by palu-compress (ratio 0.5, group size 1 → two low-rank groups per layer, four query
+// heads per KV head), latents cached as f16, q4, q3 and q2. Prefill (latent prefill kernel) and
+// token-by-token decode (the fused latent decode kernel) of a prompt, every position's logits.
+// Tolerance: max |Δ| ≤ 2e-2 · max |logit| with equal argmax where the CPU's margin allows (the
+// golden tolerance); the worst ratio is printed (on lavapipe, f32 weights: ~1e-4 for f16
+// latents; packed codes can flip at a rounding boundary, a few 1e-3).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "backends/vulkan/vulkan_model.h"
+#include "runtime/device_models.h"
+#include "tests/common/test_paths.h"
+#include "tests/unit/vulkan/vulkan_test_util.h"
+
+namespace palu::backends::vulkan {
+namespace {
+
+class VulkanCompressedTest : public ::testing::TestWithParam<cache::CacheStorage> {
+ protected:
+  static void SetUpTestSuite() {
+    std::string why;
+    if (testing::context(&why) == nullptr) return;
+    dir_ = ::testing::TempDir() + "/palu_vulkan_compressed_" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir_);
+    const std::string cmd = std::string(PALU_BINARY_DIR) + "/tools/palu-compress -q --model " +
+                            palu::testing::shared_file("models/ref-gqa") + " --calib " +
+                            palu::testing::shared_file("data/calib.txt") +
+                            " --calib-samples 2 --calib-seq 128 --ratio 0.5 --group-size 1 --search uniform --out " +
+                            dir_ + " > /dev/null 2>&1";
+    compress_status_ = std::system(cmd.c_str());
+    if (compress_status_ != 0) return;
+    auto loaded = model::load_model(dir_);
+    if (loaded.is_ok()) model_ = std::move(loaded.value().model).release();
+    else load_error_ = loaded.status().to_string();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  void SetUp() override {
+    std::string why;
+    if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
+    ASSERT_EQ(compress_status_, 0) << "palu-compress failed (is it built? " << PALU_BINARY_DIR << "/tools)";
+    ASSERT_NE(model_, nullptr) << load_error_;
+    ASSERT_TRUE(model_->is_compressed());
+  }
+  static std::string dir_, load_error_;
+  static int compress_status_;
+  static model::LlamaModel* model_;  // loaded once for the suite
+};
+std::string VulkanCompressedTest::dir_, VulkanCompressedTest::load_error_;
+int VulkanCompressedTest::compress_status_ = -1;
+model::LlamaModel* VulkanCompressedTest::model_ = nullptr;
+
+float compare(const float* got, const float* want, int V, const std::string& what) {
+  float max_abs = 0.f, max_diff = 0.f;
+  int am_got = 0, am_want = 0;
+  for (int j = 0; j < V; ++j) {
+    max_abs = std::max(max_abs, std::fabs(want[j]));
+    max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
+    if (got[j] > got[am_got]) am_got = j;
+    if (want[j] > want[am_want]) am_want = j;
+  }
+  const float tol = 2e-2f * max_abs;
+  EXPECT_LE(max_diff, tol) << what;
+  float second = -INFINITY;
+  for (int j = 0; j < V; ++j)
+    if (j != am_want) second = std::max(second, want[j]);
+  if (want[am_want] - second > tol) EXPECT_EQ(am_got, am_want) << what;
+  return max_diff / std::max(max_abs, 1e-30f);
+}
+
+TEST_P(VulkanCompressedTest, MatchesTheCpuDeviceModel) {
+  model::DeviceModelOptions opt;
+  opt.cache.storage = GetParam();
+  auto vk = make_vulkan_model(*model_, opt);
+  ASSERT_TRUE(vk.is_ok()) << vk.status().to_string();
+  auto cpu = runtime::make_device_model(*model_, DeviceKind::kCpu, opt);
+  ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
+  std::printf("[vulkan] %s\n", vk.value()->describe().c_str());
+  const int V = model_->config().vocab_size;
+  const std::vector<int32_t> prompt = {1, 450, 4996, 1735, 1701, 432, 1720, 975, 278, 7366, 1203, 2988, 13, 1576};
+  const int n = (int)prompt.size(), pre = 9;
+  auto vs = vk.value()->new_sequence(32);
+  auto cs = cpu.value()->new_sequence(32);
+  ASSERT_TRUE(vs.is_ok() && cs.is_ok());
+  std::vector<float> got((size_t)n * V), want((size_t)n * V);
+  // Prefill the first `pre` tokens (all logits), then decode the rest one by one.
+  Status st = vs.value()->forward(prompt.data(), pre, model::LogitsMode::kAll, got.data());
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  ASSERT_TRUE(cs.value()->forward(prompt.data(), pre, model::LogitsMode::kAll, want.data()).is_ok());
+  for (int i = pre; i < n; ++i) {
+    st = vs.value()->forward(&prompt[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    ASSERT_TRUE(cs.value()->forward(&prompt[i], 1, model::LogitsMode::kLast, want.data() + (size_t)i * V).is_ok());
+  }
+  float worst = 0.f;
+  for (int i = 0; i < n; ++i)
+    worst = std::max(worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V,
+                                    std::string(cache::storage_name(GetParam())) + " pos " + std::to_string(i)));
+  // A second chunk after the decode steps (latent prefill with p0 > 0).
+  ASSERT_TRUE(vs.value()->truncate(pre - 2).is_ok());
+  ASSERT_TRUE(cs.value()->truncate(pre - 2).is_ok());
+  st = vs.value()->forward(prompt.data() + pre - 2, 5, model::LogitsMode::kAll, got.data());
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  ASSERT_TRUE(cs.value()->forward(prompt.data() + pre - 2, 5, model::LogitsMode::kAll, want.data()).is_ok());
+  for (int i = 0; i < 5; ++i)
+    worst = std::max(worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V, "chunk pos " + std::to_string(i)));
+  EXPECT_EQ(vs.value()->size(), pre + 3);
+  EXPECT_GT(vs.value()->cache_bytes(), 0u);
+  std::printf("[vulkan] latent %s: worst max|Δ|/max|logit| %.2e, cache %zu bytes for 32 tokens\n",
+              cache::storage_name(GetParam()), worst, vs.value()->cache_bytes());
+}
+
+TEST_P(VulkanCompressedTest, PackedWindowIsUnimplemented) {
+  if (!cache::storage_is_packed(GetParam())) GTEST_SKIP() << "window only for packed storage";
+  model::DeviceModelOptions opt;
+  opt.cache.storage = GetParam();
+  opt.cache.window_tokens = 16;
+  auto vk = make_vulkan_model(*model_, opt);
+  ASSERT_FALSE(vk.is_ok());
+  EXPECT_EQ(vk.status().code(), StatusCode::kUnimplemented) << vk.status().to_string();
+}
+
+INSTANTIATE_TEST_SUITE_P(Storages, VulkanCompressedTest,
+                         ::testing::Values(cache::CacheStorage::kF16, cache::CacheStorage::kQ4,
+                                           cache::CacheStorage::kQ3, cache::CacheStorage::kQ2),
+                         [](const auto& info) { return std::string(cache::storage_name(info.param)); });
+
+}  // namespace
+}  // namespace palu::backends::vulkan
