@@ -49,6 +49,8 @@ using model::ModelConfig;
 
 // Scores of one query chunk of the prefill attention ([H, chunk, T] f32) stay under this.
 constexpr size_t kScoreBudgetBytes = size_t{512} << 20;
+// Positions of the device RoPE table (cos/sin [positions, d_h/2] f32).
+constexpr int kMaxRopePositions = 1 << 17;
 // Staging for the f32 → f16 weight upload.
 constexpr size_t kStagingFloats = size_t{16} << 20;
 
@@ -153,8 +155,13 @@ class CudaModel final : public model::DeviceModel {
   Result<std::unique_ptr<model::DeviceSequence>> new_sequence(int max_tokens) override {
     const int ctx = std::min(src_.config().max_position_embeddings, rope_positions_);
     if (max_tokens <= 0 || max_tokens > ctx)
-      return invalid_argument("new_sequence: max_tokens " + std::to_string(max_tokens) +
-                              " is outside 1.." + std::to_string(ctx) + " (the model's context)");
+      return invalid_argument(
+          "new_sequence: max_tokens " + std::to_string(max_tokens) + " is outside 1.." +
+          std::to_string(ctx) + " (the model's context" +
+          (ctx < src_.config().max_position_embeddings
+               ? ", capped at the CUDA backend's RoPE table of " + std::to_string(kMaxRopePositions)
+               : std::string()) +
+          ")");
     PALU_CUDA_RETURN_IF_ERROR(cudaSetDevice(dev_));
     auto s = std::make_unique<CudaSequence>(this, max_tokens);
     PALU_RETURN_IF_ERROR(s->init());
@@ -352,8 +359,11 @@ Status CudaModel::init() {
     const float expo = (float)(2 * i) / (float)dh;
     inv[i] = 1.0f / (float)std::pow((double)(float)c.rope_theta, (double)expo);
   }
-  rope_positions_ = std::max(
-      1, std::min(c.max_position_embeddings > 0 ? c.max_position_embeddings : 4096, 1 << 20));
+  // The table covers the model's context up to kMaxRopePositions (64 MiB at d_h 128); longer
+  // sequences are refused by new_sequence, naming the limit.
+  rope_positions_ =
+      std::max(1, std::min(c.max_position_embeddings > 0 ? c.max_position_embeddings : 4096,
+                           kMaxRopePositions));
   std::vector<float> cs((size_t)rope_positions_ * half), sn((size_t)rope_positions_ * half);
   for (int t = 0; t < rope_positions_; ++t)
     for (int i = 0; i < half; ++i) {
