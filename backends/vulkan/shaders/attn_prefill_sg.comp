@@ -40,14 +40,32 @@ void main() {
   for (uint t = lane; t < visible; t += step) {
     float s = 0.0;
     const uint k0 = t * pc.k_words;
-    for (uint i = 0u; i < DHMAX; ++i) s += qv[i] * ld_row(pc.kc, k0, j * dh + i, KST, 0u);
+    if (KST == ST_F16) {
+      // Two halves per word: half the loads and conversions (d_h and j·d_h are even).
+      const uint w0 = k0 + (j * dh) / 2u;
+      for (uint i = 0u; i < DHMAX; i += 2u) {
+        const vec2 kk = unpackHalf2x16(pc.kc.v[w0 + i / 2u]);
+        s += qv[i] * kk.x + qv[i + 1u] * kk.y;
+      }
+    } else {
+      for (uint i = 0u; i < DHMAX; ++i) s += qv[i] * ld_row(pc.kc, k0, j * dh + i, KST, 0u);
+    }
     s *= pc.scale;
     const float mn = max(m, s);
     const float corr = exp(m - mn);
     const float p = exp(s - mn);
     l = l * corr + p;
     const uint v0 = t * pc.v_words;
-    for (uint c = 0u; c < WMAX; ++c) acc[c] = acc[c] * corr + p * ld_row(pc.vc, v0, vcol + c, VST, vprm + 2u * t);
+    if (VST == ST_F16 && (vcol % 2u) == 0u && (WMAX % 2u) == 0u) {
+      const uint w0 = v0 + vcol / 2u;
+      for (uint c = 0u; c < WMAX; c += 2u) {
+        const vec2 vv = unpackHalf2x16(pc.vc.v[w0 + c / 2u]);
+        acc[c] = acc[c] * corr + p * vv.x;
+        acc[c + 1u] = acc[c + 1u] * corr + p * vv.y;
+      }
+    } else {
+      for (uint c = 0u; c < WMAX; ++c) acc[c] = acc[c] * corr + p * ld_row(pc.vc, v0, vcol + c, VST, vprm + 2u * t);
+    }
     m = mn;
   }
   const float M = subgroupMax(m);

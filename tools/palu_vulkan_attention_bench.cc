@@ -1,0 +1,187 @@
+// palu-vulkan-attention-bench: decode attention on a Vulkan device at the shapes of
+// docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
+// group size 4 → 8 groups): the full-cache f16 kernel and the fused latent kernel (f16 and q4
+// codes, key/value ranks 256/256 and 128/384), one layer, one query token.
+//
+// Time per call = wall time of one command buffer holding --reps back-to-back calls (every
+// dispatch the call records: splits + reduction) divided by reps, median of --runs such
+// submissions; so it includes a share of the submission overhead. MB moved = cache bytes read
+// (rows + packed scale/zero) + B^K for latent calls. Prints a markdown table per context.
+//
+//   palu-vulkan-attention-bench [--contexts 4096,16384,65536,131072] [--reps 20] [--runs 5]
+//                               [--splits 0] [--device N]
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "backends/base/dtype.h"
+#include "backends/vulkan/vulkan_context.h"
+#include "backends/vulkan/vulkan_ops.h"
+
+namespace vk = palu::backends::vulkan;
+using palu::backends::RowStorage;
+using palu::Status;
+
+namespace {
+
+constexpr int kH = 32, kHkv = 32, kDh = 128, kS = 4, kG = kHkv / kS;
+
+struct Kernel {
+  std::string name;
+  bool latent;
+  RowStorage st;
+  int rk, rv;
+};
+
+// Fills a region of T rows through store_rows from a reused [chunk, rank] f32 source.
+Status fill(vk::VulkanContext* ctx, const vk::Region& r, int T) {
+  const int chunk = std::min(T, std::max(1, (16 << 20) / (r.rank * 4)));
+  std::vector<float> src((size_t)chunk * r.rank);
+  uint32_t x = 12345;
+  for (auto& v : src) {
+    x = x * 1664525u + 1013904223u;
+    v = (float)((x >> 8) & 0xffff) / 65536.0f - 0.5f;
+  }
+  PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer sb, ctx->alloc(src.size() * 4, vk::MemoryKind::kDevice, "bench source"));
+  PALU_RETURN_IF_ERROR(ctx->upload(sb, 0, src.data(), src.size() * 4));
+  for (int t0 = 0; t0 < T; t0 += chunk) {
+    vk::Recorder rec(ctx);
+    vk::store_rows(rec, sb.address(), r.rank, 0, r, std::min(chunk, T - t0), t0);
+    PALU_RETURN_IF_ERROR(rec.submit("fill"));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Vulkan decode-attention benchmark (docs/perf/cuda.md shapes)"};
+  std::vector<int> contexts{4096, 16384, 65536, 131072};
+  int reps = 20, runs = 5, splits_opt = 0, device = -1;
+  app.add_option("--contexts", contexts, "cached tokens T")->delimiter(',');
+  app.add_option("--reps", reps, "calls per command buffer");
+  app.add_option("--runs", runs, "timed submissions (median)");
+  app.add_option("--splits", splits_opt, "token splits (0: T/512 clamped to 8..64)");
+  app.add_option("--device", device, "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
+  CLI11_PARSE(app, argc, argv);
+
+  auto made = vk::VulkanContext::create(device);
+  if (!made.is_ok()) {
+    std::fprintf(stderr, "%s\n", made.status().to_string().c_str());
+    return 1;
+  }
+  vk::VulkanContext* ctx = made.value().get();
+  std::printf("# device: %s (subgroup %u, %u B shared memory)\n", ctx->info().name.c_str(), ctx->subgroup_size(),
+              ctx->max_shared_bytes());
+  const std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0},
+                                       {"latent f16 256/256", true, RowStorage::kF16, 256, 256},
+                                       {"latent q4 256/256", true, RowStorage::kQ4, 256, 256},
+                                       {"latent q4 128/384", true, RowStorage::kQ4, 128, 384}};
+  const int half = kDh / 2;
+  for (int T : contexts) {
+    // RoPE table for T positions, q, B^K (f16) per group.
+    std::vector<float> table((size_t)2 * T * half);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < half; ++i) {
+        const float inv = 1.0f / (float)std::pow(10000.0, (double)(2 * i) / kDh);
+        table[(size_t)t * half + i] = (float)std::cos((double)((float)t * inv));
+        table[(size_t)T * half + (size_t)t * half + i] = (float)std::sin((double)((float)t * inv));
+      }
+    std::printf("\n## T = %d\n\n| kernel | time µs | MB moved | GB/s |\n|---|---:|---:|---:|\n", T);
+    for (const Kernel& k : kernels) {
+      auto run_one = [&]() -> Status {
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer tb, ctx->alloc(table.size() * 4, vk::MemoryKind::kDevice, "rope"));
+        PALU_RETURN_IF_ERROR(ctx->upload(tb, 0, table.data(), table.size() * 4));
+        std::vector<float> q((size_t)kH * kDh, 0.01f);
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer qb, ctx->alloc(q.size() * 4, vk::MemoryKind::kDevice, "q"));
+        PALU_RETURN_IF_ERROR(ctx->upload(qb, 0, q.data(), q.size() * 4));
+        const int w_max = std::max(kDh, k.rv);
+        const int splits = splits_opt > 0 ? splits_opt : std::clamp(T / 512, 8, 64);
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer part, ctx->alloc(vk::decode_partial_words(kH, splits, w_max) * 4,
+                                                                vk::MemoryKind::kDevice, "partials"));
+        const int out_w = k.latent ? kH * k.rv : kH * kDh;
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer out, ctx->alloc((size_t)out_w * 4, vk::MemoryKind::kDevice, "out"));
+        vk::DecodeArgs a;
+        a.q = qb.address();
+        a.rope = tb.address();
+        a.sin_off = (uint32_t)((size_t)T * half);
+        a.part = part.address();
+        a.out = out.address();
+        a.T = T;
+        a.H = kH;
+        a.H_kv = kHkv;
+        a.dh = kDh;
+        a.splits = splits;
+        a.w_max = w_max;
+        std::vector<vk::VulkanBuffer> bufs;
+        std::vector<vk::LatentGroupArgs> groups;
+        vk::Region kr, vr;
+        double bytes = 0;
+        if (!k.latent) {
+          for (int kv = 0; kv < 2; ++kv) {
+            vk::Region r{0, k.st, kHkv * kDh, T};
+            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
+                                                                 vk::MemoryKind::kDevice, "full cache"));
+            r.base = b.address();
+            bytes += (double)vk::region_words(k.st, r.rank, T) * 4;
+            PALU_RETURN_IF_ERROR(fill(ctx, r, T));
+            bufs.push_back(std::move(b));
+            (kv == 0 ? kr : vr) = r;
+          }
+        } else {
+          std::vector<uint16_t> bk((size_t)kS * kDh * k.rk, palu::f32_to_f16(0.01f));
+          for (int g = 0; g < kG; ++g) {
+            vk::LatentGroupArgs ga;
+            for (int kv = 0; kv < 2; ++kv) {
+              vk::Region r{0, k.st, kv == 0 ? k.rk : k.rv, T};
+              PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
+                                                                   vk::MemoryKind::kDevice, "latent cache"));
+              r.base = b.address();
+              bytes += (double)vk::region_words(k.st, r.rank, T) * 4;
+              PALU_RETURN_IF_ERROR(fill(ctx, r, T));
+              bufs.push_back(std::move(b));
+              (kv == 0 ? ga.zk : ga.zv) = r;
+            }
+            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(bk.size() * 2, vk::MemoryKind::kDevice, "B^K"));
+            PALU_RETURN_IF_ERROR(ctx->upload(b, 0, bk.data(), bk.size() * 2));
+            bytes += (double)bk.size() * 2;
+            ga.bk = b.address();
+            bufs.push_back(std::move(b));
+            ga.wt = vk::WeightType::kF16;
+            ga.group = g;
+            ga.s = kS;
+            ga.out_col = g * kS * k.rv;
+            groups.push_back(ga);
+          }
+        }
+        std::vector<double> times;
+        for (int run = 0; run <= runs; ++run) {
+          const auto t0 = std::chrono::steady_clock::now();
+          vk::Recorder rec(ctx);
+          for (int i = 0; i < reps; ++i) {
+            if (!k.latent) {
+              PALU_RETURN_IF_ERROR(vk::attention_decode_full(rec, a, kr, vr));
+            } else {
+              for (const auto& ga : groups) PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk));
+            }
+          }
+          PALU_RETURN_IF_ERROR(rec.submit("bench"));
+          const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+          if (run > 0) times.push_back(us / reps);  // the first run builds the pipelines
+        }
+        std::sort(times.begin(), times.end());
+        const double us = times[times.size() / 2];
+        std::printf("| %s | %.1f | %.1f | %.0f |\n", k.name.c_str(), us, bytes / 1e6, bytes / us / 1e3);
+        return Status::ok();
+      };
+      Status st = run_one();
+      if (!st.is_ok()) std::printf("| %s | %s | | |\n", k.name.c_str(), st.to_string().c_str());
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
