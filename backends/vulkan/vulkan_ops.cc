@@ -205,7 +205,7 @@ Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k
   pc.dh = u32(a.dh);
   pc.part_stride = u32(a.w_max + 2);
   pc.scale = inv_sqrt_dh(a.dh);
-  rec.dispatch("attn_decode", {0u, (uint32_t)n_rep, (uint32_t)a.dh, tt, 1u}, &pc, sizeof(pc), (uint32_t)a.H_kv,
+  rec.dispatch("attn_decode", {0u, (uint32_t)n_rep, (uint32_t)a.dh, tt, 1u, (uint32_t)k.storage}, &pc, sizeof(pc), (uint32_t)a.H_kv,
                (uint32_t)a.splits);
   reduce(rec, a, a.dh, 0, a.H, 0);
   return Status::ok();
@@ -242,7 +242,7 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   pc.flags = g.k_bias != 0 ? 1u : 0u;
   pc.part_stride = u32(a.w_max + 2);
   pc.scale = inv_sqrt_dh(a.dh);
-  rec.dispatch("attn_decode_latent", {(uint32_t)g.wt, (uint32_t)n_rep, (uint32_t)a.dh, tt, (uint32_t)max_rank}, &pc,
+  rec.dispatch("attn_decode_latent", {(uint32_t)g.wt, (uint32_t)n_rep, (uint32_t)a.dh, tt, (uint32_t)max_rank, (uint32_t)g.zk.storage}, &pc,
                sizeof(pc), (uint32_t)g.s, (uint32_t)a.splits);
   reduce(rec, a, g.zv.rank, h0, g.s * n_rep, g.out_col);
   return Status::ok();

@@ -18,6 +18,7 @@ layout(constant_id = 1) const uint NREP = 8u;    // max query heads per KV head
 layout(constant_id = 2) const uint DHMAX = 128u; // max head dim
 layout(constant_id = 3) const uint TT = 16u;     // tokens per tile
 layout(constant_id = 4) const uint RMAX = 256u;  // max key rank (LATENT)
+layout(constant_id = 5) const uint ST = 1u;      // the cache storage (= ST), folded into the loads
 layout(push_constant) uniform PC {
   Buf q;     // [H, d_h] f32, RoPE applied
   Buf kc;    // key region (rows of k_words words; packed params after cap rows)
@@ -68,7 +69,7 @@ void main() {
     const uint rk = pc.r_k;
     for (uint e = tid; e < nt * rk; e += 64u) {
       const uint t = e / rk, p = e % rk;
-      zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, pc.storage, kprm + 2u * (t0 + t));
+      zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, ST, kprm + 2u * (t0 + t));
     }
     barrier();
     for (uint e = tid; e < nt * dh; e += 64u) {
@@ -100,7 +101,7 @@ void main() {
 #else
     for (uint e = tid; e < nt * dh; e += 64u) {
       const uint t = e / dh, i = e % dh;
-      ks[t * dh + i] = ld_row(pc.kc, (t0 + t) * pc.k_words, j * pc.kcol + i, pc.storage, 0u);
+      ks[t * dh + i] = ld_row(pc.kc, (t0 + t) * pc.k_words, j * pc.kcol + i, ST, 0u);
     }
     barrier();
     const uint vcol = j * pc.kcol;
@@ -132,7 +133,7 @@ void main() {
       const uint o = ((hq0 + rep) * splits + sp) * pc.part_stride + 2u + c;
       float acc = ldf(pc.part, o) * cs[rep];
       for (uint t = 0u; t < nt; ++t) {
-        acc += ps[rep * TT + t] * ld_row(pc.vc, (t0 + t) * pc.v_words, vcol + c, pc.storage, vprm + 2u * (t0 + t));
+        acc += ps[rep * TT + t] * ld_row(pc.vc, (t0 + t) * pc.v_words, vcol + c, ST, vprm + 2u * (t0 + t));
       }
       stf(pc.part, o, acc);
     }
