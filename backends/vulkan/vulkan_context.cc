@@ -145,6 +145,7 @@ VulkanBuffer& VulkanBuffer::operator=(VulkanBuffer&& o) noexcept {
     charged_bytes_ = o.charged_bytes_;
     address_ = o.address_;
     mapped_ = o.mapped_;
+    heap_ = o.heap_;
     o.ctx_ = nullptr;
     o.buffer_ = VK_NULL_HANDLE;
     o.memory_ = VK_NULL_HANDLE;
@@ -171,6 +172,7 @@ void VulkanContext::release(VulkanBuffer* b) {
   if (b->memory_ != VK_NULL_HANDLE) vkFreeMemory(device_, b->memory_, nullptr);
   std::lock_guard<std::mutex> g(mem_mu_);
   allocated_ -= b->charged_bytes_;
+  heap_allocated_[b->heap_] -= b->charged_bytes_;
 }
 
 // ---- context ----------------------------------------------------------------------------
@@ -328,7 +330,11 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
     const bool hv = (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) && (f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
     const bool hc = f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
     if (kind == MemoryKind::kDevice) {
-      if (dl) score = hv ? 3 : 2;
+      // Discrete GPUs: plain device-local memory (a host-visible device-local heap there is
+      // often the 256 MiB BAR window); unified memory (integrated GPUs, lavapipe): host-visible
+      // device-local, so uploads and read-backs skip the staging copies.
+      const bool uma = props_.deviceType != VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU;
+      if (dl) score = (hv == uma) ? 3 : 2;
       else score = 0;
     } else if (hv) {
       score = 1 + (kind == MemoryKind::kHostRead && hc ? 2 : 0) + (kind == MemoryKind::kHostWrite && dl ? 1 : 0);
@@ -343,15 +349,21 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   const size_t heap_bytes = mem_props_.memoryHeaps[heap].size;
   {
     std::lock_guard<std::mutex> g(mem_mu_);
-    const size_t cap = limit_ > 0 ? std::min(limit_, heap_bytes) : heap_bytes;
-    if (allocated_ + req.size > cap) {
-      const std::string m = "vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
-                            " bytes, " + std::to_string(allocated_) + " of " + std::to_string(cap) + " bytes held" +
-                            (limit_ > 0 ? " (memory limit)" : " (heap size)");
-      return resource_exhausted(m);
+    if (limit_ > 0 && allocated_ + req.size > limit_) {
+      return resource_exhausted("vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
+                                " bytes, " + std::to_string(allocated_) + " of " + std::to_string(limit_) +
+                                " bytes held (memory limit)");
+    }
+    if (heap_allocated_[heap] + req.size > heap_bytes) {
+      return resource_exhausted("vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
+                                " bytes, " + std::to_string(heap_allocated_[heap]) + " of " +
+                                std::to_string(heap_bytes) + " bytes of memory heap " + std::to_string(heap) +
+                                " held");
     }
     allocated_ += req.size;
+    heap_allocated_[heap] += req.size;
     b.charged_bytes_ = req.size;
+    b.heap_ = heap;
   }
   VkMemoryAllocateFlagsInfo flags{};
   flags.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO;

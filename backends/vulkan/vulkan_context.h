@@ -87,6 +87,7 @@ class VulkanBuffer {
   size_t charged_bytes_ = 0;  // the allocation's size (VkMemoryRequirements)
   uint64_t address_ = 0;
   void* mapped_ = nullptr;
+  uint32_t heap_ = 0;
 };
 
 class Recorder;
@@ -151,6 +152,7 @@ class VulkanContext {
 
   mutable std::mutex mem_mu_;
   size_t allocated_ = 0;
+  size_t heap_allocated_[VK_MAX_MEMORY_HEAPS] = {};
   size_t limit_ = 0;
   std::mutex queue_mu_;  // the command buffer, the queue, the pipeline map, staging
 };

@@ -175,6 +175,37 @@ INSTANTIATE_TEST_SUITE_P(RefModels, VulkanGoldenTest, ::testing::Values("ref-mha
                            return s;
                          });
 
+// The weights as GPUs hold them (f16) on any device: prompt0 of ref-gqa by prefill and decode.
+TEST(VulkanModel, F16WeightsGolden) {
+  std::string why;
+  if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
+  const std::string dir = palu::testing::shared_file("models/ref-gqa");
+  auto loaded = model::load_model(dir);
+  ASSERT_TRUE(loaded.is_ok());
+  Golden golden;
+  ASSERT_TRUE(model::load_safetensors_file(dir + "/golden.safetensors", &golden.map).is_ok());
+  VulkanModelOptions vo;
+  vo.weights = VulkanModelOptions::Weights::kF16;
+  auto dm = make_vulkan_model(*loaded.value().model, model::DeviceModelOptions{}, vo);
+  ASSERT_TRUE(dm.is_ok()) << dm.status().to_string();
+  EXPECT_NE(dm.value()->describe().find("f16 weights"), std::string::npos) << dm.value()->describe();
+  const int V = loaded.value().model->config().vocab_size;
+  const auto t = golden.ints("prompt0.ids");
+  const auto want = golden.floats("prompt0.logits");
+  const int n = (int)t.size();
+  auto seq = dm.value()->new_sequence(n);
+  ASSERT_TRUE(seq.is_ok());
+  std::vector<float> got((size_t)n * V);
+  ASSERT_TRUE(seq.value()->forward(t.data(), n - 2, model::LogitsMode::kAll, got.data()).is_ok());
+  for (int i = n - 2; i < n; ++i)
+    ASSERT_TRUE(seq.value()->forward(&t[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V).is_ok());
+  float worst = 0.f;
+  for (int i = 0; i < n; ++i)
+    worst = std::max(worst, expect_logits_close(&got[(size_t)i * V], &want[(size_t)i * V], V, 2e-2f,
+                                                "f16 weights pos " + std::to_string(i)));
+  std::printf("[vulkan] f16 weights, ref-gqa prompt0: worst max|Δ|/max|logit| %.2e\n", worst);
+}
+
 // Device memory exhaustion through the limit hook: the weights do not fit, then a cache does
 // not fit; both RESOURCE_EXHAUSTED naming the bytes, nothing else affected.
 TEST(VulkanModel, OutOfDeviceMemoryIsResourceExhausted) {
