@@ -11,7 +11,6 @@
 //   palu-vulkan-attention-bench [--contexts 4096,16384,65536,131072] [--reps 20] [--runs 5]
 //                               [--splits 0] [--device N]
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,8 +22,8 @@
 #include "backends/vulkan/vulkan_ops.h"
 
 namespace vk = palu::backends::vulkan;
-using palu::backends::RowStorage;
 using palu::Status;
+using palu::backends::RowStorage;
 
 namespace {
 
@@ -46,7 +45,8 @@ Status fill(vk::VulkanContext* ctx, const vk::Region& r, int T) {
     x = x * 1664525u + 1013904223u;
     v = (float)((x >> 8) & 0xffff) / 65536.0f - 0.5f;
   }
-  PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer sb, ctx->alloc(src.size() * 4, vk::MemoryKind::kDevice, "bench source"));
+  PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer sb,
+                        ctx->alloc(src.size() * 4, vk::MemoryKind::kDevice, "bench source"));
   PALU_RETURN_IF_ERROR(ctx->upload(sb, 0, src.data(), src.size() * 4));
   for (int t0 = 0; t0 < T; t0 += chunk) {
     vk::Recorder rec(ctx);
@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "calls per command buffer");
   app.add_option("--runs", runs, "timed submissions (median)");
   app.add_option("--splits", splits_opt, "token splits (0: T/512 clamped to 8..64)");
-  app.add_option("--device", device, "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
+  app.add_option("--device", device,
+                 "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
 
   auto made = vk::VulkanContext::create(device);
@@ -75,8 +76,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   vk::VulkanContext* ctx = made.value().get();
-  std::printf("# device: %s (subgroup %u, %u B shared memory)\n", ctx->info().name.c_str(), ctx->subgroup_size(),
-              ctx->max_shared_bytes());
+  std::printf("# device: %s (subgroup %u, %u B shared memory)\n", ctx->info().name.c_str(),
+              ctx->subgroup_size(), ctx->max_shared_bytes());
   const std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0},
                                        {"latent f16 256/256", true, RowStorage::kF16, 256, 256},
                                        {"latent q4 256/256", true, RowStorage::kQ4, 256, 256},
@@ -94,17 +95,21 @@ int main(int argc, char** argv) {
     std::printf("\n## T = %d\n\n| kernel | time µs | MB moved | GB/s |\n|---|---:|---:|---:|\n", T);
     for (const Kernel& k : kernels) {
       auto run_one = [&]() -> Status {
-        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer tb, ctx->alloc(table.size() * 4, vk::MemoryKind::kDevice, "rope"));
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer tb,
+                              ctx->alloc(table.size() * 4, vk::MemoryKind::kDevice, "rope"));
         PALU_RETURN_IF_ERROR(ctx->upload(tb, 0, table.data(), table.size() * 4));
         std::vector<float> q((size_t)kH * kDh, 0.01f);
-        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer qb, ctx->alloc(q.size() * 4, vk::MemoryKind::kDevice, "q"));
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer qb,
+                              ctx->alloc(q.size() * 4, vk::MemoryKind::kDevice, "q"));
         PALU_RETURN_IF_ERROR(ctx->upload(qb, 0, q.data(), q.size() * 4));
         const int w_max = std::max(kDh, k.rv);
         const int splits = splits_opt > 0 ? splits_opt : std::clamp(T / 512, 8, 64);
-        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer part, ctx->alloc(vk::decode_partial_words(kH, splits, w_max) * 4,
-                                                                vk::MemoryKind::kDevice, "partials"));
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer part,
+                              ctx->alloc(vk::decode_partial_words(kH, splits, w_max) * 4,
+                                         vk::MemoryKind::kDevice, "partials"));
         const int out_w = k.latent ? kH * k.rv : kH * kDh;
-        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer out, ctx->alloc((size_t)out_w * 4, vk::MemoryKind::kDevice, "out"));
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer out,
+                              ctx->alloc((size_t)out_w * 4, vk::MemoryKind::kDevice, "out"));
         vk::DecodeArgs a;
         a.q = qb.address();
         a.rope = tb.address();
@@ -124,8 +129,9 @@ int main(int argc, char** argv) {
         if (!k.latent) {
           for (int kv = 0; kv < 2; ++kv) {
             vk::Region r{0, k.st, kHkv * kDh, T};
-            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
-                                                                 vk::MemoryKind::kDevice, "full cache"));
+            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b,
+                                  ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
+                                             vk::MemoryKind::kDevice, "full cache"));
             r.base = b.address();
             bytes += (double)vk::region_words(k.st, r.rank, T) * 4;
             PALU_RETURN_IF_ERROR(fill(ctx, r, T));
@@ -138,15 +144,17 @@ int main(int argc, char** argv) {
             vk::LatentGroupArgs ga;
             for (int kv = 0; kv < 2; ++kv) {
               vk::Region r{0, k.st, kv == 0 ? k.rk : k.rv, T};
-              PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
-                                                                   vk::MemoryKind::kDevice, "latent cache"));
+              PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b,
+                                    ctx->alloc(vk::region_words(k.st, r.rank, T) * 4,
+                                               vk::MemoryKind::kDevice, "latent cache"));
               r.base = b.address();
               bytes += (double)vk::region_words(k.st, r.rank, T) * 4;
               PALU_RETURN_IF_ERROR(fill(ctx, r, T));
               bufs.push_back(std::move(b));
               (kv == 0 ? ga.zk : ga.zv) = r;
             }
-            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b, ctx->alloc(bk.size() * 2, vk::MemoryKind::kDevice, "B^K"));
+            PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer b,
+                                  ctx->alloc(bk.size() * 2, vk::MemoryKind::kDevice, "B^K"));
             PALU_RETURN_IF_ERROR(ctx->upload(b, 0, bk.data(), bk.size() * 2));
             bytes += (double)bk.size() * 2;
             ga.bk = b.address();
@@ -166,16 +174,20 @@ int main(int argc, char** argv) {
             if (!k.latent) {
               PALU_RETURN_IF_ERROR(vk::attention_decode_full(rec, a, kr, vr));
             } else {
-              for (const auto& ga : groups) PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk));
+              for (const auto& ga : groups)
+                PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk));
             }
           }
           PALU_RETURN_IF_ERROR(rec.submit("bench"));
-          const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+          const double us =
+              std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                  .count();
           if (run > 0) times.push_back(us / reps);  // the first run builds the pipelines
         }
         std::sort(times.begin(), times.end());
         const double us = times[times.size() / 2];
-        std::printf("| %s | %.1f | %.1f | %.0f |\n", k.name.c_str(), us, bytes / 1e6, bytes / us / 1e3);
+        std::printf("| %s | %.1f | %.1f | %.0f |\n", k.name.c_str(), us, bytes / 1e6,
+                    bytes / us / 1e3);
         return Status::ok();
       };
       Status st = run_one();

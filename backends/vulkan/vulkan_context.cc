@@ -14,17 +14,23 @@ constexpr size_t kStagingBytes = 16u << 20;
 
 int type_rank(VkPhysicalDeviceType t) {
   switch (t) {
-    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 0;
-    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 1;
-    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
-    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 3;
-    default: return 4;
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+      return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+      return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU:
+      return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU:
+      return 3;
+    default:
+      return 4;
   }
 }
 
 Status vk_error(const char* call, VkResult r) {
   const std::string m = std::string("vulkan: ") + call + " failed: " + vk_result_string(r);
-  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) return resource_exhausted(m);
+  if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+    return resource_exhausted(m);
   return internal_error(m);
 }
 
@@ -33,14 +39,29 @@ Status vk_error(const char* call, VkResult r) {
 std::string vk_result_string(VkResult r) {
   const char* name = "";
   switch (r) {
-    case VK_ERROR_OUT_OF_HOST_MEMORY: name = " (VK_ERROR_OUT_OF_HOST_MEMORY)"; break;
-    case VK_ERROR_OUT_OF_DEVICE_MEMORY: name = " (VK_ERROR_OUT_OF_DEVICE_MEMORY)"; break;
-    case VK_ERROR_INITIALIZATION_FAILED: name = " (VK_ERROR_INITIALIZATION_FAILED)"; break;
-    case VK_ERROR_DEVICE_LOST: name = " (VK_ERROR_DEVICE_LOST)"; break;
-    case VK_ERROR_INCOMPATIBLE_DRIVER: name = " (VK_ERROR_INCOMPATIBLE_DRIVER)"; break;
-    case VK_ERROR_FEATURE_NOT_PRESENT: name = " (VK_ERROR_FEATURE_NOT_PRESENT)"; break;
-    case VK_TIMEOUT: name = " (VK_TIMEOUT)"; break;
-    default: break;
+    case VK_ERROR_OUT_OF_HOST_MEMORY:
+      name = " (VK_ERROR_OUT_OF_HOST_MEMORY)";
+      break;
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY:
+      name = " (VK_ERROR_OUT_OF_DEVICE_MEMORY)";
+      break;
+    case VK_ERROR_INITIALIZATION_FAILED:
+      name = " (VK_ERROR_INITIALIZATION_FAILED)";
+      break;
+    case VK_ERROR_DEVICE_LOST:
+      name = " (VK_ERROR_DEVICE_LOST)";
+      break;
+    case VK_ERROR_INCOMPATIBLE_DRIVER:
+      name = " (VK_ERROR_INCOMPATIBLE_DRIVER)";
+      break;
+    case VK_ERROR_FEATURE_NOT_PRESENT:
+      name = " (VK_ERROR_FEATURE_NOT_PRESENT)";
+      break;
+    case VK_TIMEOUT:
+      name = " (VK_TIMEOUT)";
+      break;
+    default:
+      break;
   }
   return "VkResult " + std::to_string((int)r) + name;
 }
@@ -66,7 +87,8 @@ VulkanInstanceDevices select_vulkan_devices() {
   const VkResult r = vkCreateInstance(&ci, nullptr, &out.instance);
   if (r != VK_SUCCESS) {
     out.instance = VK_NULL_HANDLE;
-    out.log.push_back("vulkan: no instance (" + vk_result_string(r) + "; is a Vulkan driver installed?)");
+    out.log.push_back("vulkan: no instance (" + vk_result_string(r) +
+                      "; is a Vulkan driver installed?)");
     return out;
   }
   uint32_t n = 0;
@@ -85,7 +107,8 @@ VulkanInstanceDevices select_vulkan_devices() {
     int family = -1;
     // Prefer a compute-only family (async compute), else any with compute.
     for (uint32_t i = 0; i < qn; ++i) {
-      if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) family = (int)i;
+      if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT))
+        family = (int)i;
     }
     for (uint32_t i = 0; i < qn && family < 0; ++i) {
       if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = (int)i;
@@ -93,7 +116,8 @@ VulkanInstanceDevices select_vulkan_devices() {
     VkPhysicalDeviceMemoryProperties mem{};
     vkGetPhysicalDeviceMemoryProperties(pd, &mem);
     for (uint32_t h = 0; h < mem.memoryHeapCount; ++h) {
-      if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) e.device_local_bytes += mem.memoryHeaps[h].size;
+      if (mem.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+        e.device_local_bytes += mem.memoryHeaps[h].size;
     }
     VkPhysicalDeviceVulkan12Features f12{};
     f12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
@@ -107,15 +131,17 @@ VulkanInstanceDevices select_vulkan_devices() {
       e.unusable = "Vulkan 1.2 is needed";
     } else if (!f12.bufferDeviceAddress) {
       e.unusable = "no bufferDeviceAddress";
-    } else if (e.props.limits.maxComputeSharedMemorySize < 16384 || e.props.limits.maxPushConstantsSize < 128) {
+    } else if (e.props.limits.maxComputeSharedMemorySize < 16384 ||
+               e.props.limits.maxPushConstantsSize < 128) {
       e.unusable = "compute limits below 16 KiB shared memory / 128 B push constants";
     }
     e.queue_family = family < 0 ? 0 : (uint32_t)family;
     all.push_back(e);
   }
-  std::stable_sort(all.begin(), all.end(), [](const VulkanDeviceEntry& a, const VulkanDeviceEntry& b) {
-    return type_rank(a.props.deviceType) < type_rank(b.props.deviceType);
-  });
+  std::stable_sort(all.begin(), all.end(),
+                   [](const VulkanDeviceEntry& a, const VulkanDeviceEntry& b) {
+                     return type_rank(a.props.deviceType) < type_rank(b.props.deviceType);
+                   });
   for (auto& e : all) {
     if (!e.unusable.empty()) {
       out.log.push_back(std::string("vulkan: skipping ") + e.props.deviceName + ": " + e.unusable);
@@ -124,7 +150,8 @@ VulkanInstanceDevices select_vulkan_devices() {
     out.devices.push_back(e);
   }
   if (out.devices.empty()) {
-    out.log.push_back(phys.empty() ? "vulkan: no physical device" : "vulkan: no usable compute device");
+    out.log.push_back(phys.empty() ? "vulkan: no physical device"
+                                   : "vulkan: no usable compute device");
     vkDestroyInstance(out.instance, nullptr);
     out.instance = VK_NULL_HANDLE;
   }
@@ -133,7 +160,9 @@ VulkanInstanceDevices select_vulkan_devices() {
 
 // ---- buffers ----------------------------------------------------------------------------
 
-VulkanBuffer::~VulkanBuffer() { reset(); }
+VulkanBuffer::~VulkanBuffer() {
+  reset();
+}
 
 VulkanBuffer& VulkanBuffer::operator=(VulkanBuffer&& o) noexcept {
   if (this != &o) {
@@ -188,9 +217,10 @@ Result<std::unique_ptr<VulkanContext>> VulkanContext::create(int device_index) {
   if (index < 0) index = std::max(0, vulkan_device_from_env());
   if (index >= (int)found.devices.size()) {
     vkDestroyInstance(found.instance, nullptr);
-    return invalid_argument("vulkan: device index " + std::to_string(index) + " asked for (PALU_VULKAN_DEVICE or "
-                            "device_index), but there are " + std::to_string(found.devices.size()) +
-                            " usable Vulkan devices");
+    return invalid_argument("vulkan: device index " + std::to_string(index) +
+                            " asked for (PALU_VULKAN_DEVICE or "
+                            "device_index), but there are " +
+                            std::to_string(found.devices.size()) + " usable Vulkan devices");
   }
   std::unique_ptr<VulkanContext> ctx(new VulkanContext());
   Status st = ctx->init(found, index);
@@ -213,8 +243,8 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   vkGetPhysicalDeviceProperties2(physical_, &p2);
   subgroup_size_ = sg.subgroupSize;
   subgroup_arithmetic_ = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
-                         (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) && sg.subgroupSize >= 4 &&
-                         sg.subgroupSize <= 128;
+                         (sg.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&
+                         sg.subgroupSize >= 4 && sg.subgroupSize <= 128;
   info_.kind = DeviceKind::kVulkan;
   info_.index = index;
   info_.name = props_.deviceName;
@@ -244,16 +274,19 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   pci.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO;
   pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
   pci.queueFamilyIndex = queue_family_;
-  if ((r = vkCreateCommandPool(device_, &pci, nullptr, &pool_)) != VK_SUCCESS) return vk_error("vkCreateCommandPool", r);
+  if ((r = vkCreateCommandPool(device_, &pci, nullptr, &pool_)) != VK_SUCCESS)
+    return vk_error("vkCreateCommandPool", r);
   VkCommandBufferAllocateInfo cai{};
   cai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
   cai.commandPool = pool_;
   cai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
   cai.commandBufferCount = 1;
-  if ((r = vkAllocateCommandBuffers(device_, &cai, &cmd_)) != VK_SUCCESS) return vk_error("vkAllocateCommandBuffers", r);
+  if ((r = vkAllocateCommandBuffers(device_, &cai, &cmd_)) != VK_SUCCESS)
+    return vk_error("vkAllocateCommandBuffers", r);
   VkFenceCreateInfo fci{};
   fci.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
-  if ((r = vkCreateFence(device_, &fci, nullptr, &fence_)) != VK_SUCCESS) return vk_error("vkCreateFence", r);
+  if ((r = vkCreateFence(device_, &fci, nullptr, &fence_)) != VK_SUCCESS)
+    return vk_error("vkCreateFence", r);
   VkPipelineCacheCreateInfo pcci{};
   pcci.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO;
   if ((r = vkCreatePipelineCache(device_, &pcci, nullptr, &pipeline_cache_)) != VK_SUCCESS)
@@ -277,7 +310,8 @@ VulkanContext::~VulkanContext() {
     for (auto& [k, p] : pipelines_) vkDestroyPipeline(device_, p, nullptr);
     for (auto& [k, m] : modules_) vkDestroyShaderModule(device_, m, nullptr);
     if (layout_ != VK_NULL_HANDLE) vkDestroyPipelineLayout(device_, layout_, nullptr);
-    if (pipeline_cache_ != VK_NULL_HANDLE) vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
+    if (pipeline_cache_ != VK_NULL_HANDLE)
+      vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
     if (fence_ != VK_NULL_HANDLE) vkDestroyFence(device_, fence_, nullptr);
     if (pool_ != VK_NULL_HANDLE) vkDestroyCommandPool(device_, pool_, nullptr);
     vkDestroyDevice(device_, nullptr);
@@ -327,17 +361,21 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
     const VkMemoryPropertyFlags f = mem_props_.memoryTypes[i].propertyFlags;
     int score = -1;
     const bool dl = f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
-    const bool hv = (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) && (f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+    const bool hv =
+        (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) && (f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
     const bool hc = f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
     if (kind == MemoryKind::kDevice) {
       // Discrete GPUs: plain device-local memory (a host-visible device-local heap there is
       // often the 256 MiB BAR window); unified memory (integrated GPUs, lavapipe): host-visible
       // device-local, so uploads and read-backs skip the staging copies.
       const bool uma = props_.deviceType != VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU;
-      if (dl) score = (hv == uma) ? 3 : 2;
-      else score = 0;
+      if (dl)
+        score = (hv == uma) ? 3 : 2;
+      else
+        score = 0;
     } else if (hv) {
-      score = 1 + (kind == MemoryKind::kHostRead && hc ? 2 : 0) + (kind == MemoryKind::kHostWrite && dl ? 1 : 0);
+      score = 1 + (kind == MemoryKind::kHostRead && hc ? 2 : 0) +
+              (kind == MemoryKind::kHostWrite && dl ? 1 : 0);
     }
     if (score > best) {
       best = score;
@@ -350,15 +388,15 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   {
     std::lock_guard<std::mutex> g(mem_mu_);
     if (limit_ > 0 && allocated_ + req.size > limit_) {
-      return resource_exhausted("vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
-                                " bytes, " + std::to_string(allocated_) + " of " + std::to_string(limit_) +
-                                " bytes held (memory limit)");
+      return resource_exhausted("vulkan: out of device memory: " + what + " needs " +
+                                std::to_string(req.size) + " bytes, " + std::to_string(allocated_) +
+                                " of " + std::to_string(limit_) + " bytes held (memory limit)");
     }
     if (heap_allocated_[heap] + req.size > heap_bytes) {
-      return resource_exhausted("vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
-                                " bytes, " + std::to_string(heap_allocated_[heap]) + " of " +
-                                std::to_string(heap_bytes) + " bytes of memory heap " + std::to_string(heap) +
-                                " held");
+      return resource_exhausted(
+          "vulkan: out of device memory: " + what + " needs " + std::to_string(req.size) +
+          " bytes, " + std::to_string(heap_allocated_[heap]) + " of " + std::to_string(heap_bytes) +
+          " bytes of memory heap " + std::to_string(heap) + " held");
     }
     allocated_ += req.size;
     heap_allocated_[heap] += req.size;
@@ -377,12 +415,14 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   if (r != VK_SUCCESS) {
     b.memory_ = VK_NULL_HANDLE;
     const size_t held = allocated_bytes() - b.charged_bytes_;
-    Status s = vk_error(("vkAllocateMemory of " + std::to_string(req.size) + " bytes for " + what + " (" +
-                         std::to_string(held) + " bytes held)").c_str(),
+    Status s = vk_error(("vkAllocateMemory of " + std::to_string(req.size) + " bytes for " + what +
+                         " (" + std::to_string(held) + " bytes held)")
+                            .c_str(),
                         r);
     return s;  // b's destructor returns the charge
   }
-  if ((r = vkBindBufferMemory(device_, b.buffer_, b.memory_, 0)) != VK_SUCCESS) return vk_error("vkBindBufferMemory", r);
+  if ((r = vkBindBufferMemory(device_, b.buffer_, b.memory_, 0)) != VK_SUCCESS)
+    return vk_error("vkBindBufferMemory", r);
   if (mem_props_.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) {
     if ((r = vkMapMemory(device_, b.memory_, 0, VK_WHOLE_SIZE, 0, &b.mapped_)) != VK_SUCCESS) {
       b.mapped_ = nullptr;
@@ -402,7 +442,8 @@ Status VulkanContext::ensure_staging(size_t) {
   return Status::ok();
 }
 
-Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes) {
+Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off,
+                                  size_t bytes) {
   VkCommandBufferBeginInfo bi{};
   bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
   bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
@@ -415,15 +456,18 @@ Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, si
   si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
   si.commandBufferCount = 1;
   si.pCommandBuffers = &cmd_;
-  if ((r = vkQueueSubmit(queue_, 1, &si, fence_)) != VK_SUCCESS) return vk_error("vkQueueSubmit (copy)", r);
+  if ((r = vkQueueSubmit(queue_, 1, &si, fence_)) != VK_SUCCESS)
+    return vk_error("vkQueueSubmit (copy)", r);
   r = vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX);
   vkResetFences(device_, 1, &fence_);
   if (r != VK_SUCCESS) return vk_error("vkWaitForFences (copy)", r);
   return Status::ok();
 }
 
-Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void* src, size_t bytes) {
-  if (offset + bytes > dst.bytes()) return internal_error("vulkan: upload past the end of a buffer");
+Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void* src,
+                             size_t bytes) {
+  if (offset + bytes > dst.bytes())
+    return internal_error("vulkan: upload past the end of a buffer");
   if (dst.mapped() != nullptr) {
     std::memcpy(static_cast<uint8_t*>(dst.mapped()) + offset, src, bytes);
     return Status::ok();
@@ -440,7 +484,8 @@ Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void*
 }
 
 Status VulkanContext::download(const VulkanBuffer& src, size_t offset, void* dst, size_t bytes) {
-  if (offset + bytes > src.bytes()) return internal_error("vulkan: download past the end of a buffer");
+  if (offset + bytes > src.bytes())
+    return internal_error("vulkan: download past the end of a buffer");
   if (src.mapped() != nullptr) {
     std::memcpy(dst, static_cast<const uint8_t*>(src.mapped()) + offset, bytes);
     return Status::ok();
@@ -456,7 +501,8 @@ Status VulkanContext::download(const VulkanBuffer& src, size_t offset, void* dst
   return Status::ok();
 }
 
-Result<VkPipeline> VulkanContext::pipeline(const std::string& shader, const std::vector<uint32_t>& spec) {
+Result<VkPipeline> VulkanContext::pipeline(const std::string& shader,
+                                           const std::vector<uint32_t>& spec) {
   auto key = std::make_pair(shader, spec);
   auto it = pipelines_.find(key);
   if (it != pipelines_.end()) return it->second;
@@ -518,14 +564,15 @@ void Recorder::begin() {
   recording_ = true;
 }
 
-void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push, size_t push_bytes,
-                        uint32_t gx, uint32_t gy, uint32_t gz) {
+void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
+                        size_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
   if (!error_.is_ok()) return;
   if (gx == 0 || gy == 0 || gz == 0) return;
   const uint32_t* lim = ctx_->props_.limits.maxComputeWorkGroupCount;
   if (gx > lim[0] || gy > lim[1] || gz > lim[2] || push_bytes > kPushConstantBytes) {
-    error_ = internal_error(std::string("vulkan: dispatch of ") + shader + " exceeds the device's limits (" +
-                            std::to_string(gx) + "×" + std::to_string(gy) + "×" + std::to_string(gz) + " groups)");
+    error_ = internal_error(std::string("vulkan: dispatch of ") + shader +
+                            " exceeds the device's limits (" + std::to_string(gx) + "×" +
+                            std::to_string(gy) + "×" + std::to_string(gz) + " groups)");
     return;
   }
   begin();
@@ -536,18 +583,21 @@ void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, c
     return;
   }
   vkCmdBindPipeline(ctx_->cmd_, VK_PIPELINE_BIND_POINT_COMPUTE, p.value());
-  vkCmdPushConstants(ctx_->cmd_, ctx_->layout_, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)push_bytes, push);
+  vkCmdPushConstants(ctx_->cmd_, ctx_->layout_, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                     (uint32_t)push_bytes, push);
   vkCmdDispatch(ctx_->cmd_, gx, gy, gz);
   VkMemoryBarrier mb{};
   mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
   mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-  mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT;
+  mb.dstAccessMask =
+      VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT;
   vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, nullptr, 0,
-                       nullptr);
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1,
+                       &mb, 0, nullptr, 0, nullptr);
 }
 
-void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off, size_t bytes) {
+void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst,
+                    size_t dst_off, size_t bytes) {
   if (!error_.is_ok() || bytes == 0) return;
   begin();
   if (!error_.is_ok()) return;
@@ -558,8 +608,8 @@ void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer&
   mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
   mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_HOST_READ_BIT;
   vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_TRANSFER_BIT,
-                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0,
-                       nullptr);
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb,
+                       0, nullptr, 0, nullptr);
 }
 
 Status Recorder::submit(const char* what) {

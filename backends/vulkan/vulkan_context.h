@@ -55,9 +55,9 @@ VulkanInstanceDevices select_vulkan_devices();
 int vulkan_device_from_env();
 
 enum class MemoryKind {
-  kDevice,    // device-local (weights, caches, activations)
-  kHostRead,  // host-visible, cached when possible (read-back)
-  kHostWrite, // host-visible, coherent (staging, small per-step inputs)
+  kDevice,     // device-local (weights, caches, activations)
+  kHostRead,   // host-visible, cached when possible (read-back)
+  kHostWrite,  // host-visible, coherent (staging, small per-step inputs)
 };
 
 class VulkanBuffer {
@@ -169,10 +169,11 @@ class Recorder {
 
   // shader: a name of kSpirvModules; spec: specialization constants 0..n−1; push: the shader's
   // push-constant block (≤ 128 bytes). A failure is remembered and returned by submit().
-  void dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push, size_t push_bytes,
-                uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
+  void dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
+                size_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
   // Device → device copy (e.g. logits into a host-readable buffer).
-  void copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off, size_t bytes);
+  void copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off,
+            size_t bytes);
   // Ends, submits and waits; the command buffer can be recorded again afterwards.
   Status submit(const char* what);
   VulkanContext* context() const { return ctx_; }

@@ -26,7 +26,8 @@ class VulkanDevice final : public Device {
 
 }  // namespace
 
-void append_vulkan_devices(std::vector<std::unique_ptr<Device>>* devices, std::vector<std::string>* log) {
+void append_vulkan_devices(std::vector<std::unique_ptr<Device>>* devices,
+                           std::vector<std::string>* log) {
   VulkanInstanceDevices found = select_vulkan_devices();
   for (const auto& l : found.log) log->push_back(l);
   int index = 0;

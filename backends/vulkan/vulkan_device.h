@@ -12,6 +12,7 @@ namespace palu::backends::vulkan {
 
 // Appends one Device per physical device with a compute queue; with no loader, no ICD or no
 // device, appends one log line only.
-void append_vulkan_devices(std::vector<std::unique_ptr<Device>>* devices, std::vector<std::string>* log);
+void append_vulkan_devices(std::vector<std::unique_ptr<Device>>* devices,
+                           std::vector<std::string>* log);
 
 }  // namespace palu::backends::vulkan

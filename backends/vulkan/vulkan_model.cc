@@ -36,7 +36,8 @@ class WeightPacker {
   size_t bytes_ = 0;
 };
 
-Status upload_as(VulkanContext* ctx, const VulkanBuffer& dst, size_t off, const float* src, size_t n, WeightType t) {
+Status upload_as(VulkanContext* ctx, const VulkanBuffer& dst, size_t off, const float* src,
+                 size_t n, WeightType t) {
   if (t == WeightType::kF32) return ctx->upload(dst, off, src, n * 4);
   std::vector<uint16_t> h(n);
   for (size_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]);
@@ -48,9 +49,9 @@ struct LayerDev {
   size_t gate = 0, up = 0, down = 0;
   // latent
   size_t ak = 0, av = 0, wo_fused = 0, out_bias = 0;
-  std::vector<size_t> bkg;  // per group B^K_g [s·d_h, r_k]
+  std::vector<size_t> bkg;                        // per group B^K_g [s·d_h, r_k]
   std::vector<int> k_rank, v_rank, k_off, v_off;  // per group; offsets in z rows
-  std::vector<int> out_col;                       // per group: latent output column of its first head
+  std::vector<int> out_col;  // per group: latent output column of its first head
   int rk_all = 0, rv_all = 0, latent_width = 0;
 };
 
@@ -65,8 +66,8 @@ class VulkanSequence final : public model::DeviceSequence {
   int capacity() const override { return cap_; }
   Status truncate(int n) override {
     if (n < 0 || n > size_) {
-      return invalid_argument("truncate: " + std::to_string(n) + " is outside 0.." + std::to_string(size_) +
-                              " (the tokens cached)");
+      return invalid_argument("truncate: " + std::to_string(n) + " is outside 0.." +
+                              std::to_string(size_) + " (the tokens cached)");
     }
     size_ = n;
     return Status::ok();
@@ -92,16 +93,17 @@ class VulkanSequence final : public model::DeviceSequence {
 
 class VulkanModel final : public model::DeviceModel {
  public:
-  VulkanModel(const model::LlamaModel& m, model::CacheOptions cache, std::shared_ptr<VulkanContext> ctx,
-              WeightType wt)
+  VulkanModel(const model::LlamaModel& m, model::CacheOptions cache,
+              std::shared_ptr<VulkanContext> ctx, WeightType wt)
       : m_(m), cache_(cache), ctx_(std::move(ctx)), wt_(wt) {}
   Status init();
   const DeviceInfo& device() const override { return ctx_->info(); }
   size_t weight_bytes() const override { return weights_.bytes(); }
   Result<std::unique_ptr<model::DeviceSequence>> new_sequence(int max_tokens) override {
     if (max_tokens <= 0 || max_tokens > m_.config().max_position_embeddings) {
-      return invalid_argument("new_sequence: max_tokens " + std::to_string(max_tokens) + " is outside 1.." +
-                              std::to_string(m_.config().max_position_embeddings) + " (the model's context)");
+      return invalid_argument(
+          "new_sequence: max_tokens " + std::to_string(max_tokens) + " is outside 1.." +
+          std::to_string(m_.config().max_position_embeddings) + " (the model's context)");
     }
     auto s = std::make_unique<VulkanSequence>(this, max_tokens);
     PALU_RETURN_IF_ERROR(s->init());
@@ -110,8 +112,8 @@ class VulkanModel final : public model::DeviceModel {
   std::string describe() const override {
     return "vulkan:" + std::to_string(ctx_->info().index) + " " + ctx_->info().name + ", " +
            (wt_ == WeightType::kF16 ? "f16" : "f32") + " weights, " +
-           (latent() ? std::string("latent ") : std::string("full K/V ")) + row_storage_name(cache_.storage) +
-           " cache";
+           (latent() ? std::string("latent ") : std::string("full K/V ")) +
+           row_storage_name(cache_.storage) + " cache";
   }
 
  private:
@@ -135,7 +137,8 @@ Status VulkanModel::init() {
   const model::ModelConfig& c = m_.config();
   const model::LlamaWeights& W = m_.weights();
   const int d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, dh = c.head_dim;
-  const int H = c.num_heads, Hkv = c.num_kv_heads, n_rep = H / Hkv, qw = c.q_width(), kvw = c.kv_width();
+  const int H = c.num_heads, Hkv = c.num_kv_heads, n_rep = H / Hkv, qw = c.q_width(),
+            kvw = c.kv_width();
   if (dh % 2 != 0) return unimplemented("vulkan: odd head dim " + std::to_string(dh));
   const bool lat = latent();
   const int s = lat ? m_.palu_manifest().group_size : 0;
@@ -234,7 +237,8 @@ Status VulkanModel::init() {
         double acc = 0.0;
         for (int h = 0; h < H; ++h) {
           const int j = h / n_rep;
-          for (int e = 0; e < dh; ++e) acc += (double)L.wo[(size_t)i * qw + h * dh + e] * L.bv[(size_t)j * dh + e];
+          for (int e = 0; e < dh; ++e)
+            acc += (double)L.wo[(size_t)i * qw + h * dh + e] * L.bv[(size_t)j * dh + e];
         }
         X.out_bias[i] = (float)acc;
       }
@@ -250,7 +254,9 @@ Status VulkanModel::init() {
   (void)V;
   (void)kvw;
   PALU_ASSIGN_OR_RETURN(weights_, ctx_->alloc(pk.bytes(), MemoryKind::kDevice, "model weights"));
-  auto up = [&](size_t off, const std::vector<float>& v, WeightType t) { return upload_as(ctx_.get(), weights_, off, v.data(), v.size(), t); };
+  auto up = [&](size_t off, const std::vector<float>& v, WeightType t) {
+    return upload_as(ctx_.get(), weights_, off, v.data(), v.size(), t);
+  };
   PALU_RETURN_IF_ERROR(up(embed_, W.embed, wt_));
   PALU_RETURN_IF_ERROR(up(final_norm_, W.final_norm, WeightType::kF32));
   if (!W.lm_head.empty()) PALU_RETURN_IF_ERROR(up(out_matrix_, W.lm_head, wt_));
@@ -277,7 +283,8 @@ Status VulkanModel::init() {
     PALU_RETURN_IF_ERROR(up(D.ak, der[l].ak, wt_));
     PALU_RETURN_IF_ERROR(up(D.av, der[l].av, wt_));
     PALU_RETURN_IF_ERROR(up(D.wo_fused, der[l].wo_fused, wt_));
-    if (!der[l].out_bias.empty()) PALU_RETURN_IF_ERROR(up(D.out_bias, der[l].out_bias, WeightType::kF32));
+    if (!der[l].out_bias.empty())
+      PALU_RETURN_IF_ERROR(up(D.out_bias, der[l].out_bias, WeightType::kF32));
     for (int g = 0; g < G; ++g) PALU_RETURN_IF_ERROR(up(D.bkg[g], f.k.groups[g].b, wt_));
   }
   return Status::ok();
@@ -344,8 +351,8 @@ Status VulkanSequence::ensure_scratch(int n, bool prefill) {
   }
   if (!part_.valid()) {
     const int w_max = std::max(c.head_dim, m_->max_rv_);
-    PALU_ASSIGN_OR_RETURN(part_, ctx->alloc(decode_partial_words(c.num_heads, 64, w_max) * 4, MemoryKind::kDevice,
-                                            "decode partials"));
+    PALU_ASSIGN_OR_RETURN(part_, ctx->alloc(decode_partial_words(c.num_heads, 64, w_max) * 4,
+                                            MemoryKind::kDevice, "decode partials"));
   }
   if (prefill && m_->latent() && !ktemp_.valid()) {
     PALU_ASSIGN_OR_RETURN(ktemp_, ctx->alloc((size_t)cap_ * c.kv_width() * 4, MemoryKind::kDevice,
@@ -358,7 +365,8 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
   const VulkanModel& M = *m_;
   const model::ModelConfig& c = M.m_.config();
   const int d = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, dh = c.head_dim;
-  const int H = c.num_heads, Hkv = c.num_kv_heads, n_rep = H / Hkv, qw = c.q_width(), kvw = c.kv_width();
+  const int H = c.num_heads, Hkv = c.num_kv_heads, n_rep = H / Hkv, qw = c.q_width(),
+            kvw = c.kv_width();
   const int start = size_, T = start + n;
   const WeightType wt = M.wt_;
   const bool lat = M.latent();
@@ -373,8 +381,10 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
     matmul(rec, xn_.address(), d, M.w(D.wq), wt, q_.address(), qw, n, qw, d, D.bq ? M.w(D.bq) : 0);
     rope(rec, q_.address(), rope_tab, n, qw, H, dh, start, M.sin_off_);
     if (!lat) {
-      matmul(rec, xn_.address(), d, M.w(D.wk), wt, kb_.address(), kvw, n, kvw, d, D.bk ? M.w(D.bk) : 0);
-      matmul(rec, xn_.address(), d, M.w(D.wv), wt, vb_.address(), kvw, n, kvw, d, D.bv ? M.w(D.bv) : 0);
+      matmul(rec, xn_.address(), d, M.w(D.wk), wt, kb_.address(), kvw, n, kvw, d,
+             D.bk ? M.w(D.bk) : 0);
+      matmul(rec, xn_.address(), d, M.w(D.wv), wt, vb_.address(), kvw, n, kvw, d,
+             D.bv ? M.w(D.bv) : 0);
       rope(rec, kb_.address(), rope_tab, n, kvw, Hkv, dh, start, M.sin_off_);
       const Region kr = region(l, 0, 0), vr = region(l, 1, 0);
       store_rows(rec, kb_.address(), kvw, 0, kr, n, start);
@@ -440,8 +450,9 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
           ga.out_col = D.out_col[g];
           PALU_RETURN_IF_ERROR(attention_decode_latent(rec, a, ga, M.max_rk_));
         } else {
-          PALU_RETURN_IF_ERROR(latent_rebuild_keys(rec, region(l, 0, g), M.w(D.bkg[g]), wt, kbias, s, dh, T, rope_tab,
-                                                   M.sin_off_, ktemp_.address(), kvw, g * s * dh));
+          PALU_RETURN_IF_ERROR(latent_rebuild_keys(rec, region(l, 0, g), M.w(D.bkg[g]), wt, kbias,
+                                                   s, dh, T, rope_tab, M.sin_off_, ktemp_.address(),
+                                                   kvw, g * s * dh));
         }
       }
       if (n > 1) {
@@ -461,8 +472,8 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
         a.out = att_.address();
         a.ow = lw;
         for (int g = 0; g < G; ++g) {
-          PALU_RETURN_IF_ERROR(attention_prefill(rec, a, kt, region(l, 1, g), 0, D.v_rank[g], g * s * n_rep,
-                                                 s * n_rep, D.out_col[g]));
+          PALU_RETURN_IF_ERROR(attention_prefill(rec, a, kt, region(l, 1, g), 0, D.v_rank[g],
+                                                 g * s * n_rep, s * n_rep, D.out_col[g]));
         }
       }
       matmul(rec, att_.address(), lw, M.w(D.wo_fused), wt, x_.address(), d, n, d, lw, 0, true);
@@ -476,9 +487,10 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
   }
   if (mode == LogitsMode::kNone) return Status::ok();
   const int first = mode == LogitsMode::kLast ? n - 1 : 0, rows = n - first;
-  rms_norm(rec, x_.address((size_t)first * d * 4), M.w(M.final_norm_), xn_.address((size_t)first * d * 4), rows, d, d,
-           c.rms_norm_eps);
-  matmul(rec, xn_.address((size_t)first * d * 4), d, M.w(M.out_matrix_), wt, logits_.address(), V, rows, V, d);
+  rms_norm(rec, x_.address((size_t)first * d * 4), M.w(M.final_norm_),
+           xn_.address((size_t)first * d * 4), rows, d, d, c.rms_norm_eps);
+  matmul(rec, xn_.address((size_t)first * d * 4), d, M.w(M.out_matrix_), wt, logits_.address(), V,
+         rows, V, d);
   if (logits_.mapped() == nullptr) rec.copy(logits_, 0, logits_host_, 0, (size_t)rows * V * 4);
   return Status::ok();
 }
@@ -487,15 +499,17 @@ Status VulkanSequence::forward(const int32_t* tokens, int n, LogitsMode mode, fl
   const model::ModelConfig& c = m_->m_.config();
   if (n <= 0) return invalid_argument("forward: no tokens (n = " + std::to_string(n) + ")");
   if (tokens == nullptr) return invalid_argument("forward: tokens is null");
-  if (mode != LogitsMode::kNone && logits == nullptr) return invalid_argument("forward: logits is null");
+  if (mode != LogitsMode::kNone && logits == nullptr)
+    return invalid_argument("forward: logits is null");
   if (size_ + n > cap_) {
     return out_of_range("forward: " + std::to_string(size_) + " cached + " + std::to_string(n) +
                         " new tokens exceed the sequence's capacity of " + std::to_string(cap_));
   }
   for (int i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
-      return invalid_argument("forward: token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
-                              " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+      return invalid_argument("forward: token id " + std::to_string(tokens[i]) + " at index " +
+                              std::to_string(i) + " is outside the vocabulary [0, " +
+                              std::to_string(c.vocab_size) + ")");
     }
   }
   PALU_RETURN_IF_ERROR(ensure_scratch(n, n > 1));
@@ -506,7 +520,8 @@ Status VulkanSequence::forward(const int32_t* tokens, int n, LogitsMode mode, fl
     logits_host_ = VulkanBuffer();
     PALU_ASSIGN_OR_RETURN(logits_, ctx->alloc(bytes, MemoryKind::kDevice, "logits"));
     if (logits_.mapped() == nullptr) {
-      PALU_ASSIGN_OR_RETURN(logits_host_, ctx->alloc(bytes, MemoryKind::kHostRead, "logits read-back"));
+      PALU_ASSIGN_OR_RETURN(logits_host_,
+                            ctx->alloc(bytes, MemoryKind::kHostRead, "logits read-back"));
     }
     logits_rows_ = rows;
   }
@@ -539,18 +554,19 @@ Result<std::shared_ptr<VulkanContext>> shared_context(int index) {
 
 }  // namespace
 
-Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
-                                                              const model::DeviceModelOptions& options) {
+Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
+    const model::LlamaModel& model, const model::DeviceModelOptions& options) {
   return make_vulkan_model(model, options, VulkanModelOptions{});
 }
 
-Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
-                                                              const model::DeviceModelOptions& options,
-                                                              const VulkanModelOptions& vulkan) {
+Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
+    const model::LlamaModel& model, const model::DeviceModelOptions& options,
+    const VulkanModelOptions& vulkan) {
   PALU_RETURN_IF_ERROR(model.cache_layout_spec(options.cache).status());
   if (options.cache.window_tokens > 0) {
     return unimplemented("vulkan: the f16 window of packed latent storage (window_tokens " +
-                         std::to_string(options.cache.window_tokens) + ") is not implemented; use window_tokens 0");
+                         std::to_string(options.cache.window_tokens) +
+                         ") is not implemented; use window_tokens 0");
   }
   if (options.device_index < 0) return invalid_argument("vulkan: negative device index");
   const int index = options.device_index == 0 ? -1 : options.device_index;

@@ -31,10 +31,10 @@ struct VulkanModelOptions {
   enum class Weights { kAuto, kF16, kF32 } weights = Weights::kAuto;
 };
 
-Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
-                                                              const model::DeviceModelOptions& options);
-Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(const model::LlamaModel& model,
-                                                              const model::DeviceModelOptions& options,
-                                                              const VulkanModelOptions& vulkan);
+Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
+    const model::LlamaModel& model, const model::DeviceModelOptions& options);
+Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
+    const model::LlamaModel& model, const model::DeviceModelOptions& options,
+    const VulkanModelOptions& vulkan);
 
 }  // namespace palu::backends::vulkan

@@ -7,7 +7,9 @@
 namespace palu::backends::vulkan {
 namespace {
 
-uint32_t u32(size_t v) { return (uint32_t)v; }
+uint32_t u32(size_t v) {
+  return (uint32_t)v;
+}
 
 struct EmbedPC {
   uint64_t tok, emb, x;
@@ -44,7 +46,8 @@ struct StorePC {
 };
 struct DecodePC {
   uint64_t q, kc, vc, bk, bias, rope, part;
-  uint32_t T, tps, cap, k_words, v_words, storage, h0, kcol, r_k, w, n_rep, dh, sin_off, flags, part_stride;
+  uint32_t T, tps, cap, k_words, v_words, storage, h0, kcol, r_k, w, n_rep, dh, sin_off, flags,
+      part_stride;
   float scale;
 };
 static_assert(sizeof(DecodePC) <= 128, "push constants are limited to 128 bytes");
@@ -54,7 +57,8 @@ struct ReducePC {
 };
 struct PrefillPC {
   uint64_t q, kc, vc, out;
-  uint32_t n, p0, qw, k_words, k_storage, v_words, v_storage, v_cap, n_rep, dh, h0, vcol_per_kv, w, ow, out0;
+  uint32_t n, p0, qw, k_words, k_storage, v_words, v_storage, v_cap, n_rep, dh, h0, vcol_per_kv, w,
+      ow, out0;
   float scale;
 };
 static_assert(sizeof(PrefillPC) <= 128, "push constants are limited to 128 bytes");
@@ -66,9 +70,13 @@ static_assert(sizeof(RebuildPC) <= 128, "push constants are limited to 128 bytes
 
 constexpr uint32_t kQB = 16, kKT = 32;  // attn_prefill.comp's tile
 
-float inv_sqrt_dh(int dh) { return 1.0f / std::sqrt((float)dh); }
+float inv_sqrt_dh(int dh) {
+  return 1.0f / std::sqrt((float)dh);
+}
 
-uint32_t ceil_div(size_t a, size_t b) { return (uint32_t)((a + b - 1) / b); }
+uint32_t ceil_div(size_t a, size_t b) {
+  return (uint32_t)((a + b - 1) / b);
+}
 
 }  // namespace
 
@@ -82,45 +90,54 @@ void split_groups(size_t count, uint32_t* gx, uint32_t* gy) {
   }
 }
 
-size_t row_words(RowStorage s, int n) { return (row_storage_bytes(s, (size_t)n) + 3) / 4; }
+size_t row_words(RowStorage s, int n) {
+  return (row_storage_bytes(s, (size_t)n) + 3) / 4;
+}
 
 size_t region_words(RowStorage s, int n, int cap) {
   return row_words(s, n) * (size_t)cap + (row_storage_bits(s) > 0 ? 2 * (size_t)cap : 0);
 }
 
-uint32_t Region::words() const { return (uint32_t)row_words(storage, rank); }
+uint32_t Region::words() const {
+  return (uint32_t)row_words(storage, rank);
+}
 
-void embed(Recorder& rec, uint64_t tok, uint64_t emb, WeightType wt, uint64_t x, int n, int d, int vocab) {
+void embed(Recorder& rec, uint64_t tok, uint64_t emb, WeightType wt, uint64_t x, int n, int d,
+           int vocab) {
   EmbedPC pc{tok, emb, x, u32(n), u32(d), u32(vocab), (uint32_t)wt};
   rec.dispatch("embed", {}, &pc, sizeof(pc), ceil_div(d, 64), (uint32_t)n);
 }
 
-void rms_norm(Recorder& rec, uint64_t x, uint64_t w, uint64_t y, int rows, int n, int ld, float eps) {
+void rms_norm(Recorder& rec, uint64_t x, uint64_t w, uint64_t y, int rows, int n, int ld,
+              float eps) {
   RmsPC pc{x, w, y, u32(rows), u32(n), u32(ld), eps};
   uint32_t gx, gy;
   split_groups(rows, &gx, &gy);
   rec.dispatch("rmsnorm", {}, &pc, sizeof(pc), gx, gy);
 }
 
-void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int heads, int dh, int pos0,
-          uint32_t sin_off) {
+void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int heads, int dh,
+          int pos0, uint32_t sin_off) {
   RopePC pc{x, rope_table, u32(rows), u32(ld), u32(heads), u32(dh), u32(pos0), sin_off};
   rec.dispatch("rope", {}, &pc, sizeof(pc), ceil_div((size_t)heads * dh / 2, 64), (uint32_t)rows);
 }
 
-void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc, int M, int N, int K,
-            uint64_t bias, bool accumulate, MatmulKernel kernel) {
-  MatPC pc{a, w, c, bias, u32(M), u32(N), u32(K), u32(lda), u32(ldc),
-           (accumulate ? 1u : 0u) | (bias != 0 ? 2u : 0u)};
+void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc,
+            int M, int N, int K, uint64_t bias, bool accumulate, MatmulKernel kernel) {
+  MatPC pc{a,      w,      c,        bias,     u32(M),
+           u32(N), u32(K), u32(lda), u32(ldc), (accumulate ? 1u : 0u) | (bias != 0 ? 2u : 0u)};
   VulkanContext* ctx = rec.context();
   if (kernel == MatmulKernel::kAuto) {
-    if (ctx->subgroup_arithmetic() && (ctx->is_cpu() || M <= 4)) kernel = MatmulKernel::kSubgroup;
-    else kernel = M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled;
+    if (ctx->subgroup_arithmetic() && (ctx->is_cpu() || M <= 4))
+      kernel = MatmulKernel::kSubgroup;
+    else
+      kernel = M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled;
   }
   if (kernel == MatmulKernel::kSubgroup) {
     // 8×8 blocks for prefill-sized products (more FMAs per load), 4×4 for decode.
     const uint32_t b = M > 4 ? 8 : 4, bn = M > 4 ? 16 : 4;
-    rec.dispatch("matmul_sg", {(uint32_t)wt, ctx->subgroup_size(), b, bn}, &pc, sizeof(pc), ceil_div(N, bn), ceil_div(M, b));
+    rec.dispatch("matmul_sg", {(uint32_t)wt, ctx->subgroup_size(), b, bn}, &pc, sizeof(pc),
+                 ceil_div(N, bn), ceil_div(M, b));
   } else if (kernel == MatmulKernel::kVector && M <= 4) {
     uint32_t gx, gy;
     split_groups(ceil_div(N, 4), &gx, &gy);
@@ -151,22 +168,26 @@ void softmax(Recorder& rec, uint64_t x, int rows, int n, int ld) {
   rec.dispatch("softmax", {}, &pc, sizeof(pc), gx, gy);
 }
 
-void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n, int pos0) {
-  StorePC pc{src, dst.base, u32(n), u32(src_ld), u32(src_col), u32(dst.rank), dst.words(), u32(pos0),
-             (uint32_t)dst.storage, u32(dst.cap)};
+void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n,
+                int pos0) {
+  StorePC pc{src,           dst.base,    u32(n),    u32(src_ld),           u32(src_col),
+             u32(dst.rank), dst.words(), u32(pos0), (uint32_t)dst.storage, u32(dst.cap)};
   uint32_t gx, gy;
   split_groups(n, &gx, &gy);
   rec.dispatch("store_rows", {}, &pc, sizeof(pc), gx, gy);
 }
 
-size_t decode_partial_words(int H, int splits, int w_max) { return (size_t)H * splits * (size_t)(w_max + 2); }
+size_t decode_partial_words(int H, int splits, int w_max) {
+  return (size_t)H * splits * (size_t)(w_max + 2);
+}
 
 namespace {
 
 // Tokens per tile of attn_decode.comp that fit the device's shared memory.
 uint32_t decode_tile(uint32_t shared_bytes, int n_rep, int dh, int rmax) {
   for (uint32_t tt = 32; tt >= 4; tt /= 2) {
-    const size_t floats = (size_t)n_rep * dh + (size_t)tt * dh + (size_t)tt * rmax + (size_t)n_rep * tt + 3 * (size_t)n_rep;
+    const size_t floats = (size_t)n_rep * dh + (size_t)tt * dh + (size_t)tt * rmax +
+                          (size_t)n_rep * tt + 3 * (size_t)n_rep;
     if (floats * 4 <= shared_bytes) return tt;
   }
   return 0;
@@ -180,11 +201,14 @@ void reduce(Recorder& rec, const DecodeArgs& a, int w, int h0, int nh, int out0)
 }  // namespace
 
 Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v) {
-  if (row_storage_bits(k.storage) != 0) return unimplemented("vulkan decode: full K/V rows cannot be packed codes");
+  if (row_storage_bits(k.storage) != 0)
+    return unimplemented("vulkan decode: full K/V rows cannot be packed codes");
   const int n_rep = a.H / a.H_kv;
   const uint32_t tt = decode_tile(rec.context()->max_shared_bytes(), n_rep, a.dh, 0);
-  if (tt == 0) return unimplemented("vulkan decode: head dim " + std::to_string(a.dh) + " with " +
-                                    std::to_string(n_rep) + " query heads per KV head does not fit shared memory");
+  if (tt == 0)
+    return unimplemented("vulkan decode: head dim " + std::to_string(a.dh) + " with " +
+                         std::to_string(n_rep) +
+                         " query heads per KV head does not fit shared memory");
   if (a.w_max < a.dh) return invalid_argument("vulkan decode: partial width below d_h");
   DecodePC pc{};
   pc.q = a.q;
@@ -205,18 +229,22 @@ Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k
   pc.dh = u32(a.dh);
   pc.part_stride = u32(a.w_max + 2);
   pc.scale = inv_sqrt_dh(a.dh);
-  rec.dispatch("attn_decode", {0u, (uint32_t)n_rep, (uint32_t)a.dh, tt, 1u, (uint32_t)k.storage}, &pc, sizeof(pc), (uint32_t)a.H_kv,
-               (uint32_t)a.splits);
+  rec.dispatch("attn_decode", {0u, (uint32_t)n_rep, (uint32_t)a.dh, tt, 1u, (uint32_t)k.storage},
+               &pc, sizeof(pc), (uint32_t)a.H_kv, (uint32_t)a.splits);
   reduce(rec, a, a.dh, 0, a.H, 0);
   return Status::ok();
 }
 
-Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g, int max_rank) {
+Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,
+                               int max_rank) {
   const int n_rep = a.H / a.H_kv;
   const uint32_t tt = decode_tile(rec.context()->max_shared_bytes(), n_rep, a.dh, max_rank);
-  if (tt == 0) return unimplemented("vulkan latent decode: rank " + std::to_string(max_rank) + " at head dim " +
-                                    std::to_string(a.dh) + " does not fit the device's shared memory");
-  if (g.zv.rank > a.w_max || g.zk.rank > max_rank) return invalid_argument("vulkan latent decode: rank above the maximum");
+  if (tt == 0)
+    return unimplemented("vulkan latent decode: rank " + std::to_string(max_rank) +
+                         " at head dim " + std::to_string(a.dh) +
+                         " does not fit the device's shared memory");
+  if (g.zv.rank > a.w_max || g.zk.rank > max_rank)
+    return invalid_argument("vulkan latent decode: rank above the maximum");
   DecodePC pc{};
   pc.q = a.q;
   pc.kc = g.zk.base;
@@ -242,21 +270,27 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   pc.flags = g.k_bias != 0 ? 1u : 0u;
   pc.part_stride = u32(a.w_max + 2);
   pc.scale = inv_sqrt_dh(a.dh);
-  rec.dispatch("attn_decode_latent", {(uint32_t)g.wt, (uint32_t)n_rep, (uint32_t)a.dh, tt, (uint32_t)max_rank, (uint32_t)g.zk.storage}, &pc,
-               sizeof(pc), (uint32_t)g.s, (uint32_t)a.splits);
+  rec.dispatch("attn_decode_latent",
+               {(uint32_t)g.wt, (uint32_t)n_rep, (uint32_t)a.dh, tt, (uint32_t)max_rank,
+                (uint32_t)g.zk.storage},
+               &pc, sizeof(pc), (uint32_t)g.s, (uint32_t)a.splits);
   reduce(rec, a, g.zv.rank, h0, g.s * n_rep, g.out_col);
   return Status::ok();
 }
 
-Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v, int vcol_per_kv,
-                         int w, int h0, int nh, int out0, int use_subgroup) {
-  if (row_storage_bits(k.storage) != 0) return unimplemented("vulkan prefill: keys cannot be packed codes");
+Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v,
+                         int vcol_per_kv, int w, int h0, int nh, int out0, int use_subgroup) {
+  if (row_storage_bits(k.storage) != 0)
+    return unimplemented("vulkan prefill: keys cannot be packed codes");
   VulkanContext* ctx = rec.context();
-  const bool sg = use_subgroup < 0 ? ctx->subgroup_arithmetic() && ctx->is_cpu() : use_subgroup == 1;
-  if (sg && !ctx->subgroup_arithmetic()) return unimplemented("vulkan prefill: no subgroup arithmetic on this device");
+  const bool sg =
+      use_subgroup < 0 ? ctx->subgroup_arithmetic() && ctx->is_cpu() : use_subgroup == 1;
+  if (sg && !ctx->subgroup_arithmetic())
+    return unimplemented("vulkan prefill: no subgroup arithmetic on this device");
   const size_t floats = (size_t)kQB * a.dh + (size_t)kKT * a.dh + kQB * kKT + 3 * kQB;
   if (floats * 4 > rec.context()->max_shared_bytes()) {
-    return unimplemented("vulkan prefill: head dim " + std::to_string(a.dh) + " does not fit shared memory");
+    return unimplemented("vulkan prefill: head dim " + std::to_string(a.dh) +
+                         " does not fit shared memory");
   }
   PrefillPC pc{};
   pc.q = a.q;
@@ -281,19 +315,26 @@ Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, c
   pc.scale = inv_sqrt_dh(a.dh);
   if (sg) {
     const uint32_t wmax = (uint32_t)w;
-    rec.dispatch("attn_prefill_sg", {(uint32_t)a.dh, ctx->subgroup_size(), wmax, (uint32_t)k.storage, (uint32_t)v.storage}, &pc, sizeof(pc), (uint32_t)nh,
-                 (uint32_t)a.n);
+    rec.dispatch(
+        "attn_prefill_sg",
+        {(uint32_t)a.dh, ctx->subgroup_size(), wmax, (uint32_t)k.storage, (uint32_t)v.storage}, &pc,
+        sizeof(pc), (uint32_t)nh, (uint32_t)a.n);
   } else {
-    rec.dispatch("attn_prefill", {(uint32_t)a.dh}, &pc, sizeof(pc), (uint32_t)nh, ceil_div(a.n, kQB));
+    rec.dispatch("attn_prefill", {(uint32_t)a.dh}, &pc, sizeof(pc), (uint32_t)nh,
+                 ceil_div(a.n, kQB));
   }
   return Status::ok();
 }
 
-Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt, uint64_t k_bias, int s,
-                           int dh, int T, uint64_t rope_table, uint32_t sin_off, uint64_t out, int ld, int col0) {
-  if ((size_t)zk.rank * 4 > rec.context()->max_shared_bytes()) return unimplemented("vulkan rebuild: rank too large");
-  RebuildPC pc{zk.base, bk, k_bias, rope_table, out, u32(T), zk.words(), (uint32_t)zk.storage, u32(zk.cap),
-               u32(zk.rank), u32(s), u32(dh), sin_off, u32(ld), u32(col0), k_bias != 0 ? 1u : 0u};
+Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt,
+                           uint64_t k_bias, int s, int dh, int T, uint64_t rope_table,
+                           uint32_t sin_off, uint64_t out, int ld, int col0) {
+  if ((size_t)zk.rank * 4 > rec.context()->max_shared_bytes())
+    return unimplemented("vulkan rebuild: rank too large");
+  RebuildPC pc{zk.base,     bk,           k_bias,     rope_table,
+               out,         u32(T),       zk.words(), (uint32_t)zk.storage,
+               u32(zk.cap), u32(zk.rank), u32(s),     u32(dh),
+               sin_off,     u32(ld),      u32(col0),  k_bias != 0 ? 1u : 0u};
   uint32_t gx, gy;
   split_groups(T, &gx, &gy);
   rec.dispatch("latent_rebuild", {(uint32_t)wt, (uint32_t)zk.rank}, &pc, sizeof(pc), gx, gy);

@@ -33,20 +33,23 @@ size_t row_words(RowStorage s, int n);
 size_t region_words(RowStorage s, int n, int cap);
 
 // x[r, :] = E[tok[r], :], E: [vocab, d] of type wt; tok: n int32.
-void embed(Recorder& rec, uint64_t tok, uint64_t emb, WeightType wt, uint64_t x, int n, int d, int vocab);
+void embed(Recorder& rec, uint64_t tok, uint64_t emb, WeightType wt, uint64_t x, int n, int d,
+           int vocab);
 // y[r, 0..n) = rmsnorm(x[r, 0..n)) · w  for rows r < rows (stride ld); w f32.
-void rms_norm(Recorder& rec, uint64_t x, uint64_t w, uint64_t y, int rows, int n, int ld, float eps);
+void rms_norm(Recorder& rec, uint64_t x, uint64_t w, uint64_t y, int rows, int n, int ld,
+              float eps);
 // In-place rotate-half RoPE on rows r < rows (stride ld) at positions pos0 + r; rope: the
 // model's table, cos [P, d_h/2] followed by sin at value index sin_off.
-void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int heads, int dh, int pos0,
-          uint32_t sin_off);
+void rope(Recorder& rec, uint64_t x, uint64_t rope_table, int rows, int ld, int heads, int dh,
+          int pos0, uint32_t sin_off);
 // C[M, N] = A[M, K]·W[N, K]ᵀ (+ bias) (+ C when accumulate). bias = 0: none.
 // Kernels: kTiled (64×64 shared-memory tiles), kVector (M ≤ 4, shared-memory reduction),
 // kSubgroup (4×4 blocks, one subgroup each, subgroupAdd; needs subgroup arithmetic). kAuto:
 // kSubgroup on CPU drivers and for M ≤ 4 when available, else kTiled / kVector.
 enum class MatmulKernel { kAuto, kTiled, kVector, kSubgroup };
-void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc, int M, int N, int K,
-            uint64_t bias = 0, bool accumulate = false, MatmulKernel kernel = MatmulKernel::kAuto);
+void matmul(Recorder& rec, uint64_t a, int lda, uint64_t w, WeightType wt, uint64_t c, int ldc,
+            int M, int N, int K, uint64_t bias = 0, bool accumulate = false,
+            MatmulKernel kernel = MatmulKernel::kAuto);
 // y = silu(g)·u over n values (y may alias g).
 void silu_mul(Recorder& rec, uint64_t g, uint64_t u, uint64_t y, size_t n);
 // y[i] += x[i mod xn] for i < n.
@@ -57,23 +60,24 @@ void softmax(Recorder& rec, uint64_t x, int rows, int n, int ld);
 struct Region {
   uint64_t base = 0;  // address of the region
   RowStorage storage = RowStorage::kF16;
-  int rank = 0;   // values per row
-  int cap = 0;    // rows
+  int rank = 0;            // values per row
+  int cap = 0;             // rows
   uint32_t words() const;  // row stride in words
 };
 // Rows src[r·src_ld + src_col .. + rank) → region rows pos0 + r (encode / quantize).
-void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n, int pos0);
+void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n,
+                int pos0);
 
 // Decode attention of one query token per head against T cached tokens.
 struct DecodeArgs {
-  uint64_t q = 0;        // [H, d_h] f32 (RoPE applied)
-  uint64_t rope = 0;     // table (latent only)
+  uint64_t q = 0;     // [H, d_h] f32 (RoPE applied)
+  uint64_t rope = 0;  // table (latent only)
   uint32_t sin_off = 0;
-  uint64_t part = 0;     // scratch: decode_partial_words(H, splits, w_max) f32
-  uint64_t out = 0;      // full: [H, d_h]; latent: the latent output row
+  uint64_t part = 0;  // scratch: decode_partial_words(H, splits, w_max) f32
+  uint64_t out = 0;   // full: [H, d_h]; latent: the latent output row
   int T = 0, H = 0, H_kv = 0, dh = 0;
-  int splits = 0;        // token splits (≥ 1)
-  int w_max = 0;         // max value width (d_h or max r_v)
+  int splits = 0;  // token splits (≥ 1)
+  int w_max = 0;   // max value width (d_h or max r_v)
 };
 size_t decode_partial_words(int H, int splits, int w_max);
 // Full K/V rows (post-RoPE keys), storage f32/f16/bf16, rows of H_kv·d_h values.
@@ -89,7 +93,8 @@ struct LatentGroupArgs {
   int group = 0, s = 0;
   int out_col = 0;  // value index of the group's first head in the output row
 };
-Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g, int max_rank);
+Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,
+                               int max_rank);
 
 // Causal prefill attention: n query rows at positions p0.. over keys 0..p0+n−1.
 struct PrefillArgs {
@@ -103,12 +108,13 @@ struct PrefillArgs {
 // columns at j·vcol_per_kv, width w. Heads [h0, h0 + nh) written at out0 + (h − h0)·w.
 // Kernels: shared-memory tiles (attn_prefill.comp) or one subgroup per (head, query row)
 // (attn_prefill_sg.comp, CPU drivers with subgroup arithmetic); use_subgroup: −1 auto, 0, 1.
-Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v, int vcol_per_kv,
-                         int w, int h0, int nh, int out0, int use_subgroup = -1);
+Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v,
+                         int vcol_per_kv, int w, int h0, int nh, int out0, int use_subgroup = -1);
 // Keys of group g (s KV heads) rebuilt from z^K for positions 0..T−1 into out [T, ld] f32 at
 // columns col0.. (RoPE applied).
-Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt, uint64_t k_bias, int s,
-                           int dh, int T, uint64_t rope_table, uint32_t sin_off, uint64_t out, int ld, int col0);
+Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt,
+                           uint64_t k_bias, int s, int dh, int T, uint64_t rope_table,
+                           uint32_t sin_off, uint64_t out, int ld, int col0);
 
 // Groups (x, y) for a flat count of workgroups (x ≤ 65535).
 void split_groups(size_t count, uint32_t* gx, uint32_t* gy);

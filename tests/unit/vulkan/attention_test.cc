@@ -26,7 +26,8 @@ std::vector<float> rope_table(int dh, int P, double theta, std::vector<float>* i
   std::vector<float> t((size_t)2 * P * half);
   inv_freq->resize(half);
   for (int i = 0; i < half; ++i)
-    (*inv_freq)[i] = 1.0f / (float)std::pow((double)(float)theta, (double)((float)(2 * i) / (float)dh));
+    (*inv_freq)[i] =
+        1.0f / (float)std::pow((double)(float)theta, (double)((float)(2 * i) / (float)dh));
   for (int p = 0; p < P; ++p) {
     for (int i = 0; i < half; ++i) {
       const float angle = (float)p * (*inv_freq)[i];
@@ -83,8 +84,8 @@ HostRows encode_host(RowStorage st, const std::vector<float>& z, int rank, int T
 }
 
 // A device region of T rows of `rank` values encoded by store_rows.
-VulkanBuffer device_region(VulkanContext* ctx, RowStorage st, const std::vector<float>& z, int rank, int T,
-                           Region* reg) {
+VulkanBuffer device_region(VulkanContext* ctx, RowStorage st, const std::vector<float>& z, int rank,
+                           int T, Region* reg) {
   VulkanBuffer src = to_device(ctx, z);
   VulkanBuffer r = device_buffer(ctx, region_words(st, rank, T) * 4);
   *reg = Region{r.address(), st, rank, T};
@@ -102,20 +103,26 @@ struct FullCase {
 TEST(VulkanAttention, FullCacheDecodeMatchesCpu) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
   const int dh = 64;
-  const FullCase cases[] = {{8, 8, 1, RowStorage::kF16},  {8, 8, 63, RowStorage::kF32}, {8, 2, 65, RowStorage::kF16},
-                            {8, 2, 300, RowStorage::kBF16}, {4, 1, 129, RowStorage::kF16}};
+  const FullCase cases[] = {{8, 8, 1, RowStorage::kF16},
+                            {8, 8, 63, RowStorage::kF32},
+                            {8, 2, 65, RowStorage::kF16},
+                            {8, 2, 300, RowStorage::kBF16},
+                            {4, 1, 129, RowStorage::kF16}};
   for (const FullCase& fc : cases) {
     const int kvw = fc.Hkv * dh;
-    auto k = random_floats((size_t)fc.T * kvw, 20 + fc.T, -2, 2), v = random_floats((size_t)fc.T * kvw, 21 + fc.T);
+    auto k = random_floats((size_t)fc.T * kvw, 20 + fc.T, -2, 2),
+         v = random_floats((size_t)fc.T * kvw, 21 + fc.T);
     auto q = random_floats((size_t)fc.H * dh, 22);
     HostRows hk = encode_host(fc.st, k, kvw, fc.T), hv = encode_host(fc.st, v, kvw, fc.T);
     std::vector<float> want((size_t)fc.H * dh);
-    ASSERT_TRUE(cpu::full_attention_decode_isa(cpu::CpuIsa::kScalar, {fc.H, fc.Hkv, dh}, hk.rows(fc.st, kvw),
-                                               hv.rows(fc.st, kvw), fc.T, q.data(), want.data())
+    ASSERT_TRUE(cpu::full_attention_decode_isa(cpu::CpuIsa::kScalar, {fc.H, fc.Hkv, dh},
+                                               hk.rows(fc.st, kvw), hv.rows(fc.st, kvw), fc.T,
+                                               q.data(), want.data())
                     .is_ok());
     for (int splits : {1, 3, 16}) {
       Region kr, vr;
-      VulkanBuffer kb = device_region(ctx, fc.st, k, kvw, fc.T, &kr), vb = device_region(ctx, fc.st, v, kvw, fc.T, &vr);
+      VulkanBuffer kb = device_region(ctx, fc.st, k, kvw, fc.T, &kr),
+                   vb = device_region(ctx, fc.st, v, kvw, fc.T, &vr);
       VulkanBuffer qb = to_device(ctx, q), out = device_buffer(ctx, want.size() * 4);
       VulkanBuffer part = device_buffer(ctx, decode_partial_words(fc.H, splits, dh) * 4);
       DecodeArgs a;
@@ -132,16 +139,17 @@ TEST(VulkanAttention, FullCacheDecodeMatchesCpu) {
       ASSERT_TRUE(attention_decode_full(rec, a, kr, vr).is_ok());
       ASSERT_TRUE(rec.submit("decode").is_ok());
       expect_near_all(from_device<float>(ctx, out, want.size()), want, 1e-4f, 1e-5f,
-                      "full decode H " + std::to_string(fc.H) + "/" + std::to_string(fc.Hkv) + " T " +
-                          std::to_string(fc.T) + " splits " + std::to_string(splits));
+                      "full decode H " + std::to_string(fc.H) + "/" + std::to_string(fc.Hkv) +
+                          " T " + std::to_string(fc.T) + " splits " + std::to_string(splits));
     }
   }
 }
 
 // Causal attention in double from decoded K/V (K already rotated).
-std::vector<float> reference_prefill(const std::vector<float>& q, int qw, int n, int p0, int H, int Hkv, int dh,
-                                     const std::vector<float>& K, int kld, const std::vector<float>& Vv, int vld,
-                                     int vcol_per_kv, int w) {
+std::vector<float> reference_prefill(const std::vector<float>& q, int qw, int n, int p0, int H,
+                                     int Hkv, int dh, const std::vector<float>& K, int kld,
+                                     const std::vector<float>& Vv, int vld, int vcol_per_kv,
+                                     int w) {
   const int n_rep = H / Hkv;
   std::vector<float> out((size_t)n * H * w);
   for (int r = 0; r < n; ++r) {
@@ -151,7 +159,8 @@ std::vector<float> reference_prefill(const std::vector<float>& q, int qw, int n,
       double mx = -1e300;
       for (int t = 0; t < vis; ++t) {
         double a = 0;
-        for (int i = 0; i < dh; ++i) a += (double)q[(size_t)r * qw + h * dh + i] * K[(size_t)t * kld + j * dh + i];
+        for (int i = 0; i < dh; ++i)
+          a += (double)q[(size_t)r * qw + h * dh + i] * K[(size_t)t * kld + j * dh + i];
         s[t] = a / std::sqrt((double)dh);
         mx = std::max(mx, s[t]);
       }
@@ -175,16 +184,18 @@ TEST(VulkanAttention, FullCachePrefillBothKernels) {
   };
   for (const C& c : {C{8, 8, 1, 0}, C{8, 2, 5, 20}, C{8, 2, 37, 0}, C{4, 4, 40, 30}}) {
     const int T = c.p0 + c.n, kvw = c.Hkv * dh, qw = c.H * dh;
-    auto k = random_floats((size_t)T * kvw, 30 + T, -2, 2), v = random_floats((size_t)T * kvw, 31 + T);
+    auto k = random_floats((size_t)T * kvw, 30 + T, -2, 2),
+         v = random_floats((size_t)T * kvw, 31 + T);
     auto q = random_floats((size_t)c.n * qw, 32);
     const RowStorage st = RowStorage::kF16;
     HostRows hk = encode_host(st, k, kvw, T), hv = encode_host(st, v, kvw, T);
-    const auto want = reference_prefill(q, qw, c.n, c.p0, c.H, c.Hkv, dh, hk.decoded(st, kvw, T), kvw,
-                                        hv.decoded(st, kvw, T), kvw, dh, dh);
+    const auto want = reference_prefill(q, qw, c.n, c.p0, c.H, c.Hkv, dh, hk.decoded(st, kvw, T),
+                                        kvw, hv.decoded(st, kvw, T), kvw, dh, dh);
     for (int sg : {0, 1}) {
       if (sg == 1 && !ctx->subgroup_arithmetic()) continue;
       Region kr, vr;
-      VulkanBuffer kb = device_region(ctx, st, k, kvw, T, &kr), vb = device_region(ctx, st, v, kvw, T, &vr);
+      VulkanBuffer kb = device_region(ctx, st, k, kvw, T, &kr),
+                   vb = device_region(ctx, st, v, kvw, T, &vr);
       VulkanBuffer qb = to_device(ctx, q), out = device_buffer(ctx, want.size() * 4);
       PrefillArgs a;
       a.q = qb.address();
@@ -200,7 +211,8 @@ TEST(VulkanAttention, FullCachePrefillBothKernels) {
       ASSERT_TRUE(attention_prefill(rec, a, kr, vr, dh, dh, 0, c.H, 0, sg).is_ok());
       ASSERT_TRUE(rec.submit("prefill").is_ok());
       expect_near_all(from_device<float>(ctx, out, want.size()), want, 1e-4f, 1e-5f,
-                      "prefill n " + std::to_string(c.n) + " p0 " + std::to_string(c.p0) + " sg " + std::to_string(sg));
+                      "prefill n " + std::to_string(c.n) + " p0 " + std::to_string(c.p0) + " sg " +
+                          std::to_string(sg));
     }
   }
 }
@@ -242,11 +254,13 @@ TEST_P(LatentDecode, MatchesCpuScalar) {
   const int width = cpu::latent_output_width(shape, groups.data());
   std::vector<float> want(width);
   cpu::LatentRopeTable rope{table.data(), table.data() + (size_t)c.T * half, c.T};
-  ASSERT_TRUE(cpu::latent_attention_decode_isa(cpu::CpuIsa::kScalar, shape, groups.data(), c.T, c.T - 1, q.data(),
-                                               inv_freq.data(), want.data(), &rope)
+  ASSERT_TRUE(cpu::latent_attention_decode_isa(cpu::CpuIsa::kScalar, shape, groups.data(), c.T,
+                                               c.T - 1, q.data(), inv_freq.data(), want.data(),
+                                               &rope)
                   .is_ok());
 
-  VulkanBuffer qb = to_device(ctx, q), tb = to_device(ctx, table), out = device_buffer(ctx, width * 4);
+  VulkanBuffer qb = to_device(ctx, q), tb = to_device(ctx, table),
+               out = device_buffer(ctx, width * 4);
   const int splits = std::min(64, std::max(1, c.T / 64));
   VulkanBuffer part = device_buffer(ctx, decode_partial_words(c.H, splits, std::max(dh, c.rv)) * 4);
   std::vector<VulkanBuffer> keep;
@@ -254,7 +268,8 @@ TEST_P(LatentDecode, MatchesCpuScalar) {
   for (int g = 0; g < G; ++g) {
     keep.push_back(device_region(ctx, c.st, zk[g], c.rk, c.T, &ga[g].zk));
     keep.push_back(device_region(ctx, c.st, zv[g], c.rv, c.T, &ga[g].zv));
-    keep.push_back(c.wt == WeightType::kF16 ? to_device(ctx, to_f16(bk[g])) : to_device(ctx, bk[g]));
+    keep.push_back(c.wt == WeightType::kF16 ? to_device(ctx, to_f16(bk[g]))
+                                            : to_device(ctx, bk[g]));
     ga[g].bk = keep.back().address();
     keep.push_back(to_device(ctx, kbias[g]));
     ga[g].k_bias = c.bias ? keep.back().address() : 0;
@@ -295,12 +310,15 @@ std::vector<LatentCase> latent_cases() {
   };
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, LatentDecode, ::testing::ValuesIn(latent_cases()), [](const auto& info) {
-  const LatentCase& c = info.param;
-  return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_s" + std::to_string(c.s) + "_rk" +
-         std::to_string(c.rk) + "_rv" + std::to_string(c.rv) + "_T" + std::to_string(c.T) + "_" +
-         row_storage_name(c.st) + (c.bias ? "_bias" : "") + (c.wt == WeightType::kF16 ? "_f16B" : "");
-});
+INSTANTIATE_TEST_SUITE_P(Cases, LatentDecode, ::testing::ValuesIn(latent_cases()),
+                         [](const auto& info) {
+                           const LatentCase& c = info.param;
+                           return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) +
+                                  "_s" + std::to_string(c.s) + "_rk" + std::to_string(c.rk) +
+                                  "_rv" + std::to_string(c.rv) + "_T" + std::to_string(c.T) + "_" +
+                                  row_storage_name(c.st) + (c.bias ? "_bias" : "") +
+                                  (c.wt == WeightType::kF16 ? "_f16B" : "");
+                         });
 
 // Latent prefill: keys rebuilt from z^K (B^K z + b, RoPE at each position), causal attention
 // whose values are the group's z^V latents; reference in double from the decoded latents.
@@ -311,31 +329,37 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
     int H, Hkv, s, rk, rv, n, p0;
     RowStorage st;
   };
-  for (const C& c : {C{8, 2, 2, 64, 32, 7, 10, RowStorage::kF16}, C{4, 4, 2, 32, 96, 20, 0, RowStorage::kQ4},
-                     C{8, 8, 4, 128, 64, 3, 40, RowStorage::kQ3}}) {
-    const int T = c.p0 + c.n, G = c.Hkv / c.s, N = c.s * dh, kvw = c.Hkv * dh, qw = c.H * dh, n_rep = c.H / c.Hkv;
+  for (const C& c :
+       {C{8, 2, 2, 64, 32, 7, 10, RowStorage::kF16}, C{4, 4, 2, 32, 96, 20, 0, RowStorage::kQ4},
+        C{8, 8, 4, 128, 64, 3, 40, RowStorage::kQ3}}) {
+    const int T = c.p0 + c.n, G = c.Hkv / c.s, N = c.s * dh, kvw = c.Hkv * dh, qw = c.H * dh,
+              n_rep = c.H / c.Hkv;
     std::vector<float> inv_freq;
     const auto table = rope_table(dh, T, 10000.0, &inv_freq);
     auto q = random_floats((size_t)c.n * qw, 80);
     std::vector<float> want((size_t)c.n * c.H * c.rv);
     VulkanBuffer qb = to_device(ctx, q), tb = to_device(ctx, table);
-    VulkanBuffer kt = device_buffer(ctx, (size_t)T * kvw * 4), out = device_buffer(ctx, want.size() * 4);
+    VulkanBuffer kt = device_buffer(ctx, (size_t)T * kvw * 4),
+                 out = device_buffer(ctx, want.size() * 4);
     std::vector<VulkanBuffer> keep;
     std::vector<Region> zvr(G);
     {
       std::vector<Region> zkr(G);
       std::vector<std::vector<float>> K(1, std::vector<float>((size_t)T * kvw));
       for (int g = 0; g < G; ++g) {
-        auto zk = random_floats((size_t)T * c.rk, 81 + g, -3, 3), zv = random_floats((size_t)T * c.rv, 91 + g);
-        auto bk = random_floats((size_t)N * c.rk, 101 + g, -0.2f, 0.2f), kb = random_floats(N, 111 + g);
+        auto zk = random_floats((size_t)T * c.rk, 81 + g, -3, 3),
+             zv = random_floats((size_t)T * c.rv, 91 + g);
+        auto bk = random_floats((size_t)N * c.rk, 101 + g, -0.2f, 0.2f),
+             kb = random_floats(N, 111 + g);
         keep.push_back(device_region(ctx, c.st, zk, c.rk, T, &zkr[g]));
         keep.push_back(device_region(ctx, c.st, zv, c.rv, T, &zvr[g]));
         keep.push_back(to_device(ctx, bk));
         const uint64_t bka = keep.back().address();
         keep.push_back(to_device(ctx, kb));
         Recorder rec(ctx);
-        ASSERT_TRUE(latent_rebuild_keys(rec, zkr[g], bka, WeightType::kF32, keep.back().address(), c.s, dh, T,
-                                        tb.address(), (uint32_t)(T * half), kt.address(), kvw, g * N)
+        ASSERT_TRUE(latent_rebuild_keys(rec, zkr[g], bka, WeightType::kF32, keep.back().address(),
+                                        c.s, dh, T, tb.address(), (uint32_t)(T * half),
+                                        kt.address(), kvw, g * N)
                         .is_ok());
         ASSERT_TRUE(rec.submit("rebuild").is_ok());
         // Reference keys of this group.
@@ -344,12 +368,14 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
           std::vector<float> k(N);
           for (int e = 0; e < N; ++e) {
             double a = 0;
-            for (int p = 0; p < c.rk; ++p) a += (double)zd[(size_t)t * c.rk + p] * bk[(size_t)e * c.rk + p];
+            for (int p = 0; p < c.rk; ++p)
+              a += (double)zd[(size_t)t * c.rk + p] * bk[(size_t)e * c.rk + p];
             k[e] = (float)a + kb[e];
           }
           for (int u = 0; u < c.s; ++u) {
             for (int i = 0; i < half; ++i) {
-              const float co = table[(size_t)t * half + i], si = table[(size_t)T * half + (size_t)t * half + i];
+              const float co = table[(size_t)t * half + i],
+                          si = table[(size_t)T * half + (size_t)t * half + i];
               const float x0 = k[u * dh + i], x1 = k[u * dh + i + half];
               K[0][(size_t)t * kvw + g * N + u * dh + i] = x0 * co - x1 * si;
               K[0][(size_t)t * kvw + g * N + u * dh + i + half] = x1 * co + x0 * si;
@@ -362,11 +388,13 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
         std::vector<float> Kg((size_t)T * kvw, 0.f);
         // reference_prefill indexes K by KV head j = h / n_rep over all heads; run it on all
         // heads with this group's V and keep this group's heads.
-        const auto all = reference_prefill(q, qw, c.n, c.p0, c.H, c.Hkv, dh, K[0], kvw, vd, c.rv, 0, c.rv);
+        const auto all =
+            reference_prefill(q, qw, c.n, c.p0, c.H, c.Hkv, dh, K[0], kvw, vd, c.rv, 0, c.rv);
         for (int r = 0; r < c.n; ++r)
           for (int h = h0; h < h0 + nh; ++h)
             for (int e = 0; e < c.rv; ++e)
-              want[(size_t)r * c.H * c.rv + h * c.rv + e] = all[(size_t)r * c.H * c.rv + h * c.rv + e];
+              want[(size_t)r * c.H * c.rv + h * c.rv + e] =
+                  all[(size_t)r * c.H * c.rv + h * c.rv + e];
       }
       auto got_k = from_device<float>(ctx, kt, (size_t)T * kvw);
       expect_near_all(got_k, K[0], 1e-5f, 1e-5f, "rebuilt keys");
@@ -391,8 +419,9 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
                         .is_ok());
       }
       ASSERT_TRUE(rec.submit("latent prefill").is_ok());
-      expect_near_all(from_device<float>(ctx, out, want.size()), want, 1e-4f, 1e-5f,
-                      std::string("latent prefill ") + row_storage_name(c.st) + " sg " + std::to_string(sg));
+      expect_near_all(
+          from_device<float>(ctx, out, want.size()), want, 1e-4f, 1e-5f,
+          std::string("latent prefill ") + row_storage_name(c.st) + " sg " + std::to_string(sg));
     }
   }
 }

@@ -28,16 +28,19 @@ class VulkanCompressedTest : public ::testing::TestWithParam<cache::CacheStorage
     if (testing::context(&why) == nullptr) return;
     dir_ = ::testing::TempDir() + "/palu_vulkan_compressed_" + std::to_string(::getpid());
     std::filesystem::remove_all(dir_);
-    const std::string cmd = std::string(PALU_BINARY_DIR) + "/tools/palu-compress -q --model " +
-                            palu::testing::shared_file("models/ref-gqa") + " --calib " +
-                            palu::testing::shared_file("data/calib.txt") +
-                            " --calib-samples 2 --calib-seq 128 --ratio 0.5 --group-size 1 --search uniform --out " +
-                            dir_ + " > /dev/null 2>&1";
+    const std::string cmd =
+        std::string(PALU_BINARY_DIR) + "/tools/palu-compress -q --model " +
+        palu::testing::shared_file("models/ref-gqa") + " --calib " +
+        palu::testing::shared_file("data/calib.txt") +
+        " --calib-samples 2 --calib-seq 128 --ratio 0.5 --group-size 1 --search uniform --out " +
+        dir_ + " > /dev/null 2>&1";
     compress_status_ = std::system(cmd.c_str());
     if (compress_status_ != 0) return;
     auto loaded = model::load_model(dir_);
-    if (loaded.is_ok()) model_ = std::move(loaded.value().model).release();
-    else load_error_ = loaded.status().to_string();
+    if (loaded.is_ok())
+      model_ = std::move(loaded.value().model).release();
+    else
+      load_error_ = loaded.status().to_string();
   }
   static void TearDownTestSuite() {
     delete model_;
@@ -47,7 +50,8 @@ class VulkanCompressedTest : public ::testing::TestWithParam<cache::CacheStorage
   void SetUp() override {
     std::string why;
     if (testing::context(&why) == nullptr) GTEST_SKIP() << "no Vulkan device: " << why;
-    ASSERT_EQ(compress_status_, 0) << "palu-compress failed (is it built? " << PALU_BINARY_DIR << "/tools)";
+    ASSERT_EQ(compress_status_, 0)
+        << "palu-compress failed (is it built? " << PALU_BINARY_DIR << "/tools)";
     ASSERT_NE(model_, nullptr) << load_error_;
     ASSERT_TRUE(model_->is_compressed());
   }
@@ -86,7 +90,8 @@ TEST_P(VulkanCompressedTest, MatchesTheCpuDeviceModel) {
   ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
   std::printf("[vulkan] %s\n", vk.value()->describe().c_str());
   const int V = model_->config().vocab_size;
-  const std::vector<int32_t> prompt = {1, 450, 4996, 1735, 1701, 432, 1720, 975, 278, 7366, 1203, 2988, 13, 1576};
+  const std::vector<int32_t> prompt = {1,   450, 4996, 1735, 1701, 432, 1720,
+                                       975, 278, 7366, 1203, 2988, 13,  1576};
   const int n = (int)prompt.size(), pre = 9;
   auto vs = vk.value()->new_sequence(32);
   auto cs = cpu.value()->new_sequence(32);
@@ -95,24 +100,31 @@ TEST_P(VulkanCompressedTest, MatchesTheCpuDeviceModel) {
   // Prefill the first `pre` tokens (all logits), then decode the rest one by one.
   Status st = vs.value()->forward(prompt.data(), pre, model::LogitsMode::kAll, got.data());
   ASSERT_TRUE(st.is_ok()) << st.to_string();
-  ASSERT_TRUE(cs.value()->forward(prompt.data(), pre, model::LogitsMode::kAll, want.data()).is_ok());
+  ASSERT_TRUE(
+      cs.value()->forward(prompt.data(), pre, model::LogitsMode::kAll, want.data()).is_ok());
   for (int i = pre; i < n; ++i) {
     st = vs.value()->forward(&prompt[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V);
     ASSERT_TRUE(st.is_ok()) << st.to_string();
-    ASSERT_TRUE(cs.value()->forward(&prompt[i], 1, model::LogitsMode::kLast, want.data() + (size_t)i * V).is_ok());
+    ASSERT_TRUE(cs.value()
+                    ->forward(&prompt[i], 1, model::LogitsMode::kLast, want.data() + (size_t)i * V)
+                    .is_ok());
   }
   float worst = 0.f;
   for (int i = 0; i < n; ++i)
-    worst = std::max(worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V,
-                                    std::string(cache::storage_name(GetParam())) + " pos " + std::to_string(i)));
+    worst = std::max(
+        worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V,
+                       std::string(cache::storage_name(GetParam())) + " pos " + std::to_string(i)));
   // A second chunk after the decode steps (latent prefill with p0 > 0).
   ASSERT_TRUE(vs.value()->truncate(pre - 2).is_ok());
   ASSERT_TRUE(cs.value()->truncate(pre - 2).is_ok());
   st = vs.value()->forward(prompt.data() + pre - 2, 5, model::LogitsMode::kAll, got.data());
   ASSERT_TRUE(st.is_ok()) << st.to_string();
-  ASSERT_TRUE(cs.value()->forward(prompt.data() + pre - 2, 5, model::LogitsMode::kAll, want.data()).is_ok());
+  ASSERT_TRUE(cs.value()
+                  ->forward(prompt.data() + pre - 2, 5, model::LogitsMode::kAll, want.data())
+                  .is_ok());
   for (int i = 0; i < 5; ++i)
-    worst = std::max(worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V, "chunk pos " + std::to_string(i)));
+    worst = std::max(worst, compare(&got[(size_t)i * V], &want[(size_t)i * V], V,
+                                    "chunk pos " + std::to_string(i)));
   EXPECT_EQ(vs.value()->size(), pre + 3);
   EXPECT_GT(vs.value()->cache_bytes(), 0u);
   std::printf("[vulkan] latent %s: worst max|Δ|/max|logit| %.2e, cache %zu bytes for 32 tokens\n",
@@ -134,7 +146,9 @@ INSTANTIATE_TEST_SUITE_P(Storages, VulkanCompressedTest,
                          // the whole model runs the byte-aligned widths to keep CI time down.
                          ::testing::Values(cache::CacheStorage::kF16, cache::CacheStorage::kQ4,
                                            cache::CacheStorage::kQ2),
-                         [](const auto& info) { return std::string(cache::storage_name(info.param)); });
+                         [](const auto& info) {
+                           return std::string(cache::storage_name(info.param));
+                         });
 
 }  // namespace
 }  // namespace palu::backends::vulkan

@@ -37,7 +37,8 @@ struct Golden {
 };
 
 // Returns max |Δ| / max |want| and checks the tolerance (above).
-float expect_logits_close(const float* got, const float* want, int V, float rtol, const std::string& what) {
+float expect_logits_close(const float* got, const float* want, int V, float rtol,
+                          const std::string& what) {
   float max_abs = 0.f, max_diff = 0.f;
   int am_got = 0, am_want = 0;
   for (int j = 0; j < V; ++j) {
@@ -92,16 +93,18 @@ TEST_P(VulkanGoldenTest, PromptsByPrefillAndByDecode) {
     Status st = seq.value()->forward(t.data(), n, model::LogitsMode::kAll, got.data());
     ASSERT_TRUE(st.is_ok()) << st.to_string();
     for (int i = 0; i < n; ++i)
-      worst = std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_, 2e-2f,
-                                                  name + " prefill pos " + std::to_string(i)));
+      worst =
+          std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_,
+                                              2e-2f, name + " prefill pos " + std::to_string(i)));
     ASSERT_TRUE(seq.value()->truncate(0).is_ok());
     for (int i = 0; i < n; ++i) {
       st = seq.value()->forward(&t[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V_);
       ASSERT_TRUE(st.is_ok()) << st.to_string();
     }
     for (int i = 0; i < n; ++i)
-      worst = std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_, 2e-2f,
-                                                  name + " decode pos " + std::to_string(i)));
+      worst =
+          std::max(worst, expect_logits_close(&got[(size_t)i * V_], &want[(size_t)i * V_], V_,
+                                              2e-2f, name + " decode pos " + std::to_string(i)));
   }
   std::printf("[vulkan] %s prompts: worst max|Δ|/max|logit| %.2e\n", GetParam().c_str(), worst);
 }
@@ -122,8 +125,9 @@ TEST_P(VulkanGoldenTest, LongPromptPrefill) {
   ASSERT_TRUE(st.is_ok()) << st.to_string();
   float worst = 0.f;
   for (int i = 0; i < 64; ++i)
-    worst = std::max(worst, expect_logits_close(&got[(size_t)(n - 64 + i) * V_], &want[(size_t)i * V_], V_, 2e-2f,
-                                                "long pos " + std::to_string(n - 64 + i)));
+    worst =
+        std::max(worst, expect_logits_close(&got[(size_t)(n - 64 + i) * V_], &want[(size_t)i * V_],
+                                            V_, 2e-2f, "long pos " + std::to_string(n - 64 + i)));
   double nll = 0.0;
   for (int i = 0; i + 1 < n; ++i) {
     const float* row = &got[(size_t)i * V_];
@@ -135,8 +139,8 @@ TEST_P(VulkanGoldenTest, LongPromptPrefill) {
   ASSERT_EQ(nll_want.size(), 1u);
   // Perplexity within 0.1 %: |Δ mean NLL| ≤ 1e-3.
   EXPECT_NEAR(nll / (n - 1), nll_want[0] / (n - 1), 1e-3);
-  std::printf("[vulkan] %s long: worst %.2e, mean NLL %.6f vs %.6f\n", GetParam().c_str(), worst, nll / (n - 1),
-              nll_want[0] / (n - 1));
+  std::printf("[vulkan] %s long: worst %.2e, mean NLL %.6f vs %.6f\n", GetParam().c_str(), worst,
+              nll / (n - 1), nll_want[0] / (n - 1));
 }
 
 TEST_P(VulkanGoldenTest, ErrorsAreValuesAndLeaveTheSequenceUnchanged) {
@@ -150,7 +154,8 @@ TEST_P(VulkanGoldenTest, ErrorsAreValuesAndLeaveTheSequenceUnchanged) {
   Status st = s.forward(bad, 2, model::LogitsMode::kLast, logits.data());
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
   const int32_t neg = -4;
-  EXPECT_EQ(s.forward(&neg, 1, model::LogitsMode::kLast, logits.data()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.forward(&neg, 1, model::LogitsMode::kLast, logits.data()).code(),
+            StatusCode::kInvalidArgument);
   const int32_t six[6] = {2, 3, 4, 5, 6, 7};
   st = s.forward(six, 6, model::LogitsMode::kLast, logits.data());
   EXPECT_EQ(st.code(), StatusCode::kOutOfRange) << st.to_string();
@@ -188,7 +193,8 @@ TEST(VulkanModel, F16WeightsGolden) {
   vo.weights = VulkanModelOptions::Weights::kF16;
   auto dm = make_vulkan_model(*loaded.value().model, model::DeviceModelOptions{}, vo);
   ASSERT_TRUE(dm.is_ok()) << dm.status().to_string();
-  EXPECT_NE(dm.value()->describe().find("f16 weights"), std::string::npos) << dm.value()->describe();
+  EXPECT_NE(dm.value()->describe().find("f16 weights"), std::string::npos)
+      << dm.value()->describe();
   const int V = loaded.value().model->config().vocab_size;
   const auto t = golden.ints("prompt0.ids");
   const auto want = golden.floats("prompt0.logits");
@@ -198,7 +204,9 @@ TEST(VulkanModel, F16WeightsGolden) {
   std::vector<float> got((size_t)n * V);
   ASSERT_TRUE(seq.value()->forward(t.data(), n - 2, model::LogitsMode::kAll, got.data()).is_ok());
   for (int i = n - 2; i < n; ++i)
-    ASSERT_TRUE(seq.value()->forward(&t[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V).is_ok());
+    ASSERT_TRUE(seq.value()
+                    ->forward(&t[i], 1, model::LogitsMode::kLast, got.data() + (size_t)i * V)
+                    .is_ok());
   float worst = 0.f;
   for (int i = 0; i < n; ++i)
     worst = std::max(worst, expect_logits_close(&got[(size_t)i * V], &want[(size_t)i * V], V, 2e-2f,
@@ -219,7 +227,8 @@ TEST(VulkanModel, OutOfDeviceMemoryIsResourceExhausted) {
   auto none = make_vulkan_model(m, model::DeviceModelOptions{}, tiny);
   ASSERT_FALSE(none.is_ok());
   EXPECT_EQ(none.status().code(), StatusCode::kResourceExhausted) << none.status().to_string();
-  EXPECT_NE(none.status().message().find("model weights"), std::string::npos) << none.status().to_string();
+  EXPECT_NE(none.status().message().find("model weights"), std::string::npos)
+      << none.status().to_string();
 
   auto full = make_vulkan_model(m, model::DeviceModelOptions{});
   ASSERT_TRUE(full.is_ok());
@@ -249,10 +258,12 @@ TEST(VulkanModel, UnsupportedOptionsAreClearErrors) {
   ASSERT_TRUE(loaded.is_ok());
   model::DeviceModelOptions o;
   o.cache.storage = cache::CacheStorage::kQ4;  // packed storage needs a compressed model
-  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(),
+            StatusCode::kInvalidArgument);
   o = model::DeviceModelOptions{};
   o.device_index = 99;
-  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(make_vulkan_model(*loaded.value().model, o).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -16,7 +16,9 @@ namespace palu::backends::vulkan {
 namespace {
 
 using namespace palu::backends::vulkan::testing;
-const cpu::KernelTable& ref() { return cpu::scalar_kernels(); }
+const cpu::KernelTable& ref() {
+  return cpu::scalar_kernels();
+}
 
 TEST(VulkanOps, Embedding) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
@@ -34,7 +36,8 @@ TEST(VulkanOps, Embedding) {
       auto got = from_device<float>(ctx, x, (size_t)n * d);
       const auto src = wt == WeightType::kF16 ? round_f16(emb) : emb;
       std::vector<float> want((size_t)n * d);
-      for (int r = 0; r < n; ++r) std::memcpy(&want[(size_t)r * d], &src[(size_t)tok[r] * d], d * 4);
+      for (int r = 0; r < n; ++r)
+        std::memcpy(&want[(size_t)r * d], &src[(size_t)tok[r] * d], d * 4);
       expect_near_all(got, want, 0, 0, "embed d=" + std::to_string(d));
     }
   }
@@ -45,13 +48,16 @@ TEST(VulkanOps, RmsNorm) {
   for (int n : {1, 63, 64, 513}) {
     const int rows = 3;
     auto x = random_floats((size_t)rows * n, 2, -3, 3), w = random_floats(n, 3);
-    VulkanBuffer xb = to_device(ctx, x), wb = to_device(ctx, w), yb = device_buffer(ctx, x.size() * 4);
+    VulkanBuffer xb = to_device(ctx, x), wb = to_device(ctx, w),
+                 yb = device_buffer(ctx, x.size() * 4);
     Recorder rec(ctx);
     rms_norm(rec, xb.address(), wb.address(), yb.address(), rows, n, n, 1e-5f);
     ASSERT_TRUE(rec.submit("rmsnorm").is_ok());
     std::vector<float> want(x.size());
-    for (int r = 0; r < rows; ++r) ref().rms_norm(&x[(size_t)r * n], w.data(), 1e-5f, &want[(size_t)r * n], n);
-    expect_near_all(from_device<float>(ctx, yb, x.size()), want, 1e-5f, 0, "rmsnorm n=" + std::to_string(n));
+    for (int r = 0; r < rows; ++r)
+      ref().rms_norm(&x[(size_t)r * n], w.data(), 1e-5f, &want[(size_t)r * n], n);
+    expect_near_all(from_device<float>(ctx, yb, x.size()), want, 1e-5f, 0,
+                    "rmsnorm n=" + std::to_string(n));
   }
 }
 
@@ -62,7 +68,8 @@ void rope_table(int dh, int positions, double theta, std::vector<float>* table) 
   table->assign((size_t)2 * positions * half, 0.f);
   for (int t = 0; t < positions; ++t) {
     for (int i = 0; i < half; ++i) {
-      const float inv = 1.0f / (float)std::pow((double)(float)theta, (double)((float)(2 * i) / (float)dh));
+      const float inv =
+          1.0f / (float)std::pow((double)(float)theta, (double)((float)(2 * i) / (float)dh));
       const float angle = (float)t * inv;
       (*table)[(size_t)t * half + i] = (float)std::cos((double)angle);
       (*table)[(size_t)positions * half + (size_t)t * half + i] = (float)std::sin((double)angle);
@@ -94,7 +101,8 @@ TEST(VulkanOps, Rope) {
         }
       }
     }
-    expect_near_all(from_device<float>(ctx, xb, x.size()), want, 0, 0, "rope dh=" + std::to_string(dh));
+    expect_near_all(from_device<float>(ctx, xb, x.size()), want, 0, 0,
+                    "rope dh=" + std::to_string(dh));
   }
 }
 
@@ -104,15 +112,16 @@ struct MatCase {
 
 TEST(VulkanOps, MatMulTiledAndMatVecF32AndF16Weights) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
-  const MatCase cases[] = {{1, 1, 1}, {1, 130, 70}, {3, 17, 33}, {4, 64, 64}, {5, 64, 64},
-                           {67, 129, 45}, {128, 96, 200}, {2, 8000, 16}};
+  const MatCase cases[] = {{1, 1, 1},   {1, 130, 70},  {3, 17, 33},    {4, 64, 64},
+                           {5, 64, 64}, {67, 129, 45}, {128, 96, 200}, {2, 8000, 16}};
   for (const MatCase& mc : cases) {
     for (WeightType wt : {WeightType::kF32, WeightType::kF16}) {
       for (int variant = 0; variant < 9; ++variant) {  // {plain, bias, accumulate} × kernel
         const bool use_bias = variant % 3 == 1, acc = variant % 3 == 2;
         const MatmulKernel kern = variant / 3 == 0 ? MatmulKernel::kTiled
-                                  : variant / 3 == 1 ? (mc.M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled)
-                                                     : MatmulKernel::kSubgroup;
+                                  : variant / 3 == 1
+                                      ? (mc.M <= 4 ? MatmulKernel::kVector : MatmulKernel::kTiled)
+                                      : MatmulKernel::kSubgroup;
         if (kern == MatmulKernel::kSubgroup && !ctx->subgroup_arithmetic()) continue;
         auto a = random_floats((size_t)mc.M * mc.K, 5), w = random_floats((size_t)mc.N * mc.K, 6);
         auto bias = random_floats(mc.N, 7), c0 = random_floats((size_t)mc.M * mc.N, 8);
@@ -127,15 +136,18 @@ TEST(VulkanOps, MatMulTiledAndMatVecF32AndF16Weights) {
         for (int i = 0; i < mc.M; ++i) {
           for (int j = 0; j < mc.N; ++j) {
             double s = 0;
-            for (int k = 0; k < mc.K; ++k) s += (double)a[(size_t)i * mc.K + k] * wr[(size_t)j * mc.K + k];
+            for (int k = 0; k < mc.K; ++k)
+              s += (double)a[(size_t)i * mc.K + k] * wr[(size_t)j * mc.K + k];
             if (use_bias) s += bias[j];
             if (acc) s += c0[(size_t)i * mc.N + j];
             want[(size_t)i * mc.N + j] = (float)s;
           }
         }
-        expect_near_all(from_device<float>(ctx, cb, want.size()), want, 1e-5f, 1e-5f * std::sqrt((float)mc.K),
-                        "matmul " + std::to_string(mc.M) + "x" + std::to_string(mc.N) + "x" + std::to_string(mc.K) +
-                            " wt " + std::to_string((int)wt) + " variant " + std::to_string(variant));
+        expect_near_all(from_device<float>(ctx, cb, want.size()), want, 1e-5f,
+                        1e-5f * std::sqrt((float)mc.K),
+                        "matmul " + std::to_string(mc.M) + "x" + std::to_string(mc.N) + "x" +
+                            std::to_string(mc.K) + " wt " + std::to_string((int)wt) + " variant " +
+                            std::to_string(variant));
       }
     }
   }
@@ -174,8 +186,8 @@ TEST(VulkanOps, SiluMulAddSoftmax) {
 // packed rows' scale and zero.
 TEST(VulkanOps, StoreRowsEncodesLikeTheCache) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
-  for (RowStorage st : {RowStorage::kF32, RowStorage::kF16, RowStorage::kBF16, RowStorage::kQ8, RowStorage::kQ4,
-                        RowStorage::kQ3, RowStorage::kQ2}) {
+  for (RowStorage st : {RowStorage::kF32, RowStorage::kF16, RowStorage::kBF16, RowStorage::kQ8,
+                        RowStorage::kQ4, RowStorage::kQ3, RowStorage::kQ2}) {
     for (int rank : {1, 5, 32, 40, 256}) {
       const int n = 6, cap = 9, pos0 = 2, src_ld = rank + 3, src_col = 2;
       auto src = random_floats((size_t)n * src_ld, 15 + rank, -4, 4);

@@ -37,8 +37,8 @@ inline VulkanContext* context(std::string* why) {
   return ctx.get();
 }
 
-#define PALU_VK_CONTEXT_OR_SKIP(var)                                            \
-  std::string palu_vk_why_;                                                     \
+#define PALU_VK_CONTEXT_OR_SKIP(var)                                              \
+  std::string palu_vk_why_;                                                       \
   VulkanContext* var = ::palu::backends::vulkan::testing::context(&palu_vk_why_); \
   if (var == nullptr) GTEST_SKIP() << "no Vulkan device: " << palu_vk_why_
 
@@ -64,7 +64,8 @@ VulkanBuffer to_device(VulkanContext* ctx, const std::vector<T>& v) {
 }
 
 template <typename T>
-std::vector<T> from_device(VulkanContext* ctx, const VulkanBuffer& b, size_t n, size_t offset_bytes = 0) {
+std::vector<T> from_device(VulkanContext* ctx, const VulkanBuffer& b, size_t n,
+                           size_t offset_bytes = 0) {
   std::vector<T> v(n);
   EXPECT_TRUE(ctx->download(b, offset_bytes, v.data(), n * sizeof(T)).is_ok());
   return v;
@@ -83,8 +84,8 @@ inline std::vector<float> round_f16(const std::vector<float>& v) {
 }
 
 // max |got − want| ≤ atol + rtol · max |want|.
-inline void expect_near_all(const std::vector<float>& got, const std::vector<float>& want, float rtol, float atol,
-                            const std::string& what) {
+inline void expect_near_all(const std::vector<float>& got, const std::vector<float>& want,
+                            float rtol, float atol, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   float max_abs = 0.f, max_diff = 0.f;
   size_t worst = 0;
@@ -96,8 +97,9 @@ inline void expect_near_all(const std::vector<float>& got, const std::vector<flo
       worst = i;
     }
   }
-  EXPECT_LE(max_diff, atol + rtol * max_abs) << what << ": worst at " << worst << " got " << got[worst] << " want "
-                                             << want[worst] << " (max |want| " << max_abs << ")";
+  EXPECT_LE(max_diff, atol + rtol * max_abs)
+      << what << ": worst at " << worst << " got " << got[worst] << " want " << want[worst]
+      << " (max |want| " << max_abs << ")";
 }
 
 }  // namespace palu::backends::vulkan::testing
