@@ -49,7 +49,7 @@ struct LayerDev {
   size_t gate = 0, up = 0, down = 0;
   // latent
   size_t ak = 0, av = 0, wo_fused = 0, out_bias = 0;
-  std::vector<size_t> bkg;                        // per group B^K_g [s·d_h, r_k]
+  std::vector<size_t> bkg;                        // per group B^K_gᵀ [r_k, s·d_h]
   std::vector<int> k_rank, v_rank, k_off, v_off;  // per group; offsets in z rows
   std::vector<int> out_col;  // per group: latent output column of its first head
   int rk_all = 0, rv_all = 0, latent_width = 0;
@@ -285,7 +285,15 @@ Status VulkanModel::init() {
     PALU_RETURN_IF_ERROR(up(D.wo_fused, der[l].wo_fused, wt_));
     if (!der[l].out_bias.empty())
       PALU_RETURN_IF_ERROR(up(D.out_bias, der[l].out_bias, WeightType::kF32));
-    for (int g = 0; g < G; ++g) PALU_RETURN_IF_ERROR(up(D.bkg[g], f.k.groups[g].b, wt_));
+    for (int g = 0; g < G; ++g) {
+      // B^K_gᵀ [r_k, s·d_h] (the kernels' layout).
+      const model::LowRankGroup& grp = f.k.groups[g];
+      const int N = s * dh;
+      std::vector<float> bt((size_t)grp.rank * N);
+      for (int e = 0; e < N; ++e)
+        for (int p = 0; p < grp.rank; ++p) bt[(size_t)p * N + e] = grp.b[(size_t)e * grp.rank + p];
+      PALU_RETURN_IF_ERROR(up(D.bkg[g], bt, wt_));
+    }
   }
   return Status::ok();
 }

@@ -261,7 +261,7 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   pc.storage = (uint32_t)g.zk.storage;
   const int h0 = g.group * g.s * n_rep;
   pc.h0 = u32(h0);
-  pc.kcol = 0;
+  pc.kcol = u32(g.s * a.dh);  // the latent kernel's B^Kᵀ row length
   pc.r_k = u32(g.zk.rank);
   pc.w = u32(g.zv.rank);
   pc.n_rep = u32(n_rep);

@@ -82,7 +82,8 @@ struct DecodeArgs {
 size_t decode_partial_words(int H, int splits, int w_max);
 // Full K/V rows (post-RoPE keys), storage f32/f16/bf16, rows of H_kv·d_h values.
 Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v);
-// One low-rank group g of s KV heads: its z^K / z^V regions, B^K_g [s·d_h, r_k] of type wt,
+// One low-rank group g of s KV heads: its z^K / z^V regions, B^K_gᵀ [r_k, s·d_h] of type wt
+// (transposed so a workgroup's reads of one latent's weights are contiguous),
 // optional key bias [s·d_h] f32; writes heads [g·s·n_rep, (g+1)·s·n_rep) of the latent output
 // at out + out_col (each head r_v values).
 struct LatentGroupArgs {
@@ -110,7 +111,8 @@ struct PrefillArgs {
 // (attn_prefill_sg.comp, CPU drivers with subgroup arithmetic); use_subgroup: −1 auto, 0, 1.
 Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, const Region& v,
                          int vcol_per_kv, int w, int h0, int nh, int out0, int use_subgroup = -1);
-// Keys of group g (s KV heads) rebuilt from z^K for positions 0..T−1 into out [T, ld] f32 at
+// Keys of group g (s KV heads) rebuilt from z^K (bk: B^K_gᵀ [r_k, s·d_h]) for positions
+// 0..T−1 into out [T, ld] f32 at
 // columns col0.. (RoPE applied).
 Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightType wt,
                            uint64_t k_bias, int s, int dh, int T, uint64_t rope_table,

@@ -23,7 +23,7 @@ layout(push_constant) uniform PC {
   Buf q;     // [H, d_h] f32, RoPE applied
   Buf kc;    // key region (rows of k_words words; packed params after cap rows)
   Buf vc;    // value region
-  Buf bk;    // LATENT: B^K_g [s·d_h, r_k] row-major, dtype WDT
+  Buf bk;    // LATENT: B^K_gᵀ [r_k, s·d_h] row-major, dtype WDT
   Buf bias;  // LATENT: k bias of the group [s·d_h] f32 (flags & 1)
   Buf rope;  // cos [P, d_h/2], sin at word sin_off
   Buf part;  // partials
@@ -72,11 +72,13 @@ void main() {
       zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, ST, kprm + 2u * (t0 + t));
     }
     barrier();
+    // B^Kᵀ [r_k, s·d_h]: consecutive invocations read consecutive weights of one row.
+    const uint N = pc.kcol;  // LATENT: s·d_h (the row length of B^Kᵀ)
     for (uint e = tid; e < nt * dh; e += 64u) {
       const uint t = e / dh, i = e % dh;
-      const uint brow = (j * dh + i) * rk;
+      const uint col = j * dh + i;
       float acc = 0.0;
-      for (uint p = 0u; p < rk; ++p) acc += zs[t * rk + p] * ldw(pc.bk, brow + p, WDT);
+      for (uint p = 0u; p < rk; ++p) acc += zs[t * rk + p] * ldw(pc.bk, p * N + col, WDT);
       if ((pc.flags & 1u) != 0u) acc += ldf(pc.bias, j * dh + i);
       ks[t * dh + i] = acc;
     }

@@ -9,7 +9,7 @@ layout(constant_id = 0) const uint WDT = 1u;
 layout(constant_id = 1) const uint RMAX = 256u;
 layout(push_constant) uniform PC {
   Buf kc;    // the group's z^K region
-  Buf bk;    // B^K_g [s·d_h, r_k]
+  Buf bk;    // B^K_gᵀ [r_k, s·d_h]
   Buf bias;  // [s·d_h] f32 (flags & 1)
   Buf rope;
   Buf out_;  // [T, ld] f32
@@ -28,8 +28,8 @@ void main() {
     const uint n0 = u * dh + i, n1 = n0 + half_dh;
     float a = 0.0, b = 0.0;
     for (uint p = 0u; p < rk; ++p) {
-      a += zs[p] * ldw(pc.bk, n0 * rk + p, WDT);
-      b += zs[p] * ldw(pc.bk, n1 * rk + p, WDT);
+      a += zs[p] * ldw(pc.bk, p * (pc.s * dh) + n0, WDT);
+      b += zs[p] * ldw(pc.bk, p * (pc.s * dh) + n1, WDT);
     }
     if ((pc.flags & 1u) != 0u) {
       a += ldf(pc.bias, n0);

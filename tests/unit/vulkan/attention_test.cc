@@ -95,6 +95,14 @@ VulkanBuffer device_region(VulkanContext* ctx, RowStorage st, const std::vector<
   return r;
 }
 
+// B^K [N, r] row-major → B^Kᵀ [r, N] (the device kernels' layout).
+std::vector<float> transpose(const std::vector<float>& b, int N, int r) {
+  std::vector<float> t(b.size());
+  for (int e = 0; e < N; ++e)
+    for (int p = 0; p < r; ++p) t[(size_t)p * N + e] = b[(size_t)e * r + p];
+  return t;
+}
+
 struct FullCase {
   int H, Hkv, T;
   RowStorage st;
@@ -268,8 +276,8 @@ TEST_P(LatentDecode, MatchesCpuScalar) {
   for (int g = 0; g < G; ++g) {
     keep.push_back(device_region(ctx, c.st, zk[g], c.rk, c.T, &ga[g].zk));
     keep.push_back(device_region(ctx, c.st, zv[g], c.rv, c.T, &ga[g].zv));
-    keep.push_back(c.wt == WeightType::kF16 ? to_device(ctx, to_f16(bk[g]))
-                                            : to_device(ctx, bk[g]));
+    keep.push_back(c.wt == WeightType::kF16 ? to_device(ctx, to_f16(transpose(bk[g], N, c.rk)))
+                                            : to_device(ctx, transpose(bk[g], N, c.rk)));
     ga[g].bk = keep.back().address();
     keep.push_back(to_device(ctx, kbias[g]));
     ga[g].k_bias = c.bias ? keep.back().address() : 0;
@@ -353,7 +361,7 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
              kb = random_floats(N, 111 + g);
         keep.push_back(device_region(ctx, c.st, zk, c.rk, T, &zkr[g]));
         keep.push_back(device_region(ctx, c.st, zv, c.rv, T, &zvr[g]));
-        keep.push_back(to_device(ctx, bk));
+        keep.push_back(to_device(ctx, transpose(bk, N, c.rk)));
         const uint64_t bka = keep.back().address();
         keep.push_back(to_device(ctx, kb));
         Recorder rec(ctx);
