@@ -200,7 +200,8 @@ void reduce(Recorder& rec, const DecodeArgs& a, int w, int h0, int nh, int out0)
 
 }  // namespace
 
-Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v) {
+Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v,
+                             int use_subgroup) {
   if (row_storage_bits(k.storage) != 0)
     return unimplemented("vulkan decode: full K/V rows cannot be packed codes");
   const int n_rep = a.H / a.H_kv;
@@ -210,6 +211,23 @@ Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k
                          std::to_string(n_rep) +
                          " query heads per KV head does not fit shared memory");
   if (a.w_max < a.dh) return invalid_argument("vulkan decode: partial width below d_h");
+  VulkanContext* ctx = rec.context();
+  const bool sg =
+      use_subgroup < 0 ? ctx->is_cpu() && ctx->subgroup_arithmetic() : use_subgroup == 1;
+  if (sg) {
+    // CPU drivers: the barrier-free subgroup kernel, one query row (position T − 1) per head.
+    PrefillArgs p;
+    p.q = a.q;
+    p.qw = a.H * a.dh;
+    p.n = 1;
+    p.p0 = a.T - 1;
+    p.H = a.H;
+    p.H_kv = a.H_kv;
+    p.dh = a.dh;
+    p.out = a.out;
+    p.ow = a.H * a.dh;
+    return attention_prefill(rec, p, k, v, a.dh, a.dh, 0, a.H, 0, 1);
+  }
   DecodePC pc{};
   pc.q = a.q;
   pc.kc = k.base;

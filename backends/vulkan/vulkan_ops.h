@@ -80,8 +80,11 @@ struct DecodeArgs {
   int w_max = 0;   // max value width (d_h or max r_v)
 };
 size_t decode_partial_words(int H, int splits, int w_max);
-// Full K/V rows (post-RoPE keys), storage f32/f16/bf16, rows of H_kv·d_h values.
-Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v);
+// Full K/V rows (post-RoPE keys), storage f32/f16/bf16, rows of H_kv·d_h values. On CPU
+// drivers with subgroup arithmetic this runs attn_prefill_sg.comp for the one query row.
+// use_subgroup: −1 auto (CPU drivers), 0 the split kernel, 1 the subgroup kernel.
+Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k, const Region& v,
+                             int use_subgroup = -1);
 // One low-rank group g of s KV heads: its z^K / z^V regions, B^K_gᵀ [r_k, s·d_h] of type wt
 // (transposed so a workgroup's reads of one latent's weights are contiguous),
 // optional key bias [s·d_h] f32; writes heads [g·s·n_rep, (g+1)·s·n_rep) of the latent output

@@ -127,7 +127,11 @@ TEST(VulkanAttention, FullCacheDecodeMatchesCpu) {
                                                hk.rows(fc.st, kvw), hv.rows(fc.st, kvw), fc.T,
                                                q.data(), want.data())
                     .is_ok());
-    for (int splits : {1, 3, 16}) {
+    for (int variant = 0; variant < 4;
+         ++variant) {  // split kernel with 1/3/16 splits, subgroup kernel
+      const int splits = variant == 0 ? 1 : variant == 1 ? 3 : 16;
+      const int use_sg = variant == 3 ? 1 : 0;
+      if (use_sg == 1 && !ctx->subgroup_arithmetic()) continue;
       Region kr, vr;
       VulkanBuffer kb = device_region(ctx, fc.st, k, kvw, fc.T, &kr),
                    vb = device_region(ctx, fc.st, v, kvw, fc.T, &vr);
@@ -144,11 +148,12 @@ TEST(VulkanAttention, FullCacheDecodeMatchesCpu) {
       a.splits = splits;
       a.w_max = dh;
       Recorder rec(ctx);
-      ASSERT_TRUE(attention_decode_full(rec, a, kr, vr).is_ok());
+      ASSERT_TRUE(attention_decode_full(rec, a, kr, vr, use_sg).is_ok());
       ASSERT_TRUE(rec.submit("decode").is_ok());
       expect_near_all(from_device<float>(ctx, out, want.size()), want, 1e-4f, 1e-5f,
                       "full decode H " + std::to_string(fc.H) + "/" + std::to_string(fc.Hkv) +
-                          " T " + std::to_string(fc.T) + " splits " + std::to_string(splits));
+                          " T " + std::to_string(fc.T) + " splits " + std::to_string(splits) +
+                          " sg " + std::to_string(use_sg));
     }
   }
 }
