@@ -7,6 +7,7 @@
 // golden tolerance); the worst ratio is printed (on lavapipe, f32 weights: ~1e-4 for f16
 // latents; packed codes can flip at a rounding boundary, a few 1e-3).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,19 +24,33 @@ namespace {
 
 class VulkanCompressedTest : public ::testing::TestWithParam<cache::CacheStorage> {
  protected:
+  // ctest runs every test in its own process: the compressed model is kept in the build tree
+  // and reused while it is newer than the palu-compress binary (written to a temporary
+  // directory and renamed, so concurrent runs never read a half-written model).
   static void SetUpTestSuite() {
     std::string why;
     if (testing::context(&why) == nullptr) return;
-    dir_ = ::testing::TempDir() + "/palu_vulkan_compressed_" + std::to_string(::getpid());
-    std::filesystem::remove_all(dir_);
-    const std::string cmd =
-        std::string(PALU_BINARY_DIR) + "/tools/palu-compress -q --model " +
-        palu::testing::shared_file("models/ref-gqa") + " --calib " +
-        palu::testing::shared_file("data/calib.txt") +
-        " --calib-samples 2 --calib-seq 128 --ratio 0.5 --group-size 1 --search uniform --out " +
-        dir_ + " > /dev/null 2>&1";
-    compress_status_ = std::system(cmd.c_str());
-    if (compress_status_ != 0) return;
+    namespace fs = std::filesystem;
+    const std::string tool = std::string(PALU_BINARY_DIR) + "/tools/palu-compress";
+    dir_ = std::string(PALU_BINARY_DIR) + "/tests/vulkan_compressed_ref_gqa_g1";
+    std::error_code ec;
+    const bool fresh = fs::exists(dir_ + "/palu.json") && fs::exists(tool) &&
+                       fs::last_write_time(dir_ + "/palu.json", ec) > fs::last_write_time(tool, ec);
+    if (!fresh) {
+      const std::string tmp = dir_ + ".tmp." + std::to_string(::getpid());
+      fs::remove_all(tmp, ec);
+      const std::string cmd =
+          tool + " -q --model " + palu::testing::shared_file("models/ref-gqa") + " --calib " +
+          palu::testing::shared_file("data/calib.txt") +
+          " --calib-samples 2 --calib-seq 128 --ratio 0.5 --group-size 1 --search uniform --out " +
+          tmp + " > /dev/null 2>&1";
+      compress_status_ = std::system(cmd.c_str());
+      if (compress_status_ != 0) return;
+      fs::remove_all(dir_, ec);
+      fs::rename(tmp, dir_, ec);
+      if (ec) fs::remove_all(tmp, ec);  // another process won the race; use its model
+    }
+    compress_status_ = 0;
     auto loaded = model::load_model(dir_);
     if (loaded.is_ok())
       model_ = std::move(loaded.value().model).release();
@@ -45,7 +60,6 @@ class VulkanCompressedTest : public ::testing::TestWithParam<cache::CacheStorage
   static void TearDownTestSuite() {
     delete model_;
     model_ = nullptr;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
   void SetUp() override {
     std::string why;
