@@ -72,15 +72,20 @@ void main() {
       zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, ST, kprm + 2u * (t0 + t));
     }
     barrier();
-    // B^Kᵀ [r_k, s·d_h]: consecutive invocations read consecutive weights of one row.
+    // B^Kᵀ [r_k, s·d_h]: consecutive invocations read consecutive weights of one row. Each
+    // invocation owns key dimension i for every token of the tile, so a weight is loaded once
+    // per tile and reused for TT tokens (the latents are shared-memory broadcasts).
     const uint N = pc.kcol;  // LATENT: s·d_h (the row length of B^Kᵀ)
-    for (uint e = tid; e < nt * dh; e += 64u) {
-      const uint t = e / dh, i = e % dh;
+    for (uint i = tid; i < dh; i += 64u) {
       const uint col = j * dh + i;
-      float acc = 0.0;
-      for (uint p = 0u; p < rk; ++p) acc += zs[t * rk + p] * ldw(pc.bk, p * N + col, WDT);
-      if ((pc.flags & 1u) != 0u) acc += ldf(pc.bias, j * dh + i);
-      ks[t * dh + i] = acc;
+      float acc[TT];
+      for (uint t = 0u; t < TT; ++t) acc[t] = 0.0;
+      for (uint p = 0u; p < rk; ++p) {
+        const float b = ldw(pc.bk, p * N + col, WDT);
+        for (uint t = 0u; t < TT; ++t) acc[t] += zs[t * rk + p] * b;
+      }
+      const float kb = (pc.flags & 1u) != 0u ? ldf(pc.bias, col) : 0.0;
+      for (uint t = 0u; t < nt; ++t) ks[t * dh + i] = (pc.flags & 1u) != 0u ? acc[t] + kb : acc[t];
     }
     barrier();
     for (uint e = tid; e < nt * half_dh; e += 64u) {
