@@ -70,7 +70,8 @@ Result<PerplexityResult> evaluate_perplexity(const model::LlamaModel& model, con
   if (opt.device) {
     PALU_ASSIGN_OR_RETURN(dseq, opt.device->new_sequence(opt.ctx));
     r.kv = opt.device->describe();
-    r.kv_bytes_per_token = 0;
+    // The device's cache bytes for a full window, per token.
+    r.kv_bytes_per_token = dseq->capacity() > 0 ? dseq->cache_bytes() / (uint64_t)dseq->capacity() : 0;
   } else {
     PALU_ASSIGN_OR_RETURN(KvSession s, KvSession::create(model, opt.ctx, opt.cache));
     session.emplace(std::move(s));
