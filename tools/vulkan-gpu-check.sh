@@ -3,14 +3,15 @@
 # no Vulkan headers, loader or glslc). Build them with oneDNN off (not on the machine):
 #   cmake -S . -B build-vkdev -G Ninja -DCMAKE_BUILD_TYPE=Release -DPALU_CUDA=OFF -DPALU_VULKAN=ON -DPALU_ONEDNN=OFF
 #   cmake --build build-vkdev --target vulkan_tests device_model_tests palu-perplexity palu-compress palu-vulkan-attention-bench
-# and carry build-vkdev, .carry/shared (ref-mha with a trimmed golden file, WikiText-2) and .gl
+# then copy the five binaries and CMakeCache.txt, stripped, to build-vkrun (the whole build tree
+# does not fit the carry limit next to the data) and carry build-vkrun, .carry/shared (ref-mha with a trimmed golden file, WikiText-2) and .gl
 # (Debian's libvulkan1 and the GL/EGL dispatch libraries, see the device README). Runs the
 # Vulkan tests (ref-gqa ones filtered out: its files are not carried), the DeviceModel contract
 # test, palu-perplexity --backend vulkan vs cpu, and the decode-attention bench; logs under $OUT.
-#   tools/vulkan-gpu-check.sh [BUILD_DIR]
+#   tools/vulkan-gpu-check.sh [BUILD_DIR]     (default build-vkrun)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-B="${1:-build-vkdev}"
+B="${1:-build-vkrun}"
 OUT="${OUT:-/tmp/palu-vk-check}"
 mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -25,6 +26,9 @@ SRC_AT=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$B/CMakeCache.txt")
 if [ -n "$SRC_AT" ] && [ "$SRC_AT" != "$PWD" ] && [ ! -e "$SRC_AT" ]; then
   mkdir -p "$(dirname "$SRC_AT")" && ln -s "$PWD" "$SRC_AT"
 fi
+# Tests run palu-compress from the build directory they were built in.
+BIN_AT=$(sed -n 's/^CMAKE_CACHEFILE_DIR:INTERNAL=//p' "$B/CMakeCache.txt")
+if [ -n "$BIN_AT" ] && [ ! -e "$BIN_AT" ]; then ln -s "$PWD/$B" "$BIN_AT"; fi
 export PALU_SHARED_DIR="$PWD/.carry/shared"
 SH_AT="$(dirname "$SRC_AT")/shared"
 [ -e "$SH_AT" ] || ln -s "$PALU_SHARED_DIR" "$SH_AT"
