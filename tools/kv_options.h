@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 
+#include "runtime/device_models.h"
 #include "tools/kv_session.h"
 #include "tools/tool_common.h"
 
@@ -86,6 +87,34 @@ struct KvOptions {
 
   Result<KvSession> session(const model::LlamaModel& m, int capacity) const {
     return KvSession::create(m, capacity, cache_options(m));
+  }
+};
+
+// --backend cpu|cuda|vulkan and --device N, shared by palu-generate and palu-perplexity.
+// on_device(): anything but the CPU KvSession path (the default).
+struct BackendOptions {
+  std::string backend = "cpu";
+  int device_index = 0;
+
+  void add_to(CLI::App& app) {
+    app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
+        ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
+    app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
+  }
+  bool on_device() const { return backend != "cpu" || device_index != 0; }
+
+  // The device model for `m` with the paged cache `kv` asks for (--kv dense/sim is refused).
+  Result<std::unique_ptr<model::DeviceModel>> make(const model::LlamaModel& m, const KvOptions& kv) const {
+    const auto cache = kv.cache_options(m);
+    if (!cache) {
+      return invalid_argument("--backend " + backend + " runs the paged cache; --kv dense/sim is the CPU reference "
+                              "only (use --kv auto, latent or full)");
+    }
+    PALU_ASSIGN_OR_RETURN(backends::DeviceKind kind, runtime::parse_backend(backend));
+    model::DeviceModelOptions o;
+    o.device_index = device_index;
+    o.cache = *cache;
+    return runtime::make_device_model(m, kind, o);
   }
 };
 

@@ -12,7 +12,6 @@
 #include <cstdio>
 
 #include "backends/cpu/gemm.h"
-#include "runtime/device_models.h"
 #include "model/sampler.h"
 #include "tools/kv_options.h"
 #include "tools/tool_common.h"
@@ -41,13 +40,10 @@ int main(int argc, char** argv) {
   app.add_flag("--ignore-eos", ignore_eos, "keep generating after the end-of-sequence token");
   app.add_flag("--decode-all", decode_all, "feed the prompt token by token instead of one prefill");
   app.add_flag("--quiet,-q", quiet, "no loading progress or timings on stderr");
-  std::string backend = "cpu";
-  int device_index = 0;
-  app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
-      ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
-  app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
   tools::KvOptions kv;
   kv.add_to(app);
+  tools::BackendOptions be;
+  be.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
   backends::cpu::set_num_threads(threads);
@@ -72,23 +68,13 @@ int main(int argc, char** argv) {
   std::optional<tools::KvSession> cpu_session;
   std::unique_ptr<model::DeviceModel> device;
   std::unique_ptr<model::DeviceSequence> dseq;
-  if (backend == "cpu" && device_index == 0) {
+  if (!be.on_device()) {
     auto session_r = kv.session(m, ctx);
     if (!session_r.is_ok()) return tools::fail("palu-generate", session_r.status());
     cpu_session.emplace(std::move(session_r).value());
     if (!quiet) std::fprintf(stderr, "kv cache: %s\n", cpu_session->describe().c_str());
   } else {
-    const auto cache = kv.cache_options(m);
-    if (!cache) {
-      return tools::fail("palu-generate", invalid_argument("--backend " + backend + " runs the paged cache; --kv dense/sim "
-                                                           "is the CPU reference only (use --kv auto, latent or full)"));
-    }
-    auto kind = runtime::parse_backend(backend);
-    if (!kind.is_ok()) return tools::fail("palu-generate", kind.status());
-    model::DeviceModelOptions dopt;
-    dopt.device_index = device_index;
-    dopt.cache = *cache;
-    auto dm = runtime::make_device_model(m, kind.value(), dopt);
+    auto dm = be.make(m, kv);
     if (!dm.is_ok()) return tools::fail("palu-generate", dm.status());
     device = std::move(dm).value();
     auto sq = device->new_sequence(ctx);

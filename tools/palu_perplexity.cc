@@ -13,7 +13,6 @@
 #include <cstdio>
 
 #include "backends/cpu/gemm.h"
-#include "runtime/device_models.h"
 #include "tools/perplexity.h"
 #include "tools/kv_options.h"
 #include "tools/tool_common.h"
@@ -22,8 +21,8 @@ using namespace palu;
 
 int main(int argc, char** argv) {
   CLI::App app{"palu-perplexity: perplexity of a model on a text file"};
-  std::string model_path, file, scoring = "hf", backend = "cpu";
-  int ctx = 512, threads = 0, max_windows = 0, device_index = 0;
+  std::string model_path, file, scoring = "hf";
+  int ctx = 512, threads = 0, max_windows = 0;
   bool json = false, quiet = false, decode_all = false;
   app.add_option("--model,-m", model_path, "model directory (Hugging Face) or .gguf file")->required();
   app.add_option("--file,-f", file, "text file, e.g. wiki.test.raw")->required();
@@ -33,13 +32,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-windows", max_windows, "stop after this many windows (0 = all)")->check(CLI::Range(0, 1 << 30));
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_flag("--decode-all", decode_all, "feed each window token by token (decode steps) instead of one prefill");
-  app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
-      ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
-  app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
   app.add_flag("--json", json, "print a JSON summary as the last line of stdout");
   app.add_flag("--quiet,-q", quiet, "no progress on stderr");
   tools::KvOptions kv;
   kv.add_to(app);
+  tools::BackendOptions be;
+  be.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
   backends::cpu::set_num_threads(threads);
@@ -61,18 +59,8 @@ int main(int argc, char** argv) {
   opt.cache = kv.cache_options(*loaded.value().model);
   opt.decode_all = decode_all;
   std::unique_ptr<model::DeviceModel> device;
-  if (backend != "cpu" || device_index != 0) {
-    if (!opt.cache) {
-      return tools::fail("palu-perplexity",
-                         invalid_argument("--backend " + backend + " runs the paged cache; --kv dense/sim is the "
-                                          "CPU reference only (use --kv auto, latent or full)"));
-    }
-    auto kind = runtime::parse_backend(backend);
-    if (!kind.is_ok()) return tools::fail("palu-perplexity", kind.status());
-    model::DeviceModelOptions dopt;
-    dopt.device_index = device_index;
-    dopt.cache = *opt.cache;
-    auto dm = runtime::make_device_model(*loaded.value().model, kind.value(), dopt);
+  if (be.on_device()) {
+    auto dm = be.make(*loaded.value().model, kv);
     if (!dm.is_ok()) return tools::fail("palu-perplexity", dm.status());
     device = std::move(dm.value());
     opt.device = device.get();
@@ -103,7 +91,7 @@ int main(int argc, char** argv) {
                 "\"backend\": \"%s\"}\n",
                 v.ppl, (long long)v.text_tokens, (long long)v.scored_tokens, v.windows, v.seconds, ctx, scoring.c_str(),
                 kv.resolved(*loaded.value().model).c_str(), (unsigned long long)v.kv_bytes_per_token,
-                decode_all ? "true" : "false", backend.c_str());
+                decode_all ? "true" : "false", be.backend.c_str());
   }
   return 0;
 }
