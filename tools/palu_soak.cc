@@ -53,17 +53,13 @@ long proc_status_field(int pid, const char* key) {
   return -1;
 }
 
-int count_dir(const std::string& path, const char* suffix) {
+// Entries of a directory (palud's /proc/PID/fd), -1 when it cannot be read.
+int count_dir(const std::string& path) {
   DIR* d = opendir(path.c_str());
   if (!d) return -1;
   int n = 0;
   while (dirent* e = readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    if (suffix && (name.size() < strlen(suffix) || name.compare(name.size() - strlen(suffix), std::string::npos, suffix) != 0)) {
-      continue;
-    }
-    ++n;
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ++n;
   }
   closedir(d);
   return n;
@@ -84,7 +80,7 @@ Sample sample(palu_client* c, int pid, const std::string& state_dir) {
   Sample s;
   s.rss_kib = proc_status_field(pid, "VmRSS");
   s.threads = (int)proc_status_field(pid, "Threads");
-  s.fds = count_dir("/proc/" + std::to_string(pid) + "/fd", nullptr);
+  s.fds = count_dir("/proc/" + std::to_string(pid) + "/fd");
   s.saved_files = state_dir.empty() ? -1 : count_saved(state_dir);
   palu_stats* st = nullptr;
   if (palu_stats_get(c, &st) == PALU_OK) {
