@@ -1,8 +1,10 @@
 #include "backends/vulkan/vulkan_context.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "backends/vulkan/vulkan_shaders.h"
 
@@ -11,6 +13,30 @@ namespace {
 
 constexpr uint32_t kPushConstantBytes = 128;
 constexpr size_t kStagingBytes = 16u << 20;
+// Fence-wait bounds: generous next to the longest legitimate submission (the 128K-token bench
+// on an H100 is ~11 s; a 1024-token prefill on lavapipe with busy cores ~40 s).
+constexpr uint64_t kGpuTimeoutMs = 30000;
+constexpr uint64_t kCpuDriverTimeoutMs = 300000;
+
+// PALU_VULKAN_TRACE=1: one stderr line per pipeline build, dispatch and submission (finding
+// where a driver hangs or crashes without a debugger).
+bool trace_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("PALU_VULKAN_TRACE");
+    return e != nullptr && *e != '\0' && *e != '0';
+  }();
+  return on;
+}
+
+// PALU_VULKAN_TIMEOUT_MS as a count of ms (0: no bound), or `fallback` when unset or invalid.
+uint64_t timeout_from_env(uint64_t fallback) {
+  const char* e = std::getenv("PALU_VULKAN_TIMEOUT_MS");
+  if (e == nullptr || *e == '\0') return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(e, &end, 10);
+  if (*end != '\0' || e[0] == '-') return fallback;
+  return (uint64_t)v;
+}
 
 int type_rank(VkPhysicalDeviceType t) {
   switch (t) {
@@ -196,6 +222,8 @@ void VulkanBuffer::reset() {
 }
 
 void VulkanContext::release(VulkanBuffer* b) {
+  // A hung device may still read or write this memory: leak it (and keep it charged).
+  if (hung_.load()) return;
   if (b->mapped_ != nullptr) vkUnmapMemory(device_, b->memory_);
   if (b->buffer_ != VK_NULL_HANDLE) vkDestroyBuffer(device_, b->buffer_, nullptr);
   if (b->memory_ != VK_NULL_HANDLE) vkFreeMemory(device_, b->memory_, nullptr);
@@ -249,6 +277,14 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   info_.index = index;
   info_.name = props_.deviceName;
   info_.memory_bytes = e.device_local_bytes;
+  timeout_ms_.store(timeout_from_env(is_cpu() ? kCpuDriverTimeoutMs : kGpuTimeoutMs));
+  VkPhysicalDeviceVulkan12Features have12{};
+  have12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  VkPhysicalDeviceFeatures2 have{};
+  have.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
+  have.pNext = &have12;
+  vkGetPhysicalDeviceFeatures2(physical_, &have);
+  timeline_ = have12.timelineSemaphore == VK_TRUE;
 
   const float prio = 1.0f;
   VkDeviceQueueCreateInfo qci{};
@@ -259,6 +295,7 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   VkPhysicalDeviceVulkan12Features f12{};
   f12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
   f12.bufferDeviceAddress = VK_TRUE;
+  f12.timelineSemaphore = timeline_ ? VK_TRUE : VK_FALSE;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pNext = &f12;
@@ -304,6 +341,9 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
 }
 
 VulkanContext::~VulkanContext() {
+  // Hung: the device may still be running our commands; waiting would block forever and
+  // destroying anything could crash the driver, so everything is leaked (documented).
+  if (hung_.load()) return;
   staging_.reset();
   if (device_ != VK_NULL_HANDLE) {
     vkDeviceWaitIdle(device_);
@@ -313,6 +353,7 @@ VulkanContext::~VulkanContext() {
     if (pipeline_cache_ != VK_NULL_HANDLE)
       vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
     if (fence_ != VK_NULL_HANDLE) vkDestroyFence(device_, fence_, nullptr);
+    if (gate_ != VK_NULL_HANDLE) vkDestroySemaphore(device_, gate_, nullptr);
     if (pool_ != VK_NULL_HANDLE) vkDestroyCommandPool(device_, pool_, nullptr);
     vkDestroyDevice(device_, nullptr);
   }
@@ -334,7 +375,104 @@ size_t VulkanContext::memory_limit_bytes() const {
   return limit_;
 }
 
+Status VulkanContext::hung_status() const {
+  std::lock_guard<std::mutex> g(hung_mu_);
+  return hung_status_;
+}
+
+Status VulkanContext::mark_hung(Status s) {
+  std::lock_guard<std::mutex> g(hung_mu_);
+  if (!hung_.load()) {
+    hung_status_ = internal_error("vulkan: the context is hung (" + s.to_string() +
+                                  "); it leaks its resources and fails every call from now on");
+    hung_.store(true);
+  }
+  return hung_status_;
+}
+
+Status VulkanContext::check_queue_free(const char* what) const {
+  if (queue_owner_.load() == std::this_thread::get_id()) {
+    return failed_precondition(std::string("vulkan: ") + what +
+                               " while a Recorder of this thread is recording (submit it first)");
+  }
+  return Status::ok();
+}
+
+Status VulkanContext::submit_and_wait(const std::string& what) {
+  if (hung_.load()) return hung_status();
+  VkSubmitInfo si{};
+  si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+  si.commandBufferCount = 1;
+  si.pCommandBuffers = &cmd_;
+  VkTimelineSemaphoreSubmitInfo tsi{};
+  const uint64_t gate_value = 1;
+  const VkPipelineStageFlags gate_stage = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
+  if (gate_next_ && gate_ != VK_NULL_HANDLE) {
+    tsi.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO;
+    tsi.waitSemaphoreValueCount = 1;
+    tsi.pWaitSemaphoreValues = &gate_value;
+    si.pNext = &tsi;
+    si.waitSemaphoreCount = 1;
+    si.pWaitSemaphores = &gate_;
+    si.pWaitDstStageMask = &gate_stage;
+    gate_next_ = false;
+  }
+  if (trace_enabled()) std::fprintf(stderr, "[vulkan] submit %s\n", what.c_str());
+  VkResult r = vkQueueSubmit(queue_, 1, &si, fence_);
+  if (r == VK_ERROR_DEVICE_LOST)
+    return mark_hung(vk_error(("vkQueueSubmit (" + what + ")").c_str(), r));
+  if (r != VK_SUCCESS) return vk_error(("vkQueueSubmit (" + what + ")").c_str(), r);
+  const uint64_t ms = timeout_ms();
+  const uint64_t ns = ms == 0 || ms > std::numeric_limits<uint64_t>::max() / 1000000u
+                          ? std::numeric_limits<uint64_t>::max()
+                          : ms * 1000000u;
+  r = vkWaitForFences(device_, 1, &fence_, VK_TRUE, ns);
+  if (trace_enabled()) std::fprintf(stderr, "[vulkan] waited: %s\n", vk_result_string(r).c_str());
+  if (r == VK_SUCCESS) {
+    vkResetFences(device_, 1, &fence_);
+    return Status::ok();
+  }
+  // The submission may still be running: the fence, the command buffer and every buffer stay
+  // as they are (mark_hung makes the context leak them).
+  if (r == VK_TIMEOUT) {
+    return mark_hung(internal_error("vulkan: " + what + " did not finish within " +
+                                    std::to_string(ms) + " ms (PALU_VULKAN_TIMEOUT_MS)"));
+  }
+  return mark_hung(vk_error(("vkWaitForFences (" + what + ")").c_str(), r));
+}
+
+Status VulkanContext::gate_next_submit_for_testing() {
+  std::lock_guard<std::mutex> g(queue_mu_);
+  if (!timeline_) return failed_precondition("vulkan: no timeline semaphores on this device");
+  if (gate_ == VK_NULL_HANDLE) {
+    VkSemaphoreTypeCreateInfo tci{};
+    tci.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO;
+    tci.semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE;
+    tci.initialValue = 0;
+    VkSemaphoreCreateInfo sci{};
+    sci.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO;
+    sci.pNext = &tci;
+    const VkResult r = vkCreateSemaphore(device_, &sci, nullptr, &gate_);
+    if (r != VK_SUCCESS) {
+      gate_ = VK_NULL_HANDLE;
+      return vk_error("vkCreateSemaphore (test gate)", r);
+    }
+  }
+  gate_next_ = true;
+  return Status::ok();
+}
+
+void VulkanContext::release_submit_gate_for_testing() {
+  if (gate_ == VK_NULL_HANDLE) return;
+  VkSemaphoreSignalInfo ssi{};
+  ssi.sType = VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO;
+  ssi.semaphore = gate_;
+  ssi.value = 1;
+  vkSignalSemaphore(device_, &ssi);
+}
+
 Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const std::string& what) {
+  if (hung_.load()) return hung_status();
   bytes = std::max<size_t>(16, (bytes + 15) / 16 * 16);
   VkBufferCreateInfo bci{};
   bci.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO;
@@ -443,7 +581,7 @@ Status VulkanContext::ensure_staging(size_t) {
 }
 
 Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off,
-                                  size_t bytes) {
+                                  size_t bytes, const char* what) {
   VkCommandBufferBeginInfo bi{};
   bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
   bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
@@ -451,33 +589,35 @@ Status VulkanContext::copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, si
   if (r != VK_SUCCESS) return vk_error("vkBeginCommandBuffer", r);
   VkBufferCopy c{src_off, dst_off, bytes};
   vkCmdCopyBuffer(cmd_, src, dst, 1, &c);
+  // Make the copy's writes visible to the host (download) and to later shaders (upload).
+  VkMemoryBarrier mb{};
+  mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+  mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT | VK_ACCESS_SHADER_READ_BIT;
+  vkCmdPipelineBarrier(cmd_, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                       VK_PIPELINE_STAGE_HOST_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb,
+                       0, nullptr, 0, nullptr);
   if ((r = vkEndCommandBuffer(cmd_)) != VK_SUCCESS) return vk_error("vkEndCommandBuffer", r);
-  VkSubmitInfo si{};
-  si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
-  si.commandBufferCount = 1;
-  si.pCommandBuffers = &cmd_;
-  if ((r = vkQueueSubmit(queue_, 1, &si, fence_)) != VK_SUCCESS)
-    return vk_error("vkQueueSubmit (copy)", r);
-  r = vkWaitForFences(device_, 1, &fence_, VK_TRUE, UINT64_MAX);
-  vkResetFences(device_, 1, &fence_);
-  if (r != VK_SUCCESS) return vk_error("vkWaitForFences (copy)", r);
-  return Status::ok();
+  return submit_and_wait(what);
 }
 
 Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void* src,
                              size_t bytes) {
   if (offset + bytes > dst.bytes())
     return internal_error("vulkan: upload past the end of a buffer");
+  if (hung_.load()) return hung_status();
   if (dst.mapped() != nullptr) {
     std::memcpy(static_cast<uint8_t*>(dst.mapped()) + offset, src, bytes);
     return Status::ok();
   }
+  PALU_RETURN_IF_ERROR(check_queue_free("upload through staging"));
   std::lock_guard<std::mutex> g(queue_mu_);
   PALU_RETURN_IF_ERROR(ensure_staging(bytes));
   for (size_t done = 0; done < bytes;) {
     const size_t n = std::min(bytes - done, staging_.bytes());
     std::memcpy(staging_.mapped(), static_cast<const uint8_t*>(src) + done, n);
-    PALU_RETURN_IF_ERROR(copy_buffer(staging_.handle(), 0, dst.handle(), offset + done, n));
+    PALU_RETURN_IF_ERROR(
+        copy_buffer(staging_.handle(), 0, dst.handle(), offset + done, n, "upload (staging copy)"));
     done += n;
   }
   return Status::ok();
@@ -486,15 +626,18 @@ Status VulkanContext::upload(const VulkanBuffer& dst, size_t offset, const void*
 Status VulkanContext::download(const VulkanBuffer& src, size_t offset, void* dst, size_t bytes) {
   if (offset + bytes > src.bytes())
     return internal_error("vulkan: download past the end of a buffer");
+  if (hung_.load()) return hung_status();
   if (src.mapped() != nullptr) {
     std::memcpy(dst, static_cast<const uint8_t*>(src.mapped()) + offset, bytes);
     return Status::ok();
   }
+  PALU_RETURN_IF_ERROR(check_queue_free("download through staging"));
   std::lock_guard<std::mutex> g(queue_mu_);
   PALU_RETURN_IF_ERROR(ensure_staging(bytes));
   for (size_t done = 0; done < bytes;) {
     const size_t n = std::min(bytes - done, staging_.bytes());
-    PALU_RETURN_IF_ERROR(copy_buffer(src.handle(), offset + done, staging_.handle(), 0, n));
+    PALU_RETURN_IF_ERROR(copy_buffer(src.handle(), offset + done, staging_.handle(), 0, n,
+                                     "download (staging copy)"));
     std::memcpy(static_cast<uint8_t*>(dst) + done, staging_.mapped(), n);
     done += n;
   }
@@ -537,6 +680,7 @@ Result<VkPipeline> VulkanContext::pipeline(const std::string& shader,
   cpci.stage.pSpecializationInfo = spec.empty() ? nullptr : &si;
   cpci.layout = layout_;
   VkPipeline p = VK_NULL_HANDLE;
+  if (trace_enabled()) std::fprintf(stderr, "[vulkan] pipeline %s\n", shader.c_str());
   VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpci, nullptr, &p);
   if (r != VK_SUCCESS) return vk_error(("vkCreateComputePipelines " + shader).c_str(), r);
   pipelines_[key] = p;
@@ -545,20 +689,38 @@ Result<VkPipeline> VulkanContext::pipeline(const std::string& shader,
 
 // ---- recorder ---------------------------------------------------------------------------
 
-Recorder::Recorder(VulkanContext* ctx) : ctx_(ctx), lock_(ctx->queue_mu_) {}
+Recorder::Recorder(VulkanContext* ctx) : ctx_(ctx), lock_(ctx->queue_mu_, std::defer_lock) {}
 
 Recorder::~Recorder() {
   if (recording_) vkEndCommandBuffer(ctx_->cmd_);
+  unlock();
+}
+
+void Recorder::unlock() {
+  if (lock_.owns_lock()) {
+    ctx_->queue_owner_.store(std::thread::id());
+    lock_.unlock();
+  }
 }
 
 void Recorder::begin() {
   if (recording_) return;
+  if (!lock_.owns_lock()) {
+    lock_.lock();
+    ctx_->queue_owner_.store(std::this_thread::get_id());
+  }
+  if (ctx_->hung()) {
+    error_ = ctx_->hung_status();
+    unlock();
+    return;
+  }
   VkCommandBufferBeginInfo bi{};
   bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
   bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
   const VkResult r = vkBeginCommandBuffer(ctx_->cmd_, &bi);
   if (r != VK_SUCCESS) {
     error_ = vk_error("vkBeginCommandBuffer", r);
+    unlock();
     return;
   }
   recording_ = true;
@@ -567,6 +729,7 @@ void Recorder::begin() {
 void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
                         size_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
   if (!error_.is_ok()) return;
+  if (trace_enabled()) std::fprintf(stderr, "[vulkan] dispatch %s %ux%ux%u\n", shader, gx, gy, gz);
   if (gx == 0 || gy == 0 || gz == 0) return;
   const uint32_t* lim = ctx_->props_.limits.maxComputeWorkGroupCount;
   if (gx > lim[0] || gy > lim[1] || gz > lim[2] || push_bytes > kPushConstantBytes) {
@@ -620,22 +783,28 @@ Status Recorder::submit(const char* what) {
       recording_ = false;
     }
     error_ = Status::ok();
+    unlock();
     return e;
   }
-  if (!recording_) return Status::ok();
+  if (!recording_) {
+    unlock();
+    return ctx_->hung() ? ctx_->hung_status() : Status::ok();
+  }
   recording_ = false;
+  // Every write of the submission visible to the host once the fence is signalled (read-back
+  // buffers that are host-visible are read with no copy).
+  VkMemoryBarrier mb{};
+  mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+  mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+  mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+  vkCmdPipelineBarrier(ctx_->cmd_,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                       VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, nullptr, 0, nullptr);
   VkResult r = vkEndCommandBuffer(ctx_->cmd_);
-  if (r != VK_SUCCESS) return vk_error("vkEndCommandBuffer", r).with_context(what);
-  VkSubmitInfo si{};
-  si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
-  si.commandBufferCount = 1;
-  si.pCommandBuffers = &ctx_->cmd_;
-  if ((r = vkQueueSubmit(ctx_->queue_, 1, &si, ctx_->fence_)) != VK_SUCCESS)
-    return vk_error("vkQueueSubmit", r).with_context(what);
-  r = vkWaitForFences(ctx_->device_, 1, &ctx_->fence_, VK_TRUE, UINT64_MAX);
-  vkResetFences(ctx_->device_, 1, &ctx_->fence_);
-  if (r != VK_SUCCESS) return vk_error("vkWaitForFences", r).with_context(what);
-  return Status::ok();
+  Status st = r != VK_SUCCESS ? vk_error("vkEndCommandBuffer", r).with_context(what)
+                              : ctx_->submit_and_wait(what);
+  unlock();
+  return st;
 }
 
 }  // namespace palu::backends::vulkan

@@ -12,19 +12,33 @@
 //
 // Ownership: a VulkanBuffer frees its memory when destroyed and must not outlive its context.
 // Thread-safety: alloc/free and the accounting are thread-safe; one Recorder at a time holds
-// the context's command buffer and queue (its constructor takes the context's lock).
+// the context's command buffer and queue, from its first recorded command until submit() (or
+// its destruction). upload()/download() through staging take the same lock, so they are called
+// with no Recorder of the same thread recording (FAILED_PRECONDITION instead of a deadlock).
 // Errors: every Vulkan failure comes back as a Status naming the call and the VkResult; memory
 // exhaustion (the driver's or the limit's) is RESOURCE_EXHAUSTED with the byte counts.
+// Hangs: every fence wait is bounded by timeout_ms() (PALU_VULKAN_TIMEOUT_MS; default 30 s on
+// GPUs, 300 s on CPU drivers). A wait that runs out, or a lost device, marks the context hung:
+// that call and every later call (alloc, upload, download, dispatch, submit) return INTERNAL
+// naming the operation that hung, and nothing the device may still be using is freed or reused
+// — buffers, pipelines, the command buffer and the device itself are leaked on purpose (freeing
+// them under a running submission crashes drivers). Make a new context to carry on.
+// Exit: destroy contexts before exit() reaches the driver's own exit handlers (NVIDIA's ICD
+// registers them when vkCreateInstance loads it): a static holding a context must be initialised
+// after the context is made, never declared empty first and filled in later.
+// Debugging: PALU_VULKAN_TRACE=1 prints each pipeline build, dispatch and submission to stderr.
 #pragma once
 
 #include <vulkan/vulkan.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backends/base/device.h"
@@ -121,6 +135,20 @@ class VulkanContext {
   Status upload(const VulkanBuffer& dst, size_t offset, const void* src, size_t bytes);
   Status download(const VulkanBuffer& src, size_t offset, void* dst, size_t bytes);
 
+  // The bound of every fence wait, in ms (the constructor reads PALU_VULKAN_TIMEOUT_MS).
+  uint64_t timeout_ms() const { return timeout_ms_.load(); }
+  void set_timeout_ms(uint64_t ms) { timeout_ms_.store(ms); }
+  // Whether a wait ran out or the device was lost; then hung_status() is what every call
+  // returns.
+  bool hung() const { return hung_.load(); }
+  Status hung_status() const;
+
+  // Test seam for the hang path: the next submission waits on the device for a host signal
+  // (a timeline semaphore) that only release_submit_gate_for_testing() gives, so its fence
+  // wait runs out deterministically. FAILED_PRECONDITION where timeline semaphores are absent.
+  Status gate_next_submit_for_testing();
+  void release_submit_gate_for_testing();
+
  private:
   friend class Recorder;
   friend class VulkanBuffer;
@@ -129,7 +157,15 @@ class VulkanContext {
   void release(VulkanBuffer* b);
   Result<VkPipeline> pipeline(const std::string& shader, const std::vector<uint32_t>& spec);
   Status ensure_staging(size_t bytes);
-  Status copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes);
+  Status copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes,
+                     const char* what);
+  // Submits cmd_ with fence_ and waits at most timeout_ms(); marks the context hung on a
+  // timeout or a lost device. Called with queue_mu_ held.
+  Status submit_and_wait(const std::string& what);
+  Status mark_hung(Status s);
+  // FAILED_PRECONDITION when this thread's Recorder holds the queue (a staging copy would
+  // deadlock), else ok.
+  Status check_queue_free(const char* what) const;
 
   DeviceInfo info_;
   VkPhysicalDeviceProperties props_{};
@@ -146,6 +182,9 @@ class VulkanContext {
   VkFence fence_ = VK_NULL_HANDLE;
   VkPipelineCache pipeline_cache_ = VK_NULL_HANDLE;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
+  bool timeline_ = false;              // timeline semaphores enabled (the test gate)
+  VkSemaphore gate_ = VK_NULL_HANDLE;  // the test gate, when armed
+  bool gate_next_ = false;
   std::map<std::string, VkShaderModule> modules_;
   std::map<std::pair<std::string, std::vector<uint32_t>>, VkPipeline> pipelines_;
   VulkanBuffer staging_;
@@ -155,11 +194,17 @@ class VulkanContext {
   size_t heap_allocated_[VK_MAX_MEMORY_HEAPS] = {};
   size_t limit_ = 0;
   std::mutex queue_mu_;  // the command buffer, the queue, the pipeline map, staging
+  std::atomic<std::thread::id> queue_owner_{};  // the thread holding queue_mu_ as a Recorder
+  std::atomic<uint64_t> timeout_ms_{30000};
+  std::atomic<bool> hung_{false};
+  mutable std::mutex hung_mu_;
+  Status hung_status_;  // guarded by hung_mu_
 };
 
 // Records compute dispatches into the context's command buffer, then submits and waits.
-// Holds the context's queue lock from construction to destruction. Every dispatch is followed
-// by a compute→compute memory barrier, so dispatches see their predecessors' writes.
+// Holds the context's queue lock from its first recorded command to submit() (or destruction),
+// so uploads and downloads between submissions are fine. Every dispatch is followed by a
+// compute→compute memory barrier, so dispatches see their predecessors' writes.
 class Recorder {
  public:
   explicit Recorder(VulkanContext* ctx);
@@ -180,8 +225,9 @@ class Recorder {
 
  private:
   void begin();
+  void unlock();
   VulkanContext* ctx_;
-  std::unique_lock<std::mutex> lock_;
+  std::unique_lock<std::mutex> lock_;  // deferred: taken by begin(), given back by submit()
   bool recording_ = false;
   Status error_;
 };
