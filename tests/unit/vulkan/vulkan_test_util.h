@@ -18,23 +18,29 @@
 
 namespace palu::backends::vulkan::testing {
 
-// The shared context, or null with *why set.
+// The shared context, or null with *why set. The static is initialised by the lambda that
+// creates the context, so its destructor is registered after the driver's own exit handlers
+// (NVIDIA's ICD registers them when vkCreateInstance loads it) and runs before them: a static
+// declared first and filled in later is destroyed after the driver has torn itself down, and
+// its vkDestroyBuffer/vkFreeMemory then crash at exit (seen on the H100, driver 580).
+struct SharedContext {
+  std::unique_ptr<VulkanContext> ctx;
+  std::string reason;
+};
 inline VulkanContext* context(std::string* why) {
-  static std::unique_ptr<VulkanContext> ctx;
-  static std::string reason;
-  static bool tried = false;
-  if (!tried) {
-    tried = true;
+  static SharedContext shared = [] {
+    SharedContext s;
     auto c = VulkanContext::create();
     if (c.is_ok()) {
-      ctx = std::move(c).value();
-      std::printf("[vulkan] %s\n", ctx->info().name.c_str());
+      s.ctx = std::move(c).value();
+      std::printf("[vulkan] %s\n", s.ctx->info().name.c_str());
     } else {
-      reason = c.status().to_string();
+      s.reason = c.status().to_string();
     }
-  }
-  *why = reason;
-  return ctx.get();
+    return s;
+  }();
+  *why = shared.reason;
+  return shared.ctx.get();
 }
 
 #define PALU_VK_CONTEXT_OR_SKIP(var)                                              \
