@@ -14,7 +14,7 @@ namespace {
 constexpr uint32_t kPushConstantBytes = 128;
 constexpr size_t kStagingBytes = 16u << 20;
 // Fence-wait bounds: generous next to the longest legitimate submission (the 128K-token bench
-// on an H100 is ~11 s; a 1024-token prefill on lavapipe with busy cores ~40 s).
+// on an H100 is ~2 s per submission; a 1024-token prefill on lavapipe ~20 s, more on busy cores).
 constexpr uint64_t kGpuTimeoutMs = 30000;
 constexpr uint64_t kCpuDriverTimeoutMs = 300000;
 
