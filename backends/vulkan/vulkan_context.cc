@@ -201,6 +201,7 @@ VulkanBuffer& VulkanBuffer::operator=(VulkanBuffer&& o) noexcept {
     address_ = o.address_;
     mapped_ = o.mapped_;
     heap_ = o.heap_;
+    budgeted_ = o.budgeted_;
     o.ctx_ = nullptr;
     o.buffer_ = VK_NULL_HANDLE;
     o.memory_ = VK_NULL_HANDLE;
@@ -229,6 +230,7 @@ void VulkanContext::release(VulkanBuffer* b) {
   if (b->memory_ != VK_NULL_HANDLE) vkFreeMemory(device_, b->memory_, nullptr);
   std::lock_guard<std::mutex> g(mem_mu_);
   allocated_ -= b->charged_bytes_;
+  if (b->budgeted_) budgeted_ -= b->charged_bytes_;
   heap_allocated_[b->heap_] -= b->charged_bytes_;
 }
 
@@ -492,7 +494,9 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   vkGetBufferMemoryRequirements(device_, b.buffer_, &req);
   // Pick the memory type: device-local for kDevice (host-visible too when the device has such
   // memory, e.g. integrated GPUs and lavapipe, so uploads skip staging); host-visible coherent
-  // (cached for read-back) otherwise.
+  // otherwise: cached for read-back, device-local (the BAR window) for small inputs the device
+  // reads, host memory and cached for staging (the host reads downloads from it; uncached BAR
+  // reads are slow).
   int type = -1, best = -1;
   for (uint32_t i = 0; i < mem_props_.memoryTypeCount; ++i) {
     if (!(req.memoryTypeBits & (1u << i))) continue;
@@ -511,6 +515,8 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
         score = (hv == uma) ? 3 : 2;
       else
         score = 0;
+    } else if (hv && kind == MemoryKind::kStaging) {
+      score = 1 + (!dl ? 2 : 0) + (hc ? 1 : 0);
     } else if (hv) {
       score = 1 + (kind == MemoryKind::kHostRead && hc ? 2 : 0) +
               (kind == MemoryKind::kHostWrite && dl ? 1 : 0);
@@ -525,9 +531,10 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   const size_t heap_bytes = mem_props_.memoryHeaps[heap].size;
   {
     std::lock_guard<std::mutex> g(mem_mu_);
-    if (limit_ > 0 && allocated_ + req.size > limit_) {
+    const bool budgeted = kind != MemoryKind::kStaging;
+    if (budgeted && limit_ > 0 && budgeted_ + req.size > limit_) {
       return resource_exhausted("vulkan: out of device memory: " + what + " needs " +
-                                std::to_string(req.size) + " bytes, " + std::to_string(allocated_) +
+                                std::to_string(req.size) + " bytes, " + std::to_string(budgeted_) +
                                 " of " + std::to_string(limit_) + " bytes held (memory limit)");
     }
     if (heap_allocated_[heap] + req.size > heap_bytes) {
@@ -537,9 +544,11 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
           " bytes of memory heap " + std::to_string(heap) + " held");
     }
     allocated_ += req.size;
+    if (budgeted) budgeted_ += req.size;
     heap_allocated_[heap] += req.size;
     b.charged_bytes_ = req.size;
     b.heap_ = heap;
+    b.budgeted_ = budgeted;
   }
   VkMemoryAllocateFlagsInfo flags{};
   flags.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO;
@@ -576,7 +585,7 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
 
 Status VulkanContext::ensure_staging(size_t) {
   if (staging_.valid()) return Status::ok();
-  PALU_ASSIGN_OR_RETURN(staging_, alloc(kStagingBytes, MemoryKind::kHostWrite, "staging buffer"));
+  PALU_ASSIGN_OR_RETURN(staging_, alloc(kStagingBytes, MemoryKind::kStaging, "staging buffer"));
   return Status::ok();
 }
 

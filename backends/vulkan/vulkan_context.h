@@ -71,7 +71,9 @@ int vulkan_device_from_env();
 enum class MemoryKind {
   kDevice,     // device-local (weights, caches, activations)
   kHostRead,   // host-visible, cached when possible (read-back)
-  kHostWrite,  // host-visible, coherent (staging, small per-step inputs)
+  kHostWrite,  // host-visible, coherent (small per-step inputs the device reads)
+  kStaging,    // host-visible, coherent, in host memory where possible and cached (the
+               // context's upload/download staging; not charged to the memory limit)
 };
 
 class VulkanBuffer {
@@ -102,6 +104,7 @@ class VulkanBuffer {
   uint64_t address_ = 0;
   void* mapped_ = nullptr;
   uint32_t heap_ = 0;
+  bool budgeted_ = true;  // charged to the context's memory limit
 };
 
 class Recorder;
@@ -126,8 +129,10 @@ class VulkanContext {
   Result<VulkanBuffer> alloc(size_t bytes, MemoryKind kind, const std::string& what);
   // Bytes held by live allocations of this context (the drivers' sizes, exactly).
   size_t allocated_bytes() const;
-  // Refuse allocations that would take allocated_bytes() past `bytes` (0: no limit other than
-  // the heap). A budget hook for the daemon and for tests of the out-of-memory path.
+  // Refuse allocations that would take the bytes held past `bytes` (0: no limit other than the
+  // heap). The staging buffer (16 MiB of host memory on discrete GPUs, made at the first
+  // upload/download that needs it) is not charged: the limit budgets what models hold. A budget
+  // hook for the daemon and for tests of the out-of-memory path.
   void set_memory_limit_bytes(size_t bytes);
   size_t memory_limit_bytes() const;
 
@@ -191,6 +196,7 @@ class VulkanContext {
 
   mutable std::mutex mem_mu_;
   size_t allocated_ = 0;
+  size_t budgeted_ = 0;  // allocated_ less the allocations the limit does not charge
   size_t heap_allocated_[VK_MAX_MEMORY_HEAPS] = {};
   size_t limit_ = 0;
   std::mutex queue_mu_;  // the command buffer, the queue, the pipeline map, staging
