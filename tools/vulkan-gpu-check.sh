@@ -13,6 +13,11 @@
 # test, palu-perplexity --backend vulkan vs cpu, and the decode-attention bench; logs under $OUT.
 #   tools/vulkan-gpu-check.sh [BUILD_DIR]     (default build-vkrun)
 # Environment: T_TESTS (s per test binary, 300), BENCH_ARGS (the bench's flags), T_BENCH (s, 300).
+# ref-gqa and the compressed-model tests: the carry limit holds one model, so carry a folder
+# with models/ref-gqa (golden.safetensors trimmed to 2 rows of long.logits_last64) and
+# data/{calib.txt,wikitext-2} instead of .carry/shared, then
+#   SETUP_ONLY=1 source tools/vulkan-gpu-check.sh; export PALU_SHARED_DIR=$PWD/<that>/shared
+#   build-vkrun/tests/vulkan_tests --gtest_filter='-*mha*'
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 B="${1:-build-vkrun}"
