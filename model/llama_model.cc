@@ -74,14 +74,62 @@ Status fetch(const TensorMap& tensors, const std::string& name, std::vector<int6
 
 }  // namespace
 
+Status load_layer_weights(const ModelConfig& config, const TensorMap& tensors, int layer, const std::string& origin,
+                          bool skip_kv_projections, LayerWeights* out, const std::function<void()>& tick) {
+  if (layer < 0 || layer >= config.num_layers) {
+    return invalid_argument(origin + ": layer " + std::to_string(layer) + " is outside [0, " +
+                            std::to_string(config.num_layers) + ")");
+  }
+  const int64_t d = config.hidden_size, F = config.intermediate_size;
+  const int64_t qw = config.q_width(), kvw = config.kv_width();
+  const int inter_q = config.qk_rows_interleaved ? config.num_heads : 0;
+  const int inter_k = config.qk_rows_interleaved ? config.num_kv_heads : 0;
+  auto step = [&] {
+    if (tick) tick();
+  };
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  LayerWeights L;
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "input_layernorm.weight", {d}, origin, &L.attn_norm));
+  step();
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.q_proj.weight", {qw, d}, origin, &L.wq, inter_q));
+  step();
+  if (!skip_kv_projections) {
+    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.weight", {kvw, d}, origin, &L.wk, inter_k));
+    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.weight", {kvw, d}, origin, &L.wv));
+  }
+  step();
+  step();
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.o_proj.weight", {d, qw}, origin, &L.wo));
+  step();
+  if (config.qkv_bias) {
+    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.q_proj.bias", {qw}, origin, &L.bq, inter_q));
+    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.bias", {kvw}, origin, &L.bk, inter_k));
+    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.bias", {kvw}, origin, &L.bv));
+  }
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "post_attention_layernorm.weight", {d}, origin, &L.ffn_norm));
+  step();
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.gate_proj.weight", {F, d}, origin, &L.w_gate));
+  step();
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.up_proj.weight", {F, d}, origin, &L.w_up));
+  step();
+  PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.down_proj.weight", {d, F}, origin, &L.w_down));
+  step();
+  *out = std::move(L);
+  return Status::ok();
+}
+
+Status load_tensor_f32(const TensorMap& tensors, const std::string& name, const std::vector<int64_t>& shape,
+                       const std::string& origin, std::vector<float>* out) {
+  return fetch(tensors, name, shape, origin, out);
+}
+
 Result<std::unique_ptr<LlamaModel>> LlamaModel::from_tensors(const ModelConfig& config, const TensorMap& tensors,
                                                              std::string origin, const LoadProgress& progress,
                                                              bool skip_kv_projections) {
   PALU_RETURN_IF_ERROR(config.validate(origin));
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->config_ = config;
-  const int64_t d = config.hidden_size, V = config.vocab_size, F = config.intermediate_size;
-  const int64_t qw = config.q_width(), kvw = config.kv_width();
+  const int64_t d = config.hidden_size, V = config.vocab_size;
   const int total = 3 + config.num_layers * 9;
   int done = 0;
   auto tick = [&] {
@@ -99,37 +147,9 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_tensors(const ModelConfig& 
     return not_found(origin + ": tensor 'lm_head.weight' is missing and tie_word_embeddings is false");
   }
   tick();
-  const int inter_q = config.qk_rows_interleaved ? config.num_heads : 0;
-  const int inter_k = config.qk_rows_interleaved ? config.num_kv_heads : 0;
   w.layers.resize(config.num_layers);
   for (int l = 0; l < config.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    LayerWeights& L = w.layers[l];
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "input_layernorm.weight", {d}, origin, &L.attn_norm));
-    tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.q_proj.weight", {qw, d}, origin, &L.wq, inter_q));
-    tick();
-    if (!skip_kv_projections) {
-      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.weight", {kvw, d}, origin, &L.wk, inter_k));
-      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.weight", {kvw, d}, origin, &L.wv));
-    }
-    tick();
-    tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.o_proj.weight", {d, qw}, origin, &L.wo));
-    tick();
-    if (config.qkv_bias) {
-      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.q_proj.bias", {qw}, origin, &L.bq, inter_q));
-      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.k_proj.bias", {kvw}, origin, &L.bk, inter_k));
-      PALU_RETURN_IF_ERROR(fetch(tensors, p + "self_attn.v_proj.bias", {kvw}, origin, &L.bv));
-    }
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "post_attention_layernorm.weight", {d}, origin, &L.ffn_norm));
-    tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.gate_proj.weight", {F, d}, origin, &L.w_gate));
-    tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.up_proj.weight", {F, d}, origin, &L.w_up));
-    tick();
-    PALU_RETURN_IF_ERROR(fetch(tensors, p + "mlp.down_proj.weight", {d, F}, origin, &L.w_down));
-    tick();
+    PALU_RETURN_IF_ERROR(load_layer_weights(config, tensors, l, origin, skip_kv_projections, &w.layers[l], tick));
   }
   // inv_freq exactly as transformers computes it: 1 / θ^(arange(0, d_h, 2) / d_h) in float32.
   const int half = config.head_dim / 2;

@@ -51,6 +51,15 @@ struct LlamaWeights {
   const float* output_matrix() const { return lm_head.empty() ? embed.data() : lm_head.data(); }
 };
 
+// One decoder layer's weights from tensors in Hugging Face naming, converted to float32 and
+// checked against `config` (what LlamaModel::from_tensors does for every layer). palu-compress
+// streams a model through this, one layer at a time. tick (optional) is called 9 times.
+Status load_layer_weights(const ModelConfig& config, const TensorMap& tensors, int layer, const std::string& origin,
+                          bool skip_kv_projections, LayerWeights* out, const std::function<void()>& tick = {});
+// One tensor converted to float32 (f32, f16 or bf16 in the file), its shape checked.
+Status load_tensor_f32(const TensorMap& tensors, const std::string& name, const std::vector<int64_t>& shape,
+                       const std::string& origin, std::vector<float>* out);
+
 // Which logits forward() writes.
 enum class LogitsMode { kNone, kLast, kAll };
 

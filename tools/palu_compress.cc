@@ -4,15 +4,16 @@
 //   palu-compress --model PATH --calib FILE --ratio R --out DIR
 //                 [--calib-samples 64] [--calib-seq 1024] [--group-size S]
 //                 [--search uniform|fisher|fisher_uniform] [--fisher-samples 16]
-//                 [--rank-align 32] [--hadamard] [--threads N]
+//                 [--rank-align 32] [--hadamard] [--scratch-dir DIR] [--threads N]
 //
 // Stages (each with a progress bar on stderr): calibration (palu's own forward; Σ x xᵀ of
 // every layer's k/v_proj input in float64), Fisher scores (a backward pass per sample; RMS of
 // dLoss/dW over samples), rank allocation, whitened SVD per layer and group (Eigen, float64),
 // optional Hadamard folding, and writing the output (docs/formats.md). The method is
-// DESIGN.md §1. Memory: the float32 model + L·d²·8 bytes of calibration statistics + one
-// sample's activations (+ one sample's backward activations and 2·L·H_kv·d_h·d floats of
-// Fisher accumulators when a fisher search is used).
+// DESIGN.md §1. The first two stages stream the model one layer at a time
+// (tools/compress/layerwise.h): memory is about one layer's weights plus the calibration
+// samples' residual streams (≈ 3.7 GB for a 7B model; the formula is in docs/formats.md), with
+// scratch files under --scratch-dir (default: inside --out, removed at the end).
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -22,11 +23,11 @@
 
 #include "backends/cpu/gemm.h"
 #include "model/fingerprint.h"
-#include "model/llama_backward.h"
+#include "model/tokenizer_loader.h"
 #include "model/palu_format.h"
-#include "tools/compress/calibration_stats.h"
 #include "tools/compress/hadamard.h"
 #include "tools/compress/head_groups.h"
+#include "tools/compress/layerwise.h"
 #include "tools/compress/rank_allocation.h"
 #include "tools/compress/whitened_svd.h"
 #include "tools/tool_common.h"
@@ -118,6 +119,7 @@ std::vector<float> to_floats(const Eigen::MatrixXd& m) {
 int main(int argc, char** argv) {
   CLI::App app{"palu-compress: low-rank (Palu) compression of a model's key/value projections"};
   std::string model_path, calib, out_dir, search = "fisher_uniform";
+  std::string scratch_dir;
   int calib_samples = 64, calib_seq = 1024, group_size = 0, fisher_samples = 16, rank_align = 32, threads = 0;
   double ratio = 0.5;
   bool hadamard = false, quiet = false;
@@ -133,6 +135,8 @@ int main(int argc, char** argv) {
   app.add_option("--fisher-samples", fisher_samples, "calibration samples used for Fisher scores")->check(CLI::Range(1, 1 << 20));
   app.add_option("--rank-align", rank_align, "ranks are multiples of this")->check(CLI::Range(1, 1 << 16));
   app.add_flag("--hadamard", hadamard, "fold a Hadamard rotation into every group's latent (for quantized latents)");
+  app.add_option("--scratch-dir", scratch_dir,
+                 "where the layer-by-layer run keeps its temporary files (default: --out; removed at the end)");
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   app.add_flag("--quiet,-q", quiet, "no progress on stderr");
   CLI11_PARSE(app, argc, argv);
@@ -146,16 +150,24 @@ int main(int argc, char** argv) {
     return tools::fail(kTool, invalid_argument(model_path + ": is already a compressed model (it has palu.json)"));
   }
   if (ratio <= 0.0) return tools::fail(kTool, invalid_argument("--ratio must be > 0"));
-  auto loaded = tools::load_with_progress(model_path, !quiet);
-  if (!loaded.is_ok()) return tools::fail(kTool, loaded.status());
-  const model::LlamaModel& m = *loaded.value().model;
-  const model::ModelConfig& c = m.config();
+  auto source_r = compress::open_layer_source(model_path);
+  if (!source_r.is_ok()) return tools::fail(kTool, source_r.status());
+  compress::LayerSource& source = *source_r.value();
+  const model::ModelConfig& c = source.config();
+  auto tokenizer = model::load_tokenizer_from_dir(model_path);
+  if (!tokenizer.is_ok()) return tools::fail(kTool, tokenizer.status());
+  if (tokenizer.value()->vocab_size() > c.vocab_size) {
+    return tools::fail(kTool, invalid_argument(model_path + ": the tokenizer has " +
+                                               std::to_string(tokenizer.value()->vocab_size()) +
+                                               " pieces but the model's vocab_size is " + std::to_string(c.vocab_size)));
+  }
   if (group_size == 0) group_size = std::min(4, c.num_kv_heads);
   auto grouping = compress::make_head_grouping(c.num_kv_heads, c.head_dim, group_size);
   if (!grouping.is_ok()) return tools::fail(kTool, grouping.status().with_context("--group-size"));
   auto method = compress::parse_rank_search(search);
   if (!method.is_ok()) return tools::fail(kTool, method.status());
   fisher_samples = std::min(fisher_samples, calib_samples);
+  const bool fisher = method.value() != compress::RankSearch::kUniform;
 
   std::error_code ec;
   fs::create_directories(out_dir, ec);
@@ -164,67 +176,31 @@ int main(int argc, char** argv) {
     return tools::fail(kTool, invalid_argument("--out must differ from --model"));
   }
 
-  // 1. Calibration statistics.
-  auto samples_r = calibration_samples(calib, *loaded.value().tokenizer, calib_samples, calib_seq);
+  // 1–2. Calibration statistics and Fisher scores, one layer in memory at a time.
+  auto samples_r = calibration_samples(calib, *tokenizer.value(), calib_samples, calib_seq);
   if (!samples_r.is_ok()) return tools::fail(kTool, samples_r.status());
   const auto& samples = samples_r.value();
-  std::vector<compress::CalibrationStats> stats;
-  for (int l = 0; l < c.num_layers; ++l) {
-    auto s = compress::CalibrationStats::create(c.hidden_size);
-    if (!s.is_ok()) return tools::fail(kTool, s.status());
-    stats.push_back(std::move(s).value());
-  }
+  std::unique_ptr<compress::LayerwiseCalibration> calibration;
   {
-    tools::ProgressBar bar("calibration", calib_samples, !quiet);
-    auto cache = m.make_cache(calib_seq);
-    if (!cache.is_ok()) return tools::fail(kTool, cache.status());
-    Status obs_status;
-    model::AttentionInputObserver obs = [&](int layer, const float* x, int n) {
-      Status st = stats[layer].add(x, n, c.hidden_size);
-      if (!st.is_ok() && obs_status.is_ok()) obs_status = st;
+    tools::ProgressBar calib_bar("calibration", c.num_layers * calib_samples, !quiet);
+    tools::ProgressBar fisher_bar("fisher", (c.num_layers + 1) * fisher_samples, !quiet && fisher);
+    compress::LayerwiseOptions lo;
+    lo.fisher_samples = fisher ? fisher_samples : 0;
+    lo.scratch_dir = scratch_dir.empty() ? out_dir : scratch_dir;
+    lo.progress = [&](const char* stage, int64_t done, int64_t) {
+      (stage[0] == 'c' ? calib_bar : fisher_bar).update((int)done);
     };
-    for (int s = 0; s < calib_samples; ++s) {
-      cache.value().clear();
-      Status st = m.forward(samples[s].data(), calib_seq, &cache.value(), model::LogitsMode::kNone, nullptr, &obs);
-      if (!st.is_ok()) return tools::fail(kTool, st);
-      if (!obs_status.is_ok()) return tools::fail(kTool, obs_status);
-      bar.update(s + 1);
-    }
+    auto run = compress::LayerwiseCalibration::run(source, samples, grouping.value(), lo);
+    if (!run.is_ok()) return tools::fail(kTool, run.status());
+    calibration = std::move(run).value();
   }
-
-  // 2. Fisher scores: RMS over samples of dLoss/dW, then the mean per group.
   const int groups = grouping.value().num_groups();
   const int width = grouping.value().group_width();
-  const size_t kv_elems = (size_t)c.kv_width() * c.hidden_size;
   std::vector<std::vector<double>> k_scores(c.num_layers, std::vector<double>(groups, 1.0));
   std::vector<std::vector<double>> v_scores = k_scores;
-  if (method.value() != compress::RankSearch::kUniform) {
-    std::vector<std::vector<double>> k_sq(c.num_layers, std::vector<double>(kv_elems, 0.0)), v_sq = k_sq;
-    tools::ProgressBar bar("fisher", fisher_samples, !quiet);
-    for (int s = 0; s < fisher_samples; ++s) {
-      model::KvGradients g;
-      auto loss = model::kv_weight_gradients(m, samples[s].data(), calib_seq, &g);
-      if (!loss.is_ok()) return tools::fail(kTool, loss.status());
-      for (int l = 0; l < c.num_layers; ++l) {
-        for (size_t i = 0; i < kv_elems; ++i) {
-          k_sq[l][i] += (double)g.dwk[l][i] * g.dwk[l][i];
-          v_sq[l][i] += (double)g.dwv[l][i] * g.dwv[l][i];
-        }
-      }
-      bar.update(s + 1);
-    }
-    for (int l = 0; l < c.num_layers; ++l) {
-      for (int gi = 0; gi < groups; ++gi) {
-        double ks = 0, vs = 0;
-        const size_t begin = (size_t)gi * width * c.hidden_size, end = begin + (size_t)width * c.hidden_size;
-        for (size_t i = begin; i < end; ++i) {
-          ks += std::sqrt(k_sq[l][i] / fisher_samples);
-          vs += std::sqrt(v_sq[l][i] / fisher_samples);
-        }
-        k_scores[l][gi] = ks / (double)(end - begin);
-        v_scores[l][gi] = vs / (double)(end - begin);
-      }
-    }
+  if (fisher) {
+    k_scores = calibration->k_scores();
+    v_scores = calibration->v_scores();
   }
 
   // 3. Rank allocation over all k_proj and v_proj (projection order: layer-major, K then V).
@@ -253,11 +229,15 @@ int main(int argc, char** argv) {
   {
     tools::ProgressBar bar("svd", c.num_layers, !quiet);
     for (int l = 0; l < c.num_layers; ++l) {
-      auto whitener = compress::make_whitener(stats[l].gram());
+      auto gram = calibration->gram(l);
+      if (!gram.is_ok()) return tools::fail(kTool, gram.status());
+      auto whitener = compress::make_whitener(gram.value());
       if (!whitener.is_ok()) return tools::fail(kTool, whitener.status().with_context("layer " + std::to_string(l)));
       shifted += whitener.value().shifted();
+      auto layer = source.layer(l, /*kv_only=*/true);
+      if (!layer.is_ok()) return tools::fail(kTool, layer.status());
       for (int which = 0; which < 2; ++which) {
-        const auto& w = which == 0 ? m.weights().layers[l].wk : m.weights().layers[l].wv;
+        const auto& w = which == 0 ? layer.value()->wk : layer.value()->wv;
         const std::vector<int>& ranks = alloc.value().ranks[2 * l + which];
         auto fs_r = compress::factor_head_groups(to_eigen(w, c.kv_width(), c.hidden_size), whitener.value(),
                                                  grouping.value(), ranks);
@@ -313,13 +293,15 @@ int main(int argc, char** argv) {
   if (!st.is_ok()) return tools::fail(kTool, st);
 
   // 6. Report.
-  const bool fisher = method.value() != compress::RankSearch::kUniform;
   std::printf("%-6s %-24s %-24s %8s %8s %10s %10s%s\n", "layer", "K ranks", "V ranks", "K kept", "V kept", "K err", "V err",
               fisher ? "    K score    V score" : "");
   for (int l = 0; l < c.num_layers; ++l) {
     auto join = [](const std::vector<int>& v) {
       std::string s;
-      for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (i) s += ',';
+        s += std::to_string(v[i]);
+      }
       return s;
     };
     int kr = 0, vr = 0;
