@@ -128,6 +128,7 @@ TEST_P(DeviceModelTest, GoldenLogitsPrefillChunkedAndDecode) {
 TEST_P(DeviceModelTest, GreedyContinuationMatchesTransformers) {
   const auto t = ids("prompt0.ids");
   const auto want = ids("prompt0.greedy32");
+  ASSERT_GE(want.size(), 16u) << "the golden file has no prompt0.greedy32 continuation";
   auto seq = dm_->new_sequence((int)(t.size() + want.size()));
   ASSERT_TRUE(seq.is_ok());
   std::vector<float> logits(V_);
