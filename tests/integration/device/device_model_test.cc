@@ -13,6 +13,7 @@
 #include "backends/registry.h"
 #include "model/safetensors.h"
 #include "runtime/device_models.h"
+#include "tests/common/golden_file.h"
 #include "tests/common/test_paths.h"
 
 namespace palu::runtime {
@@ -45,7 +46,7 @@ class DeviceModelTest : public ::testing::TestWithParam<Param> {
     auto loaded = model::load_model(dir);
     ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
     model_ = std::move(loaded.value().model);
-    ASSERT_TRUE(model::load_safetensors_file(dir + "/golden.safetensors", &golden_).is_ok());
+    ASSERT_TRUE(golden_.open(dir));
     V_ = model_->config().vocab_size;
     model::DeviceModelOptions opt;  // f16 full rows
     auto dm = make_device_model(*model_, kind.value(), opt);
@@ -54,18 +55,8 @@ class DeviceModelTest : public ::testing::TestWithParam<Param> {
     std::printf("[device] %s\n", dm_->describe().c_str());
   }
 
-  std::vector<int32_t> ids(const std::string& n) const {
-    const model::TensorView* v = golden_.find(n);
-    std::vector<int32_t> out(v ? v->numel() : 0);
-    if (v) std::memcpy(out.data(), v->data, out.size() * 4);
-    return out;
-  }
-  std::vector<float> floats(const std::string& n) const {
-    const model::TensorView* v = golden_.find(n);
-    std::vector<float> out(v ? v->numel() : 0);
-    if (v) std::memcpy(out.data(), v->data, out.size() * 4);
-    return out;
-  }
+  std::vector<int32_t> ids(const std::string& n) const { return golden_.ints(n); }
+  std::vector<float> floats(const std::string& n) const { return golden_.floats(n); }
 
   // f16 weights on GPUs and an f16 cache everywhere: max |Δ| ≤ 2e-2 · max |logit|, and equal
   // argmax wherever the reference's top-2 margin is larger than that tolerance.
@@ -88,7 +79,7 @@ class DeviceModelTest : public ::testing::TestWithParam<Param> {
   }
 
   std::unique_ptr<model::LlamaModel> model_;
-  model::TensorMap golden_;
+  palu::testing::GoldenFile golden_;
   std::unique_ptr<model::DeviceModel> dm_;
   int V_ = 0;
 };
@@ -97,7 +88,7 @@ TEST_P(DeviceModelTest, GoldenLogitsPrefillChunkedAndDecode) {
   // prompt0..2 (the GPU machine carries a trimmed golden file with prompt0 only).
   for (int p = 0; p < 3; ++p) {
     const std::string name = "prompt" + std::to_string(p);
-    if (p > 0 && golden_.find(name + ".ids") == nullptr) continue;
+    if (p > 0 && !golden_.has(name + ".ids")) continue;
     const auto t = ids(name + ".ids");
     const auto want = floats(name + ".logits");
     ASSERT_FALSE(t.empty()) << name;

@@ -9,30 +9,11 @@
 
 #include "model/llama_model.h"
 #include "model/safetensors.h"
+#include "tests/common/golden_file.h"
 #include "tests/common/test_paths.h"
 
 namespace palu::model {
 namespace {
-
-struct Golden {
-  TensorMap map;
-  std::vector<int32_t> ints(const std::string& name) const {
-    const TensorView* v = map.find(name);
-    EXPECT_NE(v, nullptr) << name;
-    if (!v) return {};
-    std::vector<int32_t> out(v->numel());
-    std::memcpy(out.data(), v->data, out.size() * 4);
-    return out;
-  }
-  std::vector<float> floats(const std::string& name) const {
-    const TensorView* v = map.find(name);
-    EXPECT_NE(v, nullptr) << name;
-    if (!v) return {};
-    std::vector<float> out(v->numel());
-    std::memcpy(out.data(), v->data, out.size() * 4);
-    return out;
-  }
-};
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -42,7 +23,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     auto loaded = load_model(dir);
     ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
     model_ = std::move(loaded.value().model);
-    ASSERT_TRUE(load_safetensors_file(dir + "/golden.safetensors", &golden_.map).is_ok());
+    ASSERT_TRUE(golden_.open(dir));
     V_ = model_->config().vocab_size;
   }
 
@@ -83,7 +64,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   static int argmax(const float* x, int n) { return (int)(std::max_element(x, x + n) - x); }
 
   std::unique_ptr<LlamaModel> model_;
-  Golden golden_;
+  palu::testing::GoldenFile golden_;
   int V_ = 0;
 };
 
