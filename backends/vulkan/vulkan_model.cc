@@ -13,6 +13,7 @@
 #include "backends/base/dtype.h"
 #include "backends/vulkan/vulkan_context.h"
 #include "backends/vulkan/vulkan_ops.h"
+#include "cache/cache_layout.h"
 
 namespace palu::backends::vulkan {
 namespace {
@@ -70,6 +71,9 @@ class VulkanSequence final : public model::DeviceSequence {
                               std::to_string(size_) + " (the tokens cached)");
     }
     size_ = n;
+    // As cache::BlockPool: tokens that aged out of the window stay at B bits (their f16 copies
+    // were overwritten), so the window refills from n on.
+    window_begin_ = std::min(window_begin_, n);
     return Status::ok();
   }
   size_t cache_bytes() const override { return cache_.bytes(); }
@@ -78,10 +82,18 @@ class VulkanSequence final : public model::DeviceSequence {
   Status ensure_scratch(int n, bool prefill);
   Status record(Recorder& rec, int n, LogitsMode mode);
   Region region(int layer, int kv, int group) const;
+  // The f16 window's slots (0: none; only packed latent storage has one).
+  int window() const;
 
   VulkanModel* m_;
   int cap_;
   int size_ = 0;
+  // f16 window of packed latents (CacheOptions.window_tokens = N > 0): positions ≥
+  // window_begin_ are read from the f16 ring. A step of n tokens first moves it to
+  // max(window_begin_, size_ + n − N) (cache::BlockPool's append), so every query of the step
+  // sees the same split; step_window_begin_ is that value while the step is recorded.
+  int window_begin_ = 0;
+  int step_window_begin_ = 0;
   VulkanBuffer cache_;
   std::vector<size_t> region_off_;  // [layer][kv][group] byte offsets
   int scratch_rows_ = 0;
@@ -113,7 +125,10 @@ class VulkanModel final : public model::DeviceModel {
     return "vulkan:" + std::to_string(ctx_->info().index) + " " + ctx_->info().name + ", " +
            (wt_ == WeightType::kF16 ? "f16" : "f32") + " weights, " +
            (latent() ? std::string("latent ") : std::string("full K/V ")) +
-           row_storage_name(cache_.storage) + " cache";
+           row_storage_name(cache_.storage) + " cache" +
+           (cache_.window_tokens > 0
+                ? ", f16 window of " + std::to_string(cache_.window_tokens) + " tokens"
+                : std::string());
   }
 
  private:
@@ -300,6 +315,10 @@ Status VulkanModel::init() {
 
 // ---- sequences ------------------------------------------------------------------------------
 
+int VulkanSequence::window() const {
+  return m_->latent() && row_storage_bits(m_->cache_.storage) > 0 ? m_->cache_.window_tokens : 0;
+}
+
 Region VulkanSequence::region(int layer, int kv, int group) const {
   const model::ModelConfig& c = m_->m_.config();
   Region r;
@@ -311,6 +330,8 @@ Region VulkanSequence::region(int layer, int kv, int group) const {
   } else {
     r.rank = c.kv_width();
   }
+  r.window = window();
+  r.window_begin = step_window_begin_;
   const int G = m_->latent() ? (int)m_->layers_[layer].k_rank.size() : 1;
   r.base = cache_.address(region_off_[((size_t)layer * 2 + kv) * G + group]);
   return r;
@@ -327,7 +348,7 @@ Status VulkanSequence::init() {
         int rank = c.kv_width();
         if (m_->latent()) rank = kv == 0 ? m_->layers_[l].k_rank[g] : m_->layers_[l].v_rank[g];
         region_off_.push_back(bytes);
-        bytes += region_words(m_->cache_.storage, rank, cap_) * 4;
+        bytes += region_words(m_->cache_.storage, rank, cap_, window()) * 4;
         bytes = (bytes + 15) / 16 * 16;
       }
     }
@@ -534,11 +555,20 @@ Status VulkanSequence::forward(const int32_t* tokens, int n, LogitsMode mode, fl
     logits_rows_ = rows;
   }
   std::memcpy(tok_.mapped(), tokens, (size_t)n * 4);
+  const int N = window();
+  step_window_begin_ = N > 0 ? std::max(window_begin_, size_ + n - N) : 0;
   {
     Recorder rec(m_->ctx_.get());
-    PALU_RETURN_IF_ERROR(record(rec, n, mode));
-    PALU_RETURN_IF_ERROR(rec.submit("vulkan forward"));
+    Status st = record(rec, n, mode);
+    if (st.is_ok()) st = rec.submit("vulkan forward");
+    if (!st.is_ok()) {
+      // Ring slots of positions ≥ step_window_begin_ may have been overwritten: what the CPU
+      // session keeps after a failed step (append, then truncate back to size_).
+      window_begin_ = std::min(step_window_begin_, size_);
+      return st;
+    }
   }
+  window_begin_ = step_window_begin_;
   if (mode != LogitsMode::kNone) {
     const VulkanBuffer& src = logits_.mapped() != nullptr ? logits_ : logits_host_;
     std::memcpy(logits, src.mapped(), (size_t)rows * c.vocab_size * 4);
@@ -570,12 +600,9 @@ Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
 Result<std::unique_ptr<model::DeviceModel>> make_vulkan_model(
     const model::LlamaModel& model, const model::DeviceModelOptions& options,
     const VulkanModelOptions& vulkan) {
-  PALU_RETURN_IF_ERROR(model.cache_layout_spec(options.cache).status());
-  if (options.cache.window_tokens > 0) {
-    return unimplemented("vulkan: the f16 window of packed latent storage (window_tokens " +
-                         std::to_string(options.cache.window_tokens) +
-                         ") is not implemented; use window_tokens 0");
-  }
+  // The layout's checks (e.g. a window needs packed storage), as the CPU session makes them.
+  PALU_ASSIGN_OR_RETURN(cache::CacheLayoutSpec spec, model.cache_layout_spec(options.cache));
+  PALU_RETURN_IF_ERROR(cache::CacheLayout::create(spec).status());
   if (options.device_index < 0) return invalid_argument("vulkan: negative device index");
   const int index = options.device_index == 0 ? -1 : options.device_index;
   std::shared_ptr<VulkanContext> ctx;

@@ -6,7 +6,8 @@
 // norms, biases and the RoPE table are f32; compute is f32.
 // Uncompressed models cache full K/V rows (f32/f16/bf16, keys post-RoPE); compressed (Palu)
 // models cache per-group latents z = A·x pre-RoPE in f32/f16/bf16 or packed q8/q4/q3/q2 codes
-// (cache/latent_packing.h's bit layout; the f16 window of packed storage is UNIMPLEMENTED).
+// (cache/latent_packing.h's bit layout), packed codes optionally with an f16 window of the newest
+// tokens (CacheOptions.window_tokens; cache::BlockPool's semantics, truncate included).
 // Decode of a compressed model runs the fused latent kernel (keys rebuilt from latents with
 // RoPE inside the kernel, online softmax over token splits, p·z^V, then a reduction), with
 // B^V folded into W_o at load. Each sequence owns its cache and activation buffers.

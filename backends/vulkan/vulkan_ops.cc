@@ -42,13 +42,14 @@ struct SoftmaxPC {
 };
 struct StorePC {
   uint64_t src, dst;
-  uint32_t n, src_ld, src_col, rank, row_words, pos0, storage, cap;
+  uint32_t n, src_ld, src_col, rank, row_words, pos0, storage, cap, win, win_begin;
 };
 struct DecodePC {
   uint64_t q, kc, vc, bk, bias, rope, part;
-  uint32_t T, tps, cap, k_words, v_words, storage, h0, kcol, r_k, w, n_rep, dh, sin_off, flags,
+  uint32_t T, tps, cap, k_words, v_words, win_begin, h0, kcol, r_k, w, n_rep, dh, sin_off, flags,
       part_stride;
   float scale;
+  uint32_t win;
 };
 static_assert(sizeof(DecodePC) <= 128, "push constants are limited to 128 bytes");
 struct ReducePC {
@@ -60,13 +61,19 @@ struct PrefillPC {
   uint32_t n, p0, qw, k_words, k_storage, v_words, v_storage, v_cap, n_rep, dh, h0, vcol_per_kv, w,
       ow, out0;
   float scale;
+  uint32_t win, win_begin, v_rank;
 };
 static_assert(sizeof(PrefillPC) <= 128, "push constants are limited to 128 bytes");
 struct RebuildPC {
   uint64_t kc, bk, bias, rope, out;
-  uint32_t T, k_words, storage, cap, r_k, s, dh, sin_off, ld, col0, flags;
+  uint32_t T, k_words, storage, cap, r_k, s, dh, sin_off, ld, col0, flags, win, win_begin;
 };
 static_assert(sizeof(RebuildPC) <= 128, "push constants are limited to 128 bytes");
+
+// The window slots the shaders see: only packed regions have a window.
+uint32_t window_of(const Region& r) {
+  return row_storage_bits(r.storage) > 0 && r.window > 0 ? (uint32_t)r.window : 0u;
+}
 
 constexpr uint32_t kQB = 16, kKT = 32;  // attn_prefill.comp's tile
 
@@ -94,8 +101,10 @@ size_t row_words(RowStorage s, int n) {
   return (row_storage_bytes(s, (size_t)n) + 3) / 4;
 }
 
-size_t region_words(RowStorage s, int n, int cap) {
-  return row_words(s, n) * (size_t)cap + (row_storage_bits(s) > 0 ? 2 * (size_t)cap : 0);
+size_t region_words(RowStorage s, int n, int cap, int window) {
+  const bool packed = row_storage_bits(s) > 0;
+  const size_t ring = packed && window > 0 ? (size_t)std::min(window, cap) * ((n + 1) / 2) : 0;
+  return row_words(s, n) * (size_t)cap + (packed ? 2 * (size_t)cap : 0) + ring;
 }
 
 uint32_t Region::words() const {
@@ -170,8 +179,10 @@ void softmax(Recorder& rec, uint64_t x, int rows, int n, int ld) {
 
 void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n,
                 int pos0) {
-  StorePC pc{src,           dst.base,    u32(n),    u32(src_ld),           u32(src_col),
-             u32(dst.rank), dst.words(), u32(pos0), (uint32_t)dst.storage, u32(dst.cap)};
+  StorePC pc{src,          dst.base,       u32(n),
+             u32(src_ld),  u32(src_col),   u32(dst.rank),
+             dst.words(),  u32(pos0),      (uint32_t)dst.storage,
+             u32(dst.cap), window_of(dst), u32(dst.window_begin)};
   uint32_t gx, gy;
   split_groups(n, &gx, &gy);
   rec.dispatch("store_rows", {}, &pc, sizeof(pc), gx, gy);
@@ -239,7 +250,6 @@ Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k
   pc.cap = u32(k.cap);
   pc.k_words = k.words();
   pc.v_words = v.words();
-  pc.storage = (uint32_t)k.storage;
   pc.h0 = 0;
   pc.kcol = u32(a.dh);
   pc.w = u32(a.dh);
@@ -276,7 +286,8 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   pc.cap = u32(g.zk.cap);
   pc.k_words = g.zk.words();
   pc.v_words = g.zv.words();
-  pc.storage = (uint32_t)g.zk.storage;
+  pc.win_begin = u32(g.zk.window_begin);
+  pc.win = window_of(g.zk);
   const int h0 = g.group * g.s * n_rep;
   pc.h0 = u32(h0);
   pc.kcol = u32(g.s * a.dh);  // the latent kernel's B^Kᵀ row length
@@ -331,6 +342,9 @@ Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, c
   pc.ow = u32(a.ow);
   pc.out0 = u32(out0);
   pc.scale = inv_sqrt_dh(a.dh);
+  pc.win = window_of(v);
+  pc.win_begin = u32(v.window_begin);
+  pc.v_rank = u32(v.rank);
   if (sg) {
     const uint32_t wmax = (uint32_t)w;
     rec.dispatch(
@@ -349,10 +363,15 @@ Status latent_rebuild_keys(Recorder& rec, const Region& zk, uint64_t bk, WeightT
                            uint32_t sin_off, uint64_t out, int ld, int col0) {
   if ((size_t)zk.rank * 4 > rec.context()->max_shared_bytes())
     return unimplemented("vulkan rebuild: rank too large");
-  RebuildPC pc{zk.base,     bk,           k_bias,     rope_table,
-               out,         u32(T),       zk.words(), (uint32_t)zk.storage,
-               u32(zk.cap), u32(zk.rank), u32(s),     u32(dh),
-               sin_off,     u32(ld),      u32(col0),  k_bias != 0 ? 1u : 0u};
+  RebuildPC pc{zk.base,       bk,
+               k_bias,        rope_table,
+               out,           u32(T),
+               zk.words(),    (uint32_t)zk.storage,
+               u32(zk.cap),   u32(zk.rank),
+               u32(s),        u32(dh),
+               sin_off,       u32(ld),
+               u32(col0),     k_bias != 0 ? 1u : 0u,
+               window_of(zk), u32(zk.window_begin)};
   uint32_t gx, gy;
   split_groups(T, &gx, &gy);
   rec.dispatch("latent_rebuild", {(uint32_t)wt, (uint32_t)zk.rank}, &pc, sizeof(pc), gx, gy);

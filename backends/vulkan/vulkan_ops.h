@@ -8,7 +8,11 @@
 // Cache regions (store_rows, attention): a region is `cap` rows of `row_words` 32-bit words in
 // a RowStorage (f32, f16/bf16 two per word, packed B-bit codes as cache/latent_packing.h's bit
 // string, rows padded to whole words), followed for packed storage by cap (scale, zero) float32
-// pairs. region_words() gives its size.
+// pairs. region_words() gives its size. Packed latent regions may carry an f16 window
+// (CacheOptions.window_tokens): `window` slots after the parameters, each an f16 row of rank
+// values padded to whole words; position p ≥ window_begin lives in slot p mod window (written by
+// store_rows when p ≥ window_begin, read instead of the packed row by the latent kernels), as
+// cache::BlockPool's window ring. Slots allocated: min(window, cap) (positions stay below cap).
 //
 // Thread-safety: launchers only record; see Recorder. Errors: recorded dispatch failures come
 // back from Recorder::submit; launchers validate shapes the shaders cannot handle and return
@@ -29,8 +33,9 @@ enum class WeightType : uint32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 // Words of one row of n values in storage s (padded to whole words).
 size_t row_words(RowStorage s, int n);
-// Words of a region of cap rows (rows plus packed parameters).
-size_t region_words(RowStorage s, int n, int cap);
+// Words of a region of cap rows (rows plus packed parameters, plus the f16 window ring of a
+// packed region with window > 0).
+size_t region_words(RowStorage s, int n, int cap, int window = 0);
 
 // x[r, :] = E[tok[r], :], E: [vocab, d] of type wt; tok: n int32.
 void embed(Recorder& rec, uint64_t tok, uint64_t emb, WeightType wt, uint64_t x, int n, int d,
@@ -60,11 +65,16 @@ void softmax(Recorder& rec, uint64_t x, int rows, int n, int ld);
 struct Region {
   uint64_t base = 0;  // address of the region
   RowStorage storage = RowStorage::kF16;
-  int rank = 0;            // values per row
-  int cap = 0;             // rows
+  int rank = 0;  // values per row
+  int cap = 0;   // rows
+  // f16 window of packed storage: slots (0: none) and the first position read from it. Only
+  // the latent kernels (decode, rebuild, prefill values) and store_rows read these.
+  int window = 0;
+  int window_begin = 0;
   uint32_t words() const;  // row stride in words
 };
-// Rows src[r·src_ld + src_col .. + rank) → region rows pos0 + r (encode / quantize).
+// Rows src[r·src_ld + src_col .. + rank) → region rows pos0 + r (encode / quantize; also into
+// the f16 window for positions ≥ dst.window_begin when dst.window > 0).
 void store_rows(Recorder& rec, uint64_t src, int src_ld, int src_col, const Region& dst, int n,
                 int pos0);
 

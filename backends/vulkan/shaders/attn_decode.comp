@@ -6,7 +6,7 @@
 // Full cache (LATENT undefined): K/V rows of the layer (post-RoPE keys), KV head j's values at
 // columns j·kcol.. of the row; storage f32/f16/bf16.
 // LATENT: the dispatch is one low-rank group (s KV heads); kc/vc are its z^K/z^V regions (any
-// storage incl. packed codes). Per tile of TT tokens the key latents are dequantized into
+// storage incl. packed codes, and the f16 window of packed storage). Per tile of TT tokens the key latents are dequantized into
 // shared memory, KV head j's keys rebuilt as B^K[j·d_h.., :]·z (+ bias), rotated at each
 // token's position (RoPE table), then scored; values are never rebuilt: acc += p·z^V.
 #version 450
@@ -27,8 +27,9 @@ layout(push_constant) uniform PC {
   Buf bias;  // LATENT: k bias of the group [s·d_h] f32 (flags & 1)
   Buf rope;  // cos [P, d_h/2], sin at word sin_off
   Buf part;  // partials
-  uint T, tps, cap, k_words, v_words, storage, h0, kcol, r_k, w, n_rep, dh, sin_off, flags, part_stride;
+  uint T, tps, cap, k_words, v_words, win_begin, h0, kcol, r_k, w, n_rep, dh, sin_off, flags, part_stride;
   float scale;
+  uint win;  // LATENT: f16 window slots (0: none); positions ≥ win_begin read it (ld_lat)
 } pc;
 
 shared float qs[NREP * DHMAX];
@@ -62,14 +63,13 @@ void main() {
   barrier();
   const uint t_begin = sp * pc.tps;
   const uint t_end = min(pc.T, t_begin + pc.tps);
-  const uint kprm = pc.cap * pc.k_words, vprm = pc.cap * pc.v_words;
   for (uint t0 = t_begin; t0 < t_end; t0 += TT) {
     const uint nt = min(TT, t_end - t0);
 #ifdef LATENT
     const uint rk = pc.r_k;
     for (uint e = tid; e < nt * rk; e += 64u) {
       const uint t = e / rk, p = e % rk;
-      zs[t * rk + p] = ld_row(pc.kc, (t0 + t) * pc.k_words, p, ST, kprm + 2u * (t0 + t));
+      zs[t * rk + p] = ld_lat(pc.kc, t0 + t, pc.k_words, p, ST, pc.cap, rk, pc.win, pc.win_begin);
     }
     barrier();
     // B^Kᵀ [r_k, s·d_h]: consecutive invocations read consecutive weights of one row. Each
@@ -140,7 +140,7 @@ void main() {
       const uint o = ((hq0 + rep) * splits + sp) * pc.part_stride + 2u + c;
       float acc = ldf(pc.part, o) * cs[rep];
       for (uint t = 0u; t < nt; ++t) {
-        acc += ps[rep * TT + t] * ld_row(pc.vc, (t0 + t) * pc.v_words, vcol + c, ST, vprm + 2u * (t0 + t));
+        acc += ps[rep * TT + t] * ld_lat(pc.vc, t0 + t, pc.v_words, vcol + c, ST, pc.cap, W, pc.win, pc.win_begin);
       }
       stf(pc.part, o, acc);
     }

@@ -6,7 +6,8 @@
 // Keys: rows of k_words words in k_storage (f32/f16/bf16), KV head j at column j·d_h — the
 // cache's post-RoPE rows, or the keys latent_rebuild.comp rebuilt from latents.
 // Values: rows of v_words words in v_storage (any, packed params after v_cap rows), head h's
-// w columns at j·vcol_per_kv (full rows: d_h; a latent group's z^V: 0).
+// w columns at j·vcol_per_kv (full rows: d_h; a latent group's z^V: 0); packed latents may have
+// an f16 window (win > 0: positions ≥ win_begin read from it, common.glsl ld_lat).
 // Output: out[r·ow + out0 + hl·w + c].
 #version 450
 #extension GL_GOOGLE_include_directive : require
@@ -21,6 +22,7 @@ layout(push_constant) uniform PC {
   Buf out_;
   uint n, p0, qw, k_words, k_storage, v_words, v_storage, v_cap, n_rep, dh, h0, vcol_per_kv, w, ow, out0;
   float scale;
+  uint win, win_begin, v_rank;  // the values' f16 window (common.glsl ld_lat); win 0: none
 } pc;
 shared float qs[QB * DHMAX];
 shared float ks[KT * DHMAX];
@@ -51,7 +53,6 @@ void main() {
   barrier();
   const uint kend = pc.p0 + r0 + nr;  // keys visible to the block's last row
   const uint vcol = j * pc.vcol_per_kv;
-  const uint vprm = pc.v_cap * pc.v_words;
   for (uint k0 = 0u; k0 < kend; k0 += KT) {
     const uint nk = min(KT, kend - k0);
     for (uint e = tid; e < nk * dh; e += 64u) {
@@ -96,7 +97,7 @@ void main() {
       float acc = ldf(pc.out_, o) * cs[r];
       const uint vis = min(nk, pc.p0 + r0 + r + 1u - min(k0, pc.p0 + r0 + r + 1u));
       for (uint t = 0u; t < vis; ++t) {
-        acc += ss[r * KT + t] * ld_row(pc.vc, (k0 + t) * pc.v_words, vcol + c, pc.v_storage, vprm + 2u * (k0 + t));
+        acc += ss[r * KT + t] * ld_lat(pc.vc, k0 + t, pc.v_words, vcol + c, pc.v_storage, pc.v_cap, pc.v_rank, pc.win, pc.win_begin);
       }
       stf(pc.out_, o, acc);
     }

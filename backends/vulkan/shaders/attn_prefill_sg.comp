@@ -22,6 +22,7 @@ layout(push_constant) uniform PC {
   Buf out_;
   uint n, p0, qw, k_words, k_storage, v_words, v_storage, v_cap, n_rep, dh, h0, vcol_per_kv, w, ow, out0;
   float scale;
+  uint win, win_begin, v_rank;  // the values' f16 window (common.glsl ld_lat); win 0: none
 } pc;
 void main() {
   const uint hl = gl_WorkGroupID.x, r = gl_WorkGroupID.y;
@@ -36,7 +37,6 @@ void main() {
   float m = NEG_INF, l = 0.0;
   const uint visible = pc.p0 + r + 1u;
   const uint vcol = j * pc.vcol_per_kv;
-  const uint vprm = pc.v_cap * pc.v_words;
   for (uint t = lane; t < visible; t += step) {
     float s = 0.0;
     const uint k0 = t * pc.k_words;
@@ -64,7 +64,7 @@ void main() {
         acc[c + 1u] = acc[c + 1u] * corr + p * vv.y;
       }
     } else {
-      for (uint c = 0u; c < WMAX; ++c) acc[c] = acc[c] * corr + p * ld_row(pc.vc, v0, vcol + c, VST, vprm + 2u * t);
+      for (uint c = 0u; c < WMAX; ++c) acc[c] = acc[c] * corr + p * ld_lat(pc.vc, t, pc.v_words, vcol + c, VST, pc.v_cap, pc.v_rank, pc.win, pc.win_begin);
     }
     m = mn;
   }

@@ -57,6 +57,19 @@ float ld_row(Buf b, uint w0, uint c, uint st, uint prm) {
   return scale == 0.0 ? zero : r;
 }
 
+// Row `pos` of a latent region, element c, honouring the f16 window of packed storage: a
+// region of cap rows of `words` words (+ cap (scale, zero) pairs when packed) may be followed by
+// an f16 ring (the newest positions kept exact, model/llama_model.h CacheOptions.window_tokens):
+// win > 0 and pos ≥ win_begin read slot pos mod win, rows of (rank + 1)/2 words at word
+// cap·(words + 2); every other position reads the stored row (ld_row). win = 0: no window.
+float ld_lat(Buf b, uint pos, uint words, uint c, uint st, uint cap, uint rank, uint win, uint win_begin) {
+  if (win != 0u && pos >= win_begin) {
+    const uint w0 = cap * (words + 2u) + (pos % win) * ((rank + 1u) >> 1);
+    return unpackHalf2x16(b.v[w0 + (c >> 1)] >> ((c & 1u) << 4)).x;
+  }
+  return ld_row(b, pos * words, c, st, cap * words + 2u * pos);
+}
+
 // IEEE half bits of x, round to nearest even (what the CPU cache stores).
 uint f32_to_f16_rne(float f) {
   const uint x = floatBitsToUint(f);

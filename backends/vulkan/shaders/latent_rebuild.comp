@@ -1,6 +1,7 @@
 // Keys of one low-rank group rebuilt from its latents for positions 0 .. T−1 (latent prefill):
 // out[t·ld + col0 + u·d_h + i] = rope(B^K_g·z_t + b, t) for the group's s KV heads.
-// One workgroup per token; its latent row is dequantized into shared memory once.
+// One workgroup per token; its latent row is dequantized into shared memory once (the f16
+// window copy for positions ≥ win_begin when win > 0, common.glsl ld_lat).
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -13,7 +14,7 @@ layout(push_constant) uniform PC {
   Buf bias;  // [s·d_h] f32 (flags & 1)
   Buf rope;
   Buf out_;  // [T, ld] f32
-  uint T, k_words, storage, cap, r_k, s, dh, sin_off, ld, col0, flags;
+  uint T, k_words, storage, cap, r_k, s, dh, sin_off, ld, col0, flags, win, win_begin;
 } pc;
 shared float zs[RMAX];
 void main() {
@@ -21,7 +22,7 @@ void main() {
   if (t >= pc.T) return;
   const uint tid = gl_LocalInvocationID.x;
   const uint rk = pc.r_k, dh = pc.dh, half_dh = dh / 2u;
-  for (uint p = tid; p < rk; p += 64u) zs[p] = ld_row(pc.kc, t * pc.k_words, p, pc.storage, pc.cap * pc.k_words + 2u * t);
+  for (uint p = tid; p < rk; p += 64u) zs[p] = ld_lat(pc.kc, t, pc.k_words, p, pc.storage, pc.cap, rk, pc.win, pc.win_begin);
   barrier();
   for (uint e = tid; e < pc.s * half_dh; e += 64u) {
     const uint u = e / half_dh, i = e % half_dh;

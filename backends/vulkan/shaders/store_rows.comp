@@ -4,6 +4,8 @@
 // cache/latent_codec.h's formula (scale = (max − min)/(2^B − 1), zero = min, code =
 // clamp(roundEven((z − zero)·(1/scale)))), codes packed as cache/latent_packing.h's bit string.
 // f16/bf16 round to nearest even. One workgroup per row.
+// Window (packed storage, win > 0): positions ≥ win_begin are also written in f16 to the ring
+// after the parameters, slot pos mod win (common.glsl ld_lat), as cache::BlockPool does.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -11,7 +13,7 @@ layout(local_size_x = 64) in;
 layout(push_constant) uniform PC {
   Buf src;
   Buf dst;
-  uint n, src_ld, src_col, rank, row_words, pos0, storage, cap;
+  uint n, src_ld, src_col, rank, row_words, pos0, storage, cap, win, win_begin;
 } pc;
 shared float lo_s[64];
 shared float hi_s[64];
@@ -42,6 +44,16 @@ void main() {
       pc.dst.v[w0 + w] = lo | (hi << 16);
     }
     return;
+  }
+  if (pc.win != 0u && pc.pos0 + r >= pc.win_begin) {
+    const uint hw = (pc.rank + 1u) >> 1;
+    const uint ring = pc.cap * (pc.row_words + 2u) + ((pc.pos0 + r) % pc.win) * hw;
+    for (uint w = tid; w < hw; w += 64u) {
+      const uint c = 2u * w;
+      const uint lo = f32_to_f16_rne(ldf(pc.src, s0 + c));
+      const uint hi = c + 1u < pc.rank ? f32_to_f16_rne(ldf(pc.src, s0 + c + 1u)) : 0u;
+      pc.dst.v[ring + w] = lo | (hi << 16);
+    }
   }
   const uint B = storage_bits(st);
   float lo = uintBitsToFloat(0x7f800000u), hi = NEG_INF;

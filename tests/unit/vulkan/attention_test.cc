@@ -83,12 +83,13 @@ HostRows encode_host(RowStorage st, const std::vector<float>& z, int rank, int T
   return h;
 }
 
-// A device region of T rows of `rank` values encoded by store_rows.
+// A device region of T rows of `rank` values encoded by store_rows (packed storage: with an f16
+// window of `window` slots holding positions ≥ window_begin when window > 0).
 VulkanBuffer device_region(VulkanContext* ctx, RowStorage st, const std::vector<float>& z, int rank,
-                           int T, Region* reg) {
+                           int T, Region* reg, int window = 0, int window_begin = 0) {
   VulkanBuffer src = to_device(ctx, z);
-  VulkanBuffer r = device_buffer(ctx, region_words(st, rank, T) * 4);
-  *reg = Region{r.address(), st, rank, T};
+  VulkanBuffer r = device_buffer(ctx, region_words(st, rank, T, window) * 4);
+  *reg = Region{r.address(), st, rank, T, window, window_begin};
   Recorder rec(ctx);
   store_rows(rec, src.address(), rank, 0, *reg, T, 0);
   EXPECT_TRUE(rec.submit("store_rows").is_ok());
@@ -333,6 +334,16 @@ INSTANTIATE_TEST_SUITE_P(Cases, LatentDecode, ::testing::ValuesIn(latent_cases()
                                   (c.wt == WeightType::kF16 ? "_f16B" : "");
                          });
 
+// What the latent kernels read with an f16 window: rows ≥ window_begin are the f16-rounded
+// latents, earlier rows the decoded stored ones.
+std::vector<float> windowed(std::vector<float> decoded, const std::vector<float>& z, int rank,
+                            int window, int window_begin) {
+  if (window <= 0) return decoded;
+  for (size_t i = (size_t)window_begin * rank; i < decoded.size(); ++i)
+    decoded[i] = f16_to_f32(f32_to_f16(z[i]));
+  return decoded;
+}
+
 // Latent prefill: keys rebuilt from z^K (B^K z + b, RoPE at each position), causal attention
 // whose values are the group's z^V latents; reference in double from the decoded latents.
 TEST(VulkanAttention, LatentPrefillMatchesReference) {
@@ -341,10 +352,14 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
   struct C {
     int H, Hkv, s, rk, rv, n, p0;
     RowStorage st;
+    int window = 0, window_begin = 0;  // f16 window: positions ≥ window_begin read exact f16
   };
   for (const C& c :
        {C{8, 2, 2, 64, 32, 7, 10, RowStorage::kF16}, C{4, 4, 2, 32, 96, 20, 0, RowStorage::kQ4},
-        C{8, 8, 4, 128, 64, 3, 40, RowStorage::kQ3}}) {
+        C{8, 8, 4, 128, 64, 3, 40, RowStorage::kQ3},
+        // windows: full (T − N), and refilling after a truncation (T − N < begin < T)
+        C{4, 4, 2, 32, 96, 20, 8, RowStorage::kQ4, 12, 16},
+        C{8, 2, 2, 64, 33, 7, 30, RowStorage::kQ2, 8, 33}}) {
     const int T = c.p0 + c.n, G = c.Hkv / c.s, N = c.s * dh, kvw = c.Hkv * dh, qw = c.H * dh,
               n_rep = c.H / c.Hkv;
     std::vector<float> inv_freq;
@@ -364,8 +379,8 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
              zv = random_floats((size_t)T * c.rv, 91 + g);
         auto bk = random_floats((size_t)N * c.rk, 101 + g, -0.2f, 0.2f),
              kb = random_floats(N, 111 + g);
-        keep.push_back(device_region(ctx, c.st, zk, c.rk, T, &zkr[g]));
-        keep.push_back(device_region(ctx, c.st, zv, c.rv, T, &zvr[g]));
+        keep.push_back(device_region(ctx, c.st, zk, c.rk, T, &zkr[g], c.window, c.window_begin));
+        keep.push_back(device_region(ctx, c.st, zv, c.rv, T, &zvr[g], c.window, c.window_begin));
         keep.push_back(to_device(ctx, transpose(bk, N, c.rk)));
         const uint64_t bka = keep.back().address();
         keep.push_back(to_device(ctx, kb));
@@ -376,7 +391,8 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
                         .is_ok());
         ASSERT_TRUE(rec.submit("rebuild").is_ok());
         // Reference keys of this group.
-        const auto zd = encode_host(c.st, zk, c.rk, T).decoded(c.st, c.rk, T);
+        const auto zd = windowed(encode_host(c.st, zk, c.rk, T).decoded(c.st, c.rk, T), zk, c.rk,
+                                 c.window, c.window_begin);
         for (int t = 0; t < T; ++t) {
           std::vector<float> k(N);
           for (int e = 0; e < N; ++e) {
@@ -396,7 +412,8 @@ TEST(VulkanAttention, LatentPrefillMatchesReference) {
           }
         }
         // Reference output of this group's heads (values = its z^V latents).
-        const auto vd = encode_host(c.st, zv, c.rv, T).decoded(c.st, c.rv, T);
+        const auto vd = windowed(encode_host(c.st, zv, c.rv, T).decoded(c.st, c.rv, T), zv, c.rv,
+                                 c.window, c.window_begin);
         const int h0 = g * c.s * n_rep, nh = c.s * n_rep;
         std::vector<float> Kg((size_t)T * kvw, 0.f);
         // reference_prefill indexes K by KV head j = h / n_rep over all heads; run it on all

@@ -220,5 +220,48 @@ TEST(VulkanOps, StoreRowsEncodesLikeTheCache) {
   }
 }
 
+// The f16 window of a packed region: store_rows writes positions ≥ window_begin, as
+// f32_to_f16 (round to nearest even) values, into ring slot pos mod window after the
+// parameters; earlier positions leave their slots alone; the packed rows are written as always.
+TEST(VulkanOps, StoreRowsWritesTheWindowRing) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  for (RowStorage st : {RowStorage::kQ4, RowStorage::kQ3, RowStorage::kQ2}) {
+    for (int rank : {1, 5, 40}) {
+      const int n = 7, cap = 16, pos0 = 3, window = 4, window_begin = 6, src_ld = rank;
+      auto src = random_floats((size_t)n * src_ld, 31 + rank, -4, 4);
+      const size_t words = region_words(st, rank, cap, window);
+      const size_t rw = row_words(st, rank), hw = (size_t)(rank + 1) / 2;
+      ASSERT_EQ(words, rw * cap + 2 * (size_t)cap + window * hw);
+      VulkanBuffer sb = to_device(ctx, src);
+      VulkanBuffer rb = to_device(ctx, std::vector<uint32_t>(words, 0xdeadbeefu));
+      Region reg{rb.address(), st, rank, cap, window, window_begin};
+      Recorder rec(ctx);
+      store_rows(rec, sb.address(), src_ld, 0, reg, n, pos0);
+      ASSERT_TRUE(rec.submit("store_rows").is_ok());
+      auto got = from_device<uint32_t>(ctx, rb, words);
+      const uint16_t* ring = reinterpret_cast<const uint16_t*>(&got[rw * cap + 2 * (size_t)cap]);
+      std::vector<int> written(window, -1);  // position each slot must hold
+      for (int p = std::max(pos0, window_begin); p < pos0 + n; ++p) written[p % window] = p;
+      for (int slot = 0; slot < window; ++slot) {
+        for (int c = 0; c < rank; ++c) {
+          const uint16_t g = ring[(size_t)slot * 2 * hw + c];
+          if (written[slot] < 0) {
+            EXPECT_EQ(g, (c & 1) ? 0xdeadu : 0xbeefu) << "slot " << slot << " was written";
+          } else {
+            EXPECT_EQ(g, f32_to_f16(src[(size_t)(written[slot] - pos0) * src_ld + c]))
+                << cache::storage_name(st) << " rank " << rank << " slot " << slot << " c " << c;
+          }
+        }
+      }
+      // The packed row of a windowed position is written too (it is read once it ages out).
+      std::vector<uint8_t> want(rw * 4, 0);
+      cache::QuantParams qp;
+      cache::encode_row(st, &src[(size_t)(n - 1) * src_ld], rank, want.data(), &qp);
+      EXPECT_EQ(0, std::memcmp(&got[(size_t)(pos0 + n - 1) * rw], want.data(),
+                               row_storage_bytes(st, rank)));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace palu::backends::vulkan
