@@ -5,6 +5,7 @@
 #include "tools/compress/layerwise.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
