@@ -18,6 +18,15 @@
 //     models): keys of all T cached tokens decoded to f32 (latents: rebuilt k = B^K z + b_k with
 //     RoPE at each position), scores by cuBLAS SGEMM per query chunk, a causal softmax, then
 //     P·V (latents: P·z^V, values stay latent). f32 throughout, as the CPU prefill.
+// Packed latents with an f16 window (CacheOptions.window_tokens = N > 0, cache::BlockPool's
+// semantics): every token is stored packed; tokens at positions ≥ window_begin also get
+// half(z) (round to nearest even) in a ring of min(N, capacity) f16 rows per (layer, K/V,
+// group), slot p mod N. A step of n tokens first sets window_begin = max(window_begin, T + n − N)
+// (every query of the step sees the same split); readers take the ring for positions ≥
+// window_begin and the packed codes before. truncate(n): window_begin = min(window_begin, n)
+// (aged-out rows stay packed). A windowed step always runs the generic attention (packed rows
+// decoded to f32, then the window's rows overwritten from the ring); the fused decode kernel
+// reads one storage per group and is not used with a window.
 //
 // A sequence owns one contiguous device buffer for its cache (capacity tokens), a stream and a
 // cuBLAS handle. Scratch for one forward comes from the model's caching allocator and is
@@ -39,6 +48,7 @@
 #include "backends/cuda/cuda_status.h"
 #include "backends/cuda/cuda_stream.h"
 #include "backends/cuda/forward_ops.h"
+#include "cache/cache_layout.h"
 
 namespace palu::backends::cuda {
 namespace {
@@ -99,6 +109,8 @@ class CudaSequence final : public model::DeviceSequence {
       return out_of_range("truncate: n must be in [0, " + std::to_string(len_) +
                           "] (the cached tokens), found " + std::to_string(n));
     len_ = n;
+    // As cache::BlockPool: tokens that aged out stay packed (their f16 copies are gone).
+    window_begin_ = std::min(window_begin_, n);
     return Status::ok();
   }
   size_t cache_bytes() const override { return cache_.bytes(); }
@@ -115,6 +127,7 @@ class CudaSequence final : public model::DeviceSequence {
   };
   struct Seg {  // one (layer, K/V, group) latent segment of the cache buffer
     size_t rows = 0, scale = 0, zero = 0, row_bytes = 0;
+    size_t ring = 0;  // the f16 window ring [min(N, capacity), rank] (window only)
     int rank = 0;
   };
   // The prefill attention's buffers, allocated once per forward and reused by every layer.
@@ -133,10 +146,14 @@ class CudaSequence final : public model::DeviceSequence {
   std::vector<CudaLatentGroup> latent_groups(int l) const;
   const Seg& seg(int l, int kv, int g) const;
   uint16_t* full_rows(int l, int kv) const;
+  // The f16 window's ring slots N (0: no window; only packed latents have one).
+  int window() const;
 
   CudaModel* m_;
   int cap_;
   int len_ = 0;
+  int window_begin_ = 0;  // first position read from the f16 window (window() > 0)
+  int step_wb_ = 0;       // window_begin of the step being run: max(window_begin_, T + n − N)
   CudaStream stream_;
   CublasHandle blas_;
   CudaBuffer cache_;
@@ -172,9 +189,13 @@ class CudaModel final : public model::DeviceModel {
         latent_ ? std::string("latent ") + row_storage_name(opt_.cache.storage) +
                       " cache (group size " + std::to_string(src_.palu_manifest().group_size) + ")"
                 : std::string("full ") + row_storage_name(opt_.cache.storage) + " K/V cache";
+    if (opt_.cache.window_tokens > 0)
+      c += ", f16 window of " + std::to_string(opt_.cache.window_tokens) + " tokens";
     return "cuda:" + std::to_string(dev_) + " " + info_.name + ", f16 weights, " + c + ", decode " +
-           (fused_ ? "fused kernel"
-                   : "generic attention (head_dim " + std::to_string(src_.config().head_dim) + ")");
+           (opt_.cache.window_tokens > 0 ? std::string("generic attention (f16 window)")
+            : fused_
+                ? std::string("fused kernel")
+                : "generic attention (head_dim " + std::to_string(src_.config().head_dim) + ")");
   }
   CudaAllocatorStats allocator_stats() const { return alloc_->stats(); }
 
@@ -331,12 +352,12 @@ Status CudaModel::init() {
   info_.memory_bytes = prop.totalGlobalMem;
   latent_ = src_.is_compressed();
   // Cache options: validated as the CPU validates them, then what this backend implements.
-  PALU_RETURN_IF_ERROR(src_.cache_layout_spec(opt_.cache).status());
+  // (the layout's checks too, e.g. a window needs packed storage, as the CPU session makes them).
+  {
+    PALU_ASSIGN_OR_RETURN(cache::CacheLayoutSpec spec, src_.cache_layout_spec(opt_.cache));
+    PALU_RETURN_IF_ERROR(cache::CacheLayout::create(spec).status());
+  }
   const RowStorage st = opt_.cache.storage;
-  if (opt_.cache.window_tokens > 0)
-    return unimplemented(
-        "backend cuda: cache window_tokens " + std::to_string(opt_.cache.window_tokens) +
-        " (an f16 window of the newest tokens next to packed latents) is not implemented; use 0");
   if (!latent_ && st != RowStorage::kF16)
     return unimplemented(std::string("backend cuda: full K/V rows in ") + row_storage_name(st) +
                          " are not implemented (the CUDA full cache is f16)");
@@ -424,6 +445,10 @@ Status CudaSequence::init() {
             s.zero = bytes;
             bytes += align256((size_t)cap_ * 4);
           }
+          if (window() > 0) {
+            s.ring = bytes;
+            bytes += align256((size_t)std::min(window(), cap_) * r * 2);
+          }
           segs_.push_back(s);
         }
       }
@@ -435,6 +460,11 @@ Status CudaSequence::init() {
 const CudaSequence::Seg& CudaSequence::seg(int l, int kv, int g) const {
   const int G = (int)m_->layers_[0].rk.size();
   return segs_[((size_t)l * 2 + kv) * G + g];
+}
+
+int CudaSequence::window() const {
+  const model::CacheOptions& o = m_->opt_.cache;
+  return m_->latent_ && row_storage_bits(o.storage) != 0 ? std::max(0, o.window_tokens) : 0;
 }
 
 uint16_t* CudaSequence::full_rows(int l, int kv) const {
@@ -478,14 +508,20 @@ Status CudaSequence::forward(const int32_t* tokens, int n, LogitsMode mode, floa
                         " tokens do not fit: the sequence holds " + std::to_string(len_) + " of " +
                         std::to_string(cap_) + " tokens");
   PALU_CUDA_RETURN_IF_ERROR(cudaSetDevice(m_->dev_));
+  const int N = window();
+  step_wb_ = N > 0 ? std::max(window_begin_, len_ + n - N) : 0;
   Scratch s;
   Status st = run(tokens, n, mode, logits, &s);
   if (!st.is_ok()) {
     // Let queued work finish before the scratch goes back to the allocator; size() unchanged.
     (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream_.handle()));
     (void)cudaGetLastError();
+    // Ring slots of positions ≥ step_wb_ may have been overwritten: what the CPU session keeps
+    // after a failed step (append, then truncate back to size()).
+    window_begin_ = std::min(step_wb_, len_);
     return st;
   }
+  window_begin_ = step_wb_;
   len_ += n;
   return Status::ok();
 }
@@ -522,7 +558,9 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
   // kernels then neither allocate nor wait, and the whole step stays queued on the stream.
   dec_scratch_ = nullptr;
   dec_scratch_bytes_ = 0;
-  if (n == 1 && M.fused_) {
+  const int N = window();
+  const bool fused = n == 1 && M.fused_ && N == 0;
+  if (fused) {
     CudaAttentionShape sh{c.num_heads, c.num_kv_heads, c.head_dim,
                           M.latent_ ? M.src_.palu_manifest().group_size : 0};
     size_t bytes = 0;
@@ -537,7 +575,7 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
     dec_scratch_bytes_ = bytes;
   }
   GenericBufs gb;
-  if (n > 1 || !M.fused_) {
+  if (!fused) {
     const size_t T = (size_t)p0 + n;
     PALU_ASSIGN_OR_RETURN(gb.K, s->f32(a, T * kvw));
     PALU_ASSIGN_OR_RETURN(gb.V, s->f32(a, T * vcols));
@@ -583,10 +621,14 @@ Status CudaSequence::run(const int32_t* tokens, int n, LogitsMode mode, float* l
               z, kv == 0 ? rk_all : rv_all, n, sg.rank, storage, base + sg.rows, sg.row_bytes,
               reinterpret_cast<float*>(base + sg.scale), reinterpret_cast<float*>(base + sg.zero),
               p0, st));
+          if (N > 0)
+            PALU_RETURN_IF_ERROR(detail::store_window_rows(
+                z, kv == 0 ? rk_all : rv_all, n, sg.rank,
+                reinterpret_cast<uint16_t*>(base + sg.ring), N, p0, step_wb_, st));
         }
       }
     }
-    if (n == 1 && M.fused_) {
+    if (fused) {
       PALU_RETURN_IF_ERROR(attention_decode(l, q, att));
     } else {
       PALU_RETURN_IF_ERROR(attention_generic(l, n, q, att, gb));
@@ -696,6 +738,15 @@ Status CudaSequence::attention_generic(int l, int n, const float* q, float* att,
           base + sv.rows, sv.row_bytes, reinterpret_cast<const float*>(base + sv.scale),
           reinterpret_cast<const float*>(base + sv.zero), storage, sv.rank, T, Vv, vw, L.voff[g],
           st));
+      if (window() > 0) {
+        // Positions ≥ window_begin read the exact f16 copies instead of the packed codes.
+        PALU_RETURN_IF_ERROR(
+            detail::load_window_rows(reinterpret_cast<const uint16_t*>(base + sk.ring), window(),
+                                     sk.rank, step_wb_, T, Z, rk_all, L.koff[g], st));
+        PALU_RETURN_IF_ERROR(
+            detail::load_window_rows(reinterpret_cast<const uint16_t*>(base + sv.ring), window(),
+                                     sv.rank, step_wb_, T, Vv, vw, L.voff[g], st));
+      }
       // K[:, g·N .. (g+1)·N) = Z_g[T, r_k] · B^K_gᵀ  (col-major: Kᵀ = op_T(B as [r_k, N]) · Zᵀ)
       PALU_BLAS(cublasSgemm(bh, CUBLAS_OP_T, CUBLAS_OP_N, N, T, L.rk[g], &one,
                             L.bk32[g].as<float>(), L.rk[g], Z + L.koff[g], rk_all, &zero,

@@ -187,6 +187,23 @@ __global__ void causal_softmax_kernel(float* S, int rows, int keys, int first_vi
   for (int t = threadIdx.x; t < visible; t += blockDim.x) row[t] *= inv;
 }
 
+__global__ void store_window_kernel(const float* z, int ld_z, int rank, __half* ring, int slots,
+                                    int t0, int first) {
+  const int pos = t0 + (int)blockIdx.x;
+  if (pos < first) return;
+  const float* src = z + (size_t)blockIdx.x * ld_z;
+  __half* dst = ring + (size_t)(pos % slots) * rank;
+  for (int i = threadIdx.x; i < rank; i += blockDim.x) dst[i] = __float2half_rn(src[i]);
+}
+
+__global__ void load_window_kernel(const __half* ring, int slots, int rank, int begin, float* out,
+                                   int ld_out, int col0) {
+  const int pos = begin + (int)blockIdx.x;
+  const __half* src = ring + (size_t)(pos % slots) * rank;
+  float* dst = out + (size_t)pos * ld_out + col0;
+  for (int i = threadIdx.x; i < rank; i += blockDim.x) dst[i] = __half2float(src[i]);
+}
+
 Status launched(const char* what) {
   return cuda_status(cudaGetLastError(), what);
 }
@@ -243,6 +260,22 @@ Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* sca
                                                      row_storage_bits(storage), rank, out, ld_out,
                                                      col0);
   return launched("cuda model: decode latent rows");
+}
+
+Status store_window_rows(const float* z, int ld_z, int rows, int rank, uint16_t* ring, int slots,
+                         int t0, int first, void* stream) {
+  if (rows <= 0 || rank <= 0 || slots <= 0 || t0 + rows <= first) return Status::ok();
+  store_window_kernel<<<rows, 128, 0, (cudaStream_t)stream>>>(
+      z, ld_z, rank, reinterpret_cast<__half*>(ring), slots, t0, first);
+  return launched("cuda model: store window rows");
+}
+
+Status load_window_rows(const uint16_t* ring, int slots, int rank, int begin, int end, float* out,
+                        int ld_out, int col0, void* stream) {
+  if (end <= begin || rank <= 0 || slots <= 0) return Status::ok();
+  load_window_kernel<<<end - begin, 128, 0, (cudaStream_t)stream>>>(
+      reinterpret_cast<const __half*>(ring), slots, rank, begin, out, ld_out, col0);
+  return launched("cuda model: load window rows");
 }
 
 Status causal_softmax(float* S, int heads, int rows, int keys, int first_visible, void* stream) {

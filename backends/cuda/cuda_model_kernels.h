@@ -40,6 +40,15 @@ Status encode_latent_rows(const float* z, int ld_z, int rows, int rank, RowStora
 Status decode_latent_rows(const uint8_t* src, size_t row_bytes, const float* scale,
                           const float* zero, RowStorage storage, int rank, int T, float* out,
                           int ld_out, int col0, void* stream);
+// The f16 window of packed latents (a ring of `slots` rows of `rank` f16 values, position p in
+// slot p mod slots, as cache::BlockPool): rows t < rows of z (position t0 + t) whose position is
+// ≥ first are written as half(z) (round to nearest even); the others are left alone.
+Status store_window_rows(const float* z, int ld_z, int rows, int rank, uint16_t* ring, int slots,
+                         int t0, int first, void* stream);
+// out[p, col0 .. col0 + rank) = float(ring slot p mod slots) for positions p in [begin, end)
+// (ld_out floats per row): overwrites the decoded packed rows of the window's positions.
+Status load_window_rows(const uint16_t* ring, int slots, int rank, int begin, int end, float* out,
+                        int ld_out, int col0, void* stream);
 // Causal softmax in place on scores S [heads, rows, keys] (row-major, each head's block
 // rows·keys): row i sees keys [0, first_visible + i + 1) (clamped to keys); the rest are set to 0.
 // exp and the max/sum in f32, as the CPU prefill.

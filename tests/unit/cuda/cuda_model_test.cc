@@ -1,6 +1,7 @@
 // The whole model on the GPU (backends/cuda/cuda_model.h): golden logits of the reference
 // models, the compressed (Palu) runtime against the CPU DeviceModel, the fused decode kernels
-// inside the model (head_dim 128), the error contract, and the device allocation-failure seam.
+// inside the model (head_dim 128), packed latents with an f16 window against the CPU's window,
+// the error contract, and the device allocation-failure seam.
 // Skips without a GPU.
 //
 // Tolerance (f16 weights and activations rounded to f16 at every GEMM input, f32 accumulation;
@@ -312,6 +313,142 @@ TEST_F(CudaModelCompressed, MatchesTheCpuDeviceModelF16AndQ4) {
   }
 }
 
+// ---- packed latents with an f16 window (CacheOptions.window_tokens) ---------------------------
+
+// One step of a window script: forward n > 0 tokens (kAll logits), or truncate to `to`.
+struct WindowStep {
+  int n = 0;
+  int to = -1;
+};
+
+// Window 16: chunks that cross the window, decode past it, a truncate below window_begin (12 →
+// 10: tokens 10, 11 stay packed and the window refills), then more prefill and decode.
+std::vector<WindowStep> window_script() {
+  std::vector<WindowStep> s = {{11}, {9}};
+  for (int i = 0; i < 8; ++i) s.push_back({1});
+  s.push_back({0, 10});
+  s.push_back({7});
+  for (int i = 0; i < 6; ++i) s.push_back({1});
+  s.push_back({20});
+  for (int i = 0; i < 4; ++i) s.push_back({1});
+  return s;
+}
+
+// Every logit row the script produces (tokens keep coming from `ids` after a truncate, so
+// the redone positions get other tokens); empty after a failure (EXPECTed).
+std::vector<float> run_window_script(DeviceModel* dm, const std::vector<WindowStep>& script,
+                                     const std::vector<int32_t>& ids, int V, int cap) {
+  std::vector<float> out;
+  auto seq = dm->new_sequence(cap);
+  EXPECT_TRUE(seq.is_ok()) << seq.status().to_string();
+  if (!seq.is_ok()) return {};
+  DeviceSequence& s = *seq.value();
+  size_t next = 0;
+  for (const WindowStep& w : script) {
+    if (w.n == 0) {
+      Status st = s.truncate(w.to);
+      EXPECT_TRUE(st.is_ok()) << st.to_string();
+      if (!st.is_ok()) return {};
+      continue;
+    }
+    std::vector<int32_t> t(w.n);
+    for (int i = 0; i < w.n; ++i) t[i] = ids[next++ % ids.size()];
+    std::vector<float> lg((size_t)w.n * V);
+    Status st = s.forward(t.data(), w.n, LogitsMode::kAll, lg.data());
+    EXPECT_TRUE(st.is_ok()) << st.to_string();
+    if (!st.is_ok()) return {};
+    out.insert(out.end(), lg.begin(), lg.end());
+  }
+  return out;
+}
+
+// The CUDA model with a packed storage + window 16 against the CPU DeviceModel with the same
+// CacheOptions (the packed criteria above, where the "quantization" is what the window itself
+// changes on the CPU: the GPU must follow the windowed CPU, not the plain packed one), and the
+// GPU's own result without the window must differ (the window is read).
+void expect_window_matches_cpu(const LlamaModel& m, RowStorage st, const std::string& name,
+                               const std::vector<int32_t>& ids) {
+  const int V = m.config().vocab_size, cap = 64;
+  DeviceModelOptions win, plain;
+  win.cache.storage = plain.cache.storage = st;
+  win.cache.window_tokens = 16;
+  auto gpu = make_cuda_model(m, win);
+  ASSERT_TRUE(gpu.is_ok()) << gpu.status().to_string();
+  auto cpu = runtime::make_device_model(m, DeviceKind::kCpu, win);
+  ASSERT_TRUE(cpu.is_ok()) << cpu.status().to_string();
+  auto gpu_plain = make_cuda_model(m, plain);
+  ASSERT_TRUE(gpu_plain.is_ok()) << gpu_plain.status().to_string();
+  auto cpu_plain = runtime::make_device_model(m, DeviceKind::kCpu, plain);
+  ASSERT_TRUE(cpu_plain.is_ok()) << cpu_plain.status().to_string();
+  const std::vector<WindowStep> script = window_script();
+  const auto got = run_window_script(gpu.value().get(), script, ids, V, cap);
+  const auto want = run_window_script(cpu.value().get(), script, ids, V, cap);
+  const auto got_plain = run_window_script(gpu_plain.value().get(), script, ids, V, cap);
+  const auto want_plain = run_window_script(cpu_plain.value().get(), script, ids, V, cap);
+  ASSERT_FALSE(got.empty());
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_EQ(got_plain.size(), got.size());
+  ASSERT_EQ(want_plain.size(), got.size());
+  const std::string what = name + " " + row_storage_name(st) + " + window 16";
+  const int rows = (int)(got.size() / V);
+  RowCheck rc;
+  expect_rows_close(got.data(), want.data(), rows, V, what, &rc, /*packed=*/true);
+  const RowCheck effect_cpu = measure(want_plain, want, V);
+  expect_packed_close(rc, effect_cpu, what);
+  const RowCheck effect_gpu = measure(got_plain, got, V);
+  EXPECT_GT(effect_gpu.mean_ratio(), 2 * rc.mean_ratio())
+      << what << ": the window changed the GPU's logits by " << effect_gpu.mean_ratio()
+      << " (mean), no more than the GPU's error against the CPU " << rc.mean_ratio();
+  std::printf(
+      "[model] %s vs CPU: max|Δ|/max|logit| worst %.2e mean %.2e over %d rows, %d of %d clear "
+      "argmaxes differ; the window moves the logits by mean %.2e (CPU) / %.2e (GPU), worst "
+      "%.2e; %s\n",
+      what.c_str(), rc.worst_ratio, rc.mean_ratio(), rc.rows, rc.argmax_differ, rc.argmax_checked,
+      effect_cpu.mean_ratio(), effect_gpu.mean_ratio(), effect_gpu.worst_ratio,
+      gpu.value()->describe().c_str());
+}
+
+TEST_F(CudaModelCompressed, PackedWindowMatchesTheCpuDeviceModel) {
+  PALU_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(error_.empty()) << error_;
+  auto loaded = model::load_model(dir_);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const LlamaModel& m = *loaded.value().model;
+  palu::testing::GoldenFile golden;
+  ASSERT_TRUE(golden.open(palu::testing::shared_file("models/ref-mha")));
+  const auto ids = golden.ints("long.ids");
+  ASSERT_GE(ids.size(), 80u);
+  for (RowStorage st : {RowStorage::kQ4, RowStorage::kQ2})
+    expect_window_matches_cpu(m, st, "compressed ref-mha", ids);
+}
+
+// A window as long as the sequence: every read comes from the f16 copies, so the packed model
+// must give the f16-latent model's logits (the same f16 values through the same kernels).
+TEST_F(CudaModelCompressed, WindowCoveringTheSequenceEqualsF16Latents) {
+  PALU_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(error_.empty()) << error_;
+  auto loaded = model::load_model(dir_);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const LlamaModel& m = *loaded.value().model;
+  const int V = m.config().vocab_size;
+  DeviceModelOptions win;
+  win.cache.storage = RowStorage::kQ4;
+  win.cache.window_tokens = 64;
+  auto a = make_cuda_model(m, win);
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  auto b = cuda_model(m, RowStorage::kF16);
+  ASSERT_NE(b, nullptr);
+  std::vector<int32_t> ids(40);
+  for (int i = 0; i < 40; ++i) ids[i] = (int32_t)((i * 7919 + 13) % V);
+  const std::vector<WindowStep> script = {{11}, {1}, {1}, {0, 6}, {4}, {1}, {1}};
+  const auto x = run_window_script(a.value().get(), script, ids, V, 32);
+  const auto y = run_window_script(b.get(), script, ids, V, 32);
+  ASSERT_FALSE(x.empty());
+  ASSERT_EQ(x.size(), y.size());
+  const RowCheck rc = measure(x, y, V);
+  EXPECT_LE(rc.worst_ratio, 1e-6) << "q4 + window 64 vs f16 latents";
+}
+
 // ---- head_dim 128: the fused decode kernels inside the model ------------------------------------
 
 model::ModelConfig d128_config(int heads, int kv_heads, bool bias) {
@@ -387,6 +524,17 @@ TEST(CudaModelFused, HeadDim128FullAndLatentMatchTheCpu) {
   }
 }
 
+// A window on a head_dim-128 model: the windowed decode leaves the fused kernel for the generic
+// attention; the logits still follow the CPU's window.
+TEST(CudaModelFused, PackedWindowHeadDim128MatchesTheCpu) {
+  PALU_SKIP_WITHOUT_GPU();
+  auto mr = tools::random_llama(d128_config(8, 4, true), 5);
+  ASSERT_TRUE(mr.is_ok()) << mr.status().to_string();
+  LlamaModel& m = *mr.value();
+  ASSERT_TRUE(tools::attach_random_palu(&m, 2, 64, 96, 9).is_ok());
+  expect_window_matches_cpu(m, RowStorage::kQ4, "d_h 128 gqa latent bias", some_tokens(100, 300));
+}
+
 // ---- errors ------------------------------------------------------------------------------------
 
 TEST(CudaModelErrors, TokensCapacityOptionsAndTruncate) {
@@ -437,8 +585,8 @@ TEST(CudaModelErrors, TokensCapacityOptionsAndTruncate) {
   o.cache.storage = RowStorage::kQ4;
   EXPECT_EQ(make_cuda_model(m, o).status().code(), StatusCode::kInvalidArgument);
   o.cache.storage = RowStorage::kF16;
-  o.cache.window_tokens = 8;
-  EXPECT_EQ(make_cuda_model(m, o).status().code(), StatusCode::kUnimplemented);
+  o.cache.window_tokens = 8;  // a window needs packed storage (as the CPU)
+  EXPECT_EQ(make_cuda_model(m, o).status().code(), StatusCode::kInvalidArgument);
   o.cache.window_tokens = 0;
   o.device_index = 99;
   EXPECT_EQ(make_cuda_model(m, o).status().code(), StatusCode::kInvalidArgument);
