@@ -12,7 +12,11 @@
 #   --model-bench: end-to-end decode tokens/s of the whole model (scripts/cuda-bench.sh --model)
 # The GPU machine lacks some Debian -dev packages; a carried sysroot (.carry/sys: headers of
 # Eigen, nlohmann/json, CLI11, PCRE2, xxHash and their static libraries) fills in, and
-# .carry/shared holds the test data (see docs/perf/README.md for how it is made).
+# .carry/shared holds the test data (see docs/perf/README.md for how it is made). Carry
+# [".carry/sys", ".carry/shared"] (.carry also holds other runs' folders; all of it is over the
+# 64 MiB limit). For ref-gqa: carry [".carry/syslite", ".carry/cgqa"] (the sysroot without
+# Eigen's unsupported/ headers, and shared/models/ref-gqa), `ln -sfn syslite .carry/sys` and
+# PALU_SHARED_DIR=$PWD/.carry/cgqa/shared first (docs/perf/cuda.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/palu-gpu-check}"
