@@ -107,10 +107,12 @@ class ScratchFile {
   ~ScratchFile() {
     if (fd_ >= 0) ::close(fd_);
   }
-  Status open(const std::string& path) {
+  // A new, empty file (create) or an existing one to read back (!create).
+  Status open(const std::string& path, bool create = true) {
     path_ = path;
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd_ < 0) return io_error(path + ": cannot create scratch file: " + std::strerror(errno));
+    fd_ = create ? ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
+                 : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return io_error(path + ": cannot open scratch file: " + std::strerror(errno));
     return Status::ok();
   }
   Status write(const void* data, size_t bytes, int64_t offset) {
@@ -164,8 +166,7 @@ Result<std::unique_ptr<LayerSource>> open_layer_source(const std::string& dir) {
   return std::unique_ptr<LayerSource>(new FileSource(std::move(cfg), std::move(tensors), dir));
 }
 
-int64_t layerwise_scratch_bytes(const model::ModelConfig& c, int samples, int fisher_samples, int seq) {
-  (void)samples;
+int64_t layerwise_scratch_bytes(const model::ModelConfig& c, int fisher_samples, int seq) {
   const int64_t d = c.hidden_size;
   return 4 * (int64_t)fisher_samples * c.num_layers * seq * d + 8 * (int64_t)c.num_layers * d * d;
 }
@@ -225,7 +226,7 @@ Result<std::unique_ptr<LayerwiseCalibration>> LayerwiseCalibration::run(LayerSou
       return io_error(dir + ": cannot create the scratch directory: " + (ec ? ec.message() : "it exists"));
     }
     out->dir_ = dir;
-    const int64_t need = layerwise_scratch_bytes(c, S, F, n);
+    const int64_t need = layerwise_scratch_bytes(c, F, n);
     const fs::space_info sp = fs::space(dir, ec);
     if (!ec && (int64_t)sp.available < need + (64 << 20)) {
       return resource_exhausted(dir + ": layer-by-layer calibration needs " + gib(need) + " of scratch space (" +
@@ -359,12 +360,9 @@ Result<Eigen::MatrixXd> LayerwiseCalibration::gram(int layer) const {
     return invalid_argument("layerwise calibration: no statistics for layer " + std::to_string(layer));
   }
   Eigen::MatrixXd g(d, d);
-  std::FILE* fp = std::fopen(gram_path_.c_str(), "rb");
-  if (fp == nullptr) return io_error(gram_path_ + ": cannot open the scratch statistics: " + std::strerror(errno));
-  const bool ok = ::fseeko(fp, (off_t)layer * bytes, SEEK_SET) == 0 &&
-                  std::fread(g.data(), 8, (size_t)d * d, fp) == (size_t)d * d;
-  std::fclose(fp);
-  if (!ok) return io_error(gram_path_ + ": cannot read the statistics of layer " + std::to_string(layer) + " back");
+  ScratchFile f;
+  PALU_RETURN_IF_ERROR(f.open(gram_path_, /*create=*/false));
+  PALU_RETURN_IF_ERROR(f.read(g.data(), (size_t)bytes, (int64_t)layer * bytes).with_context("layer " + std::to_string(layer)));
   return g;
 }
 

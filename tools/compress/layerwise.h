@@ -79,7 +79,7 @@ struct LayerwiseOptions {
 };
 
 // Scratch bytes a run needs on disk (checked against the free space before it starts).
-int64_t layerwise_scratch_bytes(const model::ModelConfig& c, int samples, int fisher_samples, int seq);
+int64_t layerwise_scratch_bytes(const model::ModelConfig& c, int fisher_samples, int seq);
 
 class LayerwiseCalibration {
  public:

@@ -246,7 +246,7 @@ TEST(LayerwiseInputTest, ScratchSizeFormula) {
   c.hidden_size = 4096;
   c.num_layers = 32;
   // Llama-2-7B, 16 Fisher samples of 1024 tokens: 8 GiB of layer inputs + 4 GiB of statistics.
-  EXPECT_EQ(layerwise_scratch_bytes(c, 64, 16, 1024), 4LL * 16 * 32 * 1024 * 4096 + 8LL * 32 * 4096 * 4096);
+  EXPECT_EQ(layerwise_scratch_bytes(c, 16, 1024), 4LL * 16 * 32 * 1024 * 4096 + 8LL * 32 * 4096 * 4096);
 }
 
 }  // namespace
