@@ -309,7 +309,10 @@ TEST_F(AppsTest, AssistantStreamsCommandsAndSurvivesADaemonRestart) {
   // /reset starts over: the next turn's context equals the first turn's.
   from = p.out().size();
   p.send("/reset\n");
-  ASSERT_NE(p.wait_for("conversation reset", from), std::string::npos) << p.out();
+  const size_t reset_at = p.wait_for("conversation reset", from);
+  ASSERT_NE(reset_at, std::string::npos) << p.out();
+  // The next prompt must be out before the turn starts, or it lands in the captured reply.
+  ASSERT_NE(p.wait_for("you> ", reset_at), std::string::npos) << p.out();
   Turn t5 = turn(p, "conv", "Tell me a story.");
   EXPECT_EQ(t5.tokens, ref1.tokens) << p.out();
   EXPECT_EQ(t5.reply, ref1.reply);
