@@ -1,7 +1,9 @@
 // palu-vulkan-attention-bench: decode attention on a Vulkan device at the shapes of
 // docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
 // group size 4 → 8 groups): the full-cache f16 kernel and the fused latent kernel (f16 and q4
-// codes, key/value ranks 256/256 and 128/384), one layer, one query token.
+// codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
+// the fused kernel in f32 arithmetic, with f16 sums flushed every 8 columns, and the older
+// tile kernel (keys rebuilt per tile; contexts ≤ 16384 only, it is slow).
 //
 // Time per call = wall time of one command buffer holding --reps back-to-back calls (every
 // dispatch the call records: splits + reduction) divided by reps, median of --runs such
@@ -9,7 +11,8 @@
 // (rows + packed scale/zero) + B^K for latent calls. Prints a markdown table per context.
 //
 //   palu-vulkan-attention-bench [--contexts 4096,16384,65536,131072] [--reps 20] [--runs 5]
-//                               [--splits 0] [--device N]
+//                               [--splits 0[,N...]] [--variants] [--device N]
+// Several --splits values repeat every latent row per value (0: T/512 clamped to 8..64).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -34,6 +37,9 @@ struct Kernel {
   bool latent;
   RowStorage st;
   int rk, rv;
+  vk::LatentKernel kind = vk::LatentKernel::kFused;
+  int flush = 0;  // DecodeArgs::f16_flush_cols
+  int splits = 0;
 };
 
 // Fills a region of T rows through store_rows from a reused [chunk, rank] f32 source.
@@ -61,11 +67,15 @@ Status fill(vk::VulkanContext* ctx, const vk::Region& r, int T) {
 int main(int argc, char** argv) {
   CLI::App app{"Vulkan decode-attention benchmark (docs/perf/cuda.md shapes)"};
   std::vector<int> contexts{4096, 16384, 65536, 131072};
-  int reps = 20, runs = 5, splits_opt = 0, device = -1;
+  int reps = 20, runs = 5, device = -1;
+  std::vector<int> splits_list{0};
+  bool variants = false;
   app.add_option("--contexts", contexts, "cached tokens T")->delimiter(',');
   app.add_option("--reps", reps, "calls per command buffer");
   app.add_option("--runs", runs, "timed submissions (median)");
-  app.add_option("--splits", splits_opt, "token splits (0: T/512 clamped to 8..64)");
+  app.add_option("--splits", splits_list, "token splits (0: T/512 clamped to 8..64)")
+      ->delimiter(',');
+  app.add_flag("--variants", variants, "also the f32 / flush-8 fused kernels and the tile kernel");
   app.add_option("--device", device,
                  "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
@@ -76,12 +86,32 @@ int main(int argc, char** argv) {
     return 1;
   }
   vk::VulkanContext* ctx = made.value().get();
-  std::printf("# device: %s (subgroup %u, %u B shared memory)\n", ctx->info().name.c_str(),
-              ctx->subgroup_size(), ctx->max_shared_bytes());
-  const std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0},
-                                       {"latent f16 256/256", true, RowStorage::kF16, 256, 256},
-                                       {"latent q4 256/256", true, RowStorage::kQ4, 256, 256},
-                                       {"latent q4 128/384", true, RowStorage::kQ4, 128, 384}};
+  std::printf("# device: %s (subgroup %u, %u B shared memory, shaderFloat16 %s)\n",
+              ctx->info().name.c_str(), ctx->subgroup_size(), ctx->max_shared_bytes(),
+              ctx->shader_float16() ? "yes" : "no");
+  std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0}};
+  struct Shape {
+    const char* name;
+    RowStorage st;
+    int rk, rv;
+  };
+  const Shape shapes[] = {{"latent f16 256/256", RowStorage::kF16, 256, 256},
+                          {"latent q4 256/256", RowStorage::kQ4, 256, 256},
+                          {"latent q4 128/384", RowStorage::kQ4, 128, 384}};
+  for (int sp : splits_list) {
+    const std::string tag = splits_list.size() > 1 ? " splits " + std::to_string(sp) : "";
+    for (const Shape& sh : shapes) {
+      kernels.push_back(
+          {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kFused, 0, sp});
+      if (!variants) continue;
+      kernels.push_back({std::string(sh.name) + " fused f32" + tag, true, sh.st, sh.rk, sh.rv,
+                         vk::LatentKernel::kFusedF32, 0, sp});
+      kernels.push_back({std::string(sh.name) + " f16 flush 8" + tag, true, sh.st, sh.rk, sh.rv,
+                         vk::LatentKernel::kFused, 8, sp});
+      kernels.push_back({std::string(sh.name) + " tile kernel" + tag, true, sh.st, sh.rk, sh.rv,
+                         vk::LatentKernel::kTile, 0, sp});
+    }
+  }
   const int half = kDh / 2;
   for (int T : contexts) {
     // RoPE table for T positions, q, B^K (f16) per group.
@@ -94,6 +124,7 @@ int main(int argc, char** argv) {
       }
     std::printf("\n## T = %d\n\n| kernel | time µs | MB moved | GB/s |\n|---|---:|---:|---:|\n", T);
     for (const Kernel& k : kernels) {
+      if (k.kind == vk::LatentKernel::kTile && T > 16384) continue;
       auto run_one = [&]() -> Status {
         PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer tb,
                               ctx->alloc(table.size() * 4, vk::MemoryKind::kDevice, "rope"));
@@ -103,15 +134,20 @@ int main(int argc, char** argv) {
                               ctx->alloc(q.size() * 4, vk::MemoryKind::kDevice, "q"));
         PALU_RETURN_IF_ERROR(ctx->upload(qb, 0, q.data(), q.size() * 4));
         const int w_max = std::max(kDh, k.rv);
-        const int splits = splits_opt > 0 ? splits_opt : std::clamp(T / 512, 8, 64);
+        const int splits = k.splits > 0 ? k.splits : std::clamp(T / 512, 8, 64);
         PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer part,
                               ctx->alloc(vk::decode_partial_words(kH, splits, w_max) * 4,
                                          vk::MemoryKind::kDevice, "partials"));
         const int out_w = k.latent ? kH * k.rv : kH * kDh;
         PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer out,
                               ctx->alloc((size_t)out_w * 4, vk::MemoryKind::kDevice, "out"));
+        PALU_ASSIGN_OR_RETURN(vk::VulkanBuffer fold,
+                              ctx->alloc(vk::latent_fold_words(kH, kDh, std::max(k.rk, 1)) * 4,
+                                         vk::MemoryKind::kDevice, "folded queries"));
         vk::DecodeArgs a;
         a.q = qb.address();
+        a.fold = fold.address();
+        a.f16_flush_cols = k.flush;
         a.rope = tb.address();
         a.sin_off = (uint32_t)((size_t)T * half);
         a.part = part.address();
@@ -175,7 +211,7 @@ int main(int argc, char** argv) {
               PALU_RETURN_IF_ERROR(vk::attention_decode_full(rec, a, kr, vr));
             } else {
               for (const auto& ga : groups)
-                PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk));
+                PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk, k.kind));
             }
           }
           PALU_RETURN_IF_ERROR(rec.submit("bench"));

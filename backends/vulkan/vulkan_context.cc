@@ -287,6 +287,7 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   have.pNext = &have12;
   vkGetPhysicalDeviceFeatures2(physical_, &have);
   timeline_ = have12.timelineSemaphore == VK_TRUE;
+  shader_float16_ = have12.shaderFloat16 == VK_TRUE;
 
   const float prio = 1.0f;
   VkDeviceQueueCreateInfo qci{};
@@ -298,6 +299,7 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   f12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
   f12.bufferDeviceAddress = VK_TRUE;
   f12.timelineSemaphore = timeline_ ? VK_TRUE : VK_FALSE;
+  f12.shaderFloat16 = shader_float16_ ? VK_TRUE : VK_FALSE;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pNext = &f12;

@@ -31,6 +31,7 @@
 
 #include <vulkan/vulkan.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -123,6 +124,13 @@ class VulkanContext {
   // Subgroup size, and whether compute shaders have subgroup arithmetic (subgroupAdd).
   uint32_t subgroup_size() const { return subgroup_size_; }
   bool subgroup_arithmetic() const { return subgroup_arithmetic_; }
+  // Whether shaders may do f16 arithmetic (shaderFloat16, enabled when the device has it).
+  bool shader_float16() const { return shader_float16_; }
+  // maxComputeWorkGroupInvocations and maxComputeWorkGroupSize[0].
+  uint32_t max_workgroup_x() const {
+    return std::min(props_.limits.maxComputeWorkGroupInvocations,
+                    props_.limits.maxComputeWorkGroupSize[0]);
+  }
   bool is_cpu() const { return props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU; }
 
   // A buffer of `bytes` (rounded up to 16) for `what` (named in errors).
@@ -177,6 +185,7 @@ class VulkanContext {
   VkPhysicalDeviceMemoryProperties mem_props_{};
   uint32_t subgroup_size_ = 0;
   bool subgroup_arithmetic_ = false;
+  bool shader_float16_ = false;
   VkInstance instance_ = VK_NULL_HANDLE;
   VkPhysicalDevice physical_ = VK_NULL_HANDLE;
   VkDevice device_ = VK_NULL_HANDLE;

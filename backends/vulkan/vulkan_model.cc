@@ -99,6 +99,7 @@ class VulkanSequence final : public model::DeviceSequence {
   int scratch_rows_ = 0;
   VulkanBuffer x_, xn_, q_, att_, kb_, vb_, gate_, up_, part_, tok_;
   VulkanBuffer ktemp_;  // latent prefill: rebuilt keys [cap, kvw]
+  VulkanBuffer fold_;   // latent decode: the fused kernel's folded queries (latent_fold_words)
   int logits_rows_ = 0;
   VulkanBuffer logits_, logits_host_;
 };
@@ -383,6 +384,11 @@ Status VulkanSequence::ensure_scratch(int n, bool prefill) {
     PALU_ASSIGN_OR_RETURN(part_, ctx->alloc(decode_partial_words(c.num_heads, 64, w_max) * 4,
                                             MemoryKind::kDevice, "decode partials"));
   }
+  if (m_->latent() && !fold_.valid()) {
+    PALU_ASSIGN_OR_RETURN(fold_,
+                          ctx->alloc(latent_fold_words(c.num_heads, c.head_dim, m_->max_rk_) * 4,
+                                     MemoryKind::kDevice, "latent decode folded queries"));
+  }
   if (prefill && m_->latent() && !ktemp_.valid()) {
     PALU_ASSIGN_OR_RETURN(ktemp_, ctx->alloc((size_t)cap_ * c.kv_width() * 4, MemoryKind::kDevice,
                                              "latent prefill keys"));
@@ -461,6 +467,7 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
           a.rope = rope_tab;
           a.sin_off = M.sin_off_;
           a.part = part_.address();
+          a.fold = fold_.address();
           a.out = att_.address();
           a.T = T;
           a.H = H;

@@ -69,6 +69,17 @@ struct RebuildPC {
   uint32_t T, k_words, storage, cap, r_k, s, dh, sin_off, ld, col0, flags, win, win_begin;
 };
 static_assert(sizeof(RebuildPC) <= 128, "push constants are limited to 128 bytes");
+struct FoldPC {
+  uint64_t q, bk, bias, m, mb;
+  uint32_t h0, n_rep, dh, r_k, rkp, ncol, flags;
+  float scale;
+};
+static_assert(sizeof(FoldPC) <= 128, "push constants are limited to 128 bytes");
+struct LatentPC {
+  uint64_t m, mb, kc, vc, rope, part;
+  uint32_t T, tps, cap, k_words, v_words, win, win_begin, h0, r_k, r_v, sin_off, part_stride;
+};
+static_assert(sizeof(LatentPC) <= 128, "push constants are limited to 128 bytes");
 
 // The window slots the shaders see: only packed regions have a window.
 uint32_t window_of(const Region& r) {
@@ -194,6 +205,35 @@ size_t decode_partial_words(int H, int splits, int w_max) {
 
 namespace {
 
+// latent_decode.comp's shape for one group: KC latent columns per invocation (registers: 64
+// f16 pairs or 64 f32), NC = ceil(r_k / KC_max) invocations per M row, WG = d_h·NC.
+struct FusedShape {
+  uint32_t kc = 0, nc = 0, wg = 0, rkp = 0;
+};
+constexpr uint32_t kFusedColsF16 = 128, kFusedColsF32 = 64, kFusedFlush = 32;
+FusedShape fused_shape(int rk, int dh, bool f16) {
+  FusedShape f;
+  const uint32_t kmax = f16 ? kFusedColsF16 : kFusedColsF32;
+  f.nc = ceil_div(rk, kmax);
+  const uint32_t step = f16 ? kFusedFlush : 8;  // f16: whole flushes of FL columns
+  f.kc = ceil_div(ceil_div(rk, f.nc), step) * step;
+  f.wg = (uint32_t)dh * f.nc;
+  f.rkp = f.kc * f.nc;
+  return f;
+}
+
+}  // namespace
+
+size_t latent_fold_words(int H, int dh, int max_rank) {
+  // M [H, d_h, rkp] + the bias terms [H, d_h]; fused_shape pads r_k by less than 32 per
+  // invocation column (f16: 32·ceil(r_k/128), f32: 8·ceil(r_k/64)), bounded here by both.
+  const size_t rkp =
+      (size_t)max_rank + 32 * ((size_t)(max_rank + kFusedColsF32 - 1) / kFusedColsF32);
+  return (size_t)H * dh * rkp + (size_t)H * dh;
+}
+
+namespace {
+
 // Tokens per tile of attn_decode.comp that fit the device's shared memory.
 uint32_t decode_tile(uint32_t shared_bytes, int n_rep, int dh, int rmax) {
   for (uint32_t tt = 32; tt >= 4; tt /= 2) {
@@ -264,15 +304,98 @@ Status attention_decode_full(Recorder& rec, const DecodeArgs& a, const Region& k
 }
 
 Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,
-                               int max_rank) {
+                               int max_rank, LatentKernel kernel) {
   const int n_rep = a.H / a.H_kv;
-  const uint32_t tt = decode_tile(rec.context()->max_shared_bytes(), n_rep, a.dh, max_rank);
+  if (g.zv.rank > a.w_max || g.zk.rank > max_rank)
+    return invalid_argument("vulkan latent decode: rank above the maximum");
+  VulkanContext* ctx = rec.context();
+  const int HG = g.s * n_rep;  // query heads of the group
+  const int h0 = g.group * HG;
+  if (kernel != LatentKernel::kTile) {
+    // Why the fused kernel cannot run here (empty: it can).
+    const bool f16 = kernel != LatentKernel::kFusedF32 && ctx->shader_float16();
+    const uint32_t flush = a.f16_flush_cols > 0 ? (uint32_t)a.f16_flush_cols : kFusedFlush;
+    const FusedShape f = fused_shape(g.zk.rank, a.dh, f16);
+    const uint32_t sg = ctx->subgroup_size();
+    uint32_t tt = 0;
+    for (uint32_t t = 32; t >= 4 && sg > 0; t /= 2) {
+      const size_t bytes = (size_t)t * f.rkp * (f16 ? 2 : 4) + (size_t)(f.wg / sg) * t * 4 + t * 4;
+      if (bytes <= ctx->max_shared_bytes() && t <= f.wg) {
+        tt = t;
+        break;
+      }
+    }
+    std::string why;
+    if (a.fold == 0)
+      why = "no fold scratch (DecodeArgs.fold)";
+    else if (!ctx->subgroup_arithmetic())
+      why = "no subgroup arithmetic";
+    else if (a.dh % 2 != 0 || a.dh % sg != 0)
+      why = "head dim " + std::to_string(a.dh) + " is not a multiple of the subgroup size " +
+            std::to_string(sg);
+    else if (f.wg > ctx->max_workgroup_x())
+      why = std::to_string(f.wg) + " invocations per workgroup (rank " + std::to_string(g.zk.rank) +
+            ") above the device's " + std::to_string(ctx->max_workgroup_x());
+    else if (tt == 0)
+      why = "rank " + std::to_string(g.zk.rank) + " does not fit shared memory";
+    else if (flush % 8 != 0 || kFusedFlush % flush != 0)
+      why = "f16_flush_cols " + std::to_string(flush) + " is not a multiple of 8 dividing " +
+            std::to_string(kFusedFlush);
+    else if (a.fold != 0 &&
+             latent_fold_words(HG, a.dh, g.zk.rank) > latent_fold_words(a.H, a.dh, max_rank))
+      why = "fold scratch too small";
+    if (why.empty()) {
+      const uint64_t m = a.fold;
+      const uint64_t mb = a.fold + (uint64_t)HG * a.dh * f.rkp * 4;
+      FoldPC fp{};
+      fp.q = a.q;
+      fp.bk = g.bk;
+      fp.bias = g.k_bias;
+      fp.m = m;
+      fp.mb = mb;
+      fp.h0 = u32(h0);
+      fp.n_rep = u32(n_rep);
+      fp.dh = u32(a.dh);
+      fp.r_k = u32(g.zk.rank);
+      fp.rkp = f.rkp;
+      fp.ncol = u32(g.s * a.dh);
+      fp.flags = g.k_bias != 0 ? 1u : 0u;
+      fp.scale = inv_sqrt_dh(a.dh);
+      rec.dispatch("latent_fold", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(f.rkp, 64),
+                   (uint32_t)HG);
+      LatentPC pc{};
+      pc.m = m;
+      pc.mb = mb;
+      pc.kc = g.zk.base;
+      pc.vc = g.zv.base;
+      pc.rope = a.rope;
+      pc.part = a.part;
+      pc.T = u32(a.T);
+      pc.tps = ceil_div(a.T, a.splits);
+      pc.cap = u32(g.zk.cap);
+      pc.k_words = g.zk.words();
+      pc.v_words = g.zv.words();
+      pc.win = window_of(g.zk);
+      pc.win_begin = u32(g.zk.window_begin);
+      pc.h0 = u32(h0);
+      pc.r_k = u32(g.zk.rank);
+      pc.r_v = u32(g.zv.rank);
+      pc.sin_off = a.sin_off;
+      pc.part_stride = u32(a.w_max + 2);
+      const uint32_t vpt = std::max(1u, ceil_div(g.zv.rank, f.wg));
+      rec.dispatch(f16 ? "latent_decode_f16" : "latent_decode",
+                   {f.wg, (uint32_t)a.dh, f.kc, tt, (uint32_t)g.zk.storage, f.wg / sg, vpt, flush},
+                   &pc, sizeof(pc), (uint32_t)HG, (uint32_t)a.splits);
+      reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
+      return Status::ok();
+    }
+    if (kernel != LatentKernel::kAuto) return unimplemented("vulkan fused latent decode: " + why);
+  }
+  const uint32_t tt = decode_tile(ctx->max_shared_bytes(), n_rep, a.dh, max_rank);
   if (tt == 0)
     return unimplemented("vulkan latent decode: rank " + std::to_string(max_rank) +
                          " at head dim " + std::to_string(a.dh) +
                          " does not fit the device's shared memory");
-  if (g.zv.rank > a.w_max || g.zk.rank > max_rank)
-    return invalid_argument("vulkan latent decode: rank above the maximum");
   DecodePC pc{};
   pc.q = a.q;
   pc.kc = g.zk.base;
@@ -288,7 +411,6 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   pc.v_words = g.zv.words();
   pc.win_begin = u32(g.zk.window_begin);
   pc.win = window_of(g.zk);
-  const int h0 = g.group * g.s * n_rep;
   pc.h0 = u32(h0);
   pc.kcol = u32(g.s * a.dh);  // the latent kernel's B^Kᵀ row length
   pc.r_k = u32(g.zk.rank);
@@ -303,7 +425,7 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
                {(uint32_t)g.wt, (uint32_t)n_rep, (uint32_t)a.dh, tt, (uint32_t)max_rank,
                 (uint32_t)g.zk.storage},
                &pc, sizeof(pc), (uint32_t)g.s, (uint32_t)a.splits);
-  reduce(rec, a, g.zv.rank, h0, g.s * n_rep, g.out_col);
+  reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
   return Status::ok();
 }
 

@@ -88,8 +88,16 @@ struct DecodeArgs {
   int T = 0, H = 0, H_kv = 0, dh = 0;
   int splits = 0;  // token splits (≥ 1)
   int w_max = 0;   // max value width (d_h or max r_v)
+  // Latent only: scratch for the fused kernel's folded query, latent_fold_words(H, d_h,
+  // max_rank) f32 (0: the tile kernel, attn_decode.comp LATENT, is used).
+  uint64_t fold = 0;
+  // Fused kernel with f16 arithmetic: latent columns summed in f16 (per lane of an f16 pair)
+  // before each f32 sum: 8, 16 or 32 (0: 32, i.e. 16 products per
+  // lane). Fewer is more accurate and slower; a tuning knob for the benchmark and tests.
+  int f16_flush_cols = 0;
 };
 size_t decode_partial_words(int H, int splits, int w_max);
+size_t latent_fold_words(int H, int dh, int max_rank);
 // Full K/V rows (post-RoPE keys), storage f32/f16/bf16, rows of H_kv·d_h values. On CPU
 // drivers with subgroup arithmetic this runs attn_prefill_sg.comp for the one query row.
 // use_subgroup: −1 auto (CPU drivers), 0 the split kernel, 1 the subgroup kernel.
@@ -107,8 +115,15 @@ struct LatentGroupArgs {
   int group = 0, s = 0;
   int out_col = 0;  // value index of the group's first head in the output row
 };
+// Kernels: kFused (latent_fold.comp folds q into B^K, then latent_decode.comp scores latent rows
+// against the folded rows without rebuilding keys; f16 arithmetic where the device has
+// shaderFloat16, kFusedF32 forces f32), kTile (attn_decode.comp LATENT: keys rebuilt per tile
+// of tokens in shared memory). kAuto: kFused when a.fold is set and the device has subgroup
+// arithmetic and room for the shape, else kTile. kFused/kFusedF32 asked for on a device or
+// shape they cannot run: UNIMPLEMENTED naming why.
+enum class LatentKernel { kAuto, kFused, kFusedF32, kTile };
 Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,
-                               int max_rank);
+                               int max_rank, LatentKernel kernel = LatentKernel::kAuto);
 
 // Causal prefill attention: n query rows at positions p0.. over keys 0..p0+n−1.
 struct PrefillArgs {

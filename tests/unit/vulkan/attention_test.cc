@@ -344,6 +344,170 @@ std::vector<float> windowed(std::vector<float> decoded, const std::vector<float>
   return decoded;
 }
 
+// The fused latent decode (latent_fold.comp + latent_decode.comp + attn_reduce.comp) against
+// the CPU scalar reference, both variants: f16 arithmetic (where the device has shaderFloat16)
+// and f32. The reference reads f32 rows holding exactly what the kernel decodes (the cache's
+// decoding of the stored rows; the f16-rounded latents for positions in the f16 window).
+// Tolerance: f32 variant 1e-4·max|out| (f32 math in another order); f16 variant 4e-3·max|out|
+// with the default flush (M and the key latents rounded to f16, products summed in f16 over 16
+// terms per lane before the f32 sum: worst 2.7e-3 on lavapipe, at rank 512) and 2e-3 with
+// f16_flush_cols = 8 (4 terms per lane: worst 1.7e-3). Each case prints its measured error.
+struct FusedCase {
+  int H, Hkv, s, rk, rv, T;
+  RowStorage st;
+  bool bias;
+  WeightType wt;
+  int dh = 64;
+  int window = 0, window_begin = 0;
+};
+
+class FusedLatentDecode : public ::testing::TestWithParam<FusedCase> {};
+
+TEST_P(FusedLatentDecode, MatchesCpuScalar) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  const FusedCase c = GetParam();
+  const int dh = c.dh, G = c.Hkv / c.s, N = c.s * dh, n_rep = c.H / c.Hkv, half = dh / 2;
+  std::vector<float> inv_freq;
+  const auto table = rope_table(dh, c.T, 10000.0, &inv_freq);
+  auto q = random_floats((size_t)c.H * dh, 140);
+  std::vector<std::vector<float>> zk(G), zv(G), bk(G), kbias(G), zkd(G), zvd(G);
+  std::vector<cpu::LatentGroupCache> groups(G);
+  for (int g = 0; g < G; ++g) {
+    zk[g] = random_floats((size_t)c.T * c.rk, 141 + g, -3, 3);
+    zv[g] = random_floats((size_t)c.T * c.rv, 151 + g, -2, 2);
+    bk[g] = random_floats((size_t)N * c.rk, 161 + g, -0.2f, 0.2f);
+    if (c.wt == WeightType::kF16) bk[g] = round_f16(bk[g]);
+    kbias[g] = random_floats(N, 171 + g);
+    zkd[g] = windowed(encode_host(c.st, zk[g], c.rk, c.T).decoded(c.st, c.rk, c.T), zk[g], c.rk,
+                      c.window, c.window_begin);
+    zvd[g] = windowed(encode_host(c.st, zv[g], c.rv, c.T).decoded(c.st, c.rv, c.T), zv[g], c.rv,
+                      c.window, c.window_begin);
+    cpu::LatentRows kr, vr;
+    kr.storage = vr.storage = RowStorage::kF32;
+    kr.rows = reinterpret_cast<const uint8_t*>(zkd[g].data());
+    vr.rows = reinterpret_cast<const uint8_t*>(zvd[g].data());
+    kr.rank = c.rk;
+    vr.rank = c.rv;
+    kr.row_stride_bytes = (size_t)c.rk * 4;
+    vr.row_stride_bytes = (size_t)c.rv * 4;
+    groups[g].k = kr;
+    groups[g].v = vr;
+    groups[g].b_k = bk[g].data();
+    if (c.bias) groups[g].k_bias = kbias[g].data();
+  }
+  cpu::LatentAttentionShape shape{c.H, c.Hkv, dh, c.s};
+  const int width = cpu::latent_output_width(shape, groups.data());
+  std::vector<float> want(width);
+  cpu::LatentRopeTable rope{table.data(), table.data() + (size_t)c.T * half, c.T};
+  ASSERT_TRUE(cpu::latent_attention_decode_isa(cpu::CpuIsa::kScalar, shape, groups.data(), c.T,
+                                               c.T - 1, q.data(), inv_freq.data(), want.data(),
+                                               &rope)
+                  .is_ok());
+
+  const int w_max = std::max(dh, c.rv);
+  const int splits = std::min(64, std::max(1, c.T / 64));
+  VulkanBuffer qb = to_device(ctx, q), tb = to_device(ctx, table),
+               part = device_buffer(ctx, decode_partial_words(c.H, splits, w_max) * 4),
+               fold = device_buffer(ctx, latent_fold_words(c.H, dh, c.rk) * 4);
+  std::vector<VulkanBuffer> keep;
+  std::vector<LatentGroupArgs> ga(G);
+  for (int g = 0; g < G; ++g) {
+    keep.push_back(device_region(ctx, c.st, zk[g], c.rk, c.T, &ga[g].zk, c.window, c.window_begin));
+    keep.push_back(device_region(ctx, c.st, zv[g], c.rv, c.T, &ga[g].zv, c.window, c.window_begin));
+    keep.push_back(c.wt == WeightType::kF16 ? to_device(ctx, to_f16(transpose(bk[g], N, c.rk)))
+                                            : to_device(ctx, transpose(bk[g], N, c.rk)));
+    ga[g].bk = keep.back().address();
+    keep.push_back(to_device(ctx, kbias[g]));
+    ga[g].k_bias = c.bias ? keep.back().address() : 0;
+    ga[g].wt = c.wt;
+    ga[g].group = g;
+    ga[g].s = c.s;
+    ga[g].out_col = g * c.s * n_rep * c.rv;
+  }
+  DecodeArgs a;
+  a.q = qb.address();
+  a.rope = tb.address();
+  a.sin_off = (uint32_t)((size_t)c.T * half);
+  a.part = part.address();
+  a.fold = fold.address();
+  a.T = c.T;
+  a.H = c.H;
+  a.H_kv = c.Hkv;
+  a.dh = dh;
+  a.splits = splits;
+  a.w_max = w_max;
+  for (int variant = 0; variant < 3; ++variant) {
+    const LatentKernel k = variant == 2 ? LatentKernel::kFusedF32 : LatentKernel::kFused;
+    const bool f16 = k == LatentKernel::kFused && ctx->shader_float16();
+    if (variant == 1 && !f16) continue;
+    a.f16_flush_cols = variant == 1 ? 8 : 0;
+    VulkanBuffer out = device_buffer(ctx, width * 4);
+    a.out = out.address();
+    Recorder rec(ctx);
+    for (int g = 0; g < G; ++g) {
+      Status st = attention_decode_latent(rec, a, ga[g], c.rk, k);
+      if (!ctx->subgroup_arithmetic()) {
+        EXPECT_EQ(st.code(), StatusCode::kUnimplemented);
+        GTEST_SKIP() << "no subgroup arithmetic: the fused kernel is not offered";
+      }
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+    }
+    ASSERT_TRUE(rec.submit("fused latent decode").is_ok());
+    const auto got = from_device<float>(ctx, out, width);
+    float max_abs = 0, max_diff = 0;
+    for (int i = 0; i < width; ++i) {
+      max_abs = std::max(max_abs, std::fabs(want[i]));
+      max_diff = std::max(max_diff, std::fabs(got[i] - want[i]));
+    }
+    const std::string what = f16 ? "f16 flush " + std::to_string(variant == 1 ? 8 : 32) : "f32";
+    std::printf("    fused %s: max|Δ| / max|out| = %.2e\n", what.c_str(),
+                max_diff / std::max(max_abs, 1e-30f));
+    expect_near_all(got, want,
+                    !f16           ? 1e-4f
+                    : variant == 1 ? 2e-3f
+                                   : 4e-3f,
+                    1e-5f, "fused latent decode " + what);
+  }
+}
+
+std::vector<FusedCase> fused_cases() {
+  using S = RowStorage;
+  const auto F16 = WeightType::kF16, F32 = WeightType::kF32;
+  return {
+      {8, 2, 2, 32, 32, 1, S::kF16, false, F32},
+      {8, 2, 2, 64, 96, 63, S::kQ4, true, F32},
+      {8, 8, 4, 256, 128, 65, S::kQ3, false, F16},
+      {4, 4, 2, 128, 256, 65, S::kQ2, false, F32},
+      {8, 8, 2, 96, 64, 65, S::kQ8, true, F16},
+      {8, 2, 1, 160, 32, 65, S::kF32, false, F32},
+      {8, 2, 2, 32, 224, 65, S::kBF16, false, F32},
+      {8, 2, 2, 512, 384, 65, S::kQ4, true, F16},
+      {4, 2, 2, 448, 512, 63, S::kF16, false, F16},
+      {8, 8, 4, 256, 256, 65, S::kF16, true, F16, 128},
+      {8, 2, 2, 256, 256, 4099, S::kQ4, false, F16},
+      {8, 4, 2, 32, 64, 4099, S::kF16, true, F32},
+      // f16 windows of packed storage: full (T − N), refilling after a truncation, all of T
+      {8, 2, 2, 128, 128, 65, S::kQ4, false, F16, 64, 16, 49},
+      {8, 2, 2, 96, 96, 63, S::kQ8, true, F32, 64, 8, 60},
+      {8, 4, 2, 64, 64, 4099, S::kQ2, false, F16, 64, 64, 4035},
+      {4, 4, 2, 224, 160, 65, S::kQ3, false, F32, 64, 128, 0},
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FusedLatentDecode, ::testing::ValuesIn(fused_cases()),
+                         [](const auto& info) {
+                           const FusedCase& c = info.param;
+                           return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) +
+                                  "_s" + std::to_string(c.s) + "_dh" + std::to_string(c.dh) +
+                                  "_rk" + std::to_string(c.rk) + "_rv" + std::to_string(c.rv) +
+                                  "_T" + std::to_string(c.T) + "_" + row_storage_name(c.st) +
+                                  (c.bias ? "_bias" : "") +
+                                  (c.wt == WeightType::kF16 ? "_f16B" : "") +
+                                  (c.window > 0 ? "_win" + std::to_string(c.window) + "from" +
+                                                      std::to_string(c.window_begin)
+                                                : "");
+                         });
+
 // Latent prefill: keys rebuilt from z^K (B^K z + b, RoPE at each position), causal attention
 // whose values are the group's z^V latents; reference in double from the decoded latents.
 TEST(VulkanAttention, LatentPrefillMatchesReference) {

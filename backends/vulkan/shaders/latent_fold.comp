@@ -1,0 +1,57 @@
+// Folds each query head of one low-rank group into its B^K rows (the fused latent decode's first
+// step; latent_decode.comp is the second). For query head hh of the group (KV head
+// u = hh / n_rep, query q = q[h0 + hh]) and rotate-half pairs (i, i + d_h/2):
+//   a_i = q_i·B_i + q_{i+d_h/2}·B_{i+d_h/2},  b_i = q_{i+d_h/2}·B_i − q_i·B_{i+d_h/2}
+// (B_i: row u·d_h + i of B^K_g, r_k values), so that
+//   q·rope(B z + β, t) = Σ_i cos(θ_i t)·(a_i·z + α_i) + sin(θ_i t)·(b_i·z + β'_i)
+// with the key-bias terms α_i = q_i β_i + q_{i+d_h/2} β_{i+d_h/2}, β'_i = q_{i+d_h/2} β_i −
+// q_i β_{i+d_h/2}. Everything is pre-multiplied by the softmax scale.
+// Output: m[(hh·d_h + r)·rkp + p] f32, rows r < d_h/2 the a_r, rows r ≥ d_h/2 the b_{r−d_h/2},
+// columns p ∈ [r_k, rkp) zero (the main kernel's padding); mb[hh·d_h + r] the bias terms (zero
+// without a bias). Workgroup (x, hh): columns x·64 .. x·64 + 63.
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(local_size_x = 64) in;
+layout(constant_id = 0) const uint WDT = 1u;  // B^K dtype
+layout(push_constant) uniform PC {
+  Buf q;     // [H, d_h] f32, RoPE applied
+  Buf bk;    // B^K_gᵀ [r_k, s·d_h], dtype WDT
+  Buf bias;  // [s·d_h] f32 (flags & 1)
+  Buf m;     // out: [heads of the group, d_h, rkp] f32
+  Buf mb;    // out: [heads of the group, d_h] f32
+  uint h0, n_rep, dh, r_k, rkp, ncol, flags;
+  float scale;
+} pc;
+void main() {
+  const uint hh = gl_WorkGroupID.y;
+  const uint p = gl_WorkGroupID.x * 64u + gl_LocalInvocationID.x;
+  const uint dh = pc.dh, half_dh = dh / 2u, u = hh / pc.n_rep, hq = pc.h0 + hh;
+  if (p < pc.rkp) {
+    for (uint i = 0u; i < half_dh; ++i) {
+      float a = 0.0, b = 0.0;
+      if (p < pc.r_k) {
+        const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
+        const float b0 = ldw(pc.bk, p * pc.ncol + u * dh + i, WDT);
+        const float b1 = ldw(pc.bk, p * pc.ncol + u * dh + i + half_dh, WDT);
+        a = pc.scale * (q0 * b0 + q1 * b1);
+        b = pc.scale * (q1 * b0 - q0 * b1);
+      }
+      stf(pc.m, (hh * dh + i) * pc.rkp + p, a);
+      stf(pc.m, (hh * dh + half_dh + i) * pc.rkp + p, b);
+    }
+  }
+  if (gl_WorkGroupID.x == 0u) {
+    for (uint i = gl_LocalInvocationID.x; i < half_dh; i += 64u) {
+      float a = 0.0, b = 0.0;
+      if ((pc.flags & 1u) != 0u) {
+        const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
+        const float b0 = ldf(pc.bias, u * dh + i), b1 = ldf(pc.bias, u * dh + i + half_dh);
+        a = pc.scale * (q0 * b0 + q1 * b1);
+        b = pc.scale * (q1 * b0 - q0 * b1);
+      }
+      stf(pc.mb, hh * dh + i, a);
+      stf(pc.mb, hh * dh + half_dh + i, b);
+    }
+  }
+}
