@@ -45,7 +45,39 @@ std::string describe(const PoolRequest& r) {
 }
 
 void BlockPool::FreeDeleter::operator()(uint8_t* p) const {
-  std::free(p);
+  if (reserved_bytes > 0) host_unreserve(p, reserved_bytes);
+  else std::free(p);
+}
+
+Result<BlockPool> BlockPool::create(CacheLayout layout, SharedBudget* budget) {
+  if (budget == nullptr) return invalid_argument("cache pool: no shared budget given");
+  const uint64_t block_bytes = layout.block_bytes();
+  const uint64_t n = block_bytes ? budget->capacity_bytes() / block_bytes : 0;
+  if (n == 0) {
+    return invalid_argument("cache pool: the shared budget (" + bytes_str(budget->capacity_bytes()) +
+                            ") is smaller than one block (" + bytes_str(block_bytes) + ")");
+  }
+  if (n > (uint64_t)INT32_MAX) {
+    return invalid_argument("cache pool: the shared budget " + std::to_string(budget->capacity_bytes()) +
+                            " bytes gives " + std::to_string(n) + " blocks, more than 2^31 - 1");
+  }
+  BlockPool pool;
+  const size_t bytes = (size_t)(n * block_bytes);
+  pool.arena_ = std::unique_ptr<uint8_t, FreeDeleter>(static_cast<uint8_t*>(host_reserve(bytes)),
+                                                      FreeDeleter{bytes});
+  if (!pool.arena_) {
+    return resource_exhausted("cache pool: cannot allocate address space for " + std::to_string(n) +
+                              " blocks of " + bytes_str(block_bytes));
+  }
+  pool.layout_ = std::move(layout);
+  pool.arena_bytes_ = bytes;
+  pool.num_blocks_ = (int64_t)n;
+  pool.owner_.assign((size_t)n, kNoOwner);
+  pool.free_list_.resize((size_t)n);
+  for (int64_t i = 0; i < (int64_t)n; ++i)
+    pool.free_list_[(size_t)i] = (int32_t)(n - 1 - i);  // 0 first
+  pool.charge_.budget = budget;
+  return pool;
 }
 
 Result<BlockPool> BlockPool::create(CacheLayout layout, uint64_t budget_bytes) {
@@ -80,9 +112,12 @@ Result<BlockPool> BlockPool::create(CacheLayout layout, uint64_t budget_bytes) {
 PoolStats BlockPool::stats() const {
   PoolStats s;
   s.num_blocks = num_blocks_;
+  s.used_blocks = num_blocks_ - (int64_t)free_list_.size();
   s.free_blocks = (int64_t)free_list_.size();
-  s.used_blocks = s.num_blocks - s.free_blocks;
   s.block_bytes = layout_.block_bytes();
+  if (charge_.budget != nullptr) {
+    s.free_blocks = std::min<int64_t>(s.free_blocks, (int64_t)(charge_.budget->free_bytes() / s.block_bytes));
+  }
   s.capacity_bytes = (uint64_t)s.num_blocks * s.block_bytes;
   s.used_bytes = (uint64_t)s.used_blocks * s.block_bytes;
   s.free_bytes = (uint64_t)s.free_blocks * s.block_bytes;
@@ -111,6 +146,10 @@ Result<Plan> BlockPool::plan(std::span<const PoolRequest> requests) const {
   p.version_ = version_;
   int64_t free_blocks = (int64_t)free_list_.size();
   const size_t bb = layout_.block_bytes();
+  SharedBudget* const budget = charge_.budget;
+  // Bytes the shared budget has in use as the requests apply (pools with one).
+  uint64_t budget_used = budget ? budget->used_bytes() : 0;
+  if (budget) p.budget_version_ = budget->version();
   for (size_t i = 0; i < requests.size(); ++i) {
     const PoolRequest& r = requests[i];
     const std::string where =
@@ -174,6 +213,13 @@ Result<Plan> BlockPool::plan(std::span<const PoolRequest> requests) const {
           bytes_str((uint64_t)free_blocks * bb) +
           ") are free (pool: " + std::to_string(num_blocks_) + " blocks of " + bytes_str(bb) + ")");
     }
+    if (budget && budget_used + (uint64_t)take * bb > budget->capacity_bytes()) {
+      return resource_exhausted(where + "needs " + std::to_string(take) + " blocks (" +
+                                bytes_str((uint64_t)take * bb) + ") but the shared budget has " +
+                                bytes_str(budget->capacity_bytes() - budget_used) + " of " +
+                                bytes_str(budget->capacity_bytes()) + " free");
+    }
+    if (budget) budget_used = budget_used + (uint64_t)take * bb - (uint64_t)release * bb;
     free_blocks += release - take;
     p.blocks_taken_ += take;
     p.blocks_released_ += release;
@@ -191,8 +237,19 @@ Status BlockPool::commit(const Plan& plan) {
                                std::to_string(plan.version_) + ", pool is at version " +
                                std::to_string(version_) + "); plan again");
   }
+  SharedBudget* const budget = charge_.budget;
+  if (budget && plan.budget_version_ != budget->version()) {
+    return failed_precondition("cache commit: stale plan (the shared budget changed since: another pool "
+                               "committed); plan again");
+  }
   for (const PoolRequest& r : plan.requests_) apply(r);
   ++version_;
+  if (budget) {
+    const uint64_t taken = plan.bytes_taken_, released = plan.bytes_released_;
+    budget->used_ = budget->used_ + taken - released;
+    charge_.bytes = charge_.bytes + taken - released;
+    ++budget->version_;
+  }
   return Status::ok();
 }
 
@@ -205,6 +262,8 @@ int32_t BlockPool::take_block(SeqId owner) {
 }
 
 void BlockPool::release_block(int32_t b) {
+  // A pool on a shared budget gives the block's memory back: another pool may need it.
+  if (charge_.budget != nullptr) host_discard(block_ptr(b), layout_.block_bytes());
   owner_[(size_t)b] = kNoOwner;
   free_list_.push_back(b);
 }
@@ -656,7 +715,16 @@ Status BlockPool::check_invariants() const {
     return fail("used bytes " + std::to_string(st.used_bytes) + " differ from the formula sum " +
                 std::to_string(formula_bytes));
   }
-  if (st.used_bytes + st.free_bytes != st.capacity_bytes || st.used_bytes > arena_bytes_) {
+  if (charge_.budget != nullptr) {
+    if (charge_.bytes != st.used_bytes) {
+      return fail("the shared budget holds " + std::to_string(charge_.bytes) + " bytes for this pool, which uses " +
+                  std::to_string(st.used_bytes));
+    }
+    if (charge_.budget->used_bytes() > charge_.budget->capacity_bytes()) {
+      return fail("the shared budget has " + std::to_string(charge_.budget->used_bytes()) + " bytes in use, over its " +
+                  std::to_string(charge_.budget->capacity_bytes()));
+    }
+  } else if (st.used_bytes + st.free_bytes != st.capacity_bytes || st.used_bytes > arena_bytes_) {
     return fail("byte totals inconsistent: used " + std::to_string(st.used_bytes) + " + free " +
                 std::to_string(st.free_bytes) + " != capacity " +
                 std::to_string(st.capacity_bytes));

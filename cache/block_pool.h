@@ -3,7 +3,8 @@
 //
 // Capacity: the pool owns one zero-initialised arena of num_blocks · block_bytes bytes,
 // num_blocks = floor(budget_bytes / block_bytes) (layout formula in cache_layout.h). It never
-// allocates after create.
+// allocates after create. Or, created with a SharedBudget, it reserves address space for the
+// whole budget and takes memory only for the blocks in use (see SharedBudget).
 //
 // Plan, then commit (the scheduler's contract):
 //   Result<Plan> plan(requests)  validates a list of requests applied in order (create, append,
@@ -104,6 +105,28 @@ struct SequenceImage {
   std::vector<uint8_t> bytes;
 };
 
+// A byte budget several pools draw from (palud's host tier: the pools of every model and every
+// cache setting). A pool created with one reserves address space for the whole budget (pages are
+// mapped when first written and given back to the system when their block is released), and its
+// plans also check the budget: the blocks a pool's sequences hold count against it, so the sum
+// over its pools never exceeds capacity_bytes. Any commit of any of its pools makes the other
+// pools' earlier plans stale (the budget has a version, like a pool). Not thread-safe (one owner
+// thread, like the pools); it must outlive them.
+class SharedBudget {
+ public:
+  explicit SharedBudget(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+  SharedBudget(const SharedBudget&) = delete;
+  SharedBudget& operator=(const SharedBudget&) = delete;
+  uint64_t capacity_bytes() const { return capacity_; }
+  uint64_t used_bytes() const { return used_; }
+  uint64_t free_bytes() const { return capacity_ - used_; }
+  uint64_t version() const { return version_; }
+
+ private:
+  friend class BlockPool;
+  uint64_t capacity_ = 0, used_ = 0, version_ = 0;
+};
+
 // The validated effect of a list of requests. Opaque: only BlockPool makes one.
 class Plan {
  public:
@@ -118,10 +141,13 @@ class Plan {
   std::vector<PoolRequest> requests_;
   const void* pool_ = nullptr;  // identity of the pool (its arena)
   uint64_t version_ = 0;        // pool version the plan was made against
+  uint64_t budget_version_ = 0; // the shared budget's version then (pools with one)
   int64_t blocks_taken_ = 0, blocks_released_ = 0;
   uint64_t bytes_taken_ = 0, bytes_released_ = 0;
 };
 
+// With a SharedBudget: num_blocks / capacity_bytes are the pool's address space (the whole
+// budget), free_blocks / free_bytes what the budget still allows this pool to take.
 struct PoolStats {
   int64_t num_blocks = 0;
   int64_t free_blocks = 0;
@@ -202,6 +228,9 @@ class BlockPool {
   // num_blocks = floor(budget_bytes / layout.block_bytes()); fails with INVALID_ARGUMENT if
   // that is 0 or above 2^31 − 1, RESOURCE_EXHAUSTED if the arena cannot be allocated.
   static Result<BlockPool> create(CacheLayout layout, uint64_t budget_bytes);
+  // A pool drawing from `budget` (see SharedBudget): address space for
+  // floor(capacity / block_bytes) blocks, memory only for the blocks in use.
+  static Result<BlockPool> create(CacheLayout layout, SharedBudget* budget);
 
   BlockPool(BlockPool&&) = default;
   BlockPool& operator=(BlockPool&&) = default;
@@ -270,9 +299,37 @@ class BlockPool {
     std::vector<int32_t> window_blocks;  // f16 ring (layout.window_blocks() of them)
   };
   struct FreeDeleter {
+    size_t reserved_bytes;  // > 0: a host_reserve mapping of that size, else calloc memory
     void operator()(uint8_t* p) const;
   };
+  // The bytes this pool's blocks hold in a SharedBudget, given back when the pool goes (moves
+  // carry the charge with them).
+  struct BudgetCharge {
+    SharedBudget* budget = nullptr;
+    uint64_t bytes = 0;
+    BudgetCharge() = default;
+    BudgetCharge(BudgetCharge&& o) noexcept : budget(o.budget), bytes(o.bytes) { o.budget = nullptr; }
+    BudgetCharge& operator=(BudgetCharge&& o) noexcept {
+      if (this != &o) {
+        release();
+        budget = o.budget;
+        bytes = o.bytes;
+        o.budget = nullptr;
+      }
+      return *this;
+    }
+    ~BudgetCharge() { release(); }
+    void release() {
+      if (budget != nullptr) BlockPool::uncharge(budget, bytes);
+      budget = nullptr;
+      bytes = 0;
+    }
+  };
   static constexpr SeqId kNoOwner = -1;
+  static void uncharge(SharedBudget* b, uint64_t bytes) {
+    b->used_ -= bytes;
+    ++b->version_;
+  }
 
   BlockPool() = default;
   Result<const Sequence*> find(SeqId s) const;
@@ -295,6 +352,7 @@ class BlockPool {
   std::vector<SeqId> owner_;        // [num_blocks]: owning sequence or kNoOwner
   std::unordered_map<SeqId, Sequence> seqs_;
   uint64_t version_ = 0;
+  BudgetCharge charge_;  // budget == nullptr: the pool's own arena is its budget
 };
 
 }  // namespace palu::cache

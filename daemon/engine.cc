@@ -41,7 +41,8 @@ Status check_name(const std::string& what, const std::string& name) {
 
 // ---- lifetime -------------------------------------------------------------------------------
 
-Engine::Engine(EngineOptions options) : opt_(std::move(options)) {}
+Engine::Engine(EngineOptions options)
+    : opt_(std::move(options)), host_budget_(std::make_unique<cache::SharedBudget>(opt_.host_budget_bytes)) {}
 
 Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   if (options.max_queue <= 0) return invalid_argument("engine: max_queue must be > 0");
@@ -220,8 +221,71 @@ void Engine::process(Item& it) {
 
 // ---- models ---------------------------------------------------------------------------------
 
-Status Engine::load_model(const std::string& name_in, const std::string& path, const api::CacheSettings& cache_s,
-                          uint64_t host_share_bytes) {
+// Checks a cache setting against a model: bits 0/2/3/4/8, a window only with bits, bits only for
+// a compressed model. `field` names where the setting came from.
+static Status check_cache_settings(const model::LlamaModel& lm, const std::string& path,
+                                   const api::CacheSettings& c, const std::string& field) {
+  if (c.latent_bits() != 0 && !cache::valid_latent_bits((int)c.latent_bits())) {
+    return invalid_argument(field + ".latent_bits must be 0, 2, 3, 4 or 8, got " + std::to_string(c.latent_bits()));
+  }
+  if (c.window_tokens() > 0 && c.latent_bits() == 0) {
+    return invalid_argument(field + ".window_tokens needs latent_bits (the window keeps f16 copies of quantized rows)");
+  }
+  if (c.window_tokens() > (uint32_t)cache::CacheLayout::kMaxWindowTokens) {
+    return invalid_argument(field + ".window_tokens must be at most " +
+                            std::to_string(cache::CacheLayout::kMaxWindowTokens) + ", got " +
+                            std::to_string(c.window_tokens()));
+  }
+  if (c.latent_bits() != 0 && !lm.is_compressed()) {
+    return invalid_argument(field + ".latent_bits needs a compressed model (made by palu-compress); " + path +
+                            " is not one");
+  }
+  return Status::ok();
+}
+
+static std::string settings_str(const api::CacheSettings& c) {
+  return "latent_bits " + std::to_string(c.latent_bits()) + ", window " + std::to_string(c.window_tokens());
+}
+
+Result<Engine::CachePool*> Engine::pool_for(Model* m, const api::CacheSettings& c) {
+  for (auto& p : m->pools) {
+    if (p->cache.latent_bits() == c.latent_bits() && p->cache.window_tokens() == c.window_tokens()) return p.get();
+  }
+  PALU_RETURN_IF_ERROR(check_cache_settings(m->m(), m->path, c, "cache"));
+  model::CacheOptions co;
+  co.storage = cache::CacheStorage::kF16;
+  if (c.latent_bits() != 0) cache::storage_for_bits((int)c.latent_bits(), &co.storage);
+  co.window_tokens = (int)c.window_tokens();
+  PALU_ASSIGN_OR_RETURN(cache::CacheLayoutSpec spec, m->m().cache_layout_spec(co));
+  PALU_ASSIGN_OR_RETURN(cache::CacheLayout layout, cache::CacheLayout::create(spec));
+  if (opt_.host_budget_bytes < layout.session_bytes(1)) {
+    return resource_exhausted("model '" + m->name + "' with cache " + settings_str(c) + ": the host budget (" +
+                              std::to_string(opt_.host_budget_bytes) +
+                              " bytes) is less than one session of one token needs (" +
+                              std::to_string(layout.session_bytes(1)) + " bytes); raise --host-budget");
+  }
+  PALU_ASSIGN_OR_RETURN(cache::BlockPool pool, cache::BlockPool::create(std::move(layout), host_budget_.get()));
+  auto p = std::make_unique<CachePool>();
+  p->model = m;
+  p->cache = c;
+  p->pool = std::make_unique<cache::BlockPool>(std::move(pool));
+  p->layout_hash = cache::layout_hash(p->pool->layout());
+  m->pools.push_back(std::move(p));
+  return m->pools.back().get();
+}
+
+void Engine::drop_pool_if_unused(CachePool* p) {
+  Model* m = p->model;
+  if (p->sessions > 0 || p == m->default_pool()) return;
+  for (auto it = m->pools.begin(); it != m->pools.end(); ++it) {
+    if (it->get() == p) {
+      m->pools.erase(it);
+      return;
+    }
+  }
+}
+
+Status Engine::load_model(const std::string& name_in, const std::string& path, const api::CacheSettings& cache_s) {
   const std::string name = name_in.empty() ? std::filesystem::path(path).filename().string() : name_in;
   PALU_RETURN_IF_ERROR(check_name("model name", name));
   if (models_.count(name)) return already_exists("model '" + name + "' is already loaded");
@@ -231,37 +295,16 @@ Status Engine::load_model(const std::string& name_in, const std::string& path, c
   if (cache_s.window_tokens() > 0 && cache_s.latent_bits() == 0) {
     return invalid_argument("cache.window_tokens needs latent_bits (the window keeps f16 copies of quantized rows)");
   }
-  const uint64_t left = opt_.host_budget_bytes - host_allocated_bytes_;
-  const uint64_t share = host_share_bytes == 0 ? left : std::min(left, host_share_bytes);
   auto m = std::make_unique<Model>();
   m->name = name;
   m->path = path;
   m->cache = cache_s;
   PALU_ASSIGN_OR_RETURN(m->loaded, model::load_model(path));
-  if (cache_s.latent_bits() != 0 && !m->m().is_compressed()) {
-    return invalid_argument("cache.latent_bits needs a compressed model (made by palu-compress); " + path +
-                            " is not one");
-  }
   auto fp = model::fingerprint_model(path);
   m->fingerprint = fp.is_ok() ? fp.value() : "unknown";
-  model::CacheOptions co;
-  co.storage = cache::CacheStorage::kF16;
-  if (cache_s.latent_bits() != 0) cache::storage_for_bits((int)cache_s.latent_bits(), &co.storage);
-  co.window_tokens = (int)cache_s.window_tokens();
-  PALU_ASSIGN_OR_RETURN(cache::CacheLayoutSpec spec, m->m().cache_layout_spec(co));
-  PALU_ASSIGN_OR_RETURN(cache::CacheLayout layout, cache::CacheLayout::create(spec));
-  if (share < layout.session_bytes(1)) {
-    return resource_exhausted("model '" + name + "': the host budget has " + std::to_string(left) +
-                              " bytes left, less than one session of one token needs (" +
-                              std::to_string(layout.session_bytes(1)) + " bytes); raise --host-budget");
-  }
-  PALU_ASSIGN_OR_RETURN(cache::BlockPool pool, cache::BlockPool::create(layout, share));
-  m->pool = std::make_unique<cache::BlockPool>(std::move(pool));
-  m->host_bytes = m->pool->stats().capacity_bytes;
-  m->layout_hash = cache::layout_hash(m->pool->layout());
+  PALU_RETURN_IF_ERROR(pool_for(m.get(), cache_s).status());
   const int mp = m->m().config().max_position_embeddings;
   m->max_context = mp > 0 ? mp : 1 << 20;
-  host_allocated_bytes_ += m->host_bytes;
   models_[name] = std::move(m);
   return Status::ok();
 }
@@ -283,7 +326,7 @@ api::ModelInfo Engine::model_info(const Model& m) const {
   i.set_architecture(m.m().config().architecture);
   i.set_summary(m.m().config().summary());
   i.set_compressed(m.m().is_compressed());
-  i.set_kv_bytes_per_token(m.pool->layout().token_bytes());
+  i.set_kv_bytes_per_token(m.default_pool()->pool->layout().token_bytes());
   i.set_max_context((uint32_t)m.max_context);
   i.set_fingerprint(m.fingerprint);
   *i.mutable_cache() = m.cache;
@@ -320,7 +363,6 @@ void Engine::on_unload_model(Item& it) {
                  failed_precondition("model '" + m.value()->name + "' has " + std::to_string(m.value()->sessions) +
                                      " sessions; close them first"));
   }
-  host_allocated_bytes_ -= m.value()->host_bytes;
   models_.erase(m.value()->name);
   reply(it.sink, it.request.id(), Status::ok());
 }
@@ -357,7 +399,8 @@ api::SessionInfo Engine::session_info(const Session& s) const {
   // last token queued to recompute the next-token logits).
   i.set_tokens((uint32_t)(s.tokens.size() + s.pending.size()));
   i.set_max_context((uint32_t)s.max_context);
-  i.set_kv_bytes(s.resident() ? s.model->pool->layout().session_bytes((int64_t)s.tokens.size()) : s.spill_bytes);
+  i.set_kv_bytes(s.resident() ? s.pool->pool->layout().session_bytes((int64_t)s.tokens.size()) : s.spill_bytes);
+  *i.mutable_cache() = s.pool->cache;
   i.set_tier(tier_name(s.tier));
   i.set_state(s.gen ? "generating" : !s.pending.empty() ? "prefill" : "idle");
   i.set_last_used_unix(s.last_used - start_time_);
@@ -370,14 +413,10 @@ void Engine::on_create_session(Item& it) {
   auto mr = find_model(r.model());
   if (!mr.is_ok()) return reply(it.sink, it.request.id(), mr.status());
   Model* m = mr.value();
-  if (r.has_cache() && (r.cache().latent_bits() != m->cache.latent_bits() ||
-                        r.cache().window_tokens() != m->cache.window_tokens())) {
-    return reply(it.sink, it.request.id(),
-                 invalid_argument("create_session.cache (latent_bits " + std::to_string(r.cache().latent_bits()) +
-                                  ", window " + std::to_string(r.cache().window_tokens()) + ") differs from model '" +
-                                  m->name + "' (latent_bits " + std::to_string(m->cache.latent_bits()) + ", window " +
-                                  std::to_string(m->cache.window_tokens()) +
-                                  "); load the model again under another name with those settings"));
+  if (r.has_cache()) {
+    if (Status st = check_cache_settings(m->m(), m->path, r.cache(), "create_session.cache"); !st.is_ok()) {
+      return reply(it.sink, it.request.id(), st);
+    }
   }
   if ((int)sessions_.size() >= opt_.max_sessions) {
     return reply(it.sink, it.request.id(),
@@ -406,8 +445,12 @@ void Engine::on_create_session(Item& it) {
     if (!ids.is_ok()) return reply(it.sink, it.request.id(), ids.status());
     prompt = std::move(ids).value();
   }
+  auto pr = r.has_cache() ? pool_for(m, r.cache()) : Result<CachePool*>(m->default_pool());
+  if (!pr.is_ok()) return reply(it.sink, it.request.id(), pr.status());
+  CachePool* pool = pr.value();
   const cache::PoolRequest create = cache::PoolRequest::create((cache::SeqId)id);
-  if (Status st = commit_with_room(m, {&create, 1}, m->pool->layout().session_blocks(0), {}); !st.is_ok()) {
+  if (Status st = commit_with_room(pool, {&create, 1}, pool->pool->layout().session_blocks(0), {}); !st.is_ok()) {
+    drop_pool_if_unused(pool);
     return reply(it.sink, it.request.id(), st);
   }
   auto s = std::make_unique<Session>();
@@ -415,16 +458,19 @@ void Engine::on_create_session(Item& it) {
   s->name = name;
   s->owner = it.peer.uid;
   s->model = m;
+  s->pool = pool;
+  ++pool->sessions;
+  ++m->sessions;  // counted before any free_session below, which uncounts
   s->max_context = r.max_context() ? (int)r.max_context() : m->max_context;
   s->last_used = now();
   s->pending.assign(prompt.begin(), prompt.end());
   if ((int)prompt.size() > s->max_context) {
+    const int max_context = s->max_context;
     free_session(s.get());
     return reply(it.sink, it.request.id(),
                  invalid_argument("the system prompt has " + std::to_string(prompt.size()) +
-                                  " tokens, over the session's context " + std::to_string(s->max_context)));
+                                  " tokens, over the session's context " + std::to_string(max_context)));
   }
-  ++m->sessions;
   api::Response resp = make_response(it.request.id(), api::OK, "created");
   *resp.mutable_session() = session_info(*s);
   sessions_[id] = std::move(s);
@@ -536,9 +582,9 @@ void Engine::on_generate(Item& it) {
   // would wait forever: run the last token again, as a restore does.
   if (prompt.empty() && s->pending.empty() && !s->has_logits && !s->tokens.empty()) {
     if (Status st = ensure_resident(s); !st.is_ok()) return reply(it.sink, it.request.id(), st);
-    auto cut = s->model->pool->plan(
+    auto cut = s->pool->pool->plan(
         cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size() - 1));
-    Status st = cut.is_ok() ? s->model->pool->commit(cut.value()) : cut.status();
+    Status st = cut.is_ok() ? s->pool->pool->commit(cut.value()) : cut.status();
     if (!st.is_ok()) return reply(it.sink, it.request.id(), st);
     s->pending.push_back(s->tokens.back());
     s->tokens.pop_back();
@@ -618,8 +664,9 @@ void Engine::on_fork(Item& it) {
   }
   if (Status st = ensure_resident(src); !st.is_ok()) return reply(it.sink, it.request.id(), st);
   Model* m = src->model;
+  CachePool* pool = src->pool;
   const cache::PoolRequest fork = cache::PoolRequest::fork((cache::SeqId)src->id, (cache::SeqId)id);
-  if (Status st = commit_with_room(m, {&fork, 1}, m->pool->layout().session_blocks((int64_t)src->tokens.size()), {src});
+  if (Status st = commit_with_room(pool, {&fork, 1}, pool->pool->layout().session_blocks((int64_t)src->tokens.size()), {src});
       !st.is_ok()) {
     return reply(it.sink, it.request.id(), st);
   }
@@ -628,6 +675,8 @@ void Engine::on_fork(Item& it) {
   s->name = name;
   s->owner = src->owner;
   s->model = m;
+  s->pool = pool;
+  ++pool->sessions;
   s->tokens = src->tokens;
   s->max_context = src->max_context;
   s->logits = src->logits;
@@ -712,9 +761,8 @@ void Engine::on_list_sessions(Item& it) {
 void Engine::on_stats(Item& it) {
   api::Response resp = make_response(it.request.id(), api::OK, "");
   api::StatsReply* st = resp.mutable_stats();
-  uint64_t host_used = 0;
+  const uint64_t host_used = host_budget_->used_bytes();
   uint32_t host_n = 0, disk_n = 0;
-  for (const auto& [n, m] : models_) host_used += m->pool->stats().used_bytes;
   for (const auto& [id, s] : sessions_) (s->resident() ? host_n : disk_n)++;
   auto add = [&](const char* tier, uint64_t budget, uint64_t used, uint32_t n) {
     api::TierStats* t = st->add_tiers();

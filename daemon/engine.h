@@ -10,13 +10,18 @@
 //     max_batch_tokens per step, sessions taken round-robin (fair order);
 //   * the logits of a session's last position feed its sampler; tokens stream to the client.
 //
-// Memory tiers. Each model's pool is the host tier (its arena is carved from the host
-// budget when the model loads, so the budget can never be exceeded). When appending to a
-// session does not fit, the least recently used idle sessions of that pool are demoted to
-// the disk tier (their blocks exported to a session file under disk_dir, within
-// disk_budget_bytes, then freed); a demoted session is restored on its next use. A request
-// that cannot fit even then gets RESOURCE_EXHAUSTED with the numbers. There is no GPU tier in
-// this build (the CUDA backend does not run models yet); stats list it with budget 0.
+// Cache settings. A session caches with its model's setting (LoadModel.cache / palud --kv-bits
+// --kv-window) or the one CreateSession.cache names (latent bits 0/2/3/4/8, f16 window): each
+// setting of a model has its own block pool, made on first use and dropped with its last session.
+//
+// Memory tiers. The host tier is every pool of every model, drawing from one host budget
+// (cache::SharedBudget: a pool reserves address space, the blocks sessions hold count against
+// the budget, so it can never be exceeded). When appending to a session does not fit, the least
+// recently used idle sessions (of any model or setting) are demoted to the disk tier (their
+// blocks exported to a session file under disk_dir, within disk_budget_bytes, then freed); a
+// demoted session is restored on its next use. A request that cannot fit even then gets
+// RESOURCE_EXHAUSTED with the numbers. There is no GPU tier yet (models run on the CPU); stats
+// list it with budget 0.
 //
 // Persistence: Save writes a session file (daemon/session_file.h: checksummed, bound to the
 // model fingerprint and cache layout, written atomically) under
@@ -80,9 +85,8 @@ class Engine : public RequestHandler {
   static Result<std::unique_ptr<Engine>> create(EngineOptions options);
   ~Engine() override;
 
-  // Loads a model before start() (palud --model). `host_share_bytes` 0 = all that is left.
-  Status load_model(const std::string& name, const std::string& path, const api::CacheSettings& cache,
-                    uint64_t host_share_bytes = 0);
+  // Loads a model before start() (palud --model); `cache` is its sessions' default setting.
+  Status load_model(const std::string& name, const std::string& path, const api::CacheSettings& cache);
   // Restores every session file under state_dir/sessions (start-up); returns how many.
   Result<int> restore_saved_sessions();
 
@@ -97,6 +101,7 @@ class Engine : public RequestHandler {
   EngineCounters counters() const;
 
   struct Model;
+  struct CachePool;
   struct Session;
 
  private:
@@ -134,12 +139,17 @@ class Engine : public RequestHandler {
   api::SessionInfo session_info(const Session& s) const;
   api::ModelInfo model_info(const Model& m) const;
 
+  // cache settings: the pool of m for `cache` (validated; made when new).
+  Result<CachePool*> pool_for(Model* m, const api::CacheSettings& cache);
+  void drop_pool_if_unused(CachePool* p);
+
   // tiers (engine_tiers.cc)
   Status ensure_resident(Session* s, const std::vector<Session*>& keep = {});
-  Status make_room(Model* m, int64_t blocks_needed, const std::vector<Session*>& keep);
-  // Plans `requests` on m's pool; when they do not fit, demotes sessions (not in keep) until
+  // Demotes sessions (not in keep) until p can take blocks_needed blocks.
+  Status make_room(CachePool* p, int64_t blocks_needed, const std::vector<Session*>& keep);
+  // Plans `requests` on p's pool; when they do not fit, demotes sessions (not in keep) until
   // blocks_needed blocks are free and plans again; commits.
-  Status commit_with_room(Model* m, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
+  Status commit_with_room(CachePool* p, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
                           const std::vector<Session*>& keep);
   Status demote(Session* s);
   Status append_positions(Session* s, int n, const std::vector<Session*>& keep);
@@ -169,10 +179,10 @@ class Engine : public RequestHandler {
   std::thread thread_;
 
   // engine-thread state
+  std::unique_ptr<cache::SharedBudget> host_budget_;  // before models_: their pools draw from it
   std::map<std::string, std::unique_ptr<Model>> models_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   uint64_t next_session_id_ = 1;
-  uint64_t host_allocated_bytes_ = 0;
   size_t rr_cursor_ = 0;  // round-robin start for prefill fairness
 
   mutable std::mutex counters_mu_;

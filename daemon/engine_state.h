@@ -15,15 +15,27 @@
 
 namespace palu::daemon {
 
+// The host-tier cache of a model's sessions that use one cache setting (latent bits, f16
+// window). Every pool of every model draws from the engine's host budget (cache::SharedBudget).
+struct Engine::CachePool {
+  Model* model = nullptr;
+  api::CacheSettings cache;
+  std::unique_ptr<cache::BlockPool> pool;
+  uint64_t layout_hash = 0;
+  int sessions = 0;  // sessions using this setting, in any tier
+};
+
 struct Engine::Model {
   std::string name, path, fingerprint;
   model::LoadedModel loaded;
-  api::CacheSettings cache;
-  std::unique_ptr<cache::BlockPool> pool;  // the host tier of this model's sessions
-  uint64_t host_bytes = 0;                 // its arena (part of the host budget)
-  uint64_t layout_hash = 0;
+  api::CacheSettings cache;  // the default setting of its sessions
+  // pools[0]: the default setting's (made at load); others are made when a session asks for
+  // another setting and dropped when their last session goes.
+  std::vector<std::unique_ptr<CachePool>> pools;
   int max_context = 0;
   int sessions = 0;
+
+  CachePool* default_pool() const { return pools.front().get(); }
 
   const model::LlamaModel& m() const { return *loaded.model; }
   const model::Tokenizer& tok() const { return *loaded.tokenizer; }
@@ -64,6 +76,7 @@ struct Engine::Session {
   std::string name;
   uid_t owner = 0;
   Model* model = nullptr;
+  CachePool* pool = nullptr;  // its cache setting (and, when resident, its blocks)
   Tier tier = Tier::kHost;
   std::string spill_path;  // disk tier: its file
   uint64_t spill_bytes = 0;

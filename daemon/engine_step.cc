@@ -129,14 +129,20 @@ bool Engine::step() {
       return key(a) < key(b);
     });
   }
+  // Every pool of every model (a model's sessions with another cache setting run in their own
+  // batch: the kernels read one pool's layout).
+  std::vector<CachePool*> pools;
   for (auto& [mname, mp] : models_) {
-    Model* m = mp.get();
+    for (auto& p : mp->pools) pools.push_back(p.get());
+  }
+  for (CachePool* pool : pools) {
+    Model* m = pool->model;
     std::vector<Session*> batch;
     std::vector<int> counts;
     int budget = opt_.max_batch_tokens;
     for (int pass = 0; pass < 2; ++pass) {
       for (Session* s : order) {
-        if (s->model != m || std::find(batch.begin(), batch.end(), s) != batch.end()) continue;
+        if (s->pool != pool || std::find(batch.begin(), batch.end(), s) != batch.end()) continue;
         const bool decode = s->gen && s->pending.size() == 1;
         if ((pass == 0) != decode) continue;
         const int n = std::min<int>({(int)s->pending.size(), opt_.prefill_chunk_tokens, budget});
@@ -177,13 +183,13 @@ bool Engine::step() {
       steps[i] = model::SeqStep{(cache::SeqId)s->id, inputs[i].data(), counts[i],
                                 last ? model::LogitsMode::kLast : model::LogitsMode::kNone, s->logits.data()};
     }
-    Status st = m->m().forward_pooled(steps, m->pool.get());
+    Status st = m->m().forward_pooled(steps, pool->pool.get());
     for (size_t i = 0; i < batch.size(); ++i) {
       Session* s = batch[i];
       if (!st.is_ok()) {
         // Forget the positions this step added, then report.
-        auto undo = m->pool->plan(cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size()));
-        if (undo.is_ok()) (void)m->pool->commit(undo.value());
+        auto undo = pool->pool->plan(cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size()));
+        if (undo.is_ok()) (void)pool->pool->commit(undo.value());
         s->has_logits = false;
         fail_session_work(s, st);
         continue;

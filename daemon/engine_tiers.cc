@@ -2,6 +2,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
+
+#include <nlohmann/json.hpp>
 
 #include "daemon/engine.h"
 #include "daemon/engine_state.h"
@@ -34,33 +37,42 @@ std::string Engine::saved_path(uid_t uid, const std::string& file_name) const {
 }
 
 // The session's state as a session file (its cache blocks exported from the pool).
+// metadata_json carries what the engine needs beyond the cache bytes: the session's context and
+// its cache setting (files written before per-session settings lack the two cache keys: they
+// were made with the model's setting).
 static Result<SessionFile> snapshot(const Engine::Model& m, const Engine::Session& s) {
   SessionFile f;
   f.name = s.name;
   f.owner_uid = s.owner;
   f.model_name = m.name;
   f.model_fingerprint = m.fingerprint;
-  f.cache_description = m.pool->layout().describe();
+  f.cache_description = s.pool->pool->layout().describe();
   f.tokens = s.tokens;
-  f.metadata_json = "{\"max_context\": " + std::to_string(s.max_context) + "}";
-  PALU_ASSIGN_OR_RETURN(f.image, m.pool->export_sequence((cache::SeqId)s.id));
+  f.metadata_json = "{\"max_context\": " + std::to_string(s.max_context) +
+                    ", \"latent_bits\": " + std::to_string(s.pool->cache.latent_bits()) +
+                    ", \"window_tokens\": " + std::to_string(s.pool->cache.window_tokens()) + "}";
+  PALU_ASSIGN_OR_RETURN(f.image, s.pool->pool->export_sequence((cache::SeqId)s.id));
   return f;
 }
 
 void Engine::free_session(Session* s) {
   Model* m = s->model;
+  CachePool* p = s->pool;
   if (s->resident()) {
-    auto plan = m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
-    if (plan.is_ok()) (void)m->pool->commit(plan.value());
+    auto plan = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (plan.is_ok()) (void)p->pool->commit(plan.value());
   } else if (!s->spill_path.empty()) {
     (void)fs_->remove(s->spill_path);
   }
   --m->sessions;
+  --p->sessions;
   sessions_.erase(s->id);
+  drop_pool_if_unused(p);
 }
 
 Status Engine::demote(Session* s) {
   Model* m = s->model;
+  CachePool* p = s->pool;
   if (opt_.disk_dir.empty()) {
     return resource_exhausted("no disk tier to move sessions to (start palud with --disk-dir)");
   }
@@ -74,8 +86,8 @@ Status Engine::demote(Session* s) {
   const std::string path = opt_.disk_dir + "/spill-" + std::to_string(s->id) + ".palu";
   PALU_RETURN_IF_ERROR(write_session_file(*fs_, path, f));
   auto size = fs_->file_size(path);
-  PALU_ASSIGN_OR_RETURN(cache::Plan plan, m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id)));
-  PALU_RETURN_IF_ERROR(m->pool->commit(plan));
+  PALU_ASSIGN_OR_RETURN(cache::Plan plan, p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id)));
+  PALU_RETURN_IF_ERROR(p->pool->commit(plan));
   s->tier = Tier::kDisk;
   s->spill_path = path;
   s->spill_bytes = size.is_ok() ? size.value() : estimate;
@@ -84,67 +96,68 @@ Status Engine::demote(Session* s) {
   return Status::ok();
 }
 
-Status Engine::make_room(Model* m, int64_t blocks_needed, const std::vector<Session*>& keep) {
-  while (m->pool->stats().free_blocks < blocks_needed) {
-    // Victim: resident, not needed this step; idle sessions before busy ones, least recently
-    // used first.
+Status Engine::make_room(CachePool* p, int64_t blocks_needed, const std::vector<Session*>& keep) {
+  while (p->pool->stats().free_blocks < blocks_needed) {
+    // Victim: resident (in any pool: they share the host budget), not needed this step; idle
+    // sessions before busy ones, least recently used first.
     Session* victim = nullptr;
     for (auto& [id, sp] : sessions_) {
       Session* s = sp.get();
-      if (s->model != m || !s->resident() || (s->tokens.empty() && s->pending.empty())) continue;
+      if (!s->resident() || (s->tokens.empty() && s->pending.empty())) continue;
       if (std::find(keep.begin(), keep.end(), s) != keep.end()) continue;
       if (victim == nullptr || std::make_pair(s->busy(), s->last_used) < std::make_pair(victim->busy(), victim->last_used)) {
         victim = s;
       }
     }
-    const auto st = m->pool->stats();
+    const auto st = p->pool->stats();
     if (victim == nullptr) {
-      return resource_exhausted("the KV cache of model '" + m->name + "' needs " + std::to_string(blocks_needed) +
-                                " free blocks (" + bytes_str((uint64_t)blocks_needed * st.block_bytes) + "); " +
-                                std::to_string(st.free_blocks) + " of " + std::to_string(st.num_blocks) +
-                                " are free (host budget " + bytes_str(m->host_bytes) +
-                                ") and no other session can be moved to disk");
+      return resource_exhausted("the KV cache of model '" + p->model->name + "' needs " + std::to_string(blocks_needed) +
+                                " free blocks (" + bytes_str((uint64_t)blocks_needed * st.block_bytes) + "); the host budget has " +
+                                bytes_str(host_budget_->free_bytes()) + " of " +
+                                bytes_str(host_budget_->capacity_bytes()) +
+                                " free and no other session can be moved to disk");
     }
     PALU_RETURN_IF_ERROR(demote(victim));
   }
   return Status::ok();
 }
 
-Status Engine::commit_with_room(Model* m, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
+Status Engine::commit_with_room(CachePool* p, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
                                 const std::vector<Session*>& keep) {
-  auto plan = m->pool->plan(requests);
+  auto plan = p->pool->plan(requests);
   if (!plan.is_ok() && plan.status().code() == StatusCode::kResourceExhausted) {
-    PALU_RETURN_IF_ERROR(make_room(m, blocks_needed, keep));
-    plan = m->pool->plan(requests);
+    PALU_RETURN_IF_ERROR(make_room(p, blocks_needed, keep));
+    plan = p->pool->plan(requests);
   }
   if (!plan.is_ok()) return plan.status();
-  return m->pool->commit(plan.value());
+  return p->pool->commit(plan.value());
 }
 
 Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& keep) {
-  const auto& L = s->model->pool->layout();
+  const auto& L = s->pool->pool->layout();
   const int64_t len = (int64_t)s->tokens.size();
   std::vector<Session*> k = keep;
   k.push_back(s);
   const cache::PoolRequest req = cache::PoolRequest::append((cache::SeqId)s->id, n);
-  return commit_with_room(s->model, {&req, 1}, L.blocks_for_tokens(len + n) - L.blocks_for_tokens(len), k);
+  return commit_with_room(s->pool, {&req, 1}, L.blocks_for_tokens(len + n) - L.blocks_for_tokens(len), k);
 }
 
 Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
   if (s->resident()) return Status::ok();
   Model* m = s->model;
+  CachePool* p = s->pool;
   PALU_ASSIGN_OR_RETURN(SessionFile f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
-  PALU_RETURN_IF_ERROR(check_session_binding(f, m->fingerprint, m->layout_hash));
+  PALU_RETURN_IF_ERROR(check_session_binding(f, m->fingerprint, p->layout_hash));
   const int64_t len = (int64_t)f.image.length;
   const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
                                       cache::PoolRequest::append((cache::SeqId)s->id, len)};
   std::vector<Session*> k = keep;
   k.push_back(s);
-  PALU_RETURN_IF_ERROR(commit_with_room(m, reqs, m->pool->layout().session_blocks(len), k));
-  Status st = m->pool->import_sequence((cache::SeqId)s->id, f.image);
+  PALU_RETURN_IF_ERROR(commit_with_room(p, reqs, p->pool->layout().session_blocks(len), k));
+  Status st = p->pool->import_sequence((cache::SeqId)s->id, f.image);
   if (!st.is_ok()) {
-    auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
-    if (undo.is_ok()) (void)m->pool->commit(undo.value());
+    auto undo = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (undo.is_ok()) (void)p->pool->commit(undo.value());
     return st;
   }
   (void)fs_->remove(s->spill_path);
@@ -184,18 +197,57 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   }
   SessionFile f = std::move(fr).value();
   if (f.owner_uid != uid) return permission_denied("saved session " + path + " belongs to another user");
-  // The model it was saved with: same fingerprint and cache layout (name preferred).
+  // Its cache setting and context (metadata_json; a file without the setting used its
+  // model's).
+  std::optional<api::CacheSettings> setting;
+  int max_context = 0;
+  {
+    const nlohmann::json meta = nlohmann::json::parse(f.metadata_json, nullptr, /*allow_exceptions=*/false);
+    if (meta.is_object()) {
+      auto uint_of = [&](const char* key) -> std::optional<uint32_t> {
+        auto it = meta.find(key);
+        if (it == meta.end() || !it->is_number_unsigned() || it->get<uint64_t>() > UINT32_MAX) return std::nullopt;
+        return (uint32_t)it->get<uint64_t>();
+      };
+      if (auto bits = uint_of("latent_bits")) {
+        setting.emplace();
+        setting->set_latent_bits(*bits);
+        setting->set_window_tokens(uint_of("window_tokens").value_or(0));
+      }
+      max_context = (int)std::min<uint32_t>(uint_of("max_context").value_or(0), (uint32_t)INT32_MAX);
+    }
+  }
+  // The model it was saved with: same fingerprint, and the cache layout of the setting (name
+  // preferred).
   Model* m = nullptr;
+  CachePool* pool = nullptr;
+  Status mismatch = Status::ok();
   for (auto& [n, mp] : models_) {
-    if (mp->fingerprint == f.model_fingerprint && mp->layout_hash == f.image.layout_hash) {
-      if (m == nullptr || mp->name == f.model_name) m = mp.get();
+    if (mp->fingerprint != f.model_fingerprint) continue;
+    auto pr = pool_for(mp.get(), setting.value_or(mp->cache));
+    if (!pr.is_ok()) {
+      mismatch = pr.status();
+      continue;
+    }
+    if (pr.value()->layout_hash != f.image.layout_hash) {
+      mismatch = check_session_binding(f, mp->fingerprint, pr.value()->layout_hash);
+      drop_pool_if_unused(pr.value());
+      continue;
+    }
+    if (m == nullptr || mp->name == f.model_name) {
+      if (pool != nullptr && pool != pr.value()) drop_pool_if_unused(pool);
+      m = mp.get();
+      pool = pr.value();
+    } else {
+      drop_pool_if_unused(pr.value());
     }
   }
   if (m == nullptr) {
     auto it = models_.find(f.model_name);
     Model* ref = it != models_.end() ? it->second.get() : models_.empty() ? nullptr : models_.begin()->second.get();
     if (ref == nullptr) return failed_precondition("saved session " + path + " needs model '" + f.model_name + "', which is not loaded");
-    PALU_RETURN_IF_ERROR(check_session_binding(f, ref->fingerprint, ref->layout_hash));
+    PALU_RETURN_IF_ERROR(check_session_binding(f, ref->fingerprint, ref->default_pool()->layout_hash));
+    if (!mismatch.is_ok()) return mismatch;
     return failed_precondition("saved session " + path + " does not match any loaded model");
   }
   if ((int64_t)f.tokens.size() != f.image.length) {
@@ -206,11 +258,15 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   const int64_t len = f.image.length;
   const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)id),
                                       cache::PoolRequest::append((cache::SeqId)id, len)};
-  PALU_RETURN_IF_ERROR(commit_with_room(m, reqs, m->pool->layout().session_blocks(len), {}));
-  Status st = m->pool->import_sequence((cache::SeqId)id, f.image);
+  if (Status st = commit_with_room(pool, reqs, pool->pool->layout().session_blocks(len), {}); !st.is_ok()) {
+    drop_pool_if_unused(pool);
+    return st;
+  }
+  Status st = pool->pool->import_sequence((cache::SeqId)id, f.image);
   if (!st.is_ok()) {
-    auto undo = m->pool->plan(cache::PoolRequest::free((cache::SeqId)id));
-    if (undo.is_ok()) (void)m->pool->commit(undo.value());
+    auto undo = pool->pool->plan(cache::PoolRequest::free((cache::SeqId)id));
+    if (undo.is_ok()) (void)pool->pool->commit(undo.value());
+    drop_pool_if_unused(pool);
     return st;
   }
   auto s = std::make_unique<Session>();
@@ -218,19 +274,21 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   s->name = name;
   s->owner = uid;
   s->model = m;
+  s->pool = pool;
   s->tokens = std::move(f.tokens);
-  s->max_context = m->max_context;
+  s->max_context = max_context > 0 ? std::min(max_context, m->max_context) : m->max_context;
   s->last_used = now();
   s->saved = true;
   s->saved_file = path;
   // The next-token logits are not saved: run the last token again to get them.
   if (!s->tokens.empty()) {
-    auto cut = m->pool->plan(cache::PoolRequest::truncate((cache::SeqId)id, len - 1));
-    if (cut.is_ok()) (void)m->pool->commit(cut.value());
+    auto cut = pool->pool->plan(cache::PoolRequest::truncate((cache::SeqId)id, len - 1));
+    if (cut.is_ok()) (void)pool->pool->commit(cut.value());
     s->pending.push_back(s->tokens.back());
     s->tokens.pop_back();
   }
   ++m->sessions;
+  ++pool->sessions;
   Session* raw = s.get();
   sessions_[id] = std::move(s);
   return raw;

@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--disk-dir", c.disk_dir, "where idle sessions are moved when memory runs short");
   app.add_option("--disk-budget", c.disk_budget, "disk space for moved sessions (default: a quarter of the free space)");
   app.add_option("--state-dir", c.state_dir, "saved sessions (default $XDG_STATE_HOME/palu)");
-  app.add_option("--kv-bits", c.kv_bits, "compressed models: latent bits of the cache (0 = f16)")
+  app.add_option("--kv-bits", c.kv_bits, "compressed models: latent bits of the sessions' cache by default (0 = f16; a session may ask for another)")
       ->check(CLI::IsMember({0, 2, 3, 4, 8}));
   app.add_option("--kv-window", c.kv_window, "with --kv-bits: newest N tokens also kept in f16")->check(CLI::Range(0, 1 << 20));
   app.add_option("--threads", c.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
@@ -97,9 +97,8 @@ int main(int argc, char** argv) {
   palu::api::v1::CacheSettings cache;
   cache.set_latent_bits((uint32_t)c.kv_bits);
   cache.set_window_tokens((uint32_t)c.kv_window);
-  const uint64_t share = c.models.empty() ? 0 : b.host_bytes / c.models.size();
   for (const std::string& path : c.models) {
-    Status st = engine->load_model("", path, cache, share);
+    Status st = engine->load_model("", path, cache);
     if (!st.is_ok()) return fail("--model " + path + ": " + st.message());
     log_event("info", "model_loaded", {{"path", path}});
   }

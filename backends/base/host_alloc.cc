@@ -1,6 +1,10 @@
 #include "backends/base/host_alloc.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 
 namespace palu {
@@ -25,6 +29,23 @@ bool host_alloc_should_fail() {
 void* host_calloc(size_t n, size_t size) {
   if (host_alloc_should_fail()) return nullptr;
   return std::calloc(n, size);
+}
+
+void* host_reserve(size_t bytes) {
+  if (host_alloc_should_fail() || bytes == 0) return nullptr;
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void host_unreserve(void* p, size_t bytes) {
+  if (p != nullptr) ::munmap(p, bytes);
+}
+
+void host_discard(void* p, size_t bytes) {
+  static const uintptr_t page = (uintptr_t)::sysconf(_SC_PAGESIZE);
+  const uintptr_t begin = ((uintptr_t)p + page - 1) / page * page;
+  const uintptr_t end = ((uintptr_t)p + bytes) / page * page;
+  if (end > begin) ::madvise((void*)begin, end - begin, MADV_DONTNEED);
 }
 
 ScopedHostAllocFailure::ScopedHostAllocFailure(int64_t nth, bool and_after) {

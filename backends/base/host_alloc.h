@@ -20,6 +20,16 @@ namespace palu {
 // Free with std::free.
 void* host_calloc(size_t n, size_t size);
 
+// Address space for `bytes` whose pages the system maps on first write (reads before that see
+// zeros), so a large reserve costs memory only for what is used: an mmap of private anonymous
+// memory with MAP_NORESERVE. Counts one allocation. nullptr when it fails (really, or
+// injected). Free with host_unreserve(p, bytes).
+void* host_reserve(size_t bytes);
+void host_unreserve(void* p, size_t bytes);
+// Gives the whole pages inside [p, p + bytes) of a reserve back to the system (they read as
+// zeros again); the partial pages at either end are kept. For buffers from host_reserve.
+void host_discard(void* p, size_t bytes);
+
 // Counts one allocation; true when an armed ScopedHostAllocFailure says this one must fail.
 bool host_alloc_should_fail();
 

@@ -67,7 +67,7 @@ static int start_daemon(void) {
     (void)f;
     dup2(1, 2);
     execl(palud_path, palud_path, "--socket", socket_path, "--state-dir", state, "--disk-dir", spill,
-          "--host-budget", "64MiB", "--threads", "2", (char*)NULL);
+          "--host-budget", "16MiB", "--threads", "2", (char*)NULL);
     _exit(127);
   }
   for (int i = 0; i < 600; ++i) {
@@ -209,10 +209,13 @@ static void test_models(palu_client* c) {
   CHECK(palu_model_list_count(loaded) == 1);
   palu_model_list_free(loaded);
   CHECK_RC(c, palu_model_load(c, &lp, NULL), PALU_EEXIST);
-  /* The first model's cache pool takes the host budget: a second one does not fit. */
+  /* A second model loads next to it: every model's sessions draw from the one host budget. */
   lp.name = "second";
-  CHECK_RC(c, palu_model_load(c, &lp, NULL), PALU_ENOSPACE);
-  CHECK(strstr(palu_client_last_error(c), "host budget") != NULL);
+  CHECK_RC(c, palu_model_load(c, &lp, NULL), PALU_OK);
+  CHECK_RC(c, palu_models_list(c, &models), PALU_OK);
+  CHECK(palu_model_list_count(models) == 2);
+  palu_model_list_free(models);
+  CHECK_RC(c, palu_model_unload(c, "second"), PALU_OK);
   CHECK_RC(c, palu_model_unload(c, "second"), PALU_ENOTFOUND);
   CHECK(strstr(palu_client_last_error(c), "second") != NULL);
   /* Unload and load again under another name, then back. */
@@ -326,6 +329,16 @@ static void test_sessions_and_generation(palu_client* c) {
   CHECK_RC(c, palu_session_append_tokens(c, "alpha", bad_id, 1, NULL), PALU_EINVAL);
   CHECK_RC(c, palu_session_append_tokens(c, "alpha", NULL, 2, NULL), PALU_EARG);
   CHECK_RC(c, palu_session_append_text(c, NULL, "x", 0, NULL), PALU_EARG);
+  /* Input that alone needs more than the host budget (16 MiB: 1024 tokens of ref-mha's f16
+     K/V rows, 16 KiB each): ENOSPACE naming the budget. */
+  palu_session_params hp = palu_session_default_params();
+  hp.name = "huge";
+  CHECK_RC(c, palu_session_create(c, &hp, NULL), PALU_OK);
+  static int32_t many[1100];
+  for (int i = 0; i < 1100; ++i) many[i] = 700 + i % 100;
+  CHECK_RC(c, palu_session_append_tokens(c, "huge", many, 1100, NULL), PALU_ENOSPACE);
+  CHECK(strstr(palu_client_last_error(c), "host budget") != NULL);
+  CHECK_RC(c, palu_session_close(c, "huge", 0), PALU_OK);
 
   /* Fork before generating: both branches then generate the same greedy continuation. */
   palu_session_list* forked = NULL;
@@ -501,7 +514,7 @@ static void test_stats(palu_client* c) {
   for (size_t i = 0; i < palu_stats_tier_count(st); ++i) {
     const palu_tier_info* t = palu_stats_tier(st, i);
     CHECK(t->used_bytes <= t->budget_bytes);
-    if (strcmp(t->tier, "host") == 0) host = t->budget_bytes == 64ull << 20;
+    if (strcmp(t->tier, "host") == 0) host = t->budget_bytes == 16ull << 20;
   }
   CHECK(host);
   CHECK(palu_stats_tier(st, 99) == NULL);

@@ -32,10 +32,13 @@ api::Request req(Client& c) {
   return r;
 }
 
-// palu-generate's greedy ids for a prompt (same model, the same paged f16 cache).
-std::vector<int32_t> reference_ids(const std::string& prompt, int n) {
-  const std::string cmd = std::string(PALU_BINARY_DIR) + "/tools/palu-generate -q --model " + model_dir() +
-                          " --prompt '" + prompt + "' -n " + std::to_string(n) + " -t 0 --ignore-eos --ids 2>/dev/null";
+// palu-generate's greedy ids for a prompt (same model, the same paged f16 cache; `flags` picks
+// another model or cache).
+std::vector<int32_t> reference_ids(const std::string& prompt, int n, const std::string& flags = "",
+                                   const std::string& model = model_dir()) {
+  const std::string cmd = std::string(PALU_BINARY_DIR) + "/tools/palu-generate -q --model " + model + " " +
+                          flags + " --prompt '" + prompt + "' -n " + std::to_string(n) +
+                          " -t 0 --ignore-eos --ids 2>/dev/null";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -90,6 +93,10 @@ class DaemonTest : public ::testing::Test {
   }
   Daemon& start(std::vector<std::string> args) {
     std::vector<std::string> all = {"--model", model_dir(), "--threads", "2"};
+    if (!args.empty() && args.front() == "--only-model") {  // another model instead of ref-mha
+      all = {"--model", args[1], "--threads", "2"};
+      args.erase(args.begin(), args.begin() + 2);
+    }
     all.insert(all.end(), args.begin(), args.end());
     daemon_ = std::make_unique<Daemon>(dir_, all);
     EXPECT_TRUE(daemon_->start()) << daemon_->log();
@@ -267,6 +274,163 @@ TEST_F(DaemonTest, SigtermSavesEverySessionAndARestartRestoresThem) {
   for (const auto& s : list.sessions().sessions()) names.insert(s.name());
   EXPECT_TRUE(names.count("alpha") && names.count("beta")) << list.DebugString();
   EXPECT_EQ(generate(c, "alpha", "", 8).ids, expected);
+}
+
+// ---- per-session cache settings ------------------------------------------------------------
+
+// ref-mha compressed by palu-compress (ratio 0.5), kept in the build tree and reused while it is
+// newer than the palu-compress binary (ctest runs each test in its own process; written to a
+// temporary directory and renamed, so concurrent runs never read a half-written model).
+std::string compressed_model_dir(std::string* error) {
+  namespace fs = std::filesystem;
+  const std::string tool = std::string(PALU_BINARY_DIR) + "/tools/palu-compress";
+  const std::string dir = std::string(PALU_BINARY_DIR) + "/tests/daemon_ref_mha_palu";
+  std::error_code ec;
+  if (fs::exists(dir + "/palu.json") && fs::exists(tool) &&
+      fs::last_write_time(dir + "/palu.json", ec) > fs::last_write_time(tool, ec)) {
+    return dir;
+  }
+  const std::string tmp = dir + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  const std::string cmd = tool + " -q --model " + model_dir() + " --calib " + shared_file("data/calib.txt") +
+                          " --calib-samples 2 --calib-seq 128 --ratio 0.5 --out " + tmp + " > /dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) {
+    *error = "palu-compress failed: " + cmd;
+    return "";
+  }
+  fs::remove_all(dir, ec);
+  fs::rename(tmp, dir, ec);
+  if (ec) {
+    fs::remove_all(tmp, ec);
+    if (!fs::exists(dir + "/palu.json")) *error = "could not move the compressed model to " + dir;
+  }
+  return dir;
+}
+
+api::Response create_with_cache(Client& c, const std::string& name, int bits, int window, const std::string& model = "") {
+  api::Request r = req(c);
+  r.mutable_create_session()->set_name(name);
+  if (!model.empty()) r.mutable_create_session()->set_model(model);
+  r.mutable_create_session()->mutable_cache()->set_latent_bits((uint32_t)bits);
+  r.mutable_create_session()->mutable_cache()->set_window_tokens((uint32_t)window);
+  return c.call(r);
+}
+
+// Sessions of one compressed model with different latent bits / f16 windows run side by side,
+// each token-identical to palu-generate with the same cache flags; they share one host budget
+// (demoting each other to disk); bad settings are refused with the field named; a saved q4
+// session comes back after a restart with its setting and continues token-identically.
+TEST_F(DaemonTest, SessionsChooseTheirOwnCacheSettings) {
+  std::string error;
+  const std::string model = compressed_model_dir(&error);
+  ASSERT_FALSE(model.empty()) << error;
+  struct Case {
+    int bits, window;
+    std::string prompt;
+  };
+  const std::vector<Case> cases = {{0, 0, "Once upon a time"}, {4, 0, "The history of"}, {2, 8, "In a small village"},
+                                   {8, 0, "The cat sat"},      {3, 0, "A long time ago"}, {4, 16, "The weather today"}};
+  constexpr int kTokens = 24;
+  // palu-generate's output for each, computed side by side.
+  std::vector<std::vector<int32_t>> expected_ids(cases.size());
+  {
+    std::vector<std::thread> refs;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      refs.emplace_back([&, i] {
+        std::string flags = " --kv latent";
+        if (cases[i].bits) flags += " --kv-bits " + std::to_string(cases[i].bits);
+        if (cases[i].window) flags += " --kv-window " + std::to_string(cases[i].window);
+        expected_ids[i] = reference_ids(cases[i].prompt, kTokens, flags, model);
+      });
+    }
+    for (auto& t : refs) t.join();
+  }
+  // Each session holds 2 16-token blocks (f16 latents: 128 KiB a block); the six together need
+  // ~0.8 MiB, twice the budget.
+  Daemon* d = &start({"--only-model", model, "--host-budget", "384KiB", "--disk-budget", "64MiB", "--no-restore"});
+  std::vector<Client::GenResult> results(cases.size());
+  std::vector<api::Response> created(cases.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    clients.emplace_back([&, i] {
+      Client c(d->socket());
+      if (!c.handshake()) return;
+      const std::string name = "s" + std::to_string(i);
+      created[i] = create_with_cache(c, name, cases[i].bits, cases[i].window);
+      if (created[i].code() == api::OK) results[i] = generate(c, name, cases[i].prompt, kTokens);
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& k = cases[i];
+    SCOPED_TRACE("bits " + std::to_string(k.bits) + " window " + std::to_string(k.window));
+    ASSERT_EQ(created[i].code(), api::OK) << created[i].message();
+    EXPECT_EQ(created[i].session().cache().latent_bits(), (uint32_t)k.bits);
+    EXPECT_EQ(created[i].session().cache().window_tokens(), (uint32_t)k.window);
+    ASSERT_EQ(results[i].code, api::OK) << results[i].message;
+    ASSERT_EQ(expected_ids[i].size(), (size_t)kTokens) << "palu-generate failed";
+    EXPECT_EQ(results[i].ids, expected_ids[i]);
+  }
+  Client c(d->socket());
+  ASSERT_TRUE(c.handshake());
+  const api::StatsReply st = stats(c);
+  EXPECT_GT(st.demotions(), 0u);
+  EXPECT_GT(st.restorations(), 0u);
+  for (const auto& t : st.tiers()) {
+    if (t.tier() == "host") EXPECT_LE(t.used_bytes(), 384u << 10);
+  }
+
+  // Bad settings: the field and the value named, nothing created.
+  api::Response bad = create_with_cache(c, "bad1", 5, 0);
+  EXPECT_EQ(bad.code(), api::INVALID_ARGUMENT);
+  EXPECT_NE(bad.message().find("create_session.cache.latent_bits must be 0, 2, 3, 4 or 8, got 5"), std::string::npos)
+      << bad.message();
+  bad = create_with_cache(c, "bad2", 0, 16);
+  EXPECT_EQ(bad.code(), api::INVALID_ARGUMENT);
+  EXPECT_NE(bad.message().find("window_tokens needs latent_bits"), std::string::npos) << bad.message();
+  bad = create_with_cache(c, "bad3", 4, (1 << 20) + 1);
+  EXPECT_EQ(bad.code(), api::INVALID_ARGUMENT);
+  EXPECT_NE(bad.message().find("window_tokens must be at most"), std::string::npos) << bad.message();
+  EXPECT_EQ(stats(c).sessions_size(), (int)cases.size());
+
+  // A q4 session saved, the daemon restarted: restored with its setting, it continues as it
+  // would have.
+  ASSERT_EQ(create_with_cache(c, "keep", 4, 0).code(), api::OK);
+  ASSERT_EQ(generate(c, "keep", "It was a dark", 1).code, api::OK);
+  api::Request f = req(c);
+  f.mutable_fork()->mutable_session()->set_name("keep");
+  f.mutable_fork()->set_new_name("probe");
+  const api::Response forked = c.call(f);
+  ASSERT_EQ(forked.code(), api::OK) << forked.message();
+  EXPECT_EQ(forked.session().cache().latent_bits(), 4u);
+  const std::vector<int32_t> expected = generate(c, "probe", "", 8).ids;
+  ASSERT_EQ(expected.size(), 8u);
+  api::Request sv = req(c);
+  sv.mutable_save()->mutable_session()->set_name("keep");
+  ASSERT_EQ(c.call(sv).code(), api::OK);
+  daemon_.reset();
+  d = &start({"--only-model", model, "--host-budget", "384KiB", "--no-restore"});
+  Client c2(d->socket());
+  ASSERT_TRUE(c2.handshake());
+  api::Request rs = req(c2);
+  rs.mutable_restore()->set_file_name("keep");
+  rs.mutable_restore()->set_name("keep");
+  const api::Response restored = c2.call(rs);
+  ASSERT_EQ(restored.code(), api::OK) << restored.message();
+  EXPECT_EQ(restored.session().cache().latent_bits(), 4u);
+  EXPECT_EQ(generate(c2, "keep", "", 8).ids, expected);
+}
+
+// A latent setting asked of an uncompressed model is refused naming the model.
+TEST_F(DaemonTest, LatentBitsForAnUncompressedModelAreRefused) {
+  Daemon& d = start({"--host-budget", "16MiB", "--no-restore"});
+  Client c(d.socket());
+  ASSERT_TRUE(c.handshake());
+  const api::Response r = create_with_cache(c, "x", 4, 0);
+  EXPECT_EQ(r.code(), api::INVALID_ARGUMENT);
+  EXPECT_NE(r.message().find("needs a compressed model"), std::string::npos) << r.message();
+  const api::Response ok = create_with_cache(c, "y", 0, 0);  // the model's own setting
+  EXPECT_EQ(ok.code(), api::OK) << ok.message();
 }
 
 // ---- 3 ------------------------------------------------------------------------------------
