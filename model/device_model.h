@@ -29,6 +29,7 @@
 
 #include "backends/base/device.h"
 #include "backends/base/status.h"
+#include "cache/block_pool.h"
 #include "model/llama_model.h"
 
 namespace palu::model {
@@ -44,6 +45,23 @@ class DeviceSequence {
   virtual Status truncate(int n) = 0;
   // Device bytes held by this sequence's cache.
   virtual size_t cache_bytes() const = 0;
+
+  // The cache as the host pool's bytes, and back (palud moves sessions between the GPU and host
+  // tiers with these): `layout` is the cache::CacheLayout of the model's
+  // cache_layout_spec(options.cache); the image is exactly what cache::BlockPool::export_sequence
+  // gives for the same contents (codes, parameters and window rows copied, not re-encoded).
+  // import_image replaces the contents (size() becomes image.length, ≤ capacity()); a wrong
+  // layout, a length over the capacity or a damaged image is refused before anything changes.
+  // Backends without them say UNIMPLEMENTED.
+  virtual Result<cache::SequenceImage> export_image(const cache::CacheLayout& layout) const {
+    (void)layout;
+    return unimplemented("export_image: this backend cannot copy a sequence's cache out");
+  }
+  virtual Status import_image(const cache::CacheLayout& layout, const cache::SequenceImage& image) {
+    (void)layout;
+    (void)image;
+    return unimplemented("import_image: this backend cannot load a sequence's cache");
+  }
 };
 
 struct DeviceModelOptions {

@@ -25,8 +25,23 @@ class CpuSequence final : public model::DeviceSequence {
   int capacity() const override { return s_.capacity(); }
   Status truncate(int n) override { return s_.truncate(n); }
   size_t cache_bytes() const override { return s_.bytes(); }
+  Result<cache::SequenceImage> export_image(const cache::CacheLayout& layout) const override {
+    PALU_RETURN_IF_ERROR(check_layout(layout));
+    return s_.export_image();
+  }
+  Status import_image(const cache::CacheLayout& layout, const cache::SequenceImage& image) override {
+    PALU_RETURN_IF_ERROR(check_layout(layout));
+    return s_.import_image(image);
+  }
 
  private:
+  Status check_layout(const cache::CacheLayout& layout) const {
+    PALU_ASSIGN_OR_RETURN(const cache::CacheLayout* own, s_.layout());
+    if (cache::layout_hash(layout) != cache::layout_hash(*own)) {
+      return invalid_argument("cache layout " + layout.describe() + " is not this sequence's (" + own->describe() + ")");
+    }
+    return Status::ok();
+  }
   tools::KvSession s_;
 };
 

@@ -40,6 +40,12 @@ class KvSession {
   uint64_t bytes_per_token() const;
   // e.g. "latent q4 (window 32), 1234 B/token" or "dense f32, 16384 B/token".
   std::string describe() const;
+  // Pooled sessions: the pool's layout, and the sequence as an image / from one
+  // (BlockPool::export_sequence / import_sequence; import replaces the contents, length ≤
+  // capacity). Dense: FAILED_PRECONDITION.
+  Result<const cache::CacheLayout*> layout() const;
+  Result<cache::SequenceImage> export_image() const;
+  Status import_image(const cache::SequenceImage& image);
 
  private:
   const model::LlamaModel* model_ = nullptr;

@@ -49,6 +49,7 @@
 #include "backends/cuda/cuda_stream.h"
 #include "backends/cuda/forward_ops.h"
 #include "cache/cache_layout.h"
+#include "cache/contiguous_image.h"
 
 namespace palu::backends::cuda {
 namespace {
@@ -114,8 +115,13 @@ class CudaSequence final : public model::DeviceSequence {
     return Status::ok();
   }
   size_t cache_bytes() const override { return cache_.bytes(); }
+  Result<cache::SequenceImage> export_image(const cache::CacheLayout& layout) const override;
+  Status import_image(const cache::CacheLayout& layout, const cache::SequenceImage& image) override;
 
  private:
+  // Where each (layer, kv, group) segment lives in cache_ (cache/contiguous_image.h), after
+  // checking that `layout` describes this sequence's storage.
+  Result<std::vector<cache::ContiguousSegment>> contiguous_plan(const cache::CacheLayout& layout) const;
   // Buffers of one forward; they outlive the work queued on them (freed after a sync).
   struct Scratch {
     std::vector<CudaBuffer> bufs;
@@ -454,6 +460,74 @@ Status CudaSequence::init() {
       }
   }
   PALU_ASSIGN_OR_RETURN(cache_, CudaBuffer::make(m_->alloc_.get(), bytes));
+  return Status::ok();
+}
+
+Result<std::vector<cache::ContiguousSegment>> CudaSequence::contiguous_plan(const cache::CacheLayout& layout) const {
+  const ModelConfig& c = m_->src_.config();
+  const model::CacheOptions& o = m_->opt_.cache;
+  if (layout.full() == m_->latent_ || layout.storage() != o.storage || layout.window_tokens() != window() ||
+      layout.num_layers() != c.num_layers) {
+    return invalid_argument("cache layout " + layout.describe() + " is not this CUDA sequence's (" +
+                            (m_->latent_ ? "latent " : "full ") + std::string(row_storage_name(o.storage)) +
+                            ", window " + std::to_string(window()) + ")");
+  }
+  std::vector<cache::ContiguousSegment> plan;
+  for (int l = 0; l < c.num_layers; ++l)
+    for (int kv = 0; kv < 2; ++kv) {
+      if (!m_->latent_) {
+        cache::ContiguousSegment cs;
+        cs.rank = c.kv_width();
+        cs.row_bytes = (size_t)c.kv_width() * 2;
+        cs.rows = (size_t)(full_rows(l, kv) - cache_.as<uint16_t>()) * 2;
+        plan.push_back(cs);
+        continue;
+      }
+      const int G = (int)(kv == 0 ? m_->layers_[l].rk : m_->layers_[l].rv).size();
+      for (int g = 0; g < G; ++g) {
+        const Seg& sg = seg(l, kv, g);
+        cache::ContiguousSegment cs;
+        cs.rank = sg.rank;
+        cs.row_bytes = sg.row_bytes;
+        cs.rows = sg.rows;
+        cs.scales = sg.scale;
+        cs.zeros = sg.zero;
+        cs.ring = sg.ring;
+        plan.push_back(cs);
+      }
+    }
+  return plan;
+}
+
+Result<cache::SequenceImage> CudaSequence::export_image(const cache::CacheLayout& layout) const {
+  PALU_ASSIGN_OR_RETURN(std::vector<cache::ContiguousSegment> plan, contiguous_plan(layout));
+  std::vector<uint8_t> host;
+  try {
+    host.resize(cache_.bytes());
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("export_image: cannot allocate " + std::to_string(cache_.bytes()) + " host bytes");
+  }
+  PALU_RETURN_IF_ERROR(stream_.synchronize());
+  PALU_RETURN_IF_ERROR(cache_.download(host.data(), host.size()));
+  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
+  return cache::image_from_contiguous(layout, cache::ContiguousCache{plan, cap_, ring}, host, len_,
+                                      window() > 0 ? window_begin_ : len_);
+}
+
+Status CudaSequence::import_image(const cache::CacheLayout& layout, const cache::SequenceImage& image) {
+  PALU_ASSIGN_OR_RETURN(std::vector<cache::ContiguousSegment> plan, contiguous_plan(layout));
+  std::vector<uint8_t> host;
+  try {
+    host.resize(cache_.bytes());
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("import_image: cannot allocate " + std::to_string(cache_.bytes()) + " host bytes");
+  }
+  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
+  PALU_RETURN_IF_ERROR(cache::contiguous_from_image(layout, cache::ContiguousCache{plan, cap_, ring}, image, host));
+  PALU_RETURN_IF_ERROR(stream_.synchronize());
+  PALU_RETURN_IF_ERROR(cache_.upload(host.data(), host.size()));
+  len_ = (int)image.length;
+  window_begin_ = window() > 0 ? (int)image.window_begin : 0;
   return Status::ok();
 }
 

@@ -179,6 +179,55 @@ TEST_P(DeviceModelTest, ErrorsLeaveTheSequenceAsItWas) {
   EXPECT_FALSE(dm_->new_sequence(model_->config().max_position_embeddings + 1).is_ok());
 }
 
+// export_image / import_image (palud's GPU ↔ host moves): the image round-trips bit for bit, a
+// re-imported sequence continues as the original, and the CPU model continues a device's image
+// (and the device the CPU's) within the golden tolerance. Backends without them skip.
+TEST_P(DeviceModelTest, ExportImportMovesTheSequence) {
+  model::DeviceModelOptions opt;
+  auto spec = model_->cache_layout_spec(opt.cache);
+  ASSERT_TRUE(spec.is_ok()) << spec.status().to_string();
+  const cache::CacheLayout layout = cache::CacheLayout::create(spec.value()).value();
+  auto a = dm_->new_sequence(32).value();
+  std::vector<float> la(V_), lb(V_), lc(V_);
+  const int32_t prompt[10] = {1, 450, 4996, 1701, 432, 975, 278, 263, 1016, 327};
+  ASSERT_TRUE(a->forward(prompt, 10, model::LogitsMode::kLast, la.data()).is_ok());
+  auto img = a->export_image(layout);
+  if (img.status().code() == StatusCode::kUnimplemented) GTEST_SKIP() << img.status().message();
+  ASSERT_TRUE(img.is_ok()) << img.status().to_string();
+  EXPECT_EQ(img.value().length, 10);
+  auto b = dm_->new_sequence(16).value();
+  ASSERT_TRUE(b->import_image(layout, img.value()).is_ok());
+  EXPECT_EQ(b->size(), 10);
+  auto again = b->export_image(layout);
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_TRUE(again.value().bytes == img.value().bytes);
+  const int32_t next = 11;
+  ASSERT_TRUE(a->forward(&next, 1, model::LogitsMode::kLast, la.data()).is_ok());
+  ASSERT_TRUE(b->forward(&next, 1, model::LogitsMode::kLast, lb.data()).is_ok());
+  for (int j = 0; j < V_; ++j) ASSERT_EQ(la[j], lb[j]) << "logit " << j;
+  // Across devices: the CPU continues this device's cache, and this device the CPU's.
+  auto cpu = make_device_model(*model_, backends::DeviceKind::kCpu, opt).value();
+  auto c = cpu->new_sequence(32).value();
+  ASSERT_TRUE(c->import_image(layout, img.value()).is_ok());
+  ASSERT_TRUE(c->forward(&next, 1, model::LogitsMode::kLast, lc.data()).is_ok());
+  expect_close(lc.data(), la.data(), "the CPU continuing this device's cache");
+  auto c2 = cpu->new_sequence(32).value();
+  ASSERT_TRUE(c2->forward(prompt, 10, model::LogitsMode::kLast, lc.data()).is_ok());
+  auto d = dm_->new_sequence(32).value();
+  ASSERT_TRUE(d->import_image(layout, c2->export_image(layout).value()).is_ok());
+  ASSERT_TRUE(c2->forward(&next, 1, model::LogitsMode::kLast, lc.data()).is_ok());
+  ASSERT_TRUE(d->forward(&next, 1, model::LogitsMode::kLast, lb.data()).is_ok());
+  expect_close(lb.data(), lc.data(), "this device continuing the CPU's cache");
+  // Refused before anything changes: over the capacity; another layout's image.
+  auto small = dm_->new_sequence(5).value();
+  EXPECT_EQ(small->import_image(layout, img.value()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(small->size(), 0);
+  cache::SequenceImage other = img.value();
+  other.layout_hash ^= 1;
+  EXPECT_EQ(b->import_image(layout, other).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(b->size(), 11);
+}
+
 std::vector<Param> params() {
   std::vector<Param> v;
   for (const char* b : {"cpu", "cuda", "vulkan"}) {

@@ -449,6 +449,74 @@ TEST_F(CudaModelCompressed, WindowCoveringTheSequenceEqualsF16Latents) {
   EXPECT_LE(rc.worst_ratio, 1e-6) << "q4 + window 64 vs f16 latents";
 }
 
+// A sequence moved GPU → host pool bytes → GPU (palud's GPU and host tiers): the image
+// round-trips bit for bit, the re-imported sequence continues exactly as the original, and a
+// GPU image loaded into the CPU model (and a CPU image into the GPU) continues within the
+// golden tolerance.
+TEST_F(CudaModelCompressed, ExportImportMovesASequenceBetweenGpuAndHost) {
+  PALU_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(error_.empty()) << error_;
+  auto loaded = model::load_model(dir_);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const LlamaModel& m = *loaded.value().model;
+  const int V = m.config().vocab_size;
+  std::vector<int32_t> ids(30);
+  for (int i = 0; i < 30; ++i) ids[i] = (int32_t)((i * 7919 + 13) % V);
+  for (int window : {0, 8}) {
+    for (RowStorage st : {RowStorage::kF16, RowStorage::kQ4}) {
+      if (window > 0 && st == RowStorage::kF16) continue;
+      SCOPED_TRACE(std::string(row_storage_name(st)) + " window " + std::to_string(window));
+      DeviceModelOptions o;
+      o.cache.storage = st;
+      o.cache.window_tokens = window;
+      auto gm = make_cuda_model(m, o);
+      auto cm = runtime::make_device_model(m, DeviceKind::kCpu, o);
+      ASSERT_TRUE(gm.is_ok() && cm.is_ok());
+      auto spec = m.cache_layout_spec(o.cache);
+      ASSERT_TRUE(spec.is_ok());
+      const cache::CacheLayout layout = cache::CacheLayout::create(spec.value()).value();
+      auto a = gm.value()->new_sequence(64).value();
+      std::vector<float> la(V), lb(V), lc(V);
+      ASSERT_TRUE(a->forward(ids.data(), 20, LogitsMode::kLast, la.data()).is_ok());
+      for (int t = 20; t < 23; ++t) ASSERT_TRUE(a->forward(&ids[t], 1, LogitsMode::kLast, la.data()).is_ok());
+      auto img = a->export_image(layout);
+      ASSERT_TRUE(img.is_ok()) << img.status().to_string();
+      EXPECT_EQ(img.value().length, 23);
+      auto b = gm.value()->new_sequence(48).value();
+      ASSERT_TRUE(b->import_image(layout, img.value()).is_ok());
+      EXPECT_EQ(b->size(), 23);
+      auto again = b->export_image(layout);
+      ASSERT_TRUE(again.is_ok());
+      EXPECT_TRUE(again.value().bytes == img.value().bytes) << "GPU → image → GPU → image changed bytes";
+      for (int t = 23; t < 30; ++t) {
+        ASSERT_TRUE(a->forward(&ids[t], 1, LogitsMode::kLast, la.data()).is_ok());
+        ASSERT_TRUE(b->forward(&ids[t], 1, LogitsMode::kLast, lb.data()).is_ok());
+        EXPECT_LE(measure(lb, la, V).worst_ratio, 1e-6) << "position " << t;
+      }
+      // GPU image → CPU sequence, continued on the CPU.
+      auto c = cm.value()->new_sequence(64).value();
+      ASSERT_TRUE(c->import_image(layout, img.value()).is_ok());
+      auto a2 = gm.value()->new_sequence(64).value();
+      ASSERT_TRUE(a2->import_image(layout, img.value()).is_ok());
+      ASSERT_TRUE(c->forward(&ids[23], 1, LogitsMode::kLast, lc.data()).is_ok());
+      ASSERT_TRUE(a2->forward(&ids[23], 1, LogitsMode::kLast, la.data()).is_ok());
+      const RowCheck rc = measure(la, lc, V);
+      std::printf("[export/import] %s window %d: GPU vs CPU continuing the GPU's cache %.2e\n", row_storage_name(st),
+                  window, rc.worst_ratio);
+      EXPECT_LE(rc.worst_ratio, kTol);
+      // Refused: a capacity below the image's length; another storage's layout.
+      auto small = gm.value()->new_sequence(10).value();
+      EXPECT_EQ(small->import_image(layout, img.value()).code(), StatusCode::kInvalidArgument);
+      EXPECT_EQ(small->size(), 0);
+      model::CacheOptions other = o.cache;
+      other.storage = st == RowStorage::kF16 ? RowStorage::kQ4 : RowStorage::kF16;
+      other.window_tokens = 0;
+      const cache::CacheLayout wrong = cache::CacheLayout::create(m.cache_layout_spec(other).value()).value();
+      EXPECT_EQ(b->export_image(wrong).status().code(), StatusCode::kInvalidArgument);
+    }
+  }
+}
+
 // ---- head_dim 128: the fused decode kernels inside the model ------------------------------------
 
 model::ModelConfig d128_config(int heads, int kv_heads, bool bias) {
