@@ -268,6 +268,7 @@ Result<Engine::CachePool*> Engine::pool_for(Model* m, const api::CacheSettings& 
   auto p = std::make_unique<CachePool>();
   p->model = m;
   p->cache = c;
+  p->options = co;
   p->pool = std::make_unique<cache::BlockPool>(std::move(pool));
   p->layout_hash = cache::layout_hash(p->pool->layout());
   m->pools.push_back(std::move(p));
@@ -399,8 +400,11 @@ api::SessionInfo Engine::session_info(const Session& s) const {
   // last token queued to recompute the next-token logits).
   i.set_tokens((uint32_t)(s.tokens.size() + s.pending.size()));
   i.set_max_context((uint32_t)s.max_context);
-  i.set_kv_bytes(s.resident() ? s.pool->pool->layout().session_bytes((int64_t)s.tokens.size()) : s.spill_bytes);
+  i.set_kv_bytes(s.on_gpu()     ? s.dev->cache_bytes()
+                 : s.resident() ? s.pool->pool->layout().session_bytes((int64_t)s.tokens.size())
+                                : s.spill_bytes);
   *i.mutable_cache() = s.pool->cache;
+  i.set_decode_on_host(s.decode_on_host);
   i.set_tier(tier_name(s.tier));
   i.set_state(s.gen ? "generating" : !s.pending.empty() ? "prefill" : "idle");
   i.set_last_used_unix(s.last_used - start_time_);
@@ -459,6 +463,7 @@ void Engine::on_create_session(Item& it) {
   s->owner = it.peer.uid;
   s->model = m;
   s->pool = pool;
+  s->decode_on_host = r.decode_on_host();
   ++pool->sessions;
   ++m->sessions;  // counted before any free_session below, which uncounts
   s->max_context = r.max_context() ? (int)r.max_context() : m->max_context;
@@ -676,6 +681,7 @@ void Engine::on_fork(Item& it) {
   s->owner = src->owner;
   s->model = m;
   s->pool = pool;
+  s->decode_on_host = src->decode_on_host;
   ++pool->sessions;
   s->tokens = src->tokens;
   s->max_context = src->max_context;
@@ -762,8 +768,8 @@ void Engine::on_stats(Item& it) {
   api::Response resp = make_response(it.request.id(), api::OK, "");
   api::StatsReply* st = resp.mutable_stats();
   const uint64_t host_used = host_budget_->used_bytes();
-  uint32_t host_n = 0, disk_n = 0;
-  for (const auto& [id, s] : sessions_) (s->resident() ? host_n : disk_n)++;
+  uint32_t gpu_n = 0, host_n = 0, disk_n = 0;
+  for (const auto& [id, s] : sessions_) (s->on_gpu() ? gpu_n : s->resident() ? host_n : disk_n)++;
   auto add = [&](const char* tier, uint64_t budget, uint64_t used, uint32_t n) {
     api::TierStats* t = st->add_tiers();
     t->set_tier(tier);
@@ -771,7 +777,7 @@ void Engine::on_stats(Item& it) {
     t->set_used_bytes(used);
     t->set_sessions(n);
   };
-  add("gpu", 0, 0, 0);
+  add("gpu", gpu_enabled() ? opt_.gpu_budget_bytes : 0, gpu_used_bytes(), gpu_n);
   add("host", opt_.host_budget_bytes, host_used, host_n);
   add("disk", opt_.disk_budget_bytes, disk_used_bytes(), disk_n);
   const EngineCounters c = counters();

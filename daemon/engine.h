@@ -20,8 +20,17 @@
 // recently used idle sessions (of any model or setting) are demoted to the disk tier (their
 // blocks exported to a session file under disk_dir, within disk_budget_bytes, then freed); a
 // demoted session is restored on its next use. A request that cannot fit even then gets
-// RESOURCE_EXHAUSTED with the numbers. There is no GPU tier yet (models run on the CPU); stats
-// list it with budget 0.
+// RESOURCE_EXHAUSTED with the numbers.
+//
+// GPU tier (EngineOptions::make_device, palud --backend cuda): a session with work runs on the
+// device when its cache fits the GPU budget (a DeviceSequence per session, capacity grown
+// geometrically; the budget counts every device sequence's bytes); the least recently used
+// GPU sessions not in the step are moved to the host tier to make room (their cache copied
+// out bit for bit, DeviceSequence::export_image), and moved back on their next use. A session
+// that cannot get GPU room runs on the CPU from the host tier that step; a session created
+// with decode_on_host never goes to the GPU (its latents stay in host memory and decode there).
+// GPU sessions run one forward each (no cross-session batching on the device yet); host
+// sessions one batched forward per pool.
 //
 // Persistence: Save writes a session file (daemon/session_file.h: checksummed, bound to the
 // model fingerprint and cache layout, written atomically) under
@@ -55,6 +64,7 @@
 #include "cache/block_pool.h"
 #include "daemon/file_system.h"
 #include "daemon/request_handler.h"
+#include "model/device_model.h"
 #include "model/llama_model.h"
 #include "model/sampler.h"
 
@@ -74,6 +84,12 @@ struct EngineOptions {
   FileSystem* fs = nullptr;                 // nullptr = the real file system
   std::function<double()> clock;            // seconds; default: steady clock (injectable)
   std::string daemon_version = "0.1.0";
+  // The GPU tier: makes the DeviceModel running one model's sessions of one cache setting on
+  // the device (palud: the CUDA backend; tests may pass the CPU reference). Empty = no GPU tier.
+  std::function<Result<std::unique_ptr<model::DeviceModel>>(const model::LlamaModel&, const model::CacheOptions&)>
+      make_device;
+  uint64_t gpu_budget_bytes = 0;  // Σ of the device sequences' cache bytes
+  std::string gpu_name;           // e.g. "cuda:0 NVIDIA H100" (logs)
 };
 
 struct EngineCounters {
@@ -152,6 +168,15 @@ class Engine : public RequestHandler {
   Status commit_with_room(CachePool* p, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
                           const std::vector<Session*>& keep);
   Status demote(Session* s);
+  // GPU tier (engine_tiers.cc)
+  bool gpu_enabled() const { return static_cast<bool>(opt_.make_device) && opt_.gpu_budget_bytes > 0; }
+  uint64_t gpu_used_bytes() const;
+  Result<model::DeviceModel*> device_for(CachePool* p);
+  // s on the device with room for n more tokens (promoted from host or disk, or grown), GPU
+  // sessions not in keep moved to host to make room.
+  Status place_on_gpu(Session* s, int n, const std::vector<Session*>& keep);
+  Status make_gpu_room(uint64_t bytes, const std::vector<Session*>& keep);
+  Status demote_to_host(Session* s, const std::vector<Session*>& keep);
   Status append_positions(Session* s, int n, const std::vector<Session*>& keep);
   Status save_session(Session* s, const std::string& path);
   Result<Session*> restore_session_file(const std::string& path, uid_t uid, const std::string& name);

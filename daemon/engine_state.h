@@ -9,6 +9,7 @@
 
 #include "cache/block_pool.h"
 #include "daemon/engine.h"
+#include "model/device_model.h"
 #include "model/llama_model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
@@ -20,9 +21,14 @@ namespace palu::daemon {
 struct Engine::CachePool {
   Model* model = nullptr;
   api::CacheSettings cache;
+  model::CacheOptions options;  // the same setting, as the model's cache options
   std::unique_ptr<cache::BlockPool> pool;
   uint64_t layout_hash = 0;
   int sessions = 0;  // sessions using this setting, in any tier
+  // GPU tier: the device model of this setting (made on first use); a failure to make it is
+  // kept, so the pool's sessions run on the CPU instead of retrying every step.
+  std::unique_ptr<model::DeviceModel> device;
+  Status device_error = Status::ok();
 };
 
 struct Engine::Model {
@@ -68,8 +74,8 @@ inline bool path_exists(FileSystem& fs, const std::string& path) {
   return r.is_ok() && r.value();
 }
 
-enum class Tier { kHost, kDisk };
-inline const char* tier_name(Tier t) { return t == Tier::kHost ? "host" : "disk"; }
+enum class Tier { kGpu, kHost, kDisk };
+inline const char* tier_name(Tier t) { return t == Tier::kGpu ? "gpu" : t == Tier::kHost ? "host" : "disk"; }
 
 struct Engine::Session {
   uint64_t id = 0;  // also the pool's sequence id
@@ -78,6 +84,8 @@ struct Engine::Session {
   Model* model = nullptr;
   CachePool* pool = nullptr;  // its cache setting (and, when resident, its blocks)
   Tier tier = Tier::kHost;
+  std::unique_ptr<model::DeviceSequence> dev;  // GPU tier: its cache on the device
+  bool decode_on_host = false;                 // policy: never moved to the GPU
   std::string spill_path;  // disk tier: its file
   uint64_t spill_bytes = 0;
   std::vector<int32_t> tokens;  // in the cache, in order
@@ -119,7 +127,8 @@ struct Engine::Session {
   std::optional<Generation> gen;
 
   bool busy() const { return gen.has_value() || !pending.empty() || append_waiter.has_value(); }
-  bool resident() const { return tier == Tier::kHost; }
+  bool resident() const { return tier == Tier::kHost; }  // in its host pool
+  bool on_gpu() const { return tier == Tier::kGpu; }
 };
 
 }  // namespace palu::daemon

@@ -125,7 +125,9 @@ bool Engine::step() {
     // kSwapQuantum steps goes before them: sessions that do not all fit take turns in
     // quanta instead of swapping every step.
     std::stable_sort(order.begin(), order.end(), [](const Session* a, const Session* b) {
-      auto key = [](const Session* s) { return s->resident() ? 0 : s->waiting_steps >= kSwapQuantum ? -1 : 1; };
+      auto key = [](const Session* s) {
+        return s->resident() || s->on_gpu() ? 0 : s->waiting_steps >= kSwapQuantum ? -1 : 1;
+      };
       return key(a) < key(b);
     });
   }
@@ -153,8 +155,18 @@ bool Engine::step() {
           s->pending.clear();
           continue;
         }
-        Status st = ensure_resident(s, batch);
-        if (st.is_ok()) st = append_positions(s, n, batch);
+        // The GPU when the session may use it and it has room (made by moving other GPU
+        // sessions to host); else the host pool (the CPU runs it this step).
+        bool dev = false;
+        Status st = Status::ok();
+        if (gpu_enabled() && !s->decode_on_host && pool->device_error.is_ok()) {
+          st = place_on_gpu(s, n, batch);
+          dev = st.is_ok();
+        }
+        if (!dev) {
+          st = ensure_resident(s, batch);
+          if (st.is_ok()) st = append_positions(s, n, batch);
+        }
         if (!st.is_ok()) {
           // Does not fit next to this step's batch: wait for a later step. Alone it would
           // never fit: fail the request with the numbers.
@@ -174,24 +186,37 @@ bool Engine::step() {
     if (batch.empty()) continue;
     const int V = m->m().config().vocab_size;
     std::vector<std::vector<int32_t>> inputs(batch.size());
-    std::vector<model::SeqStep> steps(batch.size());
+    std::vector<model::SeqStep> steps;  // the host sessions, in one batched forward
+    std::vector<Status> results(batch.size());
     for (size_t i = 0; i < batch.size(); ++i) {
       Session* s = batch[i];
       inputs[i].assign(s->pending.begin(), s->pending.begin() + counts[i]);
       const bool last = counts[i] == (int)s->pending.size();
+      const model::LogitsMode mode = last ? model::LogitsMode::kLast : model::LogitsMode::kNone;
       s->logits.resize(V);
-      steps[i] = model::SeqStep{(cache::SeqId)s->id, inputs[i].data(), counts[i],
-                                last ? model::LogitsMode::kLast : model::LogitsMode::kNone, s->logits.data()};
+      if (s->on_gpu()) {
+        // One forward per GPU session; on failure its size is unchanged (the contract).
+        results[i] = s->dev->forward(inputs[i].data(), counts[i], mode, s->logits.data());
+      } else {
+        steps.push_back(model::SeqStep{(cache::SeqId)s->id, inputs[i].data(), counts[i], mode, s->logits.data()});
+      }
     }
-    Status st = m->m().forward_pooled(steps, pool->pool.get());
+    if (!steps.empty()) {
+      const Status st = m->m().forward_pooled(steps, pool->pool.get());
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!batch[i]->on_gpu()) results[i] = st;
+      }
+    }
     for (size_t i = 0; i < batch.size(); ++i) {
       Session* s = batch[i];
-      if (!st.is_ok()) {
+      if (!results[i].is_ok()) {
         // Forget the positions this step added, then report.
-        auto undo = pool->pool->plan(cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size()));
-        if (undo.is_ok()) (void)pool->pool->commit(undo.value());
+        if (!s->on_gpu()) {
+          auto undo = pool->pool->plan(cache::PoolRequest::truncate((cache::SeqId)s->id, (int64_t)s->tokens.size()));
+          if (undo.is_ok()) (void)pool->pool->commit(undo.value());
+        }
         s->has_logits = false;
-        fail_session_work(s, st);
+        fail_session_work(s, results[i]);
         continue;
       }
       s->tokens.insert(s->tokens.end(), inputs[i].begin(), inputs[i].end());

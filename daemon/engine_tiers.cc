@@ -51,14 +51,20 @@ static Result<SessionFile> snapshot(const Engine::Model& m, const Engine::Sessio
   f.metadata_json = "{\"max_context\": " + std::to_string(s.max_context) +
                     ", \"latent_bits\": " + std::to_string(s.pool->cache.latent_bits()) +
                     ", \"window_tokens\": " + std::to_string(s.pool->cache.window_tokens()) + "}";
-  PALU_ASSIGN_OR_RETURN(f.image, s.pool->pool->export_sequence((cache::SeqId)s.id));
+  if (s.on_gpu()) {
+    PALU_ASSIGN_OR_RETURN(f.image, s.dev->export_image(s.pool->pool->layout()));
+  } else {
+    PALU_ASSIGN_OR_RETURN(f.image, s.pool->pool->export_sequence((cache::SeqId)s.id));
+  }
   return f;
 }
 
 void Engine::free_session(Session* s) {
   Model* m = s->model;
   CachePool* p = s->pool;
-  if (s->resident()) {
+  if (s->on_gpu()) {
+    s->dev.reset();
+  } else if (s->resident()) {
     auto plan = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
     if (plan.is_ok()) (void)p->pool->commit(plan.value());
   } else if (!s->spill_path.empty()) {
@@ -144,6 +150,7 @@ Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& 
 
 Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
   if (s->resident()) return Status::ok();
+  if (s->on_gpu()) return demote_to_host(s, keep);
   Model* m = s->model;
   CachePool* p = s->pool;
   PALU_ASSIGN_OR_RETURN(SessionFile f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
@@ -169,10 +176,134 @@ Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
   return Status::ok();
 }
 
+// ---- GPU tier -----------------------------------------------------------------------------
+
+// What a device sequence counts against the GPU budget: the bytes it can grow to without a
+// new placement (its capacity by the pool formula), or what the device says it holds when that
+// is more (the CUDA model allocates the whole capacity up front).
+static uint64_t gpu_charge(const model::DeviceSequence& d, const cache::CacheLayout& L) {
+  return std::max<uint64_t>(d.cache_bytes(), L.session_bytes(d.capacity()));
+}
+
+uint64_t Engine::gpu_used_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [id, s] : sessions_) {
+    if (s->on_gpu()) n += gpu_charge(*s->dev, s->pool->pool->layout());
+  }
+  return n;
+}
+
+Result<model::DeviceModel*> Engine::device_for(CachePool* p) {
+  if (p->device) return p->device.get();
+  if (!p->device_error.is_ok()) return p->device_error;
+  auto dm = opt_.make_device(p->model->m(), p->options);
+  if (!dm.is_ok()) {
+    p->device_error = Status(dm.status().code(), "GPU tier for model '" + p->model->name + "' (" +
+                                                     p->pool->layout().describe() + "): " + dm.status().message());
+    std::fprintf(stderr, "palud: %s; its sessions run on the CPU\n", p->device_error.message().c_str());
+    return p->device_error;
+  }
+  p->device = std::move(dm).value();
+  return p->device.get();
+}
+
+Status Engine::make_gpu_room(uint64_t bytes, const std::vector<Session*>& keep) {
+  while (gpu_used_bytes() + bytes > opt_.gpu_budget_bytes) {
+    Session* victim = nullptr;
+    for (auto& [id, sp] : sessions_) {
+      Session* s = sp.get();
+      if (!s->on_gpu() || std::find(keep.begin(), keep.end(), s) != keep.end()) continue;
+      if (victim == nullptr || std::make_pair(s->busy(), s->last_used) < std::make_pair(victim->busy(), victim->last_used)) {
+        victim = s;
+      }
+    }
+    if (victim == nullptr) {
+      return resource_exhausted("the GPU tier needs " + bytes_str(bytes) + "; " + bytes_str(gpu_used_bytes()) + " of its " +
+                                bytes_str(opt_.gpu_budget_bytes) + " budget are in use by sessions of this step");
+    }
+    PALU_RETURN_IF_ERROR(demote_to_host(victim, keep));
+  }
+  return Status::ok();
+}
+
+Status Engine::demote_to_host(Session* s, const std::vector<Session*>& keep) {
+  CachePool* p = s->pool;
+  PALU_ASSIGN_OR_RETURN(cache::SequenceImage img, s->dev->export_image(p->pool->layout()));
+  const int64_t len = img.length;
+  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
+                                      cache::PoolRequest::append((cache::SeqId)s->id, len)};
+  std::vector<Session*> k = keep;
+  k.push_back(s);
+  PALU_RETURN_IF_ERROR(commit_with_room(p, reqs, p->pool->layout().session_blocks(len), k));
+  Status st = p->pool->import_sequence((cache::SeqId)s->id, img);
+  if (!st.is_ok()) {
+    auto undo = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (undo.is_ok()) (void)p->pool->commit(undo.value());
+    return st;
+  }
+  s->dev.reset();
+  s->tier = Tier::kHost;
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  ++counters_.demotions;
+  return Status::ok();
+}
+
+Status Engine::place_on_gpu(Session* s, int n, const std::vector<Session*>& keep) {
+  CachePool* p = s->pool;
+  PALU_ASSIGN_OR_RETURN(model::DeviceModel * dm, device_for(p));
+  const int64_t need = (int64_t)s->tokens.size() + n;
+  if (s->on_gpu() && s->dev->capacity() >= need) return Status::ok();
+  // Capacity: the next power of two ≥ need (at least 256), within the session's context.
+  int64_t cap = 256;
+  while (cap < need) cap *= 2;
+  cap = std::min<int64_t>(cap, s->max_context);
+  if (cap < need) return out_of_range("the session needs " + std::to_string(need) + " positions, over its context");
+  const cache::CacheLayout& L = p->pool->layout();
+  std::vector<Session*> k = keep;
+  k.push_back(s);
+  // Room first (an estimate: the pool's bytes for that capacity; checked exactly below).
+  PALU_RETURN_IF_ERROR(make_gpu_room(L.session_bytes(cap), k));
+  PALU_ASSIGN_OR_RETURN(std::unique_ptr<model::DeviceSequence> seq, dm->new_sequence((int)cap));
+  if (gpu_used_bytes() + gpu_charge(*seq, L) > opt_.gpu_budget_bytes) {
+    return resource_exhausted("the GPU tier needs " + bytes_str(gpu_charge(*seq, L)) + " for session '" + s->name + "'; " +
+                              bytes_str(gpu_used_bytes()) + " of its " + bytes_str(opt_.gpu_budget_bytes) + " are in use");
+  }
+  cache::SequenceImage img;
+  std::string spill_to_remove;
+  if (s->on_gpu()) {
+    PALU_ASSIGN_OR_RETURN(img, s->dev->export_image(L));
+  } else if (s->resident()) {
+    PALU_ASSIGN_OR_RETURN(img, p->pool->export_sequence((cache::SeqId)s->id));
+  } else {
+    PALU_ASSIGN_OR_RETURN(SessionFile f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
+    PALU_RETURN_IF_ERROR(check_session_binding(f, s->model->fingerprint, p->layout_hash));
+    img = std::move(f.image);
+    spill_to_remove = s->spill_path;
+  }
+  PALU_RETURN_IF_ERROR(seq->import_image(L, img));
+  // Committed: drop the old copy.
+  const bool promoted = !s->on_gpu();
+  if (s->resident()) {
+    auto plan = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
+    if (plan.is_ok()) (void)p->pool->commit(plan.value());
+  } else if (!spill_to_remove.empty()) {
+    (void)fs_->remove(spill_to_remove);
+    s->spill_path.clear();
+    s->spill_bytes = 0;
+  }
+  s->dev = std::move(seq);
+  s->tier = Tier::kGpu;
+  if (promoted) {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    ++counters_.restorations;
+  }
+  return Status::ok();
+}
+
 Status Engine::save_session(Session* s, const std::string& path) {
   Model* m = s->model;
   SessionFile f;
-  if (s->resident()) {
+  if (s->resident() || s->on_gpu()) {
     PALU_ASSIGN_OR_RETURN(f, snapshot(*m, *s));
   } else {
     PALU_ASSIGN_OR_RETURN(f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));

@@ -11,11 +11,14 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
 
 #include "backends/cpu/gemm.h"
+#include "backends/registry.h"
+#include "runtime/device_models.h"
 #include "daemon/config.h"
 #include "daemon/engine.h"
 #include "daemon/log.h"
@@ -62,9 +65,27 @@ int main(int argc, char** argv) {
   c.restore = !no_restore;
   set_log_format(c.log_format == "json" ? LogFormat::kJson : LogFormat::kText);
 
-  if (c.backend == "cuda" || c.backend == "vulkan") {
-    return fail("--backend " + c.backend + ": this build runs models on the CPU only (the " + c.backend +
-                " backend has no model kernels yet); use --backend cpu or auto");
+  // The GPU tier: CUDA (asked for, or auto when this build has it and a device is there).
+  // Vulkan runs models in palu-generate / palu-perplexity, but its sequences cannot move between
+  // tiers yet, so palud does not use it.
+  if (c.backend == "vulkan") {
+    return fail("--backend vulkan: palud's GPU tier runs on CUDA only (Vulkan sequences cannot be moved between "
+                "the GPU and host tiers yet); use --backend cuda, cpu or auto");
+  }
+  const backends::DeviceInfo* gpu = nullptr;
+  backends::DeviceList devices;
+  if (c.backend == "cuda" || c.backend == "auto") {
+    const auto built = runtime::device_model_backends();
+    const bool has_cuda = std::find(built.begin(), built.end(), "cuda") != built.end();
+    if (has_cuda) devices = backends::enumerate_devices();
+    for (const auto& d : devices.devices) {
+      if (d->info().kind == backends::DeviceKind::kCuda && gpu == nullptr) gpu = &d->info();
+    }
+    if (c.backend == "cuda" && gpu == nullptr) {
+      std::string why = has_cuda ? "no CUDA device found" : "this build has no CUDA backend";
+      for (const std::string& l : devices.log) why += "; " + l;
+      return fail("--backend cuda: " + why);
+    }
   }
   auto budgets = resolve(c);
   if (!budgets.is_ok()) return fail(budgets.status().message());
@@ -91,6 +112,23 @@ int main(int argc, char** argv) {
   eo.disk_budget_bytes = b.disk_bytes;
   eo.state_dir = b.state_dir;
   eo.max_queue = c.max_queue;
+  if (gpu != nullptr) {
+    eo.gpu_budget_bytes = b.gpu_bytes > 0 ? b.gpu_bytes : gpu->memory_bytes / 2;
+    eo.gpu_name = "cuda:" + std::to_string(gpu->index) + " " + gpu->name;
+    const int index = gpu->index;
+    eo.make_device = [index](const model::LlamaModel& m, const model::CacheOptions& co) {
+      model::DeviceModelOptions o;
+      o.device_index = index;
+      o.cache = co;
+      return runtime::make_device_model(m, backends::DeviceKind::kCuda, o);
+    };
+    log_event("info", "gpu_tier",
+              {{"device", eo.gpu_name},
+               {"budget", format_size(eo.gpu_budget_bytes) +
+                              (b.gpu_bytes > 0 ? " (--gpu-budget)" : " (default: half of the device's memory)")}});
+  } else {
+    log_event("info", "gpu_tier", {{"device", "none"}, {"reason", c.backend == "cpu" ? "--backend cpu" : "no CUDA device"}});
+  }
   auto engine_r = Engine::create(eo);
   if (!engine_r.is_ok()) return fail(engine_r.status().message());
   std::unique_ptr<Engine> engine = std::move(engine_r).value();

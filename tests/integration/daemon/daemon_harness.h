@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -58,6 +59,12 @@ class Daemon {
     std::vector<std::string> argv = {std::string(PALU_BINARY_DIR) + "/daemon/palud",
                                      "--socket", socket(), "--state-dir", state_dir(), "--disk-dir", disk_dir()};
     argv.insert(argv.end(), args_.begin(), args_.end());
+    // The CPU unless a test asks for a backend: the tests compare with palu-generate on the CPU
+    // (on a GPU machine, palud's default "auto" would run sessions on the GPU, f16 weights).
+    if (std::find(args_.begin(), args_.end(), "--backend") == args_.end()) {
+      argv.push_back("--backend");
+      argv.push_back("cpu");
+    }
     pid_ = ::fork();
     if (pid_ == 0) {
       const int fd = ::open((dir_ + "/palud.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);

@@ -377,7 +377,9 @@ TEST_F(DaemonTest, SessionsChooseTheirOwnCacheSettings) {
   EXPECT_GT(st.demotions(), 0u);
   EXPECT_GT(st.restorations(), 0u);
   for (const auto& t : st.tiers()) {
-    if (t.tier() == "host") EXPECT_LE(t.used_bytes(), 384u << 10);
+    if (t.tier() == "host") {
+      EXPECT_LE(t.used_bytes(), 384u << 10);
+    }
   }
 
   // Bad settings: the field and the value named, nothing created.
