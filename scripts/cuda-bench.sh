@@ -133,37 +133,66 @@ PY
 cat >>docs/perf/cuda.md <<'NOTES'
 ## Where the latent kernel's time goes (analysis; numbers from the runs named)
 
-The kernel (backends/cuda/latent_attention.cu): per call a small kernel folds q into B^K
-(M_h = [a; b], a_i = q_i B_i + q_{i+64} B_{i+64}, b_i = q_{i+64} B_i − q_i B_{i+64}, f16) and another
-builds the RoPE cos/sin table once per token and frequency; the main kernel keeps M for 2 query
-heads (2 × 128 × r_k f16: 128 KiB at r_k = 256) in shared memory, streams 32-token tiles of latents
-through cp.async (two stages, or one stage per warp group when two groups share the block), computes Z^K·Mᵀ with mma.sync m16n8k16 (the same FLOPs as
-rebuilding the keys), finishes each score with cos·(a·z) + sin·(b·z), runs the online softmax and
-p·z^V in f32, and a merge kernel combines the token splits.
+Two kernels share the per-call q·B^K fold (M_h = [a; b], a_i = q_i B_i + q_{i+64} B_{i+64},
+b_i = q_{i+64} B_i − q_i B_{i+64}, f16), the RoPE cos/sin table (once per token and frequency) and
+the split merge; each keeps M for 2 query heads (2 × 128 × r_k f16: 128 KiB at r_k = 256) in
+shared memory, computes Z^K·Mᵀ on the tensor cores (the FLOPs of rebuilding the keys), finishes
+each score with cos·(a·z) + sin·(b·z), and runs the online softmax and p·z^V in f32:
 
-Why it is 4–5× slower than SDPA instead of faster (measured on the H100 of these runs):
+* sm_90a (backends/cuda/latent_attention_sm90.cu; on the H100 it runs every row above): 64-token
+  tiles, one wgmma.m64n128k16 chain per warpgroup (warpgroup w = query head w; A = the key tile,
+  B = M_h, both in shared memory in the 128-byte-swizzled layout, accumulators in registers), so a
+  thread holds a_i·z and b_i·z of its rows side by side and the score needs one quad shuffle;
+  softmax and p·z^V per warp (each warp owns 16 rows of every tile and is a split of its own for
+  the merge, so no barrier separates scores from values); key and value tiles through cp.async
+  stages (3/3 where shared memory allows, 2 key + 1 value stages for f16 256/256), f16 keys
+  straight into the swizzled layout, other storages decoded to f16 once per tile; 2 block
+  barriers per tile (3 for decoded keys). Taken for an even number of query heads per group and
+  a key rank that is a multiple of 64 and ≤ 256; compiled for sm_90a only and launched only on
+  compute capability 9.0.
+* sm_80 (backends/cuda/latent_attention.cu; other GPUs, the remaining configurations, and
+  `CudaDecodeOptions::force_sm80` / `PALU_BENCH_SM80=1`): 32-token tiles, mma.sync m16n8k16,
+  scores reduced over 4 warps through shared memory, 4–5 block barriers per tile.
 
-* Occupancy. M for two heads plus the tiles take ~207–211 KB of shared memory at r_k = 256, so
-  one block runs per SM (8 warps, or 16 in two warp groups), and every tile passes through
-  barrier-separated phases (loads → MMA → scores → softmax → p·z^V). Nsight Compute on the f16 256/256 kernel at 64K:
-  6.3 warp-cycles per issued instruction, 12.5% occupancy, SM throughput 31%, DRAM 9%.
-* Ablation at 64K, f16 256/256 (1504 µs in that run, before the RoPE table and launch-bound
-  changes): skipping the key MMA saved ~500 µs (the MMA phase runs at ~30% of the tensor rate),
-  cos/sin ~145 µs, p·z^V ~170 µs (260–360 µs for q4 values), and with all of them skipped the
-  pipeline skeleton (loads, barriers, softmax, dequantization) still took ~490 µs.
-* Tried and measured, not kept: p·z^V on the tensor cores (64K f16: 1377 → 1592 µs, slower);
-  one query head per block (two 4-warp blocks per SM; 64K f16: 1370 → 2862 µs).
-* Kept: folding q into B^K (64K f16 2137 → 1459 µs), the cp.async pipeline with 32-token tiles,
-  the per-call RoPE table (→ 1393 µs), two blocks per SM where shared memory allows (q4 128/384:
-  1264 → 1006 µs), two independent warp groups per block sharing M, each with its own
-  single-stage tiles, named barriers and token split (16 warps per SM at r_k = 256; 64K f16
-  1352 → 1213 µs, q4 256/256 1428 → 1213 µs; 16K slightly slower, 446 → 473 µs).
+Steps on the H100, 2026-11-24, `palu-cuda-attention-bench --T 65536 --iters 5` (f16 256/256 /
+q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 1034):
 
-What the targets need (not built): a Hopper design — wgmma fed by TMA, warp-specialized producer
-and consumer warps with 3+ stages instead of block-wide barriers, and M split across a 2-CTA
-cluster with the latent tiles multicast to both, so that each SM holds half of M and runs 2–3× the
-warps. The key rebuild would then approach the tensor bound in the table (~200 µs at 64K for
-256/256, ~100 µs for 128/384).
+* first sm_90a version: 1030 / 1323 / 1292 (q4 slower than sm_80);
+* division-free (row, chunk) walks in the cp.async issue and decode loops, and a merge kernel
+  with one exp per split (weights in shared memory) and one launch per batch of groups:
+  829 / 1120 / 1056;
+* shared-memory pointers kept in the shared window (aligning the dynamic buffer to 1024 B
+  through an integer cast had turned every shared access into a generic `LD`), the p shuffles
+  hoisted out of the row loop (they were compiled with divergent-collective fallbacks), the key
+  bias added in a pass of its own, the key rank a template parameter (the wgmma chain unrolled):
+  725 / 1001 / 952;
+* 4 stages instead of 3 where shared memory allows: 953 vs 926 µs for q4 128/384 (noise), so the
+  kernel is not waiting on load latency; not kept.
+* the committed kernel, full benchmark (the tables above): 741 / 1007 / 931 µs at 64K; the sm_80
+  kernel in the same call (`PALU_BENCH_SM80=1`, `--iters 20`): 1201 / 1138 / 885 µs. So f16
+  256/256 is 1.6× faster and q4 256/256 1.13×, while q4 128/384 at 64K is ~5% slower than the
+  sm_80 kernel (which runs 2 blocks per SM for that shape); at the other lengths the sm_90a kernel
+  is ahead for every row (4K: 108–126 vs 237–249 µs, 16K: 238–302 vs 404–431 µs, 128K: 1370–1883
+  vs 1888–2295 µs, against the 2026-11-23 sm_80 tables). Run-to-run spread at 64K was up to ~10%.
+
+Why it is still ~2–3.5× slower than SDPA instead of faster:
+
+* Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
+  465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
+  Nsight Compute (first version, f16): 8 warps per SM (12.5% occupancy: 210–254 registers per
+  thread and ~226 KB of shared memory per block), 4.7 warp-cycles per issued instruction, top
+  stalls `wait` (fixed-latency dependencies), `long_scoreboard`, `not_selected`; DRAM 18%.
+  The block's 8 warps walk the tile in lockstep through barrier-separated phases, so the
+  tensor cores idle during p·z^V and the ALUs idle while the wgmma chain runs.
+* p·z^V costs ~250 µs (f16) to ~400 µs (q4 values, 8 unpack + convert + FMA per code).
+
+What the targets need (not built): warp specialization — a producer warp issuing TMA /
+cp.async.bulk into mbarrier-guarded stages instead of block barriers; software pipelining of
+the wgmma chain of tile i+1 against softmax and p·z^V of tile i (a second accumulator set:
+registers are at 210 now); cheaper packed-value unpacking (half2 nibble tricks) or p·z^V on the
+tensor cores; ≤ 128 registers so that two blocks share an SM where shared memory allows
+(q4 128/384 needs ~105 KB with one value stage); M split across a 2-CTA cluster with the latent
+tiles multicast for r_k = 256.
 NOTES
 cat >>docs/perf/cuda.md <<'ACCURACY'
 
@@ -176,9 +205,19 @@ cat >>docs/perf/cuda.md <<'ACCURACY'
 * Golden logits (Hugging Face float32), ref-mha, f16 weights and f16 K/V cache: worst
   max|Δ| / max|logit| 4.1e-4 through one prefill, 3.9e-4 token by token, 2.9e-4 on the last rows
   of the 1024-token prefill, whose NLL sum is 3793.4217 vs 3793.3811 (1.1e-5 relative). The test
-  bound is 2e-2 (f16 weights). ref-gqa is not in the carried data (the GPU machine's 64 MiB
-  transfer limit) and was not run there; the carried golden file is trimmed (prompt0, the last
+  bound is 2e-2 (f16 weights). The carried ref-mha golden file is trimmed (prompt0, the last
   2 rows of `long.logits_last64`).
+* ref-gqa (2026-11-23, session 5; its files do not fit the 64 MiB carry next to the whole
+  sysroot, so the run carried `.carry/syslite` — the sysroot without Eigen's unused
+  `unsupported/` headers — and `.carry/cgqa/shared/models/ref-gqa`, the full golden file):
+  `PALU_SHARED_DIR=$PWD/.carry/cgqa/shared tools/gpu-check.sh --quick --no-bench --filter
+  '*CudaModelGolden*'`, then `device_model_tests --gtest_filter='*cuda*'`. f16 weights, full f16
+  K/V cache, generic decode attention (head_dim 64): worst max|Δ| / max|logit| 4.51e-4 through
+  one prefill (21 rows, all 16 argmax equal), 4.79e-4 token by token, 4.38e-4 on the long
+  prompt, whose NLL sum is 3639.0181 vs 3639.0027 (4.2e-6 relative). The DeviceModel contract
+  (`device_model_tests`, cuda_ref_gqa: goldens by prefill/chunks/decode, greedy continuation,
+  errors leave the sequence unchanged) passes 3/3 on the H100. (The ref-mha cases of that run
+  fail only because ref-mha was not carried.)
 * `palu-perplexity --ctx 512 --max-windows 40` on WikiText-2, `--backend cuda` vs `--backend cpu`
   (compressed: `palu-compress --ratio 0.5 --group-size 4 --search uniform`, 8 × 256 calibration
   tokens):
@@ -198,6 +237,17 @@ cat >>docs/perf/cuda.md <<'ACCURACY'
   checked statistically: mean row error vs the CPU at the same storage 2.1e-2 (ref-mha q4),
   3.5e-2 (q4, GQA + biases), 7.3e-3 (q2), each well under half of what that storage itself
   changes on the CPU (5.6e-2, 1.9e-1, 7.0e-1).
+* Packed latents with an f16 window (`CacheOptions.window_tokens` 16; 2026-11-23,
+  `tools/gpu-check.sh --quick --no-bench`, carry `.carry/sys` + `.carry/shared`): a script of
+  prefill chunks (11, 9), 8 decode steps past the window, a truncate to 10 (below window_begin
+  12), 7 prefilled, 6 decoded, 20 prefilled, 4 decoded (65 logit rows) vs the CPU DeviceModel
+  with the same CacheOptions, max|Δ| / max|logit| worst / mean: compressed ref-mha q4 9.8e-3 /
+  1.7e-3, q2 9.7e-2 / 9.8e-3, head_dim-128 GQA + biases q4 9.0e-2 / 1.7e-2; 0 clear argmaxes
+  differ. The window itself moves the logits by a mean 6.0e-2, 2.8e-1, 1.5e-1 (the same on CPU
+  and GPU), so the GPU follows the windowed CPU, not the plain packed cache. q4 + window 64 over a
+  32-token script equals the f16-latent model (worst ratio ≤ 1e-6). A windowed step always runs
+  the generic (cuBLAS) attention — the fused decode kernel reads one storage per group — so
+  head_dim-128 models decode slower with a window; not benchmarked.
 ACCURACY
 if [ -s "$OUT/model-section.md" ]; then printf '\n' >>docs/perf/cuda.md; cat "$OUT/model-section.md" >>docs/perf/cuda.md; fi
 cp docs/perf/cuda.md "$OUT/cuda.md"

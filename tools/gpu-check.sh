@@ -3,6 +3,7 @@
 # tests, the CPU golden tests (ref-mha) and the decode-attention benchmark
 # (scripts/cuda-bench.sh → docs/perf/cuda.md, copied to $OUT). Logs go under $OUT.
 #   tools/gpu-check.sh [--no-tests] [--no-bench] [--quick] [--filter GTEST_FILTER] [--ppl [N]] [--model-bench]
+#   --attention: build only cuda_tests and palu-cuda-attention-bench (kernel iterations), skip golden tests
 #   --quick: build only the CUDA targets (cuda_tests, the CUDA benches, palu-compress, palu-perplexity),
 #            skip golden tests
 #   --filter F: run only these cuda_tests cases
@@ -44,16 +45,18 @@ while [ $# -gt 0 ]; do
     --no-tests) TESTS=0 ;;
     --no-bench) BENCH=0 ;;
     --quick) QUICK=1 ;;
+    --attention) QUICK=2 ;;
     --filter) FILTER="$2"; shift ;;
     --ppl) PPL=40; if [[ "${2:-}" =~ ^[0-9]+$ ]]; then PPL="$2"; shift; fi ;;
     --model-bench) MODEL_BENCH=1 ;;
     --ppl-only) PPL_ONLY="$2"; shift ;;
-    *) echo "usage: tools/gpu-check.sh [--no-tests] [--no-bench] [--quick] [--filter F] [--ppl [N]] [--model-bench]" >&2; exit 2 ;;
+    *) echo "usage: tools/gpu-check.sh [--no-tests] [--no-bench] [--quick | --attention] [--filter F] [--ppl [N]] [--model-bench]" >&2; exit 2 ;;
   esac
   shift
 done
 TARGETS=()
 [ "$QUICK" = 1 ] && TARGETS=(--target cuda_tests palu-cuda-attention-bench palu-cuda-model-bench palu-compress palu-perplexity)
+[ "$QUICK" = 2 ] && TARGETS=(--target cuda_tests palu-cuda-attention-bench)
 cmake --build build-gpu -j "$(nproc)" "${TARGETS[@]}" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -20; exit 1; }
 echo "build ok"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"

@@ -169,6 +169,8 @@ int main(int argc, char** argv) {
   opt.scratch = scratch;
   opt.scratch_bytes = size_t{256} << 20;
   if (const char* e = std::getenv("PALU_BENCH_HEADS_PER_BLOCK")) opt.heads_per_block = std::atoi(e);
+  // PALU_BENCH_SM80=1: the sm_80 latent kernel even on an H100 (before/after comparisons)
+  if (const char* e = std::getenv("PALU_BENCH_SM80")) opt.force_sm80 = std::atoi(e) != 0;
   float* q = static_cast<float*>(dmalloc(H * d * 4));
   float* out = static_cast<float*>(dmalloc(H * 512 * 4));
   std::vector<float> hq(H * d), hinv(d / 2);
@@ -270,7 +272,8 @@ int main(int argc, char** argv) {
     g.k.rank = g.v.rank = 256;
     return g;
   }());
-  std::printf("# latent launch (f16 256/256): %d query heads per block, %d threads, %zu B shared memory\n",
-              p.heads_per_block, p.threads, p.smem_bytes);
+  std::printf("# latent launch (f16 256/256): %s kernel, %d query heads per block, %d threads, %zu B shared memory\n",
+              p.sm90 && !opt.force_sm80 ? "sm_90a (wgmma)" : "sm_80 (mma.sync)", p.heads_per_block, p.threads,
+              p.smem_bytes);
   return 0;
 }

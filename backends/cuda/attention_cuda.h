@@ -11,6 +11,10 @@
 //   scores, online softmax and p·z^V run in f32; z^V is decoded exactly as the CPU decodes it.
 //   The token axis is split over thread blocks (flash-decoding) and a second kernel merges the
 //   splits' (max, sum, acc) partials.
+//   Two kernels: on a device of compute capability 9.0 (H100) configurations with an even
+//   number of query heads per group and a key rank that is a multiple of 64 and ≤ 256 run the
+//   sm_90a kernel (wgmma, 64-token tiles; latent_attention_sm90.cu), everything else the sm_80
+//   kernel (mma.sync, 32-token tiles; latent_attention.cu). Same results up to f32 rounding.
 // * full_attention_decode_cuda: flash-decoding over a full f16 cache (the baseline): K and V
 //   are T token-major rows of H_kv·d_h f16 values (the CPU full_attention.h layout, dense).
 //
@@ -72,6 +76,11 @@ struct CudaDecodeOptions {
   // synchronizes the stream before returning them.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
+  // Latent kernel: run the sm_80 kernel (mma.sync) even on a device of compute capability 9.0,
+  // where eligible configurations otherwise run the sm_90a kernel (wgmma, 64-token tiles, two
+  // query heads per block; head_dim 128, key rank a multiple of 64 and ≤ 256, even query heads
+  // per group). For tests and benchmarks that compare the two.
+  bool force_sm80 = false;
 };
 
 // q: [H, d_h] f32 (RoPE applied), inv_freq: [d_h/2] f32, out: [Σ_h r_v,g(h)] f32 (head h's
@@ -98,6 +107,7 @@ struct LatentLaunchPlan {
   int heads_per_block = 0;
   size_t smem_bytes = 0;
   int threads = 0;
+  bool sm90 = false;  // the sm_90a kernel (wgmma) runs this configuration on this device
 };
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group);
 

@@ -11,6 +11,7 @@ struct DeviceLimits {
   int device = 0;
   int sms = 0;
   int max_smem_optin = 0;
+  int cc_major = 0, cc_minor = 0;  // compute capability (9.0 runs the sm_90a latent kernel)
 };
 Result<DeviceLimits> device_limits();
 

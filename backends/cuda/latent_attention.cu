@@ -1,4 +1,6 @@
-// The fused latent decode kernel (see attention_cuda.h for the math and the contract).
+// The fused latent decode kernel for sm_80 and later (see attention_cuda.h for the math and the
+// contract), its host entry point, and the dispatch to the sm_90a kernel (latent_attention_sm90.cu)
+// on devices of compute capability 9.0.
 //
 // RoPE sits between B^K and q, so keys cannot be folded away; but q can be folded into B^K per
 // call. With rotate-half pairs (i, i+64) and c = cos(t·θ_i), s = sin(t·θ_i):
@@ -33,9 +35,13 @@
 #include "backends/cuda/attention_cuda.h"
 #include "backends/cuda/attention_cuda_internal.h"
 #include "backends/cuda/cuda_status.h"
+#include "backends/cuda/latent_attention_sm90.h"
+#include "backends/cuda/latent_common.cuh"
 
 namespace palu::backends::cuda {
 namespace {
+
+using namespace detail;  // latent_common.cuh
 
 constexpr int kTT = 32;          // tokens per tile
 constexpr int kHD = 128;         // head_dim
@@ -128,8 +134,6 @@ __host__ __device__ inline SmemLayout smem_layout(int qpc, int rk, int rv, int s
   return L;
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -142,70 +146,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }
-
-// Code i of a little-endian bit string (B ≤ 8: at most two bytes), as the CPU's packed_code.
-__device__ __forceinline__ uint32_t packed_code(const uint8_t* row, int i, int bits) {
-  const int bit = i * bits;
-  const int byte = bit >> 3;
-  const int off = bit & 7;
-  uint32_t v = row[byte];
-  if (off + bits > 8) v |= (uint32_t)row[byte + 1] << 8;
-  return (v >> off) & ((1u << bits) - 1u);
-}
-
-// Element i of one row, decoded exactly as the CPU (packed: q·scale then + zero, no FMA).
-__device__ __forceinline__ float decode1(int stor, const uint8_t* row, int i, float scale, float zero) {
-  switch (stor) {
-    case (int)RowStorage::kF32: return reinterpret_cast<const float*>(row)[i];
-    case (int)RowStorage::kF16: return __half2float(reinterpret_cast<const __half*>(row)[i]);
-    case (int)RowStorage::kBF16: return bf16_bits_to_float(reinterpret_cast<const uint16_t*>(row)[i]);
-    case (int)RowStorage::kQ8: return __fadd_rn(__fmul_rn((float)row[i], scale), zero);
-    case (int)RowStorage::kQ4: return __fadd_rn(__fmul_rn((float)((row[i >> 1] >> ((i & 1) * 4)) & 15u), scale), zero);
-    case (int)RowStorage::kQ3: return __fadd_rn(__fmul_rn((float)packed_code(row, i, 3), scale), zero);
-    default: return __fadd_rn(__fmul_rn((float)((row[i >> 2] >> ((i & 3) * 2)) & 3u), scale), zero);
-  }
-}
-
-// Elements i0..i0+7 (i0 % 8 == 0) of one row → 8 halves (for the MMA).
-__device__ __forceinline__ uint4 decode8_half(int stor, const uint8_t* row, int i0, float scale, float zero) {
-  float f[8];
-  if (stor == (int)RowStorage::kQ4) {
-    const uint32_t w = *reinterpret_cast<const uint32_t*>(row + i0 / 2);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) f[j] = __fadd_rn(__fmul_rn((float)((w >> (4 * j)) & 15u), scale), zero);
-  } else if (stor == (int)RowStorage::kQ2) {
-    const uint32_t w = *reinterpret_cast<const uint16_t*>(row + i0 / 4);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) f[j] = __fadd_rn(__fmul_rn((float)((w >> (2 * j)) & 3u), scale), zero);
-  } else if (stor == (int)RowStorage::kQ3) {
-    const uint8_t* b = row + i0 * 3 / 8;
-    const uint32_t w = (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) f[j] = __fadd_rn(__fmul_rn((float)((w >> (3 * j)) & 7u), scale), zero);
-  } else {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) f[j] = decode1(stor, row, i0 + j, scale, zero);
-  }
-  uint4 out;
-  __half2* h = reinterpret_cast<__half2*>(&out);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(f[2 * j], f[2 * j + 1]);
-  return out;
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(smem)), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // acc[h][c] = acc·corr + Σ_t p[h][t] · z^V[t][c] for NH heads, STOR known at compile time (the
@@ -628,34 +568,43 @@ BlockShape pick_shape(const CudaAttentionShape& sh, const CudaLatentGroup& g, in
 
 namespace detail {
 namespace {
+// One block per query head: thread 0 turns the splits' (max, sum) into weights
+// w_s = e^{m_s−M} / Σ_s e^{m_s−M} l_s (double, in shared memory), then every thread sums its
+// columns' partials with independent loads (one exp per split instead of one per element).
 __global__ void merge_splits_kernel(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
-                                    int heads_per_group, int out_off0, int rv, float* out) {
-  // blockIdx.x: query head inside the batch (group-major), rv values per head
+                                    int out_off0, int rv, float* out) {
+  extern __shared__ double w[];  // [splits]
   const int h = first_head + blockIdx.x;
   const size_t off = (size_t)out_off0 + (size_t)blockIdx.x * rv;
-  (void)heads_per_group;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, pm[(size_t)h * splits + s]);
-  double l = 0.0;
-  for (int s = 0; s < splits; ++s) {
-    const float ls = pl[(size_t)h * splits + s];
-    if (ls != 0.f) l += exp((double)pm[(size_t)h * splits + s] - (double)M) * ls;
-  }
-  for (int c = threadIdx.x; c < rv; c += blockDim.x) {
-    double o = 0.0;
+  if (threadIdx.x == 0) {
+    float M = -INFINITY;
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, pm[(size_t)h * splits + s]);
+    double l = 0.0;
     for (int s = 0; s < splits; ++s) {
       const float ls = pl[(size_t)h * splits + s];
-      if (ls == 0.f) continue;
-      o += exp((double)pm[(size_t)h * splits + s] - (double)M) * pacc[off * splits + (size_t)s * rv + c];
+      w[s] = ls != 0.f ? exp((double)pm[(size_t)h * splits + s] - (double)M) : 0.0;
+      l += w[s] * ls;
     }
-    out[off + c] = (float)(o / l);
+    for (int s = 0; s < splits; ++s) w[s] /= l;
+  }
+  __syncthreads();
+  const float* src = pacc + off * splits;
+  for (int c = threadIdx.x; c < rv; c += blockDim.x) {
+    double o = 0.0;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s)
+      if (w[s] != 0.0) o += w[s] * src[(size_t)s * rv + c];
+    out[off + c] = (float)o;
   }
 }
 }  // namespace
 
 Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
                            int heads, int out_off0, int rv, float* out, cudaStream_t stream) {
-  merge_splits_kernel<<<heads, 128, 0, stream>>>(pm, pl, pacc, splits, first_head, heads, out_off0, rv, out);
+  const size_t smem = (size_t)splits * sizeof(double);
+  if (smem > 48 * 1024)
+    return unimplemented("cuda decode attention: " + std::to_string(splits) + " token splits exceed the merge's 6144");
+  merge_splits_kernel<<<heads, 128, smem, stream>>>(pm, pl, pacc, splits, first_head, out_off0, rv, out);
   PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::ok();
 }
@@ -665,6 +614,8 @@ Result<DeviceLimits> device_limits() {
   PALU_CUDA_RETURN_IF_ERROR(cudaGetDevice(&d.device));
   PALU_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.device));
   PALU_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&d.max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.device));
+  PALU_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, d.device));
+  PALU_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, d.device));
   return d;
 }
 
@@ -697,8 +648,9 @@ size_t latent_decode_scratch_bound(const CudaAttentionShape& sh, const CudaLaten
     }
     if (in_batch > 0) ++batches;
   }
-  // splits ≤ the token tiles, ≤ 2 warp groups per block.
-  const size_t splits = 2 * (size_t)((T + kTT - 1) / kTT);
+  // splits ≤ the token tiles, ≤ 2 warp groups per block (sm_80); ≤ 4 warps per 64-token tile (sm_90a).
+  const size_t splits = std::max(2 * (size_t)((T + kTT - 1) / kTT),
+                                 4 * (size_t)((T + detail::kSm90Tile - 1) / detail::kSm90Tile));
   const size_t part = batches * width * splits, stat = batches * (size_t)sh.num_heads * splits;
   const size_t ab = any_bias ? (size_t)sh.num_heads * kHD : 0;
   const size_t m = batches * (size_t)sh.num_heads * kHD * max_rk;
@@ -709,6 +661,20 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
   if (!lim.is_ok()) return p;
+  const int hq = shape.num_kv_heads > 0 ? shape.group_size * (shape.num_heads / shape.num_kv_heads) : 0;
+  if (lim->cc_major == 9 && lim->cc_minor == 0 && shape.head_dim == kHD) {
+    const detail::Sm90Plan s9 = detail::plan_latent_sm90(
+        hq, group.k.rank, group.v.rank, storage_int(group.k.storage), storage_int(group.v.storage),
+        (int)row_storage_bytes(group.k.storage, group.k.rank), (int)row_storage_bytes(group.v.storage, group.v.rank),
+        lim->max_smem_optin);
+    if (s9.ok) {
+      p.heads_per_block = 2;
+      p.smem_bytes = s9.smem;
+      p.threads = detail::kSm90Threads;
+      p.sm90 = true;
+      return p;
+    }
+  }
   const BlockShape b = pick_shape(shape, group, lim->max_smem_optin);
   p.heads_per_block = b.qpc;
   p.smem_bytes = b.smem;
@@ -758,6 +724,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     std::vector<int> gs;
     int qpc = 0, splits = 0, tiles_per_split = 0, stages = 2, wgroups = 1;
     size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
+    detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks · 4 warps)
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -780,8 +747,31 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
 
   const int tiles_total = (T + kTT - 1) / kTT;
   size_t part_floats = 0, stat_floats = 0, m_halves = 0;
+  const bool hopper = lim.cc_major == 9 && lim.cc_minor == 0 && !options.force_sm80 && options.heads_per_block != 1;
   for (Batch& b : batches) {
     const CudaLatentGroup& g0 = groups[b.gs[0]];
+    if (hopper)
+      b.sm90 = detail::plan_latent_sm90(hq, g0.k.rank, g0.v.rank, storage_int(g0.k.storage), storage_int(g0.v.storage),
+                                        (int)row_storage_bytes(g0.k.storage, g0.k.rank),
+                                        (int)row_storage_bytes(g0.v.storage, g0.v.rank), lim.max_smem_optin);
+    if (b.sm90.ok) {
+      const int tiles64 = (T + detail::kSm90Tile - 1) / detail::kSm90Tile;
+      const int blocks_y = (int)b.gs.size() * (hq / 2);
+      int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms / blocks_y);
+      splits = std::min(splits, tiles64);
+      b.qpc = 2;
+      b.smem = b.sm90.smem;
+      b.tiles_per_split = (tiles64 + splits - 1) / splits;
+      b.splits = (tiles64 + b.tiles_per_split - 1) / b.tiles_per_split;  // blocks along x
+      b.wgroups = 4;  // partial splits per block: one per warp of a warpgroup
+      b.part_off = part_floats;
+      b.stat_off = stat_floats;
+      b.m_off = m_halves;
+      part_floats += (size_t)out_off[G] * b.splits * b.wgroups;
+      stat_floats += (size_t)sh.num_heads * b.splits * b.wgroups;
+      m_halves += (size_t)sh.num_heads * kHD * g0.k.rank;
+      continue;
+    }
     const BlockShape shape = pick_shape(sh, g0, lim.max_smem_optin, options.heads_per_block);
     b.qpc = shape.qpc;
     b.smem = shape.smem;
@@ -865,12 +855,46 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.pacc = fbase + b.part_off;
     fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size()), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    PALU_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
-    const dim3 grid(b.splits, (unsigned)b.gs.size() * P.chunks);
-    latent_decode_kernel<<<grid, b.qpc * 128 * b.wgroups, b.smem, st>>>(P);
-    PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    for (int g : b.gs) {
+    if (b.sm90.ok) {
+      detail::Sm90Params S{};
+      for (size_t i = 0; i < b.gs.size(); ++i) {
+        const GroupPtrs& x = P.g[i];
+        S.g[i] = detail::Sm90Group{x.zk, x.zv, x.sk, x.zrk, x.sv, x.zrv, x.first_head, x.out_off};
+      }
+      S.T = T;
+      S.rk = P.rk;
+      S.rv = P.rv;
+      S.stor_k = P.stor_k;
+      S.stor_v = P.stor_v;
+      S.row_bytes_k = P.row_bytes_k;
+      S.row_bytes_v = P.row_bytes_v;
+      S.chunks = hq / 2;
+      S.tiles_per_split = b.tiles_per_split;
+      S.splits = P.splits;
+      S.k_stages = b.sm90.k_stages;
+      S.v_stages = b.sm90.v_stages;
+      S.inv_sqrt_d = P.inv_sqrt_d;
+      S.m = P.m;
+      S.ab = P.ab;
+      S.trig = P.trig;
+      S.pm = P.pm;
+      S.pl = P.pl;
+      S.pacc = P.pacc;
+      PALU_RETURN_IF_ERROR(
+          detail::launch_latent_sm90(S, dim3(b.splits, (unsigned)b.gs.size() * S.chunks), b.smem, st));
+    } else {
+      PALU_CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));
+      const dim3 grid(b.splits, (unsigned)b.gs.size() * P.chunks);
+      latent_decode_kernel<<<grid, b.qpc * 128 * b.wgroups, b.smem, st>>>(P);
+      PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    const bool consecutive = b.gs.back() - b.gs.front() + 1 == (int)b.gs.size();
+    if (consecutive) {  // one launch: the groups' heads and outputs follow each other
+      const int g = b.gs.front();
+      PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, P.splits, g * hq, hq * (int)b.gs.size(),
+                                                       out_off[g], groups[g].v.rank, out, st));
+    } else for (int g : b.gs) {
       PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, P.splits, g * hq, hq, out_off[g],
                                                        groups[g].v.rank, out, st));
     }

@@ -43,6 +43,7 @@ struct LatentCase {
   RowStorage sk, sv;
   bool bias = false;
   int splits = 0;
+  bool force_sm80 = false;  // the sm_80 kernel even where the sm_90a one would run (H100)
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -194,6 +195,9 @@ void run_latent_case(const LatentCase& c) {
   CudaAttentionShape gs{c.H, c.H_kv, d, c.s};
   CudaDecodeOptions opt;
   opt.splits = c.splits;
+  opt.force_sm80 = c.force_sm80;
+  const LatentLaunchPlan plan = plan_latent_launch(gs, gg[0]);
+  const bool sm90 = plan.sm90 && !c.force_sm80;
   st = latent_attention_decode_cuda(gs, gg.data(), c.T, c.T, dq.as<float>(), dinv.as<float>(), dout->as<float>(),
                                     &alloc, nullptr, opt);
   ASSERT_TRUE(st.is_ok()) << st.to_string();
@@ -206,8 +210,8 @@ void run_latent_case(const LatentCase& c) {
     if (e > max_err) max_err = e, worst = i;
   }
   const double rel = max_err / vmax;
-  std::printf("[latent] %-34s T=%-6d max|err|=%.3g (%.3g of max|z^V|=%.3g) at %d: gpu %.6f cpu %.6f\n",
-              c.name.c_str(), c.T, max_err, rel, vmax, worst, got[worst], ref[worst]);
+  std::printf("[latent] %-5s %-34s T=%-6d max|err|=%.3g (%.3g of max|z^V|=%.3g) at %d: gpu %.6f cpu %.6f\n",
+              sm90 ? "sm90" : "sm80", c.name.c_str(), c.T, max_err, rel, vmax, worst, got[worst], ref[worst]);
   EXPECT_LE(rel, 2e-3) << "worst element " << worst << " of " << width << " (head "
                        << worst / std::max(1, width / c.H) << ")";
   (void)hq;
@@ -232,6 +236,15 @@ std::vector<LatentCase> latent_cases() {
        S::kF16, S::kF16},
       {"f16 64/64 long", 65536, 4, 4, 4, {64}, {64}, S::kF16, S::kF16},
       {"q4/q2 64/64 long", 65536, 8, 4, 2, {64}, {64}, S::kQ4, S::kQ2},
+      // the sm_80 kernel on configurations that run the sm_90a kernel on an H100
+      {"7b f16 256/256 sm80", 4099, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, false, 0, true},
+      {"7b q4 128/384 sm80", 4099, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, true},
+      {"gqa4 f16 64/96 bias sm80", 65, 8, 2, 2, {64}, {96}, S::kF16, S::kF16, true, 0, true},
+      // the sm_90a kernel at the benchmark's 64K shapes (8 groups, 2 blocks of 2 heads each), and
+      // with a caller-given split count that leaves a partial last tile per block
+      {"7b f16 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kF16, S::kF16},
+      {"7b q4 128/384 long", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4},
+      {"7b q4 256/256 splits=5", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 5},
   };
   // every storage type for keys and values at T = 63 and 65
   for (S st : {S::kF32, S::kF16, S::kBF16, S::kQ8, S::kQ4, S::kQ3, S::kQ2}) {

@@ -1,0 +1,440 @@
+// The Hopper (sm_90a) latent decode kernel: the same math as latent_attention.cu (q folded into
+// B^K per call: M_h = [a; b], scores = Σ_i cos·(a_i·z) + sin·(b_i·z)), built for the H100:
+//
+// * One block = one group, two query heads, one split of the tokens; 2 warpgroups, warpgroup w
+//   owns query head w. M for both heads (2 × 128 × r_k f16) stays in shared memory in the
+//   128-byte-swizzled K-major layout that wgmma reads (atoms of 64 halves per row).
+// * Tokens go in tiles of 64 (the wgmma M dimension). P = Z^K · M_hᵀ is one chain of
+//   wgmma.m64n128k16 per warpgroup (A = the key tile, B = M_h, both from shared memory, f32
+//   accumulators in registers), so each thread holds a_i·z and b_i·z of its rows and frequencies
+//   side by side and finishes its partial score in registers; a quad shuffle completes it.
+// * Softmax and p·z^V run per warp: warp k of a warpgroup owns rows [16k, 16k+16) of every tile,
+//   keeps its own (max, sum, acc[r_v]) and is a split of its own for the merge kernel, so no
+//   barrier is needed between the score and the value phases.
+// * Key and value tiles stream through cp.async stages (key tiles k_stages deep, value tiles
+//   v_stages deep; f16 keys land directly in the swizzled layout, other storages are decoded to
+//   f16 into one swizzled buffer); two or three block barriers per tile.
+#include "backends/cuda/latent_attention_sm90.h"
+
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <utility>
+
+#include "backends/cuda/cuda_status.h"
+#include "backends/cuda/latent_common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define PALU_SM90A_DEVICE 1
+#endif
+
+namespace palu::backends::cuda::detail {
+namespace {
+
+constexpr int kHD = 128;
+constexpr int kHalf = 64;
+constexpr int kTile = kSm90Tile;
+
+__host__ __device__ inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+struct Sm90Layout {
+  size_t ms, zf, kst, kstage, kraw, vst, vstage, vraw, ab, total;
+};
+
+__host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, int stor_v, int rbk, int rbv, int ks,
+                                                  int vs) {
+  (void)rv;
+  Sm90Layout L{};
+  const bool k_f16 = stor_k == (int)RowStorage::kF16;
+  const bool k_packed = stor_k >= (int)RowStorage::kQ8, v_packed = stor_v >= (int)RowStorage::kQ8;
+  size_t o = 0;
+  L.ms = o;
+  o += (size_t)2 * kHD * rk * 2;  // multiple of 32 KiB (rk % 64 == 0)
+  L.zf = o;
+  if (!k_f16) o += (size_t)kTile * rk * 2;
+  L.kst = o;
+  L.kraw = k_f16 ? (size_t)kTile * rk * 2 : align_up((size_t)kTile * rbk, 128);
+  L.kstage = align_up(L.kraw + (k_packed ? 2 * kTile * 4 : 0), 1024);
+  o += (size_t)ks * L.kstage;
+  L.vst = o;
+  L.vraw = align_up((size_t)kTile * rbv, 128);
+  L.vstage = align_up(L.vraw + (v_packed ? 2 * kTile * 4 : 0), 128);
+  o += (size_t)vs * L.vstage;
+  L.ab = o;
+  o += 2 * kHD * 4;
+  L.total = o + 1024;  // the base is aligned up to 1024 B inside the kernel
+  return L;
+}
+
+// Byte offset of 16-byte chunk ch of row r in a K-major operand of `rows` rows stored as
+// 128-byte-swizzled atoms of 64 halves (the layout TMA's SWIZZLE_128B writes and wgmma reads).
+__host__ __device__ inline uint32_t swz(int rows, int r, int ch) {
+  return (uint32_t)((ch >> 3) * rows * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+}
+
+#ifdef PALU_SM90A_DEVICE
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr) {
+  uint64_t d = 0;
+  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);
+  d |= (uint64_t)1 << 16;             // leading byte offset (unused for swizzled K-major)
+  d |= (uint64_t)(1024 >> 4) << 32;   // stride byte offset: 8 rows × 128 B
+  d |= (uint64_t)1 << 62;             // 128-byte swizzle
+  return d;
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+__device__ __forceinline__ void cp_async_wait_n(int n) {
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    default: cp_async_wait<6>(); break;
+  }
+}
+
+// acc[j][e] += p_t · z^V[t][8·(lane + 32j) + e] over this warp's rows of the tile (STOR known at
+// compile time). p of row r lives in the quad of lane 4·(r % 8) (p0: r < 8, p1: r ≥ 8). q4 is
+// factored as Σ (p·s)·q + Σ p·z (zacc), the code converted exactly through the 2^23 trick.
+template <int STOR>
+__device__ __forceinline__ void pv_warp(float (&acc)[2][8], float& zacc, const uint8_t* vb, const float* vsc, int rbv,
+                                        int rv, int warp, int lane, float p0, float p1, int nvalid) {
+  float pr[16];  // the shuffles before any branch (no divergent-collective fallback)
+#pragma unroll
+  for (int r = 0; r < 16; ++r) pr[r] = __shfl_sync(0xffffffffu, r < 8 ? p0 : p1, (r & 7) * 4);
+  const int nrows = min(16, nvalid - warp * 16);  // warp-uniform
+#pragma unroll
+  for (int r = 0; r < 16; ++r) {
+    const int t = warp * 16 + r;
+    const float p = pr[r];
+    if (r >= nrows) break;
+    const uint8_t* row = vb + (size_t)t * rbv;
+    if constexpr (STOR == (int)RowStorage::kQ4) {
+      const float ps = p * vsc[t];
+      zacc += p * vsc[kTile + t];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c0 = 8 * (lane + 32 * j);
+        if (c0 < rv) {
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(row + c0 / 2);
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            acc[j][e] += ps * (__uint_as_float(0x4B000000u | ((w >> (4 * e)) & 15u)) - 8388608.f);
+        }
+      }
+    } else if constexpr (STOR == (int)RowStorage::kF16) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c0 = 8 * (lane + 32 * j);
+        if (c0 < rv) {
+          const uint4 u = *reinterpret_cast<const uint4*>(row + (size_t)c0 * 2);
+          const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(h[e]);
+            acc[j][2 * e] += p * f.x;
+            acc[j][2 * e + 1] += p * f.y;
+          }
+        }
+      }
+    } else {
+      constexpr bool packed = STOR >= (int)RowStorage::kQ8;
+      const float s = packed ? vsc[t] : 0.f, z = packed ? vsc[kTile + t] : 0.f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int c0 = 8 * (lane + 32 * j);
+        if (c0 < rv) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[j][e] += p * decode1(STOR, row, c0 + e, s, z);
+        }
+      }
+    }
+  }
+}
+#endif  // PALU_SM90A_DEVICE
+
+// RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256.
+template <int RK>
+__global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __grid_constant__ Sm90Params P) {
+#ifdef PALU_SM90A_DEVICE
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  // aligned by offset arithmetic on the shared pointer (a cast through an integer would turn
+  // every shared access into a generic one)
+  uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  const int KS = P.k_stages, VS = P.v_stages;
+  const Sm90Layout L = sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS);
+  const int tid = threadIdx.x, wgi = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
+  const Sm90Group& G = P.g[gl];
+  const int head0 = G.first_head + chunk * 2;
+  constexpr int rk = RK;
+  const int rv = P.rv, rbk = P.row_bytes_k, rbv = P.row_bytes_v, T = P.T;
+  const bool k_f16 = P.stor_k == (int)RowStorage::kF16;
+  const bool k_packed = P.stor_k >= (int)RowStorage::kQ8, v_packed = P.stor_v >= (int)RowStorage::kQ8;
+  float* ab_s = reinterpret_cast<float*>(smem + L.ab);
+  // (row, 16-byte chunk) walks of a [64, rk] f16 tile by 256 threads without a division per step
+  const int cpr = rk / 8, r_first = tid / cpr, c_first = tid % cpr, r_step = kSm90Threads / cpr,
+            c_step = kSm90Threads % cpr;
+
+  // ---- once per block: M of both heads (swizzled), bias terms
+  {
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(P.m + (size_t)head0 * kHD * rk);
+    for (int i = tid; i < 2 * kHD * cpr; i += kSm90Threads) {
+      const int n = i / cpr, ch = i % cpr;  // row n of the two heads' stacked M
+      cp_async16(smem + L.ms + (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch), src + (size_t)i * 16);
+    }
+    cp_async_commit();
+    for (int i = tid; i < 2 * kHD; i += kSm90Threads) ab_s[i] = P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+  }
+
+  const int tiles_total = (T + kTile - 1) / kTile;
+  const int tile_begin = blockIdx.x * P.tiles_per_split;
+  const int tile_end = min(tiles_total, tile_begin + P.tiles_per_split);
+
+  auto issue_k = [&](int tile) {
+    if (tile < tile_begin || tile >= tile_end) return;
+    uint8_t* dst = smem + L.kst + (size_t)((tile - tile_begin) % KS) * L.kstage;
+    const int nvalid = min(kTile, T - tile * kTile);
+    const uint8_t* src = G.zk + (size_t)tile * kTile * rbk;
+    if (k_f16) {
+      for (int r = r_first, ch = c_first; r < nvalid;) {
+        cp_async16(dst + swz(kTile, r, ch), src + (size_t)r * rbk + ch * 16);
+        r += r_step;
+        ch += c_step;
+        if (ch >= cpr) ch -= cpr, ++r;
+      }
+    } else {
+      const int bytes = nvalid * rbk, n16 = bytes / 16, nt = (bytes % 16) / 4;
+      for (int i = tid; i < n16; i += kSm90Threads) cp_async16(dst + (size_t)i * 16, src + (size_t)i * 16);
+      if (tid < nt) cp_async4(dst + (size_t)n16 * 16 + 4 * tid, src + (size_t)n16 * 16 + 4 * tid);
+      if (k_packed && tid < nvalid) {
+        float* sc = reinterpret_cast<float*>(dst + L.kraw);
+        cp_async4(sc + tid, G.sk + (size_t)tile * kTile + tid);
+        cp_async4(sc + kTile + tid, G.zrk + (size_t)tile * kTile + tid);
+      }
+    }
+  };
+  auto issue_v = [&](int tile) {
+    if (tile < tile_begin || tile >= tile_end) return;
+    uint8_t* dst = smem + L.vst + (size_t)((tile - tile_begin) % VS) * L.vstage;
+    const int nvalid = min(kTile, T - tile * kTile);
+    const uint8_t* src = G.zv + (size_t)tile * kTile * rbv;
+    const int bytes = nvalid * rbv, n16 = bytes / 16, nt = (bytes % 16) / 4;
+    for (int i = tid; i < n16; i += kSm90Threads) cp_async16(dst + (size_t)i * 16, src + (size_t)i * 16);
+    if (tid < nt) cp_async4(dst + (size_t)n16 * 16 + 4 * tid, src + (size_t)n16 * 16 + 4 * tid);
+    if (v_packed && tid < nvalid) {
+      float* sc = reinterpret_cast<float*>(dst + L.vraw);
+      cp_async4(sc + tid, G.sv + (size_t)tile * kTile + tid);
+      cp_async4(sc + kTile + tid, G.zrv + (size_t)tile * kTile + tid);
+    }
+  };
+
+  float m_run = -INFINITY, l_run = 0.f, zacc = 0.f;
+  float acc[2][8];
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
+  const bool has_bias = P.ab != nullptr;
+  const uint32_t ms_addr = smem_u32(smem + L.ms + (size_t)wgi * kHD * rk * 2);
+  const float* abh = ab_s + wgi * kHD;
+
+  // Per iteration i: commit K(i + KS − 1); wait K(i); barrier; commit V(i + VS − 1) (its buffer was
+  // freed by that barrier); keys → scores → softmax; wait V(i); barrier; p·z^V. The prologue runs
+  // the commits of iterations tile_begin − KS + 1 .. tile_begin − 1 (empty groups keep the counts).
+  for (int i = tile_begin - (KS - 1); i < tile_end; ++i) {
+    issue_k(i + KS - 1);
+    cp_async_commit();
+    if (i < tile_begin) {
+      issue_v(i + VS - 1);
+      cp_async_commit();
+      continue;
+    }
+    cp_async_wait_n(2 * (KS - 1));  // K(i) (and M) landed
+    fence_proxy_async();
+    __syncthreads();
+    issue_v(i + VS - 1);
+    cp_async_commit();
+    const int nvalid = min(kTile, T - i * kTile);
+    const int t0 = i * kTile;
+    uint8_t* kb = smem + L.kst + (size_t)((i - tile_begin) % KS) * L.kstage;
+    uint32_t a_addr = smem_u32(kb);
+    if (!k_f16) {  // decode the key tile to f16 in the swizzled layout
+      const float* ksc = reinterpret_cast<const float*>(kb + L.kraw);
+      uint8_t* zf = smem + L.zf;
+      for (int r = r_first, ch = c_first; r < kTile;) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < nvalid)
+          v = decode8_half(P.stor_k, kb + (size_t)r * rbk, ch * 8, k_packed ? ksc[r] : 0.f, k_packed ? ksc[kTile + r] : 0.f);
+        *reinterpret_cast<uint4*>(zf + swz(kTile, r, ch)) = v;
+        r += r_step;
+        ch += c_step;
+        if (ch >= cpr) ch -= cpr, ++r;
+      }
+      fence_proxy_async();
+      __syncthreads();
+      a_addr = smem_u32(zf);
+    }
+    // ---- P = Z^K · M_hᵀ (64 tokens × 128) on the tensor cores
+    float d[64];
+    wgmma_fence();
+#pragma unroll
+    for (int k0 = 0; k0 < rk; k0 += 16) {
+      const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
+      wgmma_m64n128k16(d, wgmma_desc(a_addr + ko * (kTile * 128) + kin), wgmma_desc(ms_addr + ko * (kHD * 128) + kin),
+                       k0 > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    // cos/sin of this thread's rows (16·warp + lane/4 + 8·rh) and frequencies 8j + 2(lane%4) + {0,1},
+    // loaded while the tensor cores run
+    float4 tg[2][8];
+#pragma unroll
+    for (int rh = 0; rh < 2; ++rh) {
+      const int row = warp * 16 + (lane >> 2) + rh * 8;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        tg[rh][j] = row < nvalid ? __ldg(P.trig + ((size_t)(t0 + row) * kHalf + 8 * j + 2 * (lane & 3)) / 2)
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    wgmma_wait0();
+    // ---- scores: Σ cos·(a·z + α) + sin·(b·z + β) over the thread's frequencies, then the quad
+    if (has_bias) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int f = 8 * j + 2 * (lane & 3) + c;
+          const float al = abh[f], be = abh[kHalf + f];
+#pragma unroll
+          for (int rh = 0; rh < 2; ++rh) {
+            d[4 * j + 2 * rh + c] += al;
+            d[4 * (j + 8) + 2 * rh + c] += be;
+          }
+        }
+    }
+    float s[2];
+#pragma unroll
+    for (int rh = 0; rh < 2; ++rh) {
+      float part = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
+          const float cs = c ? tg[rh][j].z : tg[rh][j].x, sn = c ? tg[rh][j].w : tg[rh][j].y;
+          part += cs * av + sn * bv;
+        }
+      }
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      part += __shfl_xor_sync(0xffffffffu, part, 2);
+      const int row = warp * 16 + (lane >> 2) + rh * 8;
+      s[rh] = row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
+    }
+    // ---- online softmax over this warp's 16 rows
+    float mt = fmaxf(s[0], s[1]);
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+    const float m_new = fmaxf(m_run, mt);
+    float p0 = 0.f, p1 = 0.f, corr = 1.f;
+    if (m_new != -INFINITY) {
+      corr = expf(m_run - m_new);
+      p0 = expf(s[0] - m_new);
+      p1 = expf(s[1] - m_new);
+    }
+    float sum = p0 + p1;
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    l_run = l_run * corr + sum;
+    m_run = m_new;
+    zacc *= corr;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[j][e] *= corr;
+    // ---- acc += Σ_t p_t · z^V_t over this warp's rows
+    cp_async_wait_n(2 * (VS - 1));  // V(i) landed
+    __syncthreads();                // (also: every warpgroup's wgmma on K(i) is done)
+    const uint8_t* vb = smem + L.vst + (size_t)((i - tile_begin) % VS) * L.vstage;
+    const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
+    switch (P.stor_v) {
+#define PALU_SM90_PV(S) \
+  case (int)S: pv_warp<(int)S>(acc, zacc, vb, vsc, rbv, rv, warp, lane, p0, p1, nvalid); break;
+      PALU_SM90_PV(RowStorage::kF32)
+      PALU_SM90_PV(RowStorage::kF16)
+      PALU_SM90_PV(RowStorage::kBF16)
+      PALU_SM90_PV(RowStorage::kQ8)
+      PALU_SM90_PV(RowStorage::kQ4)
+      PALU_SM90_PV(RowStorage::kQ3)
+      PALU_SM90_PV(RowStorage::kQ2)
+#undef PALU_SM90_PV
+    }
+  }
+  cp_async_wait<0>();
+  // ---- this warp's partials (a split of its own)
+  const int split = blockIdx.x * 4 + warp;
+  const int head = head0 + wgi;
+  if (lane == 0) {
+    P.pm[(size_t)head * P.splits + split] = m_run;
+    P.pl[(size_t)head * P.splits + split] = l_run;
+  }
+  const size_t out_off = (size_t)G.out_off + (size_t)(chunk * 2 + wgi) * rv;
+  float* dst = P.pacc + out_off * P.splits + (size_t)split * rv;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int c0 = 8 * (lane + 32 * j);
+    if (c0 < rv) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[c0 + e] = acc[j][e] + zacc;
+    }
+  }
+#endif  // PALU_SM90A_DEVICE
+}
+
+}  // namespace
+
+Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int row_bytes_k, int row_bytes_v,
+                          int max_smem) {
+  Sm90Plan p;
+  if (hq % 2 != 0 || rk % 64 != 0 || rk > 256 || rv > 512 || rv % 8 != 0) return p;
+  for (const auto [ks, vs] : {std::pair{3, 3}, std::pair{3, 2}, std::pair{2, 2}, std::pair{2, 1}}) {
+    const Sm90Layout L = sm90_layout(rk, rv, stor_k, stor_v, row_bytes_k, row_bytes_v, ks, vs);
+    if (L.total <= (size_t)max_smem) {
+      p.ok = true;
+      p.k_stages = ks;
+      p.v_stages = vs;
+      p.smem = L.total;
+      return p;
+    }
+  }
+  return p;
+}
+
+Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  auto launch = [&](auto kernel) -> Status {
+    PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kernel<<<grid, kSm90Threads, smem, stream>>>(p);
+    return Status::ok();
+  };
+  switch (p.rk) {
+    case 64: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<64>)); break;
+    case 128: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<128>)); break;
+    case 192: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<192>)); break;
+    case 256: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<256>)); break;
+    default: return invalid_argument("sm_90a latent kernel: key rank must be 64, 128, 192 or 256");
+  }
+  PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::ok();
+}
+
+}  // namespace palu::backends::cuda::detail

@@ -1,0 +1,67 @@
+// The Hopper (sm_90a) path of the fused latent decode kernel (not a public header; see
+// attention_cuda.h for the math and the contract, latent_attention_sm90.cu for the design).
+// latent_attention.cu plans and launches it on devices of compute capability 9.0 for the
+// configurations plan_latent_sm90 accepts, and runs the sm_80 kernel otherwise. The kernel is
+// compiled for sm_90a only (its own object library, backends/cuda/CMakeLists.txt).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backends/base/status.h"
+
+namespace palu::backends::cuda::detail {
+
+constexpr int kSm90MaxBatch = 16;  // groups per launch
+constexpr int kSm90Tile = 64;      // tokens per tile (the wgmma M dimension)
+constexpr int kSm90Threads = 256;  // two warpgroups, one query head each
+
+struct Sm90Group {
+  const uint8_t* zk;  // [T, row_bytes_k] key latents
+  const uint8_t* zv;  // [T, row_bytes_v] value latents
+  const float* sk;    // [T] key scale / zero (packed storage), else nullptr
+  const float* zrk;
+  const float* sv;  // [T] value scale / zero (packed storage), else nullptr
+  const float* zrv;
+  int first_head;  // global index of the group's first query head
+  int out_off;     // float offset of the group's first head in the output
+};
+
+struct Sm90Params {
+  Sm90Group g[kSm90MaxBatch];
+  int T;
+  int rk, rv;
+  int stor_k, stor_v;  // RowStorage values
+  int row_bytes_k, row_bytes_v;
+  int chunks;           // query heads per group / 2 (blockIdx.y = group · chunks + chunk)
+  int tiles_per_split;  // 64-token tiles per block
+  int splits;           // partial splits per head: gridDim.x · 4 (one per warp of a warpgroup)
+  int k_stages, v_stages;
+  float inv_sqrt_d;
+  const __half* m;        // [H, 128, rk] folded q·B^K (f16)
+  const float* ab;        // [H, 128] key-bias terms, nullptr = none
+  const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two pairs at a time
+  float* pm;              // [H, splits]
+  float* pl;              // [H, splits]
+  float* pacc;            // [(out offset) · splits + split · rv + c]
+};
+
+struct Sm90Plan {
+  bool ok = false;
+  int k_stages = 0, v_stages = 0;
+  size_t smem = 0;
+};
+
+// Whether this configuration runs on the sm_90a kernel, with which stage counts and shared
+// memory (bytes): two query heads per block (hq even), rk a multiple of 64 and ≤ 256, rv ≤ 512,
+// and the tiles fitting in max_smem with ≥ 2 key stages.
+Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int row_bytes_k, int row_bytes_v,
+                          int max_smem);
+
+// Queues the kernel: grid (splits / 4, groups · chunks), kSm90Threads threads, `smem` bytes.
+Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream);
+
+}  // namespace palu::backends::cuda::detail
