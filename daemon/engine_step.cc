@@ -124,9 +124,15 @@ bool Engine::step() {
     // Resident sessions first (no copy needed), except that a session waiting on disk for
     // kSwapQuantum steps goes before them: sessions that do not all fit take turns in
     // quanta instead of swapping every step.
-    std::stable_sort(order.begin(), order.end(), [](const Session* a, const Session* b) {
-      auto key = [](const Session* s) {
-        return s->resident() || s->on_gpu() ? 0 : s->waiting_steps >= kSwapQuantum ? -1 : 1;
+    // With a GPU tier the same holds one level up: sessions on the GPU go before host
+    // sessions waiting for GPU room, until one has waited kSwapQuantum steps.
+    const bool gpu = gpu_enabled();
+    std::stable_sort(order.begin(), order.end(), [gpu](const Session* a, const Session* b) {
+      auto key = [gpu](const Session* s) {
+        if (s->waiting_steps >= kSwapQuantum) return -1;
+        if (s->on_gpu()) return 0;
+        if (s->resident()) return gpu && !s->decode_on_host ? 1 : 0;
+        return 2;
       };
       return key(a) < key(b);
     });
@@ -155,13 +161,22 @@ bool Engine::step() {
           s->pending.clear();
           continue;
         }
-        // The GPU when the session may use it and it has room (made by moving other GPU
-        // sessions to host); else the host pool (the CPU runs it this step).
+        // The GPU unless the session's policy is decode_on_host (or the device cannot be
+        // used): room is made by moving GPU sessions outside this step to host. When the
+        // sessions of this step hold the room, it waits for a later step (so a session's
+        // tokens come from one device); a session too big for the GPU budget even alone runs
+        // from the host pool on the CPU.
         bool dev = false;
         Status st = Status::ok();
         if (gpu_enabled() && !s->decode_on_host && pool->device_error.is_ok()) {
           st = place_on_gpu(s, n, batch);
           dev = st.is_ok();
+          const bool others_on_gpu =
+              std::any_of(batch.begin(), batch.end(), [](const Session* b) { return b->on_gpu(); });
+          if (!dev && st.code() == StatusCode::kResourceExhausted && others_on_gpu) {
+            ++s->waiting_steps;
+            continue;
+          }
         }
         if (!dev) {
           st = ensure_resident(s, batch);

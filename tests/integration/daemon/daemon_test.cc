@@ -276,6 +276,75 @@ TEST_F(DaemonTest, SigtermSavesEverySessionAndARestartRestoresThem) {
   EXPECT_EQ(generate(c, "alpha", "", 8).ids, expected);
 }
 
+// ---- the GPU tier on CUDA (the GPU machine; skips elsewhere) ----------------------------------
+
+// Eight sessions whose CUDA caches need ~3× the GPU budget (ref-mha, f16 rows: a 256-position
+// sequence holds 4 MiB; the budget holds two): every one completes with palu-generate
+// --backend cuda's greedy tokens (sessions move GPU ↔ host bit for bit, and wait for GPU room
+// instead of switching device), the GPU budget is never exceeded, and stats show the moves.
+TEST_F(DaemonTest, GpuTierOnCudaEightSessionsOverThreeTimesTheBudget) {
+  daemon_ = std::make_unique<Daemon>(dir_, std::vector<std::string>{"--model", model_dir(), "--threads", "2",
+                                                                     "--backend", "cuda", "--gpu-budget", "10MiB",
+                                                                     "--host-budget", "256MiB", "--no-restore"});
+  if (!daemon_->start()) {
+    const std::string log = daemon_->log();
+    if (log.find("no CUDA device") != std::string::npos || log.find("no CUDA backend") != std::string::npos) {
+      GTEST_SKIP() << "palud --backend cuda: " << log.substr(0, 300);
+    }
+    FAIL() << log;
+  }
+  Daemon& d = *daemon_;
+  const std::vector<std::string> prompts = {"Once upon a time", "The history of",  "In a small village",
+                                            "The cat sat",      "A long time ago", "She opened the door",
+                                            "The weather today", "My favourite food"};
+  constexpr int kTokens = 24;
+  std::vector<Client::GenResult> results(prompts.size());
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> max_gpu{0};
+  std::atomic<uint32_t> max_gpu_sessions{0};
+  std::thread poller([&] {
+    Client c(d.socket());
+    if (!c.handshake()) return;
+    while (!done) {
+      const api::StatsReply st = stats(c);
+      for (const auto& t : st.tiers()) {
+        if (t.tier() != "gpu") continue;
+        EXPECT_EQ(t.budget_bytes(), 10u << 20);
+        max_gpu = std::max<uint64_t>(max_gpu, t.used_bytes());
+        max_gpu_sessions = std::max<uint32_t>(max_gpu_sessions, t.sessions());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] {
+      Client c(d.socket());
+      if (!c.handshake()) return;
+      create_session(c, "g" + std::to_string(i));
+      results[i] = generate(c, "g" + std::to_string(i), prompts[i], kTokens);
+    });
+  }
+  for (auto& t : clients) t.join();
+  done = true;
+  poller.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(prompts[i]);
+    ASSERT_EQ(results[i].code, api::OK) << results[i].message;
+    EXPECT_EQ(results[i].ids, reference_ids(prompts[i], kTokens, "--backend cuda"));
+  }
+  EXPECT_LE(max_gpu.load(), 10u << 20);
+  EXPECT_GT(max_gpu_sessions.load(), 0u);
+  Client c(d.socket());
+  ASSERT_TRUE(c.handshake());
+  const api::StatsReply st = stats(c);
+  EXPECT_GT(st.demotions(), 0u);
+  EXPECT_GT(st.restorations(), 0u);
+  std::printf("[gpu tier] max GPU bytes %llu of %u, at most %u sessions on the GPU, %llu demotions, %llu restorations\n",
+              (unsigned long long)max_gpu.load(), 10u << 20, max_gpu_sessions.load(),
+              (unsigned long long)st.demotions(), (unsigned long long)st.restorations());
+}
+
 // ---- per-session cache settings ------------------------------------------------------------
 
 // ref-mha compressed by palu-compress (ratio 0.5), kept in the build tree and reused while it is
