@@ -168,12 +168,16 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   725 / 1001 / 952;
 * 4 stages instead of 3 where shared memory allows: 953 vs 926 µs for q4 128/384 (noise), so the
   kernel is not waiting on load latency; not kept.
-* the committed kernel, full benchmark (the tables above): 741 / 1007 / 931 µs at 64K; the sm_80
+* full benchmark after these steps (2026-11-24 02:10 UTC): 741 / 1007 / 931 µs at 64K; the sm_80
   kernel in the same call (`PALU_BENCH_SM80=1`, `--iters 20`): 1201 / 1138 / 885 µs. So f16
   256/256 is 1.6× faster and q4 256/256 1.13×, while q4 128/384 at 64K is ~5% slower than the
   sm_80 kernel (which runs 2 blocks per SM for that shape); at the other lengths the sm_90a kernel
   is ahead for every row (4K: 108–126 vs 237–249 µs, 16K: 238–302 vs 404–431 µs, 128K: 1370–1883
   vs 1888–2295 µs, against the 2026-11-23 sm_80 tables). Run-to-run spread at 64K was up to ~10%.
+* the fold kernel over 8× more blocks (at 32 blocks its loop was latency-bound) and a merge whose
+  max and weights a warp computes in parallel: 4K 109 / 126 / 108 → 74–80 / 90–99 / 85–92 µs, 64K
+  741 / 1007 / 931 → 700–717 / 941–979 / 876–911 µs (two runs, `--iters 20`); the full-cache kernel
+  shares the merge (4K 45.7 → 39 µs). The tables above include this step.
 
 Why it is still ~2–3.5× slower than SDPA instead of faster:
 

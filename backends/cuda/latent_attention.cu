@@ -234,13 +234,15 @@ __global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep,
   const float* qh = q + (size_t)h * kHD;
   const __half* B = P.g[gl].bk + (size_t)u * kHD * rk;
   __half* M = m + (size_t)h * kHD * rk;
-  for (int idx = threadIdx.x; idx < kHalf * rk; idx += blockDim.x) {
+  // blockIdx.z slices the frequencies (more blocks than the heads alone: the loop is latency-bound)
+  const int i_per = (kHalf + gridDim.z - 1) / gridDim.z, i_lo = blockIdx.z * i_per, i_hi = min(kHalf, i_lo + i_per);
+  for (int idx = i_lo * rk + threadIdx.x; idx < i_hi * rk; idx += blockDim.x) {
     const int i = idx / rk, k = idx % rk;
     const float b0 = __half2float(B[(size_t)i * rk + k]), b1 = __half2float(B[(size_t)(i + kHalf) * rk + k]);
     M[(size_t)i * rk + k] = __float2half_rn(qh[i] * b0 + qh[i + kHalf] * b1);
     M[(size_t)(i + kHalf) * rk + k] = __float2half_rn(qh[i + kHalf] * b0 - qh[i] * b1);
   }
-  if (ab != nullptr && threadIdx.x < kHalf) {
+  if (ab != nullptr && blockIdx.z == 0 && threadIdx.x < kHalf) {
     const int i = threadIdx.x;
     const float* bias = P.g[gl].kbias;
     float a = 0.f, b = 0.f;
@@ -568,24 +570,30 @@ BlockShape pick_shape(const CudaAttentionShape& sh, const CudaLatentGroup& g, in
 
 namespace detail {
 namespace {
-// One block per query head: thread 0 turns the splits' (max, sum) into weights
-// w_s = e^{m_s−M} / Σ_s e^{m_s−M} l_s (double, in shared memory), then every thread sums its
+// One block per query head: warp 0 turns the splits' (max, sum) into weights w_s = e^{m_s−M}
+// and 1 / Σ_s w_s l_s (double, in shared memory), then every thread sums its
 // columns' partials with independent loads (one exp per split instead of one per element).
 __global__ void merge_splits_kernel(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
                                     int out_off0, int rv, float* out) {
   extern __shared__ double w[];  // [splits]
   const int h = first_head + blockIdx.x;
   const size_t off = (size_t)out_off0 + (size_t)blockIdx.x * rv;
-  if (threadIdx.x == 0) {
+  __shared__ double inv_l;
+  if (threadIdx.x < 32) {  // warp 0: max, weights and their sum over the splits, lanes in parallel
+    const int lane = threadIdx.x;
     float M = -INFINITY;
-    for (int s = 0; s < splits; ++s) M = fmaxf(M, pm[(size_t)h * splits + s]);
+    for (int s = lane; s < splits; s += 32) M = fmaxf(M, pm[(size_t)h * splits + s]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     double l = 0.0;
-    for (int s = 0; s < splits; ++s) {
+    for (int s = lane; s < splits; s += 32) {
       const float ls = pl[(size_t)h * splits + s];
       w[s] = ls != 0.f ? exp((double)pm[(size_t)h * splits + s] - (double)M) : 0.0;
       l += w[s] * ls;
     }
-    for (int s = 0; s < splits; ++s) w[s] /= l;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) inv_l = 1.0 / l;
   }
   __syncthreads();
   const float* src = pacc + off * splits;
@@ -594,7 +602,7 @@ __global__ void merge_splits_kernel(const float* pm, const float* pl, const floa
 #pragma unroll 8
     for (int s = 0; s < splits; ++s)
       if (w[s] != 0.0) o += w[s] * src[(size_t)s * rv + c];
-    out[off + c] = (float)o;
+    out[off + c] = (float)(o * inv_l);
   }
 }
 }  // namespace
@@ -853,7 +861,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.pm = fbase + part_floats + b.stat_off;
     P.pl = fbase + part_floats + stat_floats + b.stat_off;
     P.pacc = fbase + b.part_off;
-    fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size()), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
+    fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size(), 8), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (b.sm90.ok) {
       detail::Sm90Params S{};
