@@ -19,6 +19,9 @@ struct DeviceList {
 };
 
 DeviceList enumerate_devices();
+// Only the devices of one backend (no CPU entry unless kind is the CPU): for callers that need
+// one kind and should not pay for probing the others (palud's GPU tier asks for CUDA).
+DeviceList enumerate_devices(DeviceKind kind);
 
 // Names of the backends compiled into this binary, e.g. {"cpu", "cuda", "vulkan"}.
 std::vector<std::string> compiled_backends();

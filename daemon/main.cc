@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   if (c.backend == "cuda" || c.backend == "auto") {
     const auto built = runtime::device_model_backends();
     const bool has_cuda = std::find(built.begin(), built.end(), "cuda") != built.end();
-    if (has_cuda) devices = backends::enumerate_devices();
+    if (has_cuda) devices = backends::enumerate_devices(backends::DeviceKind::kCuda);
     for (const auto& d : devices.devices) {
       if (d->info().kind == backends::DeviceKind::kCuda && gpu == nullptr) gpu = &d->info();
     }

@@ -124,6 +124,9 @@ void fill_session(palu_session_list* list, const v1::SessionInfo& s) {
   i.state = list->strings.keep(s.state());
   i.last_used_unix = s.last_used_unix();
   i.saved = s.saved() ? 1 : 0;
+  i.latent_bits = s.cache().latent_bits();
+  i.window_tokens = s.cache().window_tokens();
+  i.decode_on_host = s.decode_on_host() ? 1 : 0;
   list->sessions.push_back(i);
 }
 
@@ -497,6 +500,7 @@ void palu_session_list_free(palu_session_list* list) { delete list; }
 palu_session_params palu_session_default_params(void) {
   palu_session_params p{};
   p.struct_size = sizeof p;
+  p.latent_bits = -1;
   return p;
 }
 
@@ -514,6 +518,17 @@ int palu_session_create(palu_client* client, const palu_session_params* params, 
     if (p.model) cs->set_model(p.model);
     if (p.system_prompt) cs->set_system_prompt(p.system_prompt);
     cs->set_max_context(p.max_context);
+    if (p.latent_bits < -1) {
+      return client->fail(PALU_EARG, "palu_session_params.latent_bits is " + std::to_string(p.latent_bits) +
+                                         ", expected -1 (the model's setting), 0, 2, 3, 4 or 8");
+    }
+    if (p.latent_bits >= 0) {
+      cs->mutable_cache()->set_latent_bits((uint32_t)p.latent_bits);
+      cs->mutable_cache()->set_window_tokens(p.window_tokens);
+    } else if (p.window_tokens != 0) {
+      return client->fail(PALU_EARG, "palu_session_params.window_tokens needs latent_bits (2, 3, 4 or 8)");
+    }
+    cs->set_decode_on_host(p.decode_on_host != 0);
     v1::Response resp;
     if (int rc = call(client, req, &resp); rc != PALU_OK) return rc;
     return one_session(client, resp, out);

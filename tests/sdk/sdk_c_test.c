@@ -339,6 +339,28 @@ static void test_sessions_and_generation(palu_client* c) {
   CHECK_RC(c, palu_session_append_tokens(c, "huge", many, 1100, NULL), PALU_ENOSPACE);
   CHECK(strstr(palu_client_last_error(c), "host budget") != NULL);
   CHECK_RC(c, palu_session_close(c, "huge", 0), PALU_OK);
+  /* Per-session cache settings and the host-decode policy. */
+  palu_session_params cp = palu_session_default_params();
+  CHECK(cp.latent_bits == -1 && cp.window_tokens == 0 && cp.decode_on_host == 0);
+  cp.name = "quant";
+  cp.latent_bits = 4; /* ref-mha is not compressed */
+  CHECK_RC(c, palu_session_create(c, &cp, NULL), PALU_EINVAL);
+  CHECK(strstr(palu_client_last_error(c), "compressed") != NULL);
+  cp.latent_bits = -2;
+  CHECK_RC(c, palu_session_create(c, &cp, NULL), PALU_EARG);
+  cp.latent_bits = -1;
+  cp.window_tokens = 8;
+  CHECK_RC(c, palu_session_create(c, &cp, NULL), PALU_EARG);
+  CHECK(strstr(palu_client_last_error(c), "window_tokens") != NULL);
+  cp.window_tokens = 0;
+  cp.latent_bits = 0;
+  cp.decode_on_host = 1;
+  palu_session_list* ql = NULL;
+  CHECK_RC(c, palu_session_create(c, &cp, &ql), PALU_OK);
+  const palu_session_info* qi = palu_session_list_get(ql, 0);
+  CHECK(qi != NULL && qi->decode_on_host == 1 && qi->latent_bits == 0 && qi->window_tokens == 0);
+  palu_session_list_free(ql);
+  CHECK_RC(c, palu_session_close(c, "quant", 0), PALU_OK);
 
   /* Fork before generating: both branches then generate the same greedy continuation. */
   palu_session_list* forked = NULL;

@@ -203,6 +203,10 @@ typedef struct palu_session_info {
   const char* state;          /* "idle", "prefill", "generating" */
   double last_used_unix;
   int saved;                  /* 1: has a saved file */
+  /* Added after 0.1 (read them only when struct_size covers them): */
+  uint32_t latent_bits;       /* its cache setting: 0 = f16 (latents or rows), else 2/3/4/8 */
+  uint32_t window_tokens;     /* newest tokens also kept in f16 */
+  int decode_on_host;         /* 1: never moved to the GPU tier */
 } palu_session_info;
 
 typedef struct palu_session_list palu_session_list;
@@ -219,6 +223,12 @@ typedef struct palu_session_params {
   const char* system_prompt;  /* NULL: none; queued after BOS and run before the session's next
                                  request (the tokens count of the reply does not include it yet) */
   uint32_t max_context;       /* 0 = the model's */
+  /* Added after 0.1 (an older caller's smaller struct_size leaves the defaults): */
+  int latent_bits;            /* -1 (default): the model's cache setting; 0 = f16 latents;
+                                 2, 3, 4 or 8 = quantized (compressed models only) */
+  uint32_t window_tokens;     /* with latent_bits 2..8: newest N tokens also in f16 */
+  int decode_on_host;         /* 1: never move this session to palud's GPU tier (its cache stays
+                                 in host memory and the CPU decodes it) */
 } palu_session_params;
 PALU_API palu_session_params palu_session_default_params(void);
 
