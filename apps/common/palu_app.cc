@@ -75,7 +75,7 @@ Error session_info(palu_client* c, const std::string& name, SessionInfo* out) {
 }
 
 Error ensure_session(palu_client* c, const std::string& name, const std::string& model,
-                     const std::string& system_prompt, std::string* how) {
+                     const std::string& system_prompt, std::string* how, const SessionSettings& settings) {
   SessionInfo info;
   Error e = session_info(c, name, &info);
   if (e.ok()) {
@@ -93,6 +93,9 @@ Error ensure_session(palu_client* c, const std::string& name, const std::string&
   sp.name = name.c_str();
   sp.model = model.empty() ? nullptr : model.c_str();
   sp.system_prompt = system_prompt.empty() ? nullptr : system_prompt.c_str();
+  sp.latent_bits = settings.latent_bits;
+  sp.window_tokens = settings.window_tokens;
+  sp.decode_on_host = settings.decode_on_host ? 1 : 0;
   rc = palu_session_create(c, &sp, nullptr);
   if (rc != PALU_OK) return last_error(c, rc);
   *how = "created";

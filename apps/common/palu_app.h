@@ -71,8 +71,15 @@ inline const char* kTurnStop = "\nUser:";
 // Finds the caller's session `name`; if it is not open, restores the saved file of that name;
 // if there is none, creates it (model "" = the first loaded, system prompt "" = none).
 // *how: "open", "restored" or "created".
+// A new session's cache setting and host-decode policy (palu_session_params' fields).
+struct SessionSettings {
+  int latent_bits = -1;  // -1: the model's setting
+  uint32_t window_tokens = 0;
+  bool decode_on_host = false;
+};
 Error ensure_session(palu_client* c, const std::string& name, const std::string& model,
-                     const std::string& system_prompt, std::string* how);
+                     const std::string& system_prompt, std::string* how,
+                     const SessionSettings& settings = {});
 
 // The session's current info (a copy), or an error.
 struct SessionInfo {

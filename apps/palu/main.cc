@@ -61,7 +61,9 @@ std::string read_all_stdin() {
 json session_json(const palu_session_info& s) {
   return json{{"id", s.id},         {"name", s.name},       {"model", s.model},
               {"tokens", s.tokens}, {"max_context", s.max_context}, {"kv_bytes", s.kv_bytes},
-              {"tier", s.tier},     {"state", s.state},     {"saved", s.saved != 0}};
+              {"tier", s.tier},     {"state", s.state},     {"saved", s.saved != 0},
+              {"latent_bits", s.latent_bits}, {"window_tokens", s.window_tokens},
+              {"decode_on_host", s.decode_on_host != 0}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ struct GenOptions {
   int64_t seed = -1;
   std::vector<std::string> stop;
   bool ignore_eos = false, keep = false;
+  SessionSettings settings;  // for a session this creates
 };
 
 void add_gen_options(CLI::App* sub, GenOptions& g) {
@@ -87,6 +90,13 @@ void add_gen_options(CLI::App* sub, GenOptions& g) {
   sub->add_option("--seed", g.seed, "sampling seed (default: from the clock)");
   sub->add_option("--stop", g.stop, "stop string (repeatable)");
   sub->add_flag("--ignore-eos", g.ignore_eos, "go on past the end-of-sequence token");
+  sub->add_option("--kv-bits", g.settings.latent_bits,
+                  "a session this creates: latent bits of its cache (0 = f16, 2, 3, 4, 8; default: the model's)")
+      ->check(CLI::IsMember({-1, 0, 2, 3, 4, 8}));
+  sub->add_option("--kv-window", g.settings.window_tokens, "with --kv-bits: newest tokens also kept in f16")
+      ->check(CLI::Range(0, 1 << 20));
+  sub->add_flag("--decode-on-host", g.settings.decode_on_host,
+                "a session this creates never moves to palud's GPU tier (decodes on the CPU)");
 }
 
 palu_generate_params gen_params(const GenOptions& g, std::vector<const char*>* stops) {
@@ -134,6 +144,9 @@ int cmd_run(const Common& o, const GenOptions& g, std::string prompt) {
     palu_session_params sp = palu_session_default_params();
     sp.model = g.model.empty() ? nullptr : g.model.c_str();
     sp.system_prompt = g.system.empty() ? nullptr : g.system.c_str();
+    sp.latent_bits = g.settings.latent_bits;
+    sp.window_tokens = g.settings.window_tokens;
+    sp.decode_on_host = g.settings.decode_on_host ? 1 : 0;
     palu_session_list* one = nullptr;
     if (int rc = palu_session_create(c.get(), &sp, &one); rc != PALU_OK) return fail(o, last_error(c.get(), rc));
     SessionList l(one);
@@ -141,7 +154,7 @@ int cmd_run(const Common& o, const GenOptions& g, std::string prompt) {
     temporary = true;
   } else {
     std::string how;
-    if (Error e = ensure_session(c.get(), session, g.model, g.system, &how); !e.ok()) return fail(o, e);
+    if (Error e = ensure_session(c.get(), session, g.model, g.system, &how, g.settings); !e.ok()) return fail(o, e);
   }
   std::vector<const char*> stops;
   palu_generate_params p = gen_params(g, &stops);
@@ -177,7 +190,7 @@ int cmd_chat(const Common& o, const GenOptions& g) {
   if (!c) return fail(o, err);
   const std::string session = g.session.empty() ? "chat" : g.session;
   std::string how;
-  if (Error e = ensure_session(c.get(), session, g.model, g.system, &how); !e.ok()) return fail(o, e);
+  if (Error e = ensure_session(c.get(), session, g.model, g.system, &how, g.settings); !e.ok()) return fail(o, e);
   const bool tty = ::isatty(0);
   if (tty) std::cerr << "palu chat: session '" << session << "' (" << how << "); Ctrl-D to leave\n";
   std::vector<const char*> stops;
