@@ -66,6 +66,10 @@ class DeviceSequence {
 
 struct DeviceModelOptions {
   int device_index = 0;  // among devices of the backend's kind
+  // Weight element type on the device: kAuto = the backend's choice (f16 on GPUs; the CPU
+  // reference always computes in f32). kF32 trades speed and memory for the CPU's numbers (packed
+  // 2-bit latents can flip codes with f16 weights); a backend without it says UNIMPLEMENTED.
+  enum class Weights { kAuto, kF16, kF32 } weights = Weights::kAuto;
   // Cache rows: compressed models f32/f16/bf16 or packed q8/q4/q3/q2 latents (window_tokens
   // newest tokens also kept in f16), uncompressed models f32/f16/bf16 full rows. An
   // implementation that lacks a storage says UNIMPLEMENTED naming it.

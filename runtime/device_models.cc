@@ -97,6 +97,9 @@ Result<std::unique_ptr<model::DeviceModel>> make_device_model(const model::Llama
                                                               const model::DeviceModelOptions& options) {
   switch (kind) {
     case backends::DeviceKind::kCpu: {
+      if (options.weights == model::DeviceModelOptions::Weights::kF16) {
+        return unimplemented("cpu: f16 weights are not supported (the CPU reference computes with f32 weights; use --weights auto or f32)");
+      }
       if (options.device_index != 0) {
         return invalid_argument("cpu: there is one CPU device (index 0), asked for " +
                                 std::to_string(options.device_index));
@@ -107,6 +110,9 @@ Result<std::unique_ptr<model::DeviceModel>> make_device_model(const model::Llama
     }
     case backends::DeviceKind::kCuda:
 #if defined(PALU_WITH_CUDA_MODEL)
+      if (options.weights == model::DeviceModelOptions::Weights::kF32) {
+        return unimplemented("cuda: f32 weights are not supported (the CUDA model uploads f16 weights; use --weights auto or f16)");
+      }
       return backends::cuda::make_cuda_model(model, options);
 #else
       return failed_precondition("backend cuda is not in this build of palu "
@@ -114,7 +120,13 @@ Result<std::unique_ptr<model::DeviceModel>> make_device_model(const model::Llama
 #endif
     case backends::DeviceKind::kVulkan:
 #if defined(PALU_WITH_VULKAN_MODEL)
-      return backends::vulkan::make_vulkan_model(model, options);
+    {
+      backends::vulkan::VulkanModelOptions vo;
+      vo.weights = options.weights == model::DeviceModelOptions::Weights::kF32   ? backends::vulkan::VulkanModelOptions::Weights::kF32
+                   : options.weights == model::DeviceModelOptions::Weights::kF16 ? backends::vulkan::VulkanModelOptions::Weights::kF16
+                                                                                 : backends::vulkan::VulkanModelOptions::Weights::kAuto;
+      return backends::vulkan::make_vulkan_model(model, options, vo);
+    }
 #else
       return failed_precondition("backend vulkan is not in this build of palu "
                                  "(install libvulkan-dev and glslc, configure with -DPALU_VULKAN=ON)");

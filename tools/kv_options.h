@@ -95,13 +95,24 @@ struct KvOptions {
 struct BackendOptions {
   std::string backend = "cpu";
   int device_index = 0;
+  std::string weights = "auto";
 
   void add_to(CLI::App& app) {
     app.add_option("--backend", backend, "where the model runs: cpu (default), cuda or vulkan (paged caches only)")
         ->check(CLI::IsMember({"cpu", "cuda", "vulkan"}));
     app.add_option("--device", device_index, "device index among the backend's devices")->check(CLI::Range(0, 1024));
+    app.add_option("--weights", weights,
+                   "weight type on the device: auto (f16 on GPUs), f16, or f32 (the CPU's numbers; vulkan)")
+        ->check(CLI::IsMember({"auto", "f16", "f32"}));
   }
   bool on_device() const { return backend != "cpu" || device_index != 0; }
+  // The CPU reference computes with f32 weights only.
+  Status validate() const {
+    if (!on_device() && weights == "f16") {
+      return invalid_argument("--weights f16 needs --backend cuda or vulkan (the CPU reference uses f32 weights)");
+    }
+    return Status::ok();
+  }
 
   // The device model for `m` with the paged cache `kv` asks for (--kv dense/sim is refused).
   Result<std::unique_ptr<model::DeviceModel>> make(const model::LlamaModel& m, const KvOptions& kv) const {
@@ -114,6 +125,9 @@ struct BackendOptions {
     model::DeviceModelOptions o;
     o.device_index = device_index;
     o.cache = *cache;
+    o.weights = weights == "f32"   ? model::DeviceModelOptions::Weights::kF32
+                : weights == "f16" ? model::DeviceModelOptions::Weights::kF16
+                                   : model::DeviceModelOptions::Weights::kAuto;
     return runtime::make_device_model(m, kind, o);
   }
 };

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   std::optional<tools::KvSession> cpu_session;
   std::unique_ptr<model::DeviceModel> device;
   std::unique_ptr<model::DeviceSequence> dseq;
+  if (Status st = be.validate(); !st.is_ok()) return tools::fail("palu-generate", st);
   if (!be.on_device()) {
     auto session_r = kv.session(m, ctx);
     if (!session_r.is_ok()) return tools::fail("palu-generate", session_r.status());

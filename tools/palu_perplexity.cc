@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   opt.cache = kv.cache_options(*loaded.value().model);
   opt.decode_all = decode_all;
   std::unique_ptr<model::DeviceModel> device;
+  if (Status st = be.validate(); !st.is_ok()) return tools::fail("palu-perplexity", st);
   if (be.on_device()) {
     auto dm = be.make(*loaded.value().model, kv);
     if (!dm.is_ok()) return tools::fail("palu-perplexity", dm.status());

@@ -153,6 +153,12 @@ TEST(PerplexityCli, BackendFlag) {
   CliRun dense = run(base + " --backend cuda --kv dense");
   EXPECT_EQ(dense.exit_code, 1);
   EXPECT_NE(dense.err.find("CPU reference only"), std::string::npos) << dense.err;
+  CliRun f16_cpu = run(base + " --weights f16");
+  EXPECT_EQ(f16_cpu.exit_code, 1);
+  EXPECT_NE(f16_cpu.err.find("--weights f16 needs --backend cuda or vulkan"), std::string::npos) << f16_cpu.err;
+  CliRun f32_cpu = run(base + " --backend cpu --weights f32");
+  EXPECT_EQ(f32_cpu.exit_code, 0) << f32_cpu.err;
+  EXPECT_EQ(last_line(f32_cpu.out).substr(0, 18), last_line(cpu.out).substr(0, 18));  // same ppl
   CliRun unknown = run(base + " --backend metal");
   EXPECT_NE(unknown.exit_code, 0);
   EXPECT_NE(unknown.err.find("backend"), std::string::npos) << unknown.err;
