@@ -2,8 +2,8 @@
 // docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
 // group size 4 → 8 groups): the full-cache f16 kernel and the fused latent kernel (f16 and q4
 // codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
-// the fused kernel in f32 arithmetic, with f16 sums flushed every 8 columns, and the older
-// tile kernel (keys rebuilt per tile; contexts ≤ 16384 only, it is slow).
+// the fused kernel in f32 arithmetic and the older tile kernel (keys rebuilt per tile;
+// contexts ≤ 16384 only, it is slow).
 //
 // Time per call = wall time of one command buffer holding --reps back-to-back calls (every
 // dispatch the call records: splits + reduction) divided by reps, median of --runs such
@@ -38,7 +38,6 @@ struct Kernel {
   RowStorage st;
   int rk, rv;
   vk::LatentKernel kind = vk::LatentKernel::kFused;
-  int flush = 0;  // DecodeArgs::f16_flush_cols
   int splits = 0;
 };
 
@@ -75,7 +74,7 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "timed submissions (median)");
   app.add_option("--splits", splits_list, "token splits (0: T/512 clamped to 8..64)")
       ->delimiter(',');
-  app.add_flag("--variants", variants, "also the f32 / flush-8 fused kernels and the tile kernel");
+  app.add_flag("--variants", variants, "also the f32 fused kernel and the tile kernel");
   app.add_option("--device", device,
                  "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
@@ -102,14 +101,12 @@ int main(int argc, char** argv) {
     const std::string tag = splits_list.size() > 1 ? " splits " + std::to_string(sp) : "";
     for (const Shape& sh : shapes) {
       kernels.push_back(
-          {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kFused, 0, sp});
+          {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kFused, sp});
       if (!variants) continue;
       kernels.push_back({std::string(sh.name) + " fused f32" + tag, true, sh.st, sh.rk, sh.rv,
-                         vk::LatentKernel::kFusedF32, 0, sp});
-      kernels.push_back({std::string(sh.name) + " f16 flush 8" + tag, true, sh.st, sh.rk, sh.rv,
-                         vk::LatentKernel::kFused, 8, sp});
+                         vk::LatentKernel::kFusedF32, sp});
       kernels.push_back({std::string(sh.name) + " tile kernel" + tag, true, sh.st, sh.rk, sh.rv,
-                         vk::LatentKernel::kTile, 0, sp});
+                         vk::LatentKernel::kTile, sp});
     }
   }
   const int half = kDh / 2;
@@ -147,7 +144,6 @@ int main(int argc, char** argv) {
         vk::DecodeArgs a;
         a.q = qb.address();
         a.fold = fold.address();
-        a.f16_flush_cols = k.flush;
         a.rope = tb.address();
         a.sin_off = (uint32_t)((size_t)T * half);
         a.part = part.address();

@@ -205,18 +205,18 @@ size_t decode_partial_words(int H, int splits, int w_max) {
 
 namespace {
 
-// latent_decode.comp's shape for one group: KC latent columns per invocation (registers: 64
-// f16 pairs or 64 f32), NC = ceil(r_k / KC_max) invocations per M row, WG = d_h·NC.
+// latent_decode.comp's shape for one group: KC latent columns per invocation (a compile-time
+// constant of the shader: f16 32/64/128, f32 32/64; the folded rows stay in 64 registers at
+// most), NC = ceil(r_k / KC_max) invocations per M row, WG = d_h·NC, RKP = NC·KC (padding zero).
 struct FusedShape {
   uint32_t kc = 0, nc = 0, wg = 0, rkp = 0;
 };
-constexpr uint32_t kFusedColsF16 = 128, kFusedColsF32 = 64, kFusedFlush = 32;
+constexpr uint32_t kFusedColsF16 = 128, kFusedColsF32 = 64;
 FusedShape fused_shape(int rk, int dh, bool f16) {
   FusedShape f;
-  const uint32_t kmax = f16 ? kFusedColsF16 : kFusedColsF32;
-  f.nc = ceil_div(rk, kmax);
-  const uint32_t step = f16 ? kFusedFlush : 8;  // f16: whole flushes of FL columns
-  f.kc = ceil_div(ceil_div(rk, f.nc), step) * step;
+  f.nc = ceil_div(rk, f16 ? kFusedColsF16 : kFusedColsF32);
+  const uint32_t need = ceil_div(rk, f.nc);
+  f.kc = need <= 32 ? 32 : need <= 64 ? 64 : 128;
   f.wg = (uint32_t)dh * f.nc;
   f.rkp = f.kc * f.nc;
   return f;
@@ -226,9 +226,8 @@ FusedShape fused_shape(int rk, int dh, bool f16) {
 
 size_t latent_fold_words(int H, int dh, int max_rank) {
   // M [H, d_h, rkp] + the bias terms [H, d_h]; fused_shape pads r_k by less than 32 per
-  // invocation column (f16: 32·ceil(r_k/128), f32: 8·ceil(r_k/64)), bounded here by both.
-  const size_t rkp =
-      (size_t)max_rank + 32 * ((size_t)(max_rank + kFusedColsF32 - 1) / kFusedColsF32);
+  // invocation column up to 64 columns, by less than 64 above: at most 2·r_k + 32 in all.
+  const size_t rkp = 2 * (size_t)max_rank + 32;
   return (size_t)H * dh * rkp + (size_t)H * dh;
 }
 
@@ -314,12 +313,15 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   if (kernel != LatentKernel::kTile) {
     // Why the fused kernel cannot run here (empty: it can).
     const bool f16 = kernel != LatentKernel::kFusedF32 && ctx->shader_float16();
-    const uint32_t flush = a.f16_flush_cols > 0 ? (uint32_t)a.f16_flush_cols : kFusedFlush;
     const FusedShape f = fused_shape(g.zk.rank, a.dh, f16);
     const uint32_t sg = ctx->subgroup_size();
     uint32_t tt = 0;
+    // Tiles of at most 32 tokens and d_h/2 (the shader's per-invocation load arrays).
     for (uint32_t t = 32; t >= 4 && sg > 0; t /= 2) {
-      const size_t bytes = (size_t)t * f.rkp * (f16 ? 2 : 4) + (size_t)(f.wg / sg) * t * 4 + t * 4;
+      if (2 * t > (uint32_t)a.dh) continue;
+      // latent_decode.comp's shared arrays: zs, red, ss, ps.
+      const size_t bytes =
+          (size_t)t * f.rkp * (f16 ? 2 : 4) + (size_t)(f.wg / sg) * t * 4 + 2 * (size_t)t * 4;
       if (bytes <= ctx->max_shared_bytes() && t <= f.wg) {
         tt = t;
         break;
@@ -338,9 +340,8 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
             ") above the device's " + std::to_string(ctx->max_workgroup_x());
     else if (tt == 0)
       why = "rank " + std::to_string(g.zk.rank) + " does not fit shared memory";
-    else if (flush % 8 != 0 || kFusedFlush % flush != 0)
-      why = "f16_flush_cols " + std::to_string(flush) + " is not a multiple of 8 dividing " +
-            std::to_string(kFusedFlush);
+    else if (ceil_div(g.zv.rank, f.wg) > 4)
+      why = "value rank " + std::to_string(g.zv.rank) + " above 4 per invocation";
     else if (a.fold != 0 &&
              latent_fold_words(HG, a.dh, g.zk.rank) > latent_fold_words(a.H, a.dh, max_rank))
       why = "fold scratch too small";
@@ -362,7 +363,7 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
       fp.flags = g.k_bias != 0 ? 1u : 0u;
       fp.scale = inv_sqrt_dh(a.dh);
       rec.dispatch("latent_fold", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(f.rkp, 64),
-                   (uint32_t)HG);
+                   (uint32_t)a.dh / 2, (uint32_t)HG);
       LatentPC pc{};
       pc.m = m;
       pc.mb = mb;
@@ -383,9 +384,11 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
       pc.sin_off = a.sin_off;
       pc.part_stride = u32(a.w_max + 2);
       const uint32_t vpt = std::max(1u, ceil_div(g.zv.rank, f.wg));
-      rec.dispatch(f16 ? "latent_decode_f16" : "latent_decode",
-                   {f.wg, (uint32_t)a.dh, f.kc, tt, (uint32_t)g.zk.storage, f.wg / sg, vpt, flush},
-                   &pc, sizeof(pc), (uint32_t)HG, (uint32_t)a.splits);
+      const std::string shader =
+          std::string(f16 ? "latent_decode_f16_k" : "latent_decode_k") + std::to_string(f.kc);
+      rec.dispatch(shader.c_str(),
+                   {f.wg, (uint32_t)a.dh, 0u, tt, (uint32_t)g.zk.storage, f.wg / sg, vpt}, &pc,
+                   sizeof(pc), (uint32_t)HG, (uint32_t)a.splits);
       reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
       return Status::ok();
     }

@@ -91,10 +91,6 @@ struct DecodeArgs {
   // Latent only: scratch for the fused kernel's folded query, latent_fold_words(H, d_h,
   // max_rank) f32 (0: the tile kernel, attn_decode.comp LATENT, is used).
   uint64_t fold = 0;
-  // Fused kernel with f16 arithmetic: latent columns summed in f16 (per lane of an f16 pair)
-  // before each f32 sum: 8, 16 or 32 (0: 32, i.e. 16 products per
-  // lane). Fewer is more accurate and slower; a tuning knob for the benchmark and tests.
-  int f16_flush_cols = 0;
 };
 size_t decode_partial_words(int H, int splits, int w_max);
 size_t latent_fold_words(int H, int dh, int max_rank);

@@ -8,7 +8,7 @@
 // q_i β_{i+d_h/2}. Everything is pre-multiplied by the softmax scale.
 // Output: m[(hh·d_h + r)·rkp + p] f32, rows r < d_h/2 the a_r, rows r ≥ d_h/2 the b_{r−d_h/2},
 // columns p ∈ [r_k, rkp) zero (the main kernel's padding); mb[hh·d_h + r] the bias terms (zero
-// without a bias). Workgroup (x, hh): columns x·64 .. x·64 + 63.
+// without a bias). Workgroup (x, i, hh): pair i of head hh, columns x·64 .. x·64 + 63.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -24,34 +24,29 @@ layout(push_constant) uniform PC {
   float scale;
 } pc;
 void main() {
-  const uint hh = gl_WorkGroupID.y;
+  const uint hh = gl_WorkGroupID.z, i = gl_WorkGroupID.y;
   const uint p = gl_WorkGroupID.x * 64u + gl_LocalInvocationID.x;
   const uint dh = pc.dh, half_dh = dh / 2u, u = hh / pc.n_rep, hq = pc.h0 + hh;
+  const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
   if (p < pc.rkp) {
-    for (uint i = 0u; i < half_dh; ++i) {
-      float a = 0.0, b = 0.0;
-      if (p < pc.r_k) {
-        const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
-        const float b0 = ldw(pc.bk, p * pc.ncol + u * dh + i, WDT);
-        const float b1 = ldw(pc.bk, p * pc.ncol + u * dh + i + half_dh, WDT);
-        a = pc.scale * (q0 * b0 + q1 * b1);
-        b = pc.scale * (q1 * b0 - q0 * b1);
-      }
-      stf(pc.m, (hh * dh + i) * pc.rkp + p, a);
-      stf(pc.m, (hh * dh + half_dh + i) * pc.rkp + p, b);
+    float a = 0.0, b = 0.0;
+    if (p < pc.r_k) {
+      const float b0 = ldw(pc.bk, p * pc.ncol + u * dh + i, WDT);
+      const float b1 = ldw(pc.bk, p * pc.ncol + u * dh + i + half_dh, WDT);
+      a = pc.scale * (q0 * b0 + q1 * b1);
+      b = pc.scale * (q1 * b0 - q0 * b1);
     }
+    stf(pc.m, (hh * dh + i) * pc.rkp + p, a);
+    stf(pc.m, (hh * dh + half_dh + i) * pc.rkp + p, b);
   }
-  if (gl_WorkGroupID.x == 0u) {
-    for (uint i = gl_LocalInvocationID.x; i < half_dh; i += 64u) {
-      float a = 0.0, b = 0.0;
-      if ((pc.flags & 1u) != 0u) {
-        const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
-        const float b0 = ldf(pc.bias, u * dh + i), b1 = ldf(pc.bias, u * dh + i + half_dh);
-        a = pc.scale * (q0 * b0 + q1 * b1);
-        b = pc.scale * (q1 * b0 - q0 * b1);
-      }
-      stf(pc.mb, hh * dh + i, a);
-      stf(pc.mb, hh * dh + half_dh + i, b);
+  if (gl_WorkGroupID.x == 0u && gl_LocalInvocationID.x == 0u) {
+    float a = 0.0, b = 0.0;
+    if ((pc.flags & 1u) != 0u) {
+      const float b0 = ldf(pc.bias, u * dh + i), b1 = ldf(pc.bias, u * dh + i + half_dh);
+      a = pc.scale * (q0 * b0 + q1 * b1);
+      b = pc.scale * (q1 * b0 - q0 * b1);
     }
+    stf(pc.mb, hh * dh + i, a);
+    stf(pc.mb, hh * dh + half_dh + i, b);
   }
 }
