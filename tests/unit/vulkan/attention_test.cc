@@ -1,10 +1,13 @@
 // Attention kernels on the Vulkan device against the CPU scalar reference: full-cache decode
-// (flash-decoding splits + reduction) and causal prefill (both kernels), the fused latent
-// decode kernel over T ∈ {1, 63, 65, 4099}, MHA and GQA, ranks 32..256 and every latent
-// storage (f32, f16, bf16, q8, q4, q3, q2), with and without a key bias, and latent prefill
-// (keys rebuilt from latents, then causal attention over the value latents).
+// (flash-decoding splits + reduction) and causal prefill (both kernels), latent decode — the
+// tile kernel (keys rebuilt per tile) and the fused kernel (query folded into B^K, f16 and f32
+// arithmetic, FusedLatentDecode) — over T ∈ {1, 63, 65, 4099}, MHA and GQA, ranks 32..512 and
+// every latent storage (f32, f16, bf16, q8, q4, q3, q2; packed with and without the f16
+// window), with and without a key bias, and latent prefill (keys rebuilt from latents, then
+// causal attention over the value latents).
 // Tolerance: 1e-4 · max |out| + 1e-5 (f32 math in another order; the latents are decoded
-// bit-exactly the same on both sides because store_rows encodes like the cache).
+// bit-exactly the same on both sides because store_rows encodes like the cache); the fused
+// kernel's f16 variant 4e-3 · max |out| (see FusedLatentDecode).
 #include <gtest/gtest.h>
 
 #include <cmath>
