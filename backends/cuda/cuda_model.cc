@@ -38,6 +38,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -225,6 +228,33 @@ class CudaModel final : public model::DeviceModel {
   bool fused_ = false;  // decode through attention_cuda.h's kernels
   int max_width_ = 0, max_rk_ = 0, max_rv_ = 0;
   size_t weight_bytes_ = 0;
+  // A page-locked host buffer for moving a sequence's cache out and in (export_image /
+  // import_image: palud's GPU ↔ host moves), grown to the largest cache moved and reused; a
+  // failed cudaMallocHost falls back to pageable memory. PALU_CUDA_PAGEABLE_MOVES=1 forces the
+  // fallback (to compare).
+  struct PinnedStaging {
+    std::mutex mu;
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~PinnedStaging() {
+      if (p != nullptr) cudaFreeHost(p);
+    }
+    uint8_t* get(size_t n) {
+      if (const char* e = std::getenv("PALU_CUDA_PAGEABLE_MOVES"); e != nullptr && e[0] == '1') return nullptr;
+      if (n <= bytes) return static_cast<uint8_t*>(p);
+      if (p != nullptr) cudaFreeHost(p);
+      p = nullptr;
+      bytes = 0;
+      if (cudaMallocHost(&p, n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        p = nullptr;
+        return nullptr;
+      }
+      bytes = n;
+      return static_cast<uint8_t*>(p);
+    }
+  };
+  PinnedStaging pinned_;
 };
 
 // ---- model ---------------------------------------------------------------------------------
@@ -501,6 +531,19 @@ Result<std::vector<cache::ContiguousSegment>> CudaSequence::contiguous_plan(cons
 
 Result<cache::SequenceImage> CudaSequence::export_image(const cache::CacheLayout& layout) const {
   PALU_ASSIGN_OR_RETURN(std::vector<cache::ContiguousSegment> plan, contiguous_plan(layout));
+  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
+  const int64_t wb = window() > 0 ? window_begin_ : len_;
+  {
+    // Through the pinned staging buffer: one async copy on this sequence's stream.
+    std::lock_guard<std::mutex> lock(m_->pinned_.mu);
+    if (uint8_t* pin = m_->pinned_.get(cache_.bytes())) {
+      cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
+      PALU_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pin, cache_.data(), cache_.bytes(), cudaMemcpyDeviceToHost, st));
+      PALU_RETURN_IF_ERROR(stream_.synchronize());
+      return cache::image_from_contiguous(layout, cache::ContiguousCache{plan, cap_, ring},
+                                          std::span<const uint8_t>(pin, cache_.bytes()), len_, wb);
+    }
+  }
   std::vector<uint8_t> host;
   try {
     host.resize(cache_.bytes());
@@ -509,20 +552,31 @@ Result<cache::SequenceImage> CudaSequence::export_image(const cache::CacheLayout
   }
   PALU_RETURN_IF_ERROR(stream_.synchronize());
   PALU_RETURN_IF_ERROR(cache_.download(host.data(), host.size()));
-  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
-  return cache::image_from_contiguous(layout, cache::ContiguousCache{plan, cap_, ring}, host, len_,
-                                      window() > 0 ? window_begin_ : len_);
+  return cache::image_from_contiguous(layout, cache::ContiguousCache{plan, cap_, ring}, host, len_, wb);
 }
 
 Status CudaSequence::import_image(const cache::CacheLayout& layout, const cache::SequenceImage& image) {
   PALU_ASSIGN_OR_RETURN(std::vector<cache::ContiguousSegment> plan, contiguous_plan(layout));
+  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
+  {
+    std::lock_guard<std::mutex> lock(m_->pinned_.mu);
+    if (uint8_t* pin = m_->pinned_.get(cache_.bytes())) {
+      const std::span<uint8_t> buf(pin, cache_.bytes());
+      PALU_RETURN_IF_ERROR(cache::contiguous_from_image(layout, cache::ContiguousCache{plan, cap_, ring}, image, buf));
+      cudaStream_t st = static_cast<cudaStream_t>(stream_.handle());
+      PALU_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(cache_.data(), pin, cache_.bytes(), cudaMemcpyHostToDevice, st));
+      PALU_RETURN_IF_ERROR(stream_.synchronize());
+      len_ = (int)image.length;
+      window_begin_ = window() > 0 ? (int)image.window_begin : 0;
+      return Status::ok();
+    }
+  }
   std::vector<uint8_t> host;
   try {
     host.resize(cache_.bytes());
   } catch (const std::bad_alloc&) {
     return resource_exhausted("import_image: cannot allocate " + std::to_string(cache_.bytes()) + " host bytes");
   }
-  const int ring = window() > 0 ? std::min(window(), cap_) : 0;
   PALU_RETURN_IF_ERROR(cache::contiguous_from_image(layout, cache::ContiguousCache{plan, cap_, ring}, image, host));
   PALU_RETURN_IF_ERROR(stream_.synchronize());
   PALU_RETURN_IF_ERROR(cache_.upload(host.data(), host.size()));

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -515,6 +516,39 @@ TEST_F(CudaModelCompressed, ExportImportMovesASequenceBetweenGpuAndHost) {
       EXPECT_EQ(b->export_image(wrong).status().code(), StatusCode::kInvalidArgument);
     }
   }
+}
+
+// The time of a move (export + import of a 4000-token f16-latent sequence), printed: through the
+// pinned staging buffer, or pageable memory with PALU_CUDA_PAGEABLE_MOVES=1.
+TEST_F(CudaModelCompressed, MoveTimeOfALongSequence) {
+  PALU_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(error_.empty()) << error_;
+  auto loaded = model::load_model(dir_);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const LlamaModel& m = *loaded.value().model;
+  DeviceModelOptions o;
+  o.cache.storage = RowStorage::kF16;
+  auto gm = make_cuda_model(m, o);
+  ASSERT_TRUE(gm.is_ok()) << gm.status().to_string();
+  const cache::CacheLayout layout = cache::CacheLayout::create(m.cache_layout_spec(o.cache).value()).value();
+  const int V = m.config().vocab_size, n = 4000;
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (int32_t)((i * 7919 + 13) % V);
+  auto a = gm.value()->new_sequence(4096).value();
+  for (int i = 0; i < n; i += 1000) ASSERT_TRUE(a->forward(&ids[i], 1000, LogitsMode::kNone, nullptr).is_ok());
+  auto b = gm.value()->new_sequence(4096).value();
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto img = a->export_image(layout);
+    ASSERT_TRUE(img.is_ok()) << img.status().to_string();
+    ASSERT_TRUE(b->import_image(layout, img.value()).is_ok());
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const char* pageable = std::getenv("PALU_CUDA_PAGEABLE_MOVES");
+  std::printf("[export/import] move of %d tokens (%.1f MiB device cache): %.2f ms export+import (%s)\n", n,
+              a->cache_bytes() / 1048576.0, best * 1e3, pageable && pageable[0] == '1' ? "pageable" : "pinned staging");
+  EXPECT_EQ(b->size(), n);
 }
 
 // ---- head_dim 128: the fused decode kernels inside the model ------------------------------------
