@@ -171,6 +171,8 @@ int main(int argc, char** argv) {
   if (const char* e = std::getenv("PALU_BENCH_HEADS_PER_BLOCK")) opt.heads_per_block = std::atoi(e);
   // PALU_BENCH_SM80=1: the sm_80 latent kernel even on an H100 (before/after comparisons)
   if (const char* e = std::getenv("PALU_BENCH_SM80")) opt.force_sm80 = std::atoi(e) != 0;
+  // PALU_BENCH_SM90_SERIAL=1: the sm_90a kernel without the wgmma / p·z^V overlap
+  if (const char* e = std::getenv("PALU_BENCH_SM90_SERIAL")) opt.sm90_pipeline = std::atoi(e) == 0;
   float* q = static_cast<float*>(dmalloc(H * d * 4));
   float* out = static_cast<float*>(dmalloc(H * 512 * 4));
   std::vector<float> hq(H * d), hinv(d / 2);

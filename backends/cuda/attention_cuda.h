@@ -81,6 +81,11 @@ struct CudaDecodeOptions {
   // query heads per block; head_dim 128, key rank a multiple of 64 and ≤ 256, even query heads
   // per group). For tests and benchmarks that compare the two.
   bool force_sm80 = false;
+  // sm_90a kernel: issue the wgmma chain of tile i+1 before p·z^V of tile i (one accumulator set,
+  // the tensor cores run while the warps do values); needs ≥ 2 key and ≥ 2 value stages, so f16
+  // 256/256 (2 key + 1 value stage in 227 KB) keeps the serial schedule. false: the serial
+  // schedule everywhere (before/after comparisons).
+  bool sm90_pipeline = true;
 };
 
 // q: [H, d_h] f32 (RoPE applied), inv_freq: [d_h/2] f32, out: [Σ_h r_v,g(h)] f32 (head h's

@@ -13,7 +13,11 @@
 //   barrier is needed between the score and the value phases.
 // * Key and value tiles stream through cp.async stages (key tiles k_stages deep, value tiles
 //   v_stages deep; f16 keys land directly in the swizzled layout, other storages are decoded to
-//   f16 into one swizzled buffer); two or three block barriers per tile.
+//   f16 into one swizzled buffer).
+// * With ≥ 2 key and ≥ 2 value stages (PIPE) the wgmma chain of tile i + 1 is queued right after
+//   the softmax of tile i and runs while the warps do p·z^V of tile i: one block barrier per tile
+//   (two for decoded keys). Otherwise (f16 256/256: 2 key + 1 value stage) the serial schedule:
+//   two or three block barriers per tile, the tensor cores idle during p·z^V.
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda_fp16.h>
@@ -84,6 +88,12 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr) {
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Pins the accumulators in place around an asynchronous wgmma (no read or write of d is moved
+// across the issue or the wait).
+__device__ __forceinline__ void fence_operands(float (&d)[64]) {
+#pragma unroll
+  for (int k = 0; k < 64; ++k) asm volatile("" : "+f"(d[k])::"memory");
+}
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
   asm volatile(
@@ -121,16 +131,20 @@ __device__ __forceinline__ void pv_warp(float (&acc)[2][8], float& zacc, const u
     if (r >= nrows) break;
     const uint8_t* row = vb + (size_t)t * rbv;
     if constexpr (STOR == (int)RowStorage::kQ4) {
-      const float ps = p * vsc[t];
-      zacc += p * vsc[kTile + t];
+      // code q as the float x = 1 + q/16 (q in the top mantissa bits: a shift and one lop3), so
+      // q = 16x − 16 and Σ p·s·q = Σ (16·p·s)·x − 16·Σ p·s: one FFMA per code, the −16·p·s in zacc
+      const float ps = p * vsc[t], ps16 = 16.f * ps;
+      zacc += p * vsc[kTile + t] - ps16;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int c0 = 8 * (lane + 32 * j);
         if (c0 < rv) {
           const uint32_t w = *reinterpret_cast<const uint32_t*>(row + c0 / 2);
 #pragma unroll
-          for (int e = 0; e < 8; ++e)
-            acc[j][e] += ps * (__uint_as_float(0x4B000000u | ((w >> (4 * e)) & 15u)) - 8388608.f);
+          for (int e = 0; e < 8; ++e) {
+            const uint32_t m = 19 >= 4 * e ? w << (19 - 4 * e) : w >> (4 * e - 19);  // code e at bits 19..22
+            acc[j][e] += ps16 * __uint_as_float(0x3F800000u | (m & (15u << 19)));
+          }
         }
       }
     } else if constexpr (STOR == (int)RowStorage::kF16) {
@@ -164,8 +178,9 @@ __device__ __forceinline__ void pv_warp(float (&acc)[2][8], float& zacc, const u
 }
 #endif  // PALU_SM90A_DEVICE
 
-// RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256.
-template <int RK>
+// RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256. PIPE: the wgmma of
+// tile i + 1 runs under p·z^V of tile i (k_stages, v_stages ≥ 2), else the serial schedule.
+template <int RK, bool PIPE>
 __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __grid_constant__ Sm90Params P) {
 #ifdef PALU_SM90A_DEVICE
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -250,44 +265,30 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   const uint32_t ms_addr = smem_u32(smem + L.ms + (size_t)wgi * kHD * rk * 2);
   const float* abh = ab_s + wgi * kHD;
 
-  // Per iteration i: commit K(i + KS − 1); wait K(i); barrier; commit V(i + VS − 1) (its buffer was
-  // freed by that barrier); keys → scores → softmax; wait V(i); barrier; p·z^V. The prologue runs
-  // the commits of iterations tile_begin − KS + 1 .. tile_begin − 1 (empty groups keep the counts).
-  for (int i = tile_begin - (KS - 1); i < tile_end; ++i) {
-    issue_k(i + KS - 1);
-    cp_async_commit();
-    if (i < tile_begin) {
-      issue_v(i + VS - 1);
-      cp_async_commit();
-      continue;
+  // The key tile of `tile` as the wgmma A operand: f16 keys in place, other storages decoded to
+  // f16 into zf (the caller guarantees zf is free; ends with a block barrier).
+  auto key_operand = [&](int tile) -> uint32_t {
+    uint8_t* kb = smem + L.kst + (size_t)((tile - tile_begin) % KS) * L.kstage;
+    if (k_f16) return smem_u32(kb);
+    const int nvalid = min(kTile, T - tile * kTile);
+    const float* ksc = reinterpret_cast<const float*>(kb + L.kraw);
+    uint8_t* zf = smem + L.zf;
+    for (int r = r_first, ch = c_first; r < kTile;) {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < nvalid)
+        v = decode8_half(P.stor_k, kb + (size_t)r * rbk, ch * 8, k_packed ? ksc[r] : 0.f, k_packed ? ksc[kTile + r] : 0.f);
+      *reinterpret_cast<uint4*>(zf + swz(kTile, r, ch)) = v;
+      r += r_step;
+      ch += c_step;
+      if (ch >= cpr) ch -= cpr, ++r;
     }
-    cp_async_wait_n(2 * (KS - 1));  // K(i) (and M) landed
     fence_proxy_async();
     __syncthreads();
-    issue_v(i + VS - 1);
-    cp_async_commit();
-    const int nvalid = min(kTile, T - i * kTile);
-    const int t0 = i * kTile;
-    uint8_t* kb = smem + L.kst + (size_t)((i - tile_begin) % KS) * L.kstage;
-    uint32_t a_addr = smem_u32(kb);
-    if (!k_f16) {  // decode the key tile to f16 in the swizzled layout
-      const float* ksc = reinterpret_cast<const float*>(kb + L.kraw);
-      uint8_t* zf = smem + L.zf;
-      for (int r = r_first, ch = c_first; r < kTile;) {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < nvalid)
-          v = decode8_half(P.stor_k, kb + (size_t)r * rbk, ch * 8, k_packed ? ksc[r] : 0.f, k_packed ? ksc[kTile + r] : 0.f);
-        *reinterpret_cast<uint4*>(zf + swz(kTile, r, ch)) = v;
-        r += r_step;
-        ch += c_step;
-        if (ch >= cpr) ch -= cpr, ++r;
-      }
-      fence_proxy_async();
-      __syncthreads();
-      a_addr = smem_u32(zf);
-    }
-    // ---- P = Z^K · M_hᵀ (64 tokens × 128) on the tensor cores
-    float d[64];
+    return smem_u32(zf);
+  };
+  // ---- P = Z^K · M_hᵀ (64 tokens × 128) on the tensor cores, queued (wgmma_wait0 collects it)
+  auto mma_issue = [&](float(&d)[64], uint32_t a_addr) {
+    fence_operands(d);
     wgmma_fence();
 #pragma unroll
     for (int k0 = 0; k0 < rk; k0 += 16) {
@@ -296,9 +297,10 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
                        k0 > 0 ? 1 : 0);
     }
     wgmma_commit();
-    // cos/sin of this thread's rows (16·warp + lane/4 + 8·rh) and frequencies 8j + 2(lane%4) + {0,1},
-    // loaded while the tensor cores run
-    float4 tg[2][8];
+    fence_operands(d);
+  };
+  // cos/sin of this thread's rows (16·warp + lane/4 + 8·rh) and frequencies 8j + 2(lane%4) + {0,1}
+  auto load_trig = [&](float4(&tg)[2][8], int t0, int nvalid) {
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
       const int row = warp * 16 + (lane >> 2) + rh * 8;
@@ -307,22 +309,12 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
         tg[rh][j] = row < nvalid ? __ldg(P.trig + ((size_t)(t0 + row) * kHalf + 8 * j + 2 * (lane & 3)) / 2)
                                  : make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    wgmma_wait0();
-    // ---- scores: Σ cos·(a·z + α) + sin·(b·z + β) over the thread's frequencies, then the quad
-    if (has_bias) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int f = 8 * j + 2 * (lane & 3) + c;
-          const float al = abh[f], be = abh[kHalf + f];
-#pragma unroll
-          for (int rh = 0; rh < 2; ++rh) {
-            d[4 * j + 2 * rh + c] += al;
-            d[4 * (j + 8) + 2 * rh + c] += be;
-          }
-        }
-    }
+  };
+  // ---- scores (Σ cos·(a·z + α) + sin·(b·z + β), then the quad) and the online softmax over this
+  // warp's 16 rows: p of rows lane/4 (p0) and lane/4 + 8 (p1); acc and zacc rescaled
+  auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, float& p0, float& p1) {
+    // d is only read here: in the pipelined schedule it is the operand of the next wgmma, and a
+    // write (or a copy at a branch merge) would make ptxas serialize the chain
     float s[2];
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
@@ -331,7 +323,12 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       for (int j = 0; j < 8; ++j) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
+          float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
+          if (has_bias) {
+            const int f = 8 * j + 2 * (lane & 3) + c;
+            av += abh[f];
+            bv += abh[kHalf + f];
+          }
           const float cs = c ? tg[rh][j].z : tg[rh][j].x, sn = c ? tg[rh][j].w : tg[rh][j].y;
           part += cs * av + sn * bv;
         }
@@ -341,12 +338,13 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       const int row = warp * 16 + (lane >> 2) + rh * 8;
       s[rh] = row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
     }
-    // ---- online softmax over this warp's 16 rows
     float mt = fmaxf(s[0], s[1]);
 #pragma unroll
     for (int o = 4; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
     const float m_new = fmaxf(m_run, mt);
-    float p0 = 0.f, p1 = 0.f, corr = 1.f;
+    float corr = 1.f;
+    p0 = 0.f;
+    p1 = 0.f;
     if (m_new != -INFINITY) {
       corr = expf(m_run - m_new);
       p0 = expf(s[0] - m_new);
@@ -362,9 +360,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[j][e] *= corr;
-    // ---- acc += Σ_t p_t · z^V_t over this warp's rows
-    cp_async_wait_n(2 * (VS - 1));  // V(i) landed
-    __syncthreads();                // (also: every warpgroup's wgmma on K(i) is done)
+  };
+  // ---- acc += Σ_t p_t · z^V_t over this warp's rows of tile i (V(i) landed and visible)
+  auto values = [&](int i, float p0, float p1, int nvalid) {
     const uint8_t* vb = smem + L.vst + (size_t)((i - tile_begin) % VS) * L.vstage;
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
     switch (P.stor_v) {
@@ -378,6 +376,83 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       PALU_SM90_PV(RowStorage::kQ3)
       PALU_SM90_PV(RowStorage::kQ2)
 #undef PALU_SM90_PV
+    }
+  };
+
+  if constexpr (PIPE) {
+    // Commit group G_j holds K(j + KS) and V(j + VS − 1); the prologue commits G_j for
+    // j = tile_begin − max(KS, VS − 1) .. tile_begin − 1 (out-of-range tiles stay empty). Per
+    // iteration i: trig(i); wait for the wgmma of tile i (queued one iteration earlier); scores,
+    // softmax; wait K(i + 1) and V(i) (G_{i+1−min(KS,VS)}: min(KS,VS) − 2 groups may stay
+    // pending); barrier (every warpgroup is done with K(i) and zf, every warp with V(i − 1));
+    // commit G_i into those freed stages; queue the wgmma of tile i + 1; p·z^V of tile i while
+    // the tensor cores run.
+    const int pro = max(KS, VS - 1), wait_iter = min(KS, VS) - 2;
+    for (int j = tile_begin - pro; j < tile_begin; ++j) {
+      issue_k(j + KS);
+      issue_v(j + VS - 1);
+      cp_async_commit();
+    }
+    float d[64];
+#pragma unroll
+    for (int k = 0; k < 64; ++k) d[k] = 0.f;
+    if (tile_begin < tile_end) {
+      cp_async_wait_n(KS - 1);  // M and K(tile_begin) landed
+      fence_proxy_async();
+      __syncthreads();
+      mma_issue(d, key_operand(tile_begin));
+    }
+    float4 tg[2][8];  // cos/sin of tile i, loaded during p·z^V of tile i − 1
+    load_trig(tg, tile_begin * kTile, min(kTile, T - tile_begin * kTile));
+    for (int i = tile_begin; i < tile_end; ++i) {
+      const int nvalid = min(kTile, T - i * kTile);
+      wgmma_wait0();
+      fence_operands(d);
+      float p0, p1;
+      scores_softmax(d, tg, nvalid, p0, p1);
+      cp_async_wait_n(wait_iter);
+      fence_proxy_async();
+      __syncthreads();
+      issue_k(i + KS);
+      issue_v(i + VS - 1);
+      cp_async_commit();
+      // also past the last tile (a stale stage or zeros, the result unused): a conditional issue
+      // would merge two definitions of d, and ptxas then waits on the chain right after issuing it
+      mma_issue(d, key_operand(i + 1));
+      load_trig(tg, (i + 1) * kTile, min(kTile, T - (i + 1) * kTile));  // no rows past the last tile
+      values(i, p0, p1, nvalid);
+    }
+    wgmma_wait0();
+  } else {
+    // Per iteration i: commit K(i + KS − 1); wait K(i); barrier; commit V(i + VS − 1) (its buffer
+    // was freed by that barrier); keys → scores → softmax; wait V(i); barrier; p·z^V. The prologue
+    // runs the commits of iterations tile_begin − KS + 1 .. tile_begin − 1 (empty groups keep the
+    // counts).
+    for (int i = tile_begin - (KS - 1); i < tile_end; ++i) {
+      issue_k(i + KS - 1);
+      cp_async_commit();
+      if (i < tile_begin) {
+        issue_v(i + VS - 1);
+        cp_async_commit();
+        continue;
+      }
+      cp_async_wait_n(2 * (KS - 1));  // K(i) (and M) landed
+      fence_proxy_async();
+      __syncthreads();
+      issue_v(i + VS - 1);
+      cp_async_commit();
+      const int nvalid = min(kTile, T - i * kTile);
+      float d[64];
+      mma_issue(d, key_operand(i));
+      float4 tg[2][8];  // loaded while the tensor cores run
+      load_trig(tg, i * kTile, nvalid);
+      wgmma_wait0();
+      fence_operands(d);
+      float p0, p1;
+      scores_softmax(d, tg, nvalid, p0, p1);
+      cp_async_wait_n(2 * (VS - 1));  // V(i) landed
+      __syncthreads();                // (also: every warpgroup's wgmma on K(i) is done)
+      values(i, p0, p1, nvalid);
     }
   }
   cp_async_wait<0>();
@@ -426,11 +501,12 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     kernel<<<grid, kSm90Threads, smem, stream>>>(p);
     return Status::ok();
   };
+  const bool pipe = p.pipeline != 0 && p.k_stages >= 2 && p.v_stages >= 2;
   switch (p.rk) {
-    case 64: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<64>)); break;
-    case 128: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<128>)); break;
-    case 192: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<192>)); break;
-    case 256: PALU_RETURN_IF_ERROR(launch(latent_sm90_kernel<256>)); break;
+    case 64: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<64, true> : latent_sm90_kernel<64, false>)); break;
+    case 128: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<128, true> : latent_sm90_kernel<128, false>)); break;
+    case 192: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<192, true> : latent_sm90_kernel<192, false>)); break;
+    case 256: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<256, true> : latent_sm90_kernel<256, false>)); break;
     default: return invalid_argument("sm_90a latent kernel: key rank must be 64, 128, 192 or 256");
   }
   PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());

@@ -40,6 +40,7 @@ struct Sm90Params {
   int tiles_per_split;  // 64-token tiles per block
   int splits;           // partial splits per head: gridDim.x · 4 (one per warp of a warpgroup)
   int k_stages, v_stages;
+  int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2)
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none

@@ -44,6 +44,7 @@ struct LatentCase {
   bool bias = false;
   int splits = 0;
   bool force_sm80 = false;  // the sm_80 kernel even where the sm_90a one would run (H100)
+  bool sm90_serial = false;  // the sm_90a kernel without the wgmma / p·z^V overlap
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -196,6 +197,7 @@ void run_latent_case(const LatentCase& c) {
   CudaDecodeOptions opt;
   opt.splits = c.splits;
   opt.force_sm80 = c.force_sm80;
+  opt.sm90_pipeline = !c.sm90_serial;
   const LatentLaunchPlan plan = plan_latent_launch(gs, gg[0]);
   const bool sm90 = plan.sm90 && !c.force_sm80;
   st = latent_attention_decode_cuda(gs, gg.data(), c.T, c.T, dq.as<float>(), dinv.as<float>(), dout->as<float>(),
@@ -245,6 +247,11 @@ std::vector<LatentCase> latent_cases() {
       {"7b f16 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kF16, S::kF16},
       {"7b q4 128/384 long", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4},
       {"7b q4 256/256 splits=5", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 5},
+      // the pipelined sm_90a schedule (≥ 2 key and value stages: the q4 shapes) at 64K, and the
+      // serial schedule on shapes that would run pipelined
+      {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4},
+      {"7b q4 256/256 serial", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, true},
+      {"gqa4 q8 64/96 bias serial", 65, 8, 2, 2, {64}, {96}, S::kQ8, S::kQ8, true, 0, false, true},
   };
   // every storage type for keys and values at T = 63 and 65
   for (S st : {S::kF32, S::kF16, S::kBF16, S::kQ8, S::kQ4, S::kQ3, S::kQ2}) {
