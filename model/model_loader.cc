@@ -50,10 +50,7 @@ Result<LoadedModel> load_model(const std::string& path, const LoadOptions& optio
     PALU_ASSIGN_OR_RETURN(out.model, LlamaModel::from_tensors(cfg, tensors, path, progress));
     PALU_ASSIGN_OR_RETURN(out.tokenizer, gguf_tokenizer(gguf));
   }
-  if (out.tokenizer->vocab_size() > out.model->config().vocab_size) {
-    return invalid_argument(path + ": the tokenizer has " + std::to_string(out.tokenizer->vocab_size()) +
-                            " pieces but the model's vocab_size is " + std::to_string(out.model->config().vocab_size));
-  }
+  PALU_RETURN_IF_ERROR(check_tokenizer_fits(*out.tokenizer, out.model->config().vocab_size, path));
   return out;
 }
 

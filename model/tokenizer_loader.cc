@@ -149,4 +149,12 @@ Result<BpeSpecialConfig> parse_tokenizer_config_json(std::string_view text,
   return config;
 }
 
+Status check_tokenizer_fits(const Tokenizer& tokenizer, int model_vocab_size, const std::string& path) {
+  if (tokenizer.vocab_size() > model_vocab_size) {
+    return invalid_argument(path + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                            " pieces but the model's vocab_size is " + std::to_string(model_vocab_size));
+  }
+  return Status::ok();
+}
+
 }  // namespace palu::model

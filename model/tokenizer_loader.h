@@ -38,6 +38,10 @@ Result<std::unique_ptr<Tokenizer>> load_tokenizer_file(const std::string& path);
 // NOT_FOUND naming the directory when it has neither.
 Result<std::unique_ptr<Tokenizer>> load_tokenizer_from_dir(const std::string& dir);
 
+// A tokenizer with more pieces than the model's embedding rows would index past them:
+// INVALID_ARGUMENT naming `path` and both counts (load_model and palu-compress check it).
+Status check_tokenizer_fits(const Tokenizer& tokenizer, int model_vocab_size, const std::string& path);
+
 // The special-token settings of a Hugging Face tokenizer_config.json: bos_token / eos_token
 // (a string, an {"content": ...} object, or null for none) and added_tokens_decoder names.
 Result<BpeSpecialConfig> parse_tokenizer_config_json(std::string_view json,

@@ -156,10 +156,8 @@ int main(int argc, char** argv) {
   const model::ModelConfig& c = source.config();
   auto tokenizer = model::load_tokenizer_from_dir(model_path);
   if (!tokenizer.is_ok()) return tools::fail(kTool, tokenizer.status());
-  if (tokenizer.value()->vocab_size() > c.vocab_size) {
-    return tools::fail(kTool, invalid_argument(model_path + ": the tokenizer has " +
-                                               std::to_string(tokenizer.value()->vocab_size()) +
-                                               " pieces but the model's vocab_size is " + std::to_string(c.vocab_size)));
+  if (Status st = model::check_tokenizer_fits(*tokenizer.value(), c.vocab_size, model_path); !st.is_ok()) {
+    return tools::fail(kTool, st);
   }
   if (group_size == 0) group_size = std::min(4, c.num_kv_heads);
   auto grouping = compress::make_head_grouping(c.num_kv_heads, c.head_dim, group_size);
