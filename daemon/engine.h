@@ -168,6 +168,10 @@ class Engine : public RequestHandler {
   Status commit_with_room(CachePool* p, std::span<const cache::PoolRequest> requests, int64_t blocks_needed,
                           const std::vector<Session*>& keep);
   Status demote(Session* s);
+  // Sequence `id` in p's pool holding `image` (room made by demoting sessions not in keep); on
+  // failure the pool holds nothing for id.
+  Status import_into_pool(CachePool* p, uint64_t id, const cache::SequenceImage& image,
+                          const std::vector<Session*>& keep);
   // GPU tier (engine_tiers.cc)
   bool gpu_enabled() const { return static_cast<bool>(opt_.make_device) && opt_.gpu_budget_bytes > 0; }
   uint64_t gpu_used_bytes() const;

@@ -139,6 +139,20 @@ Status Engine::commit_with_room(CachePool* p, std::span<const cache::PoolRequest
   return p->pool->commit(plan.value());
 }
 
+Status Engine::import_into_pool(CachePool* p, uint64_t id, const cache::SequenceImage& image,
+                                const std::vector<Session*>& keep) {
+  const int64_t len = image.length;
+  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)id),
+                                      cache::PoolRequest::append((cache::SeqId)id, len)};
+  PALU_RETURN_IF_ERROR(commit_with_room(p, reqs, p->pool->layout().session_blocks(len), keep));
+  Status st = p->pool->import_sequence((cache::SeqId)id, image);
+  if (!st.is_ok()) {
+    auto undo = p->pool->plan(cache::PoolRequest::free((cache::SeqId)id));
+    if (undo.is_ok()) (void)p->pool->commit(undo.value());
+  }
+  return st;
+}
+
 Status Engine::append_positions(Session* s, int n, const std::vector<Session*>& keep) {
   const auto& L = s->pool->pool->layout();
   const int64_t len = (int64_t)s->tokens.size();
@@ -155,18 +169,9 @@ Status Engine::ensure_resident(Session* s, const std::vector<Session*>& keep) {
   CachePool* p = s->pool;
   PALU_ASSIGN_OR_RETURN(SessionFile f, read_session_file(*fs_, s->spill_path, opt_.max_session_file_bytes));
   PALU_RETURN_IF_ERROR(check_session_binding(f, m->fingerprint, p->layout_hash));
-  const int64_t len = (int64_t)f.image.length;
-  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
-                                      cache::PoolRequest::append((cache::SeqId)s->id, len)};
   std::vector<Session*> k = keep;
   k.push_back(s);
-  PALU_RETURN_IF_ERROR(commit_with_room(p, reqs, p->pool->layout().session_blocks(len), k));
-  Status st = p->pool->import_sequence((cache::SeqId)s->id, f.image);
-  if (!st.is_ok()) {
-    auto undo = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
-    if (undo.is_ok()) (void)p->pool->commit(undo.value());
-    return st;
-  }
+  PALU_RETURN_IF_ERROR(import_into_pool(p, s->id, f.image, k));
   (void)fs_->remove(s->spill_path);
   s->tier = Tier::kHost;
   s->spill_path.clear();
@@ -229,18 +234,9 @@ Status Engine::make_gpu_room(uint64_t bytes, const std::vector<Session*>& keep) 
 Status Engine::demote_to_host(Session* s, const std::vector<Session*>& keep) {
   CachePool* p = s->pool;
   PALU_ASSIGN_OR_RETURN(cache::SequenceImage img, s->dev->export_image(p->pool->layout()));
-  const int64_t len = img.length;
-  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)s->id),
-                                      cache::PoolRequest::append((cache::SeqId)s->id, len)};
   std::vector<Session*> k = keep;
   k.push_back(s);
-  PALU_RETURN_IF_ERROR(commit_with_room(p, reqs, p->pool->layout().session_blocks(len), k));
-  Status st = p->pool->import_sequence((cache::SeqId)s->id, img);
-  if (!st.is_ok()) {
-    auto undo = p->pool->plan(cache::PoolRequest::free((cache::SeqId)s->id));
-    if (undo.is_ok()) (void)p->pool->commit(undo.value());
-    return st;
-  }
+  PALU_RETURN_IF_ERROR(import_into_pool(p, s->id, img, k));
   s->dev.reset();
   s->tier = Tier::kHost;
   std::lock_guard<std::mutex> lock(counters_mu_);
@@ -387,16 +383,7 @@ Result<Engine::Session*> Engine::restore_session_file(const std::string& path, u
   }
   const uint64_t id = next_session_id_++;
   const int64_t len = f.image.length;
-  const cache::PoolRequest reqs[2] = {cache::PoolRequest::create((cache::SeqId)id),
-                                      cache::PoolRequest::append((cache::SeqId)id, len)};
-  if (Status st = commit_with_room(pool, reqs, pool->pool->layout().session_blocks(len), {}); !st.is_ok()) {
-    drop_pool_if_unused(pool);
-    return st;
-  }
-  Status st = pool->pool->import_sequence((cache::SeqId)id, f.image);
-  if (!st.is_ok()) {
-    auto undo = pool->pool->plan(cache::PoolRequest::free((cache::SeqId)id));
-    if (undo.is_ok()) (void)pool->pool->commit(undo.value());
+  if (Status st = import_into_pool(pool, id, f.image, {}); !st.is_ok()) {
     drop_pool_if_unused(pool);
     return st;
   }

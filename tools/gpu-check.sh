@@ -22,22 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/palu-gpu-check}"
 mkdir -p "$OUT"
-export PATH=/usr/local/cuda/bin:$PATH
-if [ -z "${PALU_SHARED_DIR:-}" ] && [ -d .carry/shared ]; then export PALU_SHARED_DIR="$PWD/.carry/shared"; fi
-EXTRA=()
-if [ -d .carry/sys ]; then
-  S="$PWD/.carry/sys"
-  mkdir -p "$S/lib/pkgconfig"
-  printf 'Name: libxxhash\nDescription: xxHash\nVersion: 0.8.1\nCflags: -I%s/include\nLibs: -L%s/lib -lxxhash\n' "$S" "$S" >"$S/lib/pkgconfig/libxxhash.pc"
-  printf 'Name: libpcre2-8\nDescription: PCRE2\nVersion: 10.42\nCflags: -I%s/include\nLibs: -L%s/lib -lpcre2-8\n' "$S" "$S" >"$S/lib/pkgconfig/libpcre2-8.pc"
-  export PKG_CONFIG_PATH="$S/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-  EXTRA+=("-DCMAKE_INCLUDE_PATH=$S/include")
-  # Targets that include a sysroot header without linking its pkg-config target (cache/ includes
-  # xxhash.h; only palu_model links PkgConfig::XXHASH) find it through CPATH.
-  export CPATH="$S/include${CPATH:+:$CPATH}"
-fi
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DPALU_CUDA=ON -DPALU_VULKAN=OFF -DPALU_ONEDNN=AUTO \
-  -DCMAKE_CUDA_ARCHITECTURES=90 "${EXTRA[@]}" >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+source tools/gpu-env.sh
+palu_gpu_configure "$OUT" || exit 1
 grep -A9 "configuration summary" "$OUT/configure.log"
 TESTS=1 BENCH=1 QUICK=0 FILTER="*" PPL=0 MODEL_BENCH=0 PPL_ONLY=""
 while [ $# -gt 0 ]; do

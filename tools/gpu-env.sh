@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by the GPU-machine scripts (tools/gpu-daemon-check.sh): the CUDA path, the shared data
+# Sourced by the GPU-machine scripts (tools/gpu-check.sh, tools/gpu-daemon-check.sh): the CUDA path, the shared data
 # (.carry/shared) and the carried sysroot (.carry/sys: headers and static libraries of Debian
 # -dev packages the GPU machine lacks), then `palu_gpu_configure` makes build-gpu (the same
 # configuration as tools/gpu-check.sh, so the two share its objects).

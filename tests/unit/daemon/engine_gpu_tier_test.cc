@@ -70,7 +70,9 @@ class EngineGpuTierTest : public ::testing::Test {
     auto fin = sink->wait_final(r.id(), 60000);
     EXPECT_TRUE(fin.has_value());
     if (fin && final_out) *final_out = *fin;
-    if (fin) EXPECT_EQ(fin->code(), api::OK) << fin->message();
+    if (fin) {
+      EXPECT_EQ(fin->code(), api::OK) << fin->message();
+    }
     return ids_of(sink->responses(), r.id());
   }
 
@@ -163,8 +165,12 @@ TEST_F(EngineGpuTierTest, DecodeOnHostSessionsStayInHostMemory) {
   EXPECT_EQ(a, b);  // same prompt, same model: the tier does not change the tokens
   const api::StatsReply st = stats(*engine);
   for (const auto& si : st.sessions()) {
-    if (si.name() == "local") EXPECT_EQ(si.tier(), "host");
-    if (si.name() == "remote") EXPECT_EQ(si.tier(), "gpu");
+    if (si.name() == "local") {
+      EXPECT_EQ(si.tier(), "host");
+    }
+    if (si.name() == "remote") {
+      EXPECT_EQ(si.tier(), "gpu");
+    }
   }
   engine->stop();
 }
