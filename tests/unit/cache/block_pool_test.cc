@@ -13,15 +13,10 @@
 
 #include "backends/base/dtype.h"
 #include "cache/latent_codec.h"
+#include "tests/common/status_assert.h"
 
 namespace palu::cache {
 namespace {
-
-#define ASSERT_OK(expr)                                           \
-  do {                                                            \
-    const ::palu::Status st_ = (expr);                            \
-    ASSERT_TRUE(st_.is_ok()) << #expr << ": " << st_.to_string(); \
-  } while (0)
 
 CacheLayout make_layout(const CacheLayoutSpec& spec) {
   auto r = CacheLayout::create(spec);

@@ -10,15 +10,10 @@
 #include <vector>
 
 #include "cache/block_pool.h"
+#include "tests/common/status_assert.h"
 
 namespace palu::cache {
 namespace {
-
-#define ASSERT_OK(expr)                                           \
-  do {                                                            \
-    const ::palu::Status st_ = (expr);                            \
-    ASSERT_TRUE(st_.is_ok()) << #expr << ": " << st_.to_string(); \
-  } while (0)
 
 CacheLayout layout_of(CacheStorage storage, int window = 0) {
   // Two layers, two K groups and two V groups of rank 256: f16 blocks of 16 tokens are

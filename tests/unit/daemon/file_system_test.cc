@@ -12,14 +12,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tests/common/status_assert.h"
+
 namespace palu::daemon {
 namespace {
-
-#define ASSERT_OK(expr)                                           \
-  do {                                                            \
-    const ::palu::Status st_ = (expr);                            \
-    ASSERT_TRUE(st_.is_ok()) << #expr << ": " << st_.to_string(); \
-  } while (0)
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;

@@ -19,6 +19,8 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "tests/common/status_assert.h"
+
 namespace palu::daemon {
 namespace {
 
@@ -29,12 +31,6 @@ using cache::PoolRequest;
 using cache::Proj;
 using cache::SeqId;
 using json = nlohmann::json;
-
-#define ASSERT_OK(expr)                                           \
-  do {                                                            \
-    const ::palu::Status st_ = (expr);                            \
-    ASSERT_TRUE(st_.is_ok()) << #expr << ": " << st_.to_string(); \
-  } while (0)
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
