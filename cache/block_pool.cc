@@ -598,6 +598,34 @@ Result<SequenceImage> BlockPool::export_sequence(SeqId s) const {
   return image;
 }
 
+Status check_sequence_image(const CacheLayout& layout, const SequenceImage& image, int64_t max_length,
+                            const std::string& where, const std::string& target) {
+  const uint64_t want_hash = layout_hash(layout);
+  if (image.layout_hash != want_hash) {
+    return invalid_argument(where + "image layout hash " + hash_str(image.layout_hash) + " differs from " + target +
+                            "'s " + hash_str(want_hash) + " (" + layout.describe() + ")");
+  }
+  if (image.length < 0) return data_loss(where + "image length " + std::to_string(image.length) + " is negative");
+  if (image.length > max_length) {
+    return invalid_argument(where + "image length " + std::to_string(image.length) + " is over " + target +
+                            "'s capacity of " + std::to_string(max_length) + " tokens");
+  }
+  const int64_t N = layout.window_tokens();
+  const int64_t lo = N > 0 ? std::max<int64_t>(0, image.length - N) : image.length;
+  if (image.window_begin < lo || image.window_begin > image.length) {
+    return data_loss(where + "image window_begin must be in [" + std::to_string(lo) + ", " +
+                     std::to_string(image.length) + "], got " + std::to_string(image.window_begin));
+  }
+  const uint64_t want_bytes = layout.session_bytes(image.length);
+  if ((uint64_t)image.bytes.size() != want_bytes) {
+    return data_loss(where + "image is " + bytes_str(image.bytes.size()) + ", expected " + bytes_str(want_bytes) +
+                     " (" + std::to_string(layout.blocks_for_tokens(image.length)) + " token blocks + " +
+                     std::to_string(layout.window_blocks()) + " window blocks of " + bytes_str(layout.block_bytes()) +
+                     ")");
+  }
+  return Status::ok();
+}
+
 Status BlockPool::import_sequence(SeqId s, const SequenceImage& image) {
   const std::string where = "cache import into " + seq_str(s) + ": ";
   auto it = seqs_.find(s);
@@ -606,36 +634,14 @@ Status BlockPool::import_sequence(SeqId s, const SequenceImage& image) {
                      std::to_string(image.length) + " first)");
   }
   Sequence& q = it->second;
-  const uint64_t want_hash = layout_hash(layout_);
-  if (image.layout_hash != want_hash) {
-    return invalid_argument(where + "image layout hash " + hash_str(image.layout_hash) +
-                            " differs from this pool's " + hash_str(want_hash) + " (" +
-                            layout_.describe() + ")");
-  }
-  if (image.length < 0 || image.length > kMaxSequenceTokens) {
-    return data_loss(where + "image length must be in [0, " + std::to_string(kMaxSequenceTokens) +
-                     "], got " + std::to_string(image.length));
-  }
+  PALU_RETURN_IF_ERROR(check_sequence_image(layout_, image, kMaxSequenceTokens, where, "this pool"));
   if (q.length != image.length) {
     return failed_precondition(where + "the sequence has length " + std::to_string(q.length) +
                                ", the image " + std::to_string(image.length) +
                                " (append to the image's length first)");
   }
-  const int64_t N = layout_.window_tokens();
-  const int64_t lo = N > 0 ? std::max<int64_t>(0, image.length - N) : image.length;
-  if (image.window_begin < lo || image.window_begin > image.length) {
-    return data_loss(where + "image window_begin must be in [" + std::to_string(lo) + ", " +
-                     std::to_string(image.length) + "], got " + std::to_string(image.window_begin));
-  }
   const size_t bb = layout_.block_bytes();
-  assert(q.blocks.size() == (size_t)layout_.blocks_for_tokens(q.length));
-  const uint64_t want_bytes = (uint64_t)(q.blocks.size() + q.window_blocks.size()) * bb;
-  if ((uint64_t)image.bytes.size() != want_bytes) {
-    return data_loss(where + "image is " + bytes_str(image.bytes.size()) + ", expected " +
-                     bytes_str(want_bytes) + " (" + std::to_string(q.blocks.size()) +
-                     " token blocks + " + std::to_string(q.window_blocks.size()) +
-                     " window blocks of " + bytes_str(bb) + ")");
-  }
+  assert(q.blocks.size() + q.window_blocks.size() == (size_t)layout_.session_blocks(q.length));
   // Everything validated: write.
   const uint8_t* in = image.bytes.data();
   for (const auto* table : {&q.blocks, &q.window_blocks}) {

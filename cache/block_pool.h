@@ -105,6 +105,16 @@ struct SequenceImage {
   std::vector<uint8_t> bytes;
 };
 
+// The checks every importer of an image makes before writing anything (BlockPool,
+// the device sequences through contiguous_from_image, the tools' KvSession): another layout's
+// image (INVALID_ARGUMENT naming both hashes and `target`, e.g. "this pool"), a length above
+// `max_length` (INVALID_ARGUMENT: the caller's capacity), and, as DATA_LOSS naming the expected
+// and found values, a negative length, a window_begin outside
+// [max(0, length − window_tokens), length] (= length without a window), or a byte size other
+// than session_blocks(length) · block_bytes. `where` starts every message.
+Status check_sequence_image(const CacheLayout& layout, const SequenceImage& image, int64_t max_length,
+                            const std::string& where, const std::string& target);
+
 // A byte budget several pools draw from (palud's host tier: the pools of every model and every
 // cache setting). A pool created with one reserves address space for the whole budget (pages are
 // mapped when first written and given back to the system when their block is released), and its

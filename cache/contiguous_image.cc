@@ -109,27 +109,9 @@ Result<SequenceImage> image_from_contiguous(const CacheLayout& layout, const Con
 Status contiguous_from_image(const CacheLayout& layout, const ContiguousCache& plan,
                              const SequenceImage& image, std::span<uint8_t> buf) {
   PALU_RETURN_IF_ERROR(check_plan(layout, plan));
-  const uint64_t want_hash = layout_hash(layout);
-  if (image.layout_hash != want_hash) {
-    return invalid_argument("cache image: layout hash " + std::to_string(image.layout_hash) + " differs from " +
-                            std::to_string(want_hash) + " (" + layout.describe() + ")");
-  }
-  if (image.length < 0 || image.length > plan.capacity) {
-    return invalid_argument("cache image: length " + std::to_string(image.length) + " outside [0, " +
-                            std::to_string(plan.capacity) + "] (the sequence's capacity)");
-  }
-  const int64_t N = layout.window_tokens();
-  const int64_t lo = N > 0 ? std::max<int64_t>(0, image.length - N) : image.length;
-  if (image.window_begin < lo || image.window_begin > image.length) {
-    return data_loss("cache image: window_begin must be in [" + std::to_string(lo) + ", " +
-                     std::to_string(image.length) + "], got " + std::to_string(image.window_begin));
-  }
+  PALU_RETURN_IF_ERROR(check_sequence_image(layout, image, plan.capacity, "cache image: ", "the sequence"));
   const size_t bb = layout.block_bytes();
   const int64_t token_blocks = layout.blocks_for_tokens(image.length);
-  if (image.bytes.size() != (size_t)layout.session_blocks(image.length) * bb) {
-    return data_loss("cache image: " + std::to_string(image.bytes.size()) + " bytes, expected " +
-                     std::to_string((size_t)layout.session_blocks(image.length) * bb));
-  }
   // Validate every offset before writing anything.
   PALU_RETURN_IF_ERROR(
       for_each_segment(layout, plan, buf.size(), [](int, Proj, int, const ContiguousSegment&) { return Status::ok(); }));

@@ -41,7 +41,8 @@ Result<SequenceImage> image_from_contiguous(const CacheLayout& layout, const Con
                                             int64_t window_begin);
 
 // Writes `image` into `buf` (zeroed first: positions ≥ image.length and unused ring slots
-// read as zeros). The image is checked as BlockPool::import_sequence checks it.
+// read as zeros). The image is checked first (check_sequence_image, the sequence's capacity as the
+// largest length).
 Status contiguous_from_image(const CacheLayout& layout, const ContiguousCache& plan,
                              const SequenceImage& image, std::span<uint8_t> buf);
 

@@ -87,21 +87,8 @@ Result<cache::SequenceImage> KvSession::export_image() const {
 Status KvSession::import_image(const cache::SequenceImage& image) {
   if (!pool_) return failed_precondition("import_image: a dense session has no pooled cache");
   const cache::CacheLayout& L = pool_->layout();
-  // BlockPool::import_sequence's checks, made before the sequence is replaced.
-  if (image.layout_hash != cache::layout_hash(L)) {
-    return invalid_argument("import_image: the image's cache layout differs from this session's (" + L.describe() + ")");
-  }
-  if (image.length < 0 || image.length > capacity_) {
-    return invalid_argument("import_image: the image holds " + std::to_string(image.length) +
-                            " tokens, the session's capacity is " + std::to_string(capacity_));
-  }
-  const int64_t N = L.window_tokens();
-  const int64_t lo = N > 0 ? std::max<int64_t>(0, image.length - N) : image.length;
-  if (image.window_begin < lo || image.window_begin > image.length ||
-      image.bytes.size() != L.session_bytes(image.length)) {
-    return data_loss("import_image: the image's window bounds or byte size do not match its length " +
-                     std::to_string(image.length));
-  }
+  // checked before the sequence is replaced
+  PALU_RETURN_IF_ERROR(cache::check_sequence_image(L, image, capacity_, "import_image: ", "this session"));
   const cache::PoolRequest reqs[3] = {cache::PoolRequest::free(kSeq), cache::PoolRequest::create(kSeq),
                                       cache::PoolRequest::append(kSeq, image.length)};
   PALU_ASSIGN_OR_RETURN(cache::Plan plan, pool_->plan(reqs));
