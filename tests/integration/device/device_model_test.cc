@@ -75,7 +75,9 @@ class DeviceModelTest : public ::testing::TestWithParam<Param> {
     for (int j = 0; j < V_; ++j) {
       if (j != am_want) second = std::max(second, want[j]);
     }
-    if (want[am_want] - second > tol) EXPECT_EQ(am_got, am_want) << what;
+    if (want[am_want] - second > tol) {
+      EXPECT_EQ(am_got, am_want) << what;
+    }
   }
 
   std::unique_ptr<model::LlamaModel> model_;
@@ -104,7 +106,9 @@ TEST_P(DeviceModelTest, GoldenLogitsPrefillChunkedAndDecode) {
     // Two chunks, then token by token after a truncate.
     ASSERT_TRUE(seq.value()->truncate(0).is_ok());
     const int h = n / 2;
-    if (h > 0) ASSERT_TRUE(seq.value()->forward(t.data(), h, model::LogitsMode::kAll, got.data()).is_ok());
+    if (h > 0) {
+      ASSERT_TRUE(seq.value()->forward(t.data(), h, model::LogitsMode::kAll, got.data()).is_ok());
+    }
     ASSERT_TRUE(seq.value()->forward(t.data() + h, n - h, model::LogitsMode::kAll, got.data() + (size_t)h * V_).is_ok());
     for (int i = 0; i < n; ++i) expect_close(&got[(size_t)i * V_], &want[(size_t)i * V_], name + " chunked pos " + std::to_string(i));
     ASSERT_TRUE(seq.value()->truncate(0).is_ok());
