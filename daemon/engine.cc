@@ -221,10 +221,9 @@ void Engine::process(Item& it) {
 
 // ---- models ---------------------------------------------------------------------------------
 
-// Checks a cache setting against a model: bits 0/2/3/4/8, a window only with bits, bits only for
-// a compressed model. `field` names where the setting came from.
-static Status check_cache_settings(const model::LlamaModel& lm, const std::string& path,
-                                   const api::CacheSettings& c, const std::string& field) {
+// Checks a cache setting on its own: bits 0/2/3/4/8, a window only with bits and at most
+// kMaxWindowTokens. `field` names where the setting came from.
+static Status check_cache_values(const api::CacheSettings& c, const std::string& field) {
   if (c.latent_bits() != 0 && !cache::valid_latent_bits((int)c.latent_bits())) {
     return invalid_argument(field + ".latent_bits must be 0, 2, 3, 4 or 8, got " + std::to_string(c.latent_bits()));
   }
@@ -236,6 +235,13 @@ static Status check_cache_settings(const model::LlamaModel& lm, const std::strin
                             std::to_string(cache::CacheLayout::kMaxWindowTokens) + ", got " +
                             std::to_string(c.window_tokens()));
   }
+  return Status::ok();
+}
+
+// ... and against a model: bits only for a compressed model.
+static Status check_cache_settings(const model::LlamaModel& lm, const std::string& path,
+                                   const api::CacheSettings& c, const std::string& field) {
+  PALU_RETURN_IF_ERROR(check_cache_values(c, field));
   if (c.latent_bits() != 0 && !lm.is_compressed()) {
     return invalid_argument(field + ".latent_bits needs a compressed model (made by palu-compress); " + path +
                             " is not one");
@@ -290,12 +296,7 @@ Status Engine::load_model(const std::string& name_in, const std::string& path, c
   const std::string name = name_in.empty() ? std::filesystem::path(path).filename().string() : name_in;
   PALU_RETURN_IF_ERROR(check_name("model name", name));
   if (models_.count(name)) return already_exists("model '" + name + "' is already loaded");
-  if (cache_s.latent_bits() != 0 && !cache::valid_latent_bits((int)cache_s.latent_bits())) {
-    return invalid_argument("cache.latent_bits must be 0, 2, 3, 4 or 8, got " + std::to_string(cache_s.latent_bits()));
-  }
-  if (cache_s.window_tokens() > 0 && cache_s.latent_bits() == 0) {
-    return invalid_argument("cache.window_tokens needs latent_bits (the window keeps f16 copies of quantized rows)");
-  }
+  PALU_RETURN_IF_ERROR(check_cache_values(cache_s, "cache"));  // before the (slow) load
   auto m = std::make_unique<Model>();
   m->name = name;
   m->path = path;
