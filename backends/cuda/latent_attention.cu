@@ -732,7 +732,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     std::vector<int> gs;
     int qpc = 0, splits = 0, tiles_per_split = 0, stages = 2, wgroups = 1;
     size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
-    detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks · 4 warps)
+    detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks)
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -771,7 +771,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.smem = b.sm90.smem;
       b.tiles_per_split = (tiles64 + splits - 1) / splits;
       b.splits = (tiles64 + b.tiles_per_split - 1) / b.tiles_per_split;  // blocks along x
-      b.wgroups = 4;  // partial splits per block: one per warp of a warpgroup
+      b.wgroups = 1;  // partial splits per block and head: one (its warpgroup)
       b.part_off = part_floats;
       b.stat_off = stat_floats;
       b.m_off = m_halves;

@@ -8,16 +8,19 @@
 //   wgmma.m64n128k16 per warpgroup (A = the key tile, B = M_h, both from shared memory, f32
 //   accumulators in registers), so each thread holds a_i·z and b_i·z of its rows and frequencies
 //   side by side and finishes its partial score in registers; a quad shuffle completes it.
-// * Softmax and p·z^V run per warp: warp k of a warpgroup owns rows [16k, 16k+16) of every tile,
-//   keeps its own (max, sum, acc[r_v]) and is a split of its own for the merge kernel, so no
-//   barrier is needed between the score and the value phases.
+// * Softmax per warpgroup (one max per tile: each warp's max through shared memory and a named
+//   barrier), p·z^V on the tensor cores: O^T[r_v × 8] += Z^V_tileᵀ · P as wgmma.m64n8k16 chains
+//   (A = the value tile, transposed / M-major from the same 128-byte-swizzled layout as the key
+//   tile; B = P in f16, one useful column), 4 accumulators per thread per 64 value channels.
+//   f16 value tiles are read in place; other storages are decoded to f16 once per tile into one
+//   swizzled buffer (q4: the exact codes, the scale multiplied into P and Σ p·zero added at the
+//   end). Each block writes one split per head for the merge kernel.
 // * Key and value tiles stream through cp.async stages (key tiles k_stages deep, value tiles
 //   v_stages deep; f16 keys land directly in the swizzled layout, other storages are decoded to
 //   f16 into one swizzled buffer).
-// * With ≥ 2 key and ≥ 2 value stages (PIPE) the wgmma chain of tile i + 1 is queued right after
-//   the softmax of tile i and runs while the warps do p·z^V of tile i: one block barrier per tile
-//   (two for decoded keys). Otherwise (f16 256/256: 2 key + 1 value stage) the serial schedule:
-//   two or three block barriers per tile, the tensor cores idle during p·z^V.
+// * With ≥ 2 key and ≥ 2 value stages (PIPE) the key wgmma chain of tile i + 1 is queued right
+//   after the softmax of tile i, ahead of the p·z^V chain of tile i (value decoding runs under
+//   it). Otherwise (f16 and q4 256/256: 2 key + 1 value stage) the serial schedule.
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda_fp16.h>
@@ -42,31 +45,35 @@ constexpr int kTile = kSm90Tile;
 __host__ __device__ inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 struct Sm90Layout {
-  size_t ms, zf, kst, kstage, kraw, vst, vstage, vraw, ab, total;
+  size_t ms, zf, vf, kst, kstage, kraw, vst, vstage, vraw, tail, total;
 };
 
 __host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, int stor_v, int rbk, int rbv, int ks,
                                                   int vs) {
-  (void)rv;
   Sm90Layout L{};
-  const bool k_f16 = stor_k == (int)RowStorage::kF16;
+  const bool k_f16 = stor_k == (int)RowStorage::kF16, v_f16 = stor_v == (int)RowStorage::kF16;
+  const size_t rv64 = align_up((size_t)rv, 64);  // the value tile as wgmma A: whole 64-channel atoms
   const bool k_packed = stor_k >= (int)RowStorage::kQ8, v_packed = stor_v >= (int)RowStorage::kQ8;
   size_t o = 0;
   L.ms = o;
   o += (size_t)2 * kHD * rk * 2;  // multiple of 32 KiB (rk % 64 == 0)
   L.zf = o;
   if (!k_f16) o += (size_t)kTile * rk * 2;
+  L.vf = o;
+  if (!v_f16) o += (size_t)kTile * rv64 * 2;
   L.kst = o;
   L.kraw = k_f16 ? (size_t)kTile * rk * 2 : align_up((size_t)kTile * rbk, 128);
   L.kstage = align_up(L.kraw + (k_packed ? 2 * kTile * 4 : 0), 1024);
   o += (size_t)ks * L.kstage;
   L.vst = o;
-  L.vraw = align_up((size_t)kTile * rbv, 128);
-  L.vstage = align_up(L.vraw + (v_packed ? 2 * kTile * 4 : 0), 128);
+  L.vraw = v_f16 ? (size_t)kTile * rv64 * 2 : align_up((size_t)kTile * rbv, 128);
+  L.vstage = align_up(L.vraw + (v_packed ? 2 * kTile * 4 : 0), v_f16 ? 1024 : 128);
   o += (size_t)vs * L.vstage;
-  L.ab = o;
-  o += 2 * kHD * 4;
-  L.total = o + 1024;  // the base is aligned up to 1024 B inside the kernel
+  // tail, per warpgroup w at tail + 1024·w: P as the wgmma B operand (row 0 of a swizzled 8 × 64
+  // f16 atom: 128 B; rows 1..7 are whatever follows, they only feed output columns 1..7, which are
+  // never read), at +128 the head's key-bias terms (128 f32), at +640 (w = 0) the softmax exchange
+  L.tail = align_up(o, 1024);
+  L.total = L.tail + 2048 + 1024;  // the base is aligned up to 1024 B inside the kernel
   return L;
 }
 
@@ -102,6 +109,43 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
+// Matrix descriptor of an MN-major (transposed) operand in 128-byte-swizzled atoms of 64 halves
+// × 8 k-rows: k-row stride 128 B, 8 k-rows apart SBO = 1024 B, 64-element M blocks LBO apart.
+__device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t saddr, uint32_t lbo) {
+  uint64_t d = 0;
+  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);
+  d |= (uint64_t)((lbo >> 4) & 0x3FFF) << 16;
+  d |= (uint64_t)(1024 >> 4) << 32;
+  d |= (uint64_t)1 << 62;
+  return d;
+}
+// D[64 × 8] (+)= A[64 × 16] · B[16 × 8], A transposed (M-major) from shared memory, B K-major.
+__device__ __forceinline__ void wgmma_m64n8k16_ta(float (&d)[4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, %4, %5, p, 1, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "l"(desc_a), "l"(desc_b), "n"(1));
+}
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// 8 q4 codes (one 32-bit word, code e in bits 4e..4e+3) → 8 exact halves q (1024 + q built in
+// the f16 bits, then − 1024).
+__device__ __forceinline__ uint4 q4x8_half(uint32_t w) {
+  const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;  // codes 0,2,4,6 / 1,3,5,7
+  uint4 out;
+  uint32_t* o = reinterpret_cast<uint32_t*>(&out);
+  const __half2 k1024 = __float2half2_rn(1024.f);
+  constexpr uint32_t kSel[4] = {0x4400u, 0x5511u, 0x6622u, 0x7733u};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const uint32_t x = (__byte_perm(lo, hi, kSel[e]) & 0x00FF00FFu) | 0x64006400u;
+    const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&x), k1024);
+    o[e] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return out;
+}
 __device__ __forceinline__ void cp_async_wait_n(int n) {
   switch (n) {
     case 0: cp_async_wait<0>(); break;
@@ -114,68 +158,6 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
   }
 }
 
-// acc[j][e] += p_t · z^V[t][8·(lane + 32j) + e] over this warp's rows of the tile (STOR known at
-// compile time). p of row r lives in the quad of lane 4·(r % 8) (p0: r < 8, p1: r ≥ 8). q4 is
-// factored as Σ (p·s)·q + Σ p·z (zacc), the code converted exactly through the 2^23 trick.
-template <int STOR>
-__device__ __forceinline__ void pv_warp(float (&acc)[2][8], float& zacc, const uint8_t* vb, const float* vsc, int rbv,
-                                        int rv, int warp, int lane, float p0, float p1, int nvalid) {
-  float pr[16];  // the shuffles before any branch (no divergent-collective fallback)
-#pragma unroll
-  for (int r = 0; r < 16; ++r) pr[r] = __shfl_sync(0xffffffffu, r < 8 ? p0 : p1, (r & 7) * 4);
-  const int nrows = min(16, nvalid - warp * 16);  // warp-uniform
-#pragma unroll
-  for (int r = 0; r < 16; ++r) {
-    const int t = warp * 16 + r;
-    const float p = pr[r];
-    if (r >= nrows) break;
-    const uint8_t* row = vb + (size_t)t * rbv;
-    if constexpr (STOR == (int)RowStorage::kQ4) {
-      // code q as the float x = 1 + q/16 (q in the top mantissa bits: a shift and one lop3), so
-      // q = 16x − 16 and Σ p·s·q = Σ (16·p·s)·x − 16·Σ p·s: one FFMA per code, the −16·p·s in zacc
-      const float ps = p * vsc[t], ps16 = 16.f * ps;
-      zacc += p * vsc[kTile + t] - ps16;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c0 = 8 * (lane + 32 * j);
-        if (c0 < rv) {
-          const uint32_t w = *reinterpret_cast<const uint32_t*>(row + c0 / 2);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const uint32_t m = 19 >= 4 * e ? w << (19 - 4 * e) : w >> (4 * e - 19);  // code e at bits 19..22
-            acc[j][e] += ps16 * __uint_as_float(0x3F800000u | (m & (15u << 19)));
-          }
-        }
-      }
-    } else if constexpr (STOR == (int)RowStorage::kF16) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c0 = 8 * (lane + 32 * j);
-        if (c0 < rv) {
-          const uint4 u = *reinterpret_cast<const uint4*>(row + (size_t)c0 * 2);
-          const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float2 f = __half22float2(h[e]);
-            acc[j][2 * e] += p * f.x;
-            acc[j][2 * e + 1] += p * f.y;
-          }
-        }
-      }
-    } else {
-      constexpr bool packed = STOR >= (int)RowStorage::kQ8;
-      const float s = packed ? vsc[t] : 0.f, z = packed ? vsc[kTile + t] : 0.f;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c0 = 8 * (lane + 32 * j);
-        if (c0 < rv) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[j][e] += p * decode1(STOR, row, c0 + e, s, z);
-        }
-      }
-    }
-  }
-}
 #endif  // PALU_SM90A_DEVICE
 
 // RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256. PIPE: the wgmma of
@@ -197,10 +179,14 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   const int rv = P.rv, rbk = P.row_bytes_k, rbv = P.row_bytes_v, T = P.T;
   const bool k_f16 = P.stor_k == (int)RowStorage::kF16;
   const bool k_packed = P.stor_k >= (int)RowStorage::kQ8, v_packed = P.stor_v >= (int)RowStorage::kQ8;
-  float* ab_s = reinterpret_cast<float*>(smem + L.ab);
+  uint8_t* tail = smem + L.tail;
+  const bool v_f16 = P.stor_v == (int)RowStorage::kF16, v_q4 = P.stor_v == (int)RowStorage::kQ4;
   // (row, 16-byte chunk) walks of a [64, rk] f16 tile by 256 threads without a division per step
   const int cpr = rk / 8, r_first = tid / cpr, c_first = tid % cpr, r_step = kSm90Threads / cpr,
             c_step = kSm90Threads % cpr;
+  // the same for a [64, rv] f16 value tile
+  const int cpv = rv / 8, vr_first = tid / cpv, vc_first = tid % cpv, vr_step = kSm90Threads / cpv,
+            vc_step = kSm90Threads % cpv;
 
   // ---- once per block: M of both heads (swizzled), bias terms
   {
@@ -210,7 +196,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       cp_async16(smem + L.ms + (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch), src + (size_t)i * 16);
     }
     cp_async_commit();
-    for (int i = tid; i < 2 * kHD; i += kSm90Threads) ab_s[i] = P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+    for (int i = tid; i < 2 * kHD; i += kSm90Threads)
+      reinterpret_cast<float*>(tail + (i >> 7) * 1024 + 128)[i & 127] =
+          P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
   }
 
   const int tiles_total = (T + kTile - 1) / kTile;
@@ -245,6 +233,16 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     uint8_t* dst = smem + L.vst + (size_t)((tile - tile_begin) % VS) * L.vstage;
     const int nvalid = min(kTile, T - tile * kTile);
     const uint8_t* src = G.zv + (size_t)tile * kTile * rbv;
+    if (v_f16) {  // straight into the swizzled layout; rows past T zeroed (p = 0 there, but 0·NaN)
+      for (int r = vr_first, ch = vc_first; r < kTile;) {
+        if (r < nvalid) cp_async16(dst + swz(kTile, r, ch), src + (size_t)r * rbv + ch * 16);
+        else *reinterpret_cast<uint4*>(dst + swz(kTile, r, ch)) = make_uint4(0, 0, 0, 0);
+        r += vr_step;
+        ch += vc_step;
+        if (ch >= cpv) ch -= cpv, ++r;
+      }
+      return;
+    }
     const int bytes = nvalid * rbv, n16 = bytes / 16, nt = (bytes % 16) / 4;
     for (int i = tid; i < n16; i += kSm90Threads) cp_async16(dst + (size_t)i * 16, src + (size_t)i * 16);
     if (tid < nt) cp_async4(dst + (size_t)n16 * 16 + 4 * tid, src + (size_t)n16 * 16 + 4 * tid);
@@ -255,15 +253,29 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     }
   };
 
+  // Softmax state: the max is common to the warpgroup (one P per tile feeds its p·z^V wgmma),
+  // the sum per warp (the warpgroup's four are added at the end). o[mt]: O^T = Z^V_tileᵀ · P as
+  // the m64n8 accumulators of value channels 64·mt + 16·warp + lane/4 (+8), column 2·(lane%4)
+  // (+1); column 0 (lanes with lane%4 = 0) is the head's output, the other columns are unused.
+  // zacc: Σ p·zero of the q4 value rows this lane wrote into P.
   float m_run = -INFINITY, l_run = 0.f, zacc = 0.f;
-  float acc[2][8];
+  float o[8][4];
+  auto fence_operands_o = [&] {
 #pragma unroll
-  for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[j][e])::"memory");
+  };
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
   const bool has_bias = P.ab != nullptr;
   const uint32_t ms_addr = smem_u32(smem + L.ms + (size_t)wgi * kHD * rk * 2);
-  const float* abh = ab_s + wgi * kHD;
+  const float* abh = reinterpret_cast<const float*>(tail + wgi * 1024 + 128);
+  __half* pb = reinterpret_cast<__half*>(tail + wgi * 1024);  // [64] P (·scale for q4 values)
+  const uint32_t pb_addr = smem_u32(pb);
+  float* red = reinterpret_cast<float*>(tail + 640);  // [2 parity][2 wg][4 warps] maxima, then l, zacc
 
   // The key tile of `tile` as the wgmma A operand: f16 keys in place, other storages decoded to
   // f16 into zf (the caller guarantees zf is free; ends with a block barrier).
@@ -312,7 +324,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   };
   // ---- scores (Σ cos·(a·z + α) + sin·(b·z + β), then the quad) and the online softmax over this
   // warp's 16 rows: p of rows lane/4 (p0) and lane/4 + 8 (p1); acc and zacc rescaled
-  auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, float& p0, float& p1) {
+  auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, int par, float& p0, float& p1) {
     // d is only read here: in the pipelined schedule it is the operand of the next wgmma, and a
     // write (or a copy at a branch merge) would make ptxas serialize the chain
     float s[2];
@@ -340,7 +352,12 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     }
     float mt = fmaxf(s[0], s[1]);
 #pragma unroll
-    for (int o = 4; o < 32; o <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+    for (int k = 4; k < 32; k <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, k));
+    // the warpgroup's max (consecutive tiles alternate slots; a block barrier separates them too)
+    float* rm = red + (par & 1) * 8 + wgi * 4;
+    if (lane == 0) rm[warp] = mt;
+    named_barrier(1 + wgi, 128);
+    mt = fmaxf(fmaxf(rm[0], rm[1]), fmaxf(rm[2], rm[3]));
     const float m_new = fmaxf(m_run, mt);
     float corr = 1.f;
     p0 = 0.f;
@@ -352,31 +369,68 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     }
     float sum = p0 + p1;
 #pragma unroll
-    for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
     l_run = l_run * corr + sum;
     m_run = m_new;
     zacc *= corr;
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[j][e] *= corr;
+      for (int e = 0; e < 4; ++e) o[j][e] *= corr;
   };
-  // ---- acc += Σ_t p_t · z^V_t over this warp's rows of tile i (V(i) landed and visible)
+  // ---- o += Z^V(i)ᵀ · P(i) on the tensor cores, queued (wgmma_wait0 collects it). V(i) landed
+  // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
   auto values = [&](int i, float p0, float p1, int nvalid) {
-    const uint8_t* vb = smem + L.vst + (size_t)((i - tile_begin) % VS) * L.vstage;
+    uint8_t* vb = smem + L.vst + (size_t)((i - tile_begin) % VS) * L.vstage;
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
-    switch (P.stor_v) {
-#define PALU_SM90_PV(S) \
-  case (int)S: pv_warp<(int)S>(acc, zacc, vb, vsc, rbv, rv, warp, lane, p0, p1, nvalid); break;
-      PALU_SM90_PV(RowStorage::kF32)
-      PALU_SM90_PV(RowStorage::kF16)
-      PALU_SM90_PV(RowStorage::kBF16)
-      PALU_SM90_PV(RowStorage::kQ8)
-      PALU_SM90_PV(RowStorage::kQ4)
-      PALU_SM90_PV(RowStorage::kQ3)
-      PALU_SM90_PV(RowStorage::kQ2)
-#undef PALU_SM90_PV
+    uint32_t a_addr = smem_u32(vb);
+    if (!v_f16) {  // decode to f16 (q4: the exact codes; the scale goes into P) in the swizzled layout
+      uint8_t* vf = smem + L.vf;
+      for (int r = vr_first, ch = vc_first; r < kTile;) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < nvalid) {
+          const uint8_t* row = vb + (size_t)r * rbv;
+          v = v_q4 ? q4x8_half(*reinterpret_cast<const uint32_t*>(row + ch * 4))
+                   : decode8_half(P.stor_v, row, ch * 8, v_packed ? vsc[r] : 0.f, v_packed ? vsc[kTile + r] : 0.f);
+        }
+        *reinterpret_cast<uint4*>(vf + swz(kTile, r, ch)) = v;
+        r += vr_step;
+        ch += vc_step;
+        if (ch >= cpv) ch -= cpv, ++r;
+      }
+      a_addr = smem_u32(vf);
     }
+    if ((lane & 3) == 0) {  // P of this lane's two rows (the quad holds the same p)
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh) {
+        const int t = warp * 16 + (lane >> 2) + rh * 8;
+        const float p = rh ? p1 : p0;
+        float b = p;
+        if (v_q4 && t < nvalid) {
+          b = p * vsc[t];
+          zacc += p * vsc[kTile + t];
+        }
+        pb[t] = __float2half_rn(b);
+      }
+    }
+    fence_proxy_async();
+    if (v_f16)
+      named_barrier(1 + wgi, 128);
+    else
+      __syncthreads();  // the decoded tile is shared by both warpgroups
+    fence_operands_o();
+    wgmma_fence();
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt) {
+      if (mt * 64 < rv) {
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks)
+          wgmma_m64n8k16_ta(o[mt], wgmma_desc_mn(a_addr + mt * (kTile * 128) + ks * 2048, kTile * 128),
+                            wgmma_desc(pb_addr + ks * 32));
+      }
+    }
+    wgmma_commit();
+    fence_operands_o();
   };
 
   if constexpr (PIPE) {
@@ -409,7 +463,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       wgmma_wait0();
       fence_operands(d);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1);
       cp_async_wait_n(wait_iter);
       fence_proxy_async();
       __syncthreads();
@@ -449,28 +503,41 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       wgmma_wait0();
       fence_operands(d);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1);
       cp_async_wait_n(2 * (VS - 1));  // V(i) landed
-      __syncthreads();                // (also: every warpgroup's wgmma on K(i) is done)
+      fence_proxy_async();
+      __syncthreads();  // (also: every warpgroup's wgmma on K(i) is done)
       values(i, p0, p1, nvalid);
+      wgmma_wait0();  // V(i)'s stage, the decoded tile and P are reused next iteration
+      fence_operands_o();
     }
   }
   cp_async_wait<0>();
-  // ---- this warp's partials (a split of its own)
-  const int split = blockIdx.x * 4 + warp;
-  const int head = head0 + wgi;
+  // ---- this warpgroup's partials (one split per block and head): l and zacc summed over its warps
+  fence_operands_o();
+#pragma unroll
+  for (int k = 1; k < 32; k <<= 1) zacc += __shfl_xor_sync(0xffffffffu, zacc, k);
+  float* rl = red + 16 + wgi * 8;  // [4] l, [4] zacc
   if (lane == 0) {
+    rl[warp] = l_run;
+    rl[4 + warp] = zacc;
+  }
+  named_barrier(1 + wgi, 128);
+  const float l_sum = rl[0] + rl[1] + rl[2] + rl[3], z_sum = rl[4] + rl[5] + rl[6] + rl[7];
+  const int split = blockIdx.x;
+  const int head = head0 + wgi;
+  if (tid % 128 == 0) {
     P.pm[(size_t)head * P.splits + split] = m_run;
-    P.pl[(size_t)head * P.splits + split] = l_run;
+    P.pl[(size_t)head * P.splits + split] = l_sum;
   }
   const size_t out_off = (size_t)G.out_off + (size_t)(chunk * 2 + wgi) * rv;
   float* dst = P.pacc + out_off * P.splits + (size_t)split * rv;
+  if ((lane & 3) == 0) {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int c0 = 8 * (lane + 32 * j);
-    if (c0 < rv) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dst[c0 + e] = acc[j][e] + zacc;
+    for (int mt = 0; mt < 8; ++mt) {
+      const int c = mt * 64 + warp * 16 + (lane >> 2);
+      if (c < rv) dst[c] = o[mt][0] + z_sum;
+      if (c + 8 < rv) dst[c + 8] = o[mt][2] + z_sum;
     }
   }
 #endif  // PALU_SM90A_DEVICE

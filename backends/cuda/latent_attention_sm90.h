@@ -38,7 +38,7 @@ struct Sm90Params {
   int row_bytes_k, row_bytes_v;
   int chunks;           // query heads per group / 2 (blockIdx.y = group · chunks + chunk)
   int tiles_per_split;  // 64-token tiles per block
-  int splits;           // partial splits per head: gridDim.x · 4 (one per warp of a warpgroup)
+  int splits;           // partial splits per head: gridDim.x (one per block)
   int k_stages, v_stages;
   int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2)
   float inv_sqrt_d;
