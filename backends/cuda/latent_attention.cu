@@ -882,6 +882,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.k_stages = b.sm90.k_stages;
       S.v_stages = b.sm90.v_stages;
       S.pipeline = options.sm90_pipeline ? 1 : 0;
+      S.ring = b.sm90.ring ? 1 : 0;
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

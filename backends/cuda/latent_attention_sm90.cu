@@ -25,7 +25,9 @@
 
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include "backends/cuda/cuda_status.h"
@@ -48,8 +50,9 @@ struct Sm90Layout {
   size_t ms, zf, vf, kst, kstage, kraw, vst, vstage, vraw, tail, total;
 };
 
+// ring: key and value tiles share one ring of 3 equal buffers (k_stages, v_stages ignored).
 __host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, int stor_v, int rbk, int rbv, int ks,
-                                                  int vs) {
+                                                  int vs, bool ring = false) {
   Sm90Layout L{};
   const bool k_f16 = stor_k == (int)RowStorage::kF16, v_f16 = stor_v == (int)RowStorage::kF16;
   const size_t rv64 = align_up((size_t)rv, 64);  // the value tile as wgmma A: whole 64-channel atoms
@@ -61,14 +64,20 @@ __host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, in
   if (!k_f16) o += (size_t)kTile * rk * 2;
   L.vf = o;
   if (!v_f16) o += (size_t)kTile * rv64 * 2;
-  L.kst = o;
+  L.kst = o;  // (also the ring's base)
   L.kraw = k_f16 ? (size_t)kTile * rk * 2 : align_up((size_t)kTile * rbk, 128);
   L.kstage = align_up(L.kraw + (k_packed ? 2 * kTile * 4 : 0), 1024);
-  o += (size_t)ks * L.kstage;
-  L.vst = o;
   L.vraw = v_f16 ? (size_t)kTile * rv64 * 2 : align_up((size_t)kTile * rbv, 128);
   L.vstage = align_up(L.vraw + (v_packed ? 2 * kTile * 4 : 0), v_f16 ? 1024 : 128);
-  o += (size_t)vs * L.vstage;
+  if (ring) {
+    L.kstage = L.vstage = align_up(L.kstage > L.vstage ? L.kstage : L.vstage, 1024);
+    L.vst = o;
+    o += 3 * L.kstage;
+  } else {
+    o += (size_t)ks * L.kstage;
+    L.vst = o;
+    o += (size_t)vs * L.vstage;
+  }
   // tail, per warpgroup w at tail + 1024·w: P as the wgmma B operand (row 0 of a swizzled 8 × 64
   // f16 atom: 128 B; rows 1..7 are whatever follows, they only feed output columns 1..7, which are
   // never read), at +128 the head's key-bias terms (128 f32), at +640 (w = 0) the softmax exchange
@@ -160,9 +169,12 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 
 #endif  // PALU_SM90A_DEVICE
 
-// RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256. PIPE: the wgmma of
-// tile i + 1 runs under p·z^V of tile i (k_stages, v_stages ≥ 2), else the serial schedule.
-template <int RK, bool PIPE>
+// RK: the key rank at compile time (the wgmma chain fully unrolled), 64..256. SCHED: kPipe (the
+// key wgmma of tile i + 1 queued before p·z^V of tile i; k_stages, v_stages ≥ 2), kRing (serial
+// per tile, tiles through a ring of 3 buffers: each load issued as soon as a buffer frees, a tile
+// ahead), kSerial.
+constexpr int kSerial = 0, kPipe = 1, kRing = 2;
+template <int RK, int SCHED>
 __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __grid_constant__ Sm90Params P) {
 #ifdef PALU_SM90A_DEVICE
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -170,7 +182,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  const Sm90Layout L = sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS);
+  constexpr bool PIPE = SCHED == kPipe;
+  const Sm90Layout L =
+      sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, SCHED == kRing);
   const int tid = threadIdx.x, wgi = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const Sm90Group& G = P.g[gl];
@@ -205,9 +219,19 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   const int tile_begin = blockIdx.x * P.tiles_per_split;
   const int tile_end = min(tiles_total, tile_begin + P.tiles_per_split);
 
+  // K(tile) and V(tile): stage (tile − tile_begin) mod KS / VS, or ring buffers 2j and 2j + 1 mod 3
+  auto kbuf = [&](int tile) -> uint8_t* {
+    const int j = tile - tile_begin;
+    return smem + L.kst + (size_t)(SCHED == kRing ? (2 * j) % 3 : j % KS) * L.kstage;
+  };
+  auto vbuf = [&](int tile) -> uint8_t* {
+    const int j = tile - tile_begin;
+    return SCHED == kRing ? smem + L.vst + (size_t)((2 * j + 1) % 3) * L.vstage
+                          : smem + L.vst + (size_t)(j % VS) * L.vstage;
+  };
   auto issue_k = [&](int tile) {
     if (tile < tile_begin || tile >= tile_end) return;
-    uint8_t* dst = smem + L.kst + (size_t)((tile - tile_begin) % KS) * L.kstage;
+    uint8_t* dst = kbuf(tile);
     const int nvalid = min(kTile, T - tile * kTile);
     const uint8_t* src = G.zk + (size_t)tile * kTile * rbk;
     if (k_f16) {
@@ -230,7 +254,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   };
   auto issue_v = [&](int tile) {
     if (tile < tile_begin || tile >= tile_end) return;
-    uint8_t* dst = smem + L.vst + (size_t)((tile - tile_begin) % VS) * L.vstage;
+    uint8_t* dst = vbuf(tile);
     const int nvalid = min(kTile, T - tile * kTile);
     const uint8_t* src = G.zv + (size_t)tile * kTile * rbv;
     if (v_f16) {  // straight into the swizzled layout; rows past T zeroed (p = 0 there, but 0·NaN)
@@ -280,7 +304,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // The key tile of `tile` as the wgmma A operand: f16 keys in place, other storages decoded to
   // f16 into zf (the caller guarantees zf is free; ends with a block barrier).
   auto key_operand = [&](int tile) -> uint32_t {
-    uint8_t* kb = smem + L.kst + (size_t)((tile - tile_begin) % KS) * L.kstage;
+    uint8_t* kb = kbuf(tile);
     if (k_f16) return smem_u32(kb);
     const int nvalid = min(kTile, T - tile * kTile);
     const float* ksc = reinterpret_cast<const float*>(kb + L.kraw);
@@ -381,7 +405,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // ---- o += Z^V(i)ᵀ · P(i) on the tensor cores, queued (wgmma_wait0 collects it). V(i) landed
   // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
   auto values = [&](int i, float p0, float p1, int nvalid) {
-    uint8_t* vb = smem + L.vst + (size_t)((i - tile_begin) % VS) * L.vstage;
+    uint8_t* vb = vbuf(i);
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
     uint32_t a_addr = smem_u32(vb);
     if (!v_f16) {  // decode to f16 (q4: the exact codes; the scale goes into P) in the swizzled layout
@@ -477,6 +501,38 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       values(i, p0, p1, nvalid);
     }
     wgmma_wait0();
+  } else if constexpr (SCHED == kRing) {
+    // Commits in the order K(b), V(b), K(b + 1), V(b + 1), ... (b = tile_begin); K(i + 1) goes into
+    // V(i − 1)'s buffer once every warpgroup's p·z^V of tile i − 1 is done, V(i + 1) into K(i)'s once
+    // the key wgmma of tile i is: each load has about one tile of time to land.
+    issue_k(tile_begin);
+    cp_async_commit();
+    issue_v(tile_begin);
+    cp_async_commit();
+    for (int i = tile_begin; i < tile_end; ++i) {
+      const int nvalid = min(kTile, T - i * kTile);
+      cp_async_wait<1>();  // K(i) (and M) landed, V(i) may be in flight
+      fence_proxy_async();
+      __syncthreads();  // K(i) visible; p·z^V of tile i − 1 done everywhere
+      issue_k(i + 1);
+      cp_async_commit();
+      float d[64];
+      mma_issue(d, key_operand(i));
+      float4 tg[2][8];  // loaded while the tensor cores run
+      load_trig(tg, i * kTile, nvalid);
+      wgmma_wait0();
+      fence_operands(d);
+      float p0, p1;
+      scores_softmax(d, tg, nvalid, i, p0, p1);
+      cp_async_wait<1>();  // V(i) landed, K(i + 1) may be in flight
+      fence_proxy_async();
+      __syncthreads();  // V(i) visible; the key wgmma of tile i done everywhere
+      issue_v(i + 1);
+      cp_async_commit();
+      values(i, p0, p1, nvalid);
+      wgmma_wait0();
+      fence_operands_o();
+    }
   } else {
     // Per iteration i: commit K(i + KS − 1); wait K(i); barrier; commit V(i + VS − 1) (its buffer
     // was freed by that barrier); keys → scores → softmax; wait V(i); barrier; p·z^V. The prologue
@@ -556,7 +612,14 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
       p.k_stages = ks;
       p.v_stages = vs;
       p.smem = L.total;
-      return p;
+      break;
+    }
+  }
+  if (p.ok && p.v_stages < 2) {  // no pipelined schedule: the ring where it fits
+    const Sm90Layout R = sm90_layout(rk, rv, stor_k, stor_v, row_bytes_k, row_bytes_v, 0, 0, true);
+    if (R.total <= (size_t)max_smem) {
+      p.ring = true;
+      p.smem = std::max(p.smem, R.total);
     }
   }
   return p;
@@ -568,12 +631,21 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     kernel<<<grid, kSm90Threads, smem, stream>>>(p);
     return Status::ok();
   };
-  const bool pipe = p.pipeline != 0 && p.k_stages >= 2 && p.v_stages >= 2;
+  const int sched = p.pipeline == 0                     ? kSerial
+                    : p.k_stages >= 2 && p.v_stages >= 2 ? kPipe
+                    : p.ring != 0                         ? kRing
+                                                          : kSerial;
+  auto pick = [&](auto rk_tag) {
+    constexpr int R = decltype(rk_tag)::value;
+    return sched == kPipe ? latent_sm90_kernel<R, kPipe>
+           : sched == kRing ? latent_sm90_kernel<R, kRing>
+                            : latent_sm90_kernel<R, kSerial>;
+  };
   switch (p.rk) {
-    case 64: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<64, true> : latent_sm90_kernel<64, false>)); break;
-    case 128: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<128, true> : latent_sm90_kernel<128, false>)); break;
-    case 192: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<192, true> : latent_sm90_kernel<192, false>)); break;
-    case 256: PALU_RETURN_IF_ERROR(launch(pipe ? latent_sm90_kernel<256, true> : latent_sm90_kernel<256, false>)); break;
+    case 64: PALU_RETURN_IF_ERROR(launch(pick(std::integral_constant<int, 64>{}))); break;
+    case 128: PALU_RETURN_IF_ERROR(launch(pick(std::integral_constant<int, 128>{}))); break;
+    case 192: PALU_RETURN_IF_ERROR(launch(pick(std::integral_constant<int, 192>{}))); break;
+    case 256: PALU_RETURN_IF_ERROR(launch(pick(std::integral_constant<int, 256>{}))); break;
     default: return invalid_argument("sm_90a latent kernel: key rank must be 64, 128, 192 or 256");
   }
   PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());

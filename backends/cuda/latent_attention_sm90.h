@@ -40,7 +40,9 @@ struct Sm90Params {
   int tiles_per_split;  // 64-token tiles per block
   int splits;           // partial splits per head: gridDim.x (one per block)
   int k_stages, v_stages;
-  int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2)
+  int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2),
+                 // else the ring where planned; 0: the serial schedule with k_stages / v_stages
+  int ring;      // 1: the plan's ring of 3 tile buffers fits (used when pipeline = 1 and v_stages < 2)
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
@@ -53,7 +55,8 @@ struct Sm90Params {
 struct Sm90Plan {
   bool ok = false;
   int k_stages = 0, v_stages = 0;
-  size_t smem = 0;
+  bool ring = false;  // v_stages < 2 and a ring of 3 tile buffers also fits (the default schedule then)
+  size_t smem = 0;    // enough for both the stages and the ring
 };
 
 // Whether this configuration runs on the sm_90a kernel, with which stage counts and shared
