@@ -137,19 +137,25 @@ Two kernels share the per-call q·B^K fold (M_h = [a; b], a_i = q_i B_i + q_{i+6
 b_i = q_{i+64} B_i − q_i B_{i+64}, f16), the RoPE cos/sin table (once per token and frequency) and
 the split merge; each keeps M for 2 query heads (2 × 128 × r_k f16: 128 KiB at r_k = 256) in
 shared memory, computes Z^K·Mᵀ on the tensor cores (the FLOPs of rebuilding the keys), finishes
-each score with cos·(a·z) + sin·(b·z), and runs the online softmax and p·z^V in f32:
+each score with cos·(a·z) + sin·(b·z), and runs the online softmax in f32:
 
 * sm_90a (backends/cuda/latent_attention_sm90.cu; on the H100 it runs every row above): 64-token
   tiles, one wgmma.m64n128k16 chain per warpgroup (warpgroup w = query head w; A = the key tile,
   B = M_h, both in shared memory in the 128-byte-swizzled layout, accumulators in registers), so a
   thread holds a_i·z and b_i·z of its rows side by side and the score needs one quad shuffle;
-  softmax and p·z^V per warp (each warp owns 16 rows of every tile and is a split of its own for
-  the merge, so no barrier separates scores from values); key and value tiles through cp.async
-  stages (3/3 where shared memory allows, 2 key + 1 value stages for f16 256/256), f16 keys
-  straight into the swizzled layout, other storages decoded to f16 once per tile; 2 block
-  barriers per tile (3 for decoded keys). Taken for an even number of query heads per group and
-  a key rank that is a multiple of 64 and ≤ 256; compiled for sm_90a only and launched only on
-  compute capability 9.0.
+  the softmax max is common to the warpgroup (each warp's max through shared memory and a named
+  barrier) and p·z^V runs on the tensor cores as wgmma.m64n8k16 chains, O^T[r_v × 8] +=
+  Z^V_tileᵀ · P (A = the value tile read transposed, M-major, from the same swizzled layout;
+  B = P in f16, one useful column; 4 accumulators per thread per 64 value channels); f16 key and
+  value tiles go straight into the swizzled layout through cp.async, other storages are decoded
+  to f16 once per tile (q4 values: the exact codes, the scale multiplied into P and Σ p·zero added
+  at the end); one split per block and head for the merge. Schedules: with ≥ 2 key and value
+  stages (q4 128/384: 3/3) the key wgmma of tile i + 1 is queued before p·z^V of tile i; where
+  only 2 key + 1 value stages fit (f16 and q4 256/256) a ring of 3 tile buffers (K(i+1) loads
+  into V(i−1)'s buffer, V(i+1) into K(i)'s, each about a tile ahead); `sm90_pipeline = false`
+  (`PALU_BENCH_SM90_SERIAL=1`) the serial schedule. Taken for an even number of query heads per
+  group and a key rank that is a multiple of 64 and ≤ 256; compiled for sm_90a only and launched
+  only on compute capability 9.0.
 * sm_80 (backends/cuda/latent_attention.cu; other GPUs, the remaining configurations, and
   `CudaDecodeOptions::force_sm80` / `PALU_BENCH_SM80=1`): 32-token tiles, mma.sync m16n8k16,
   scores reduced over 4 warps through shared memory, 4–5 block barriers per tile.
@@ -178,8 +184,63 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   max and weights a warp computes in parallel: 4K 109 / 126 / 108 → 74–80 / 90–99 / 85–92 µs, 64K
   741 / 1007 / 931 → 700–717 / 941–979 / 876–911 µs (two runs, `--iters 20`); the full-cache kernel
   shares the merge (4K 45.7 → 39 µs). The tables above include this step.
+* round 2 (2026-11-24 ~02:30 UTC), expectation written first: issuing the wgmma chain of tile
+  i + 1 right after the softmax of tile i and running p·z^V of tile i under it (one accumulator
+  set: the scores read d but never write it, the chain is issued unconditionally — past the
+  last tile on a stale stage — because a write or a branch merge of d makes ptxas inject a
+  `warpgroup.wait` right after the issue, C7517; one block barrier per tile instead of 2–3;
+  commit group i = K(i + KS) + V(i + VS − 1)) should hide the tensor time, ≤ 186 µs (f16/q4
+  256/256: 139 GFLOP at 749 TFLOP/s) / ≤ 95 µs (q4 128/384) per call. It needs ≥ 2 key and ≥ 2
+  value stages, so it runs for the two q4 rows (3/3 stages); f16 256/256 (2 key + 1 value stage
+  in 227 KB: M alone is 128 KB) keeps the serial schedule. Also in this step: the cos/sin of tile
+  i + 1 loaded during p·z^V of tile i (213 → 228 registers, no spills), and q4 values unpacked
+  as x = 1 + q/16 (shift + lop3 + FFMA per code, −16·Σp·s folded into the zero term) instead of
+  the 2^23 trick's extra FADD. Measured, same binary, pipelined vs
+  `PALU_BENCH_SM90_SERIAL=1` (`CudaDecodeOptions::sm90_pipeline = false`), `tools/gpu-check.sh
+  --attention --filter '*LatentAttentionCuda*'` then `palu-cuda-attention-bench --T 65536
+  --iters 20` twice each way, H100 (µs, f16 256/256 / q4 256/256 / q4 128/384):
 
-Why it is still ~2–3.5× slower than SDPA instead of faster:
+  | build | serial | pipelined |
+  |---|---|---|
+  | overlap only | 720, 750 / 969, 993 / 922, 937 | 717, 698 / 945, 920 / 902, 884 |
+  | + trig prefetch + q4 unpack (committed) | 707, 704 / 959, 968 / 925, 935 | 731, 762 / 913, 922 / 886, 853 |
+  | + unrolled full-tile p·z^V rows and key decode (255 registers; not kept) | 689, 683 / 959, 958 / 908, 936 | 682, 697 / 928, 927 / 852, 846 |
+
+  So the overlap buys 3–5% on q4 256/256 and 4–9% on q4 128/384 (~30–80 µs, well below the
+  expected ≤ 186 / 95 µs); the trig prefetch, the cheaper q4 unpack and the unrolling are within
+  run-to-run noise; f16 256/256 does not change (same kernel; its spread is ±5%). Against the
+  table above (942 / 885 µs) the q4 rows are at ~915–920 / ~850–885 µs: not a significant
+  change of the targets' picture. What this says: the tensor cores are not what the warps wait
+  for; with 8 warps per SM the per-warp dependency chains (shared loads → unpack → FMA, shuffles,
+  exp) set the pace, so the next step has to raise the warps in flight or the work per
+  instruction (p·z^V on the tensor cores: P (64 × 16 per warp, f16) · Z^V tile as a wgmma with
+  A from registers; 2 blocks per SM for q4 128/384; producer warps instead of every warp
+  issuing cp.async), not hide the MMA.
+* round 3 (2026-11-24 05:00–05:35 UTC), expectation written first, each step measured with
+  `tools/gpu-check.sh --attention --no-bench --filter '*LatentAttentionCuda*'` (38/38 each time)
+  then `palu-cuda-attention-bench --T 65536 --iters 20` twice, H100 (µs, f16 256/256 / q4 256/256
+  / q4 128/384):
+
+  | step | expected | measured | kept |
+  |---|---|---|---|
+  | cos/sin computed in the kernel (`rope_sincos` per thread and tile, the table's bits) instead of read from the [T, 64] table (~64 KiB of L2 reads per block and tile, as much as the latents) | clear gain if L2 bandwidth limits the kernel | 757, 721 / 942, 934 / 880, 923: within the spread above | no: L2 traffic is not the limit |
+  | p·z^V on the tensor cores (above), softmax max per warpgroup, one split per block | the ablation's p·z^V share (~250 / ~400 µs) mostly gone: ~450–500 µs every row | 656, 683 / 862, 889 / 722, 741 (same binary, serial: 671 / 879 / 781) | yes (4% / 6% / 16%) |
+  | ring of 3 tile buffers where no pipelined schedule fits (f16 and q4 256/256; q4 256/256 had lost its 3/3 pipeline to the 32 KiB decoded value tile) | the serial schedule's V(i) load (issued only at the start of tile i) stops being waited for | 606, 598 / 819, 807 / 697, 705 (same binary, serial: 661 / 877 / 804) | yes (9% / 7% vs serial) |
+  | ring, decoded keys: K(i + 1) decoded into zf under the p·z^V chain of tile i (one block barrier less) | the decode (~300 instructions per thread and tile) off the critical path | q4 256/256 801, 811 (other rows unchanged) | no: no change |
+
+  So the p·z^V FMAs were not what set the pace either: after this round the f16 row spends
+  ~4.7 µs (~8K clocks) per 64-token tile and block against ~2K clocks of tensor work and ~1.2 µs
+  of its share of DRAM time. What is left is the chain of dependent phases each tile walks with
+  2 warps per scheduler and nothing to switch to: block barrier → key wgmma chain → wait →
+  scores and softmax (two cross-warp exchanges, exp) → block barrier → P store, barrier → p·z^V
+  chain → wait; the tensor cores, the ALUs and the load path each idle most of the tile.
+
+  The tables above (full benchmark, 2026-11-24 05:35 UTC, `tools/gpu-check.sh --attention
+  --filter …`, 52/52 tests incl. CudaModelFused / CudaModelCompressed) include round 3; at 64K
+  686 / 942 / 885 → 600 / 811 / 706 µs (1.14× / 1.16× / 1.25×), at 4K 77 / 95 / 87 → 61 / 75 /
+  69 µs, at 128K 1335 / 1831 / 1718 → 1144 / 1564 / 1360 µs.
+
+Why it is still ~1.7–2.2× slower than SDPA instead of faster (before round 3: ~2–2.6×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
   465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
@@ -188,15 +249,17 @@ Why it is still ~2–3.5× slower than SDPA instead of faster:
   stalls `wait` (fixed-latency dependencies), `long_scoreboard`, `not_selected`; DRAM 18%.
   The block's 8 warps walk the tile in lockstep through barrier-separated phases, so the
   tensor cores idle during p·z^V and the ALUs idle while the wgmma chain runs.
-* p·z^V costs ~250 µs (f16) to ~400 µs (q4 values, 8 unpack + convert + FMA per code).
+* p·z^V cost ~250 µs (f16) to ~400 µs (q4 values) in that ablation, but moving it to the tensor
+  cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
+  that phase's latency, not by its instruction count.
 
-What the targets need (not built): warp specialization — a producer warp issuing TMA /
-cp.async.bulk into mbarrier-guarded stages instead of block barriers; software pipelining of
-the wgmma chain of tile i+1 against softmax and p·z^V of tile i (a second accumulator set:
-registers are at 210 now); cheaper packed-value unpacking (half2 nibble tricks) or p·z^V on the
-tensor cores; ≤ 128 registers so that two blocks share an SM where shared memory allows
-(q4 128/384 needs ~105 KB with one value stage); M split across a 2-CTA cluster with the latent
-tiles multicast for r_k = 256.
+What the targets need (not built): the two warpgroups decoupled and ping-ponged (FA3): one
+warpgroup's key wgmma chain running while the other does its softmax and P, which needs
+mbarrier-guarded stages filled by a producer warp (TMA or cp.async.bulk, `setmaxnreg` to give
+the consumers the registers) instead of block barriers, and a second accumulator set or a
+per-warpgroup tile offset; ≤ 128 registers so that two blocks share an SM where shared memory
+allows (q4 128/384); M split across a 2-CTA cluster with the latent tiles multicast for
+r_k = 256 (frees 64 KiB per block for deeper stages and lets f16 256/256 pipeline).
 NOTES
 cat >>docs/perf/cuda.md <<'ACCURACY'
 
