@@ -21,6 +21,7 @@
 
 #include "backends/cuda/attention_cuda.h"
 #include "backends/cuda/cuda_allocator.h"
+#include "backends/cuda/latent_attention_sm90.h"  // plan_latent_sm90: whether a row runs the ring (no RoPE table)
 
 using namespace palu;
 using namespace palu::backends;
@@ -219,9 +220,21 @@ int main(int argc, char** argv) {
       const size_t rbk = row_storage_bytes(c.st, c.rk), rbv = row_storage_bytes(c.st, c.rv);
       std::vector<void*> bufs;
       std::vector<CudaLatentGroup> groups(G);
-      // q and out, the per-call folded q·B^K matrices (written once, read once: 2·H·d·r_k f16) and
-      // the per-call RoPE cos/sin table (written once, read at least once: 2·T·(d/2)·8 B)
-      double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2 + 2.0 * T * (d / 2) * 8;
+      // q and out, the per-call folded q·B^K matrices (written once, read once: 2·H·d·r_k f16) and,
+      // where the kernel reads it (all but the sm_90a ring schedule, which computes cos/sin in
+      // registers), the per-call RoPE cos/sin table (written once, read at least once: 2·T·(d/2)·8 B)
+      const bool sm90 = !opt.force_sm80 && plan_latent_launch({H, Hkv, d, s_grp}, [&] {
+                                              CudaLatentGroup g;
+                                              g.k.storage = g.v.storage = c.st;
+                                              g.k.rank = c.rk;
+                                              g.v.rank = c.rv;
+                                              return g;
+                                            }()).sm90;
+      const bool ring = sm90 && opt.sm90_pipeline &&
+                        detail::plan_latent_sm90(s_grp * (H / Hkv), c.rk, c.rv, (int)c.st, (int)c.st, (int)rbk,
+                                                 (int)rbv, (int)prop.sharedMemPerBlockOptin)
+                            .ring;
+      double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2 + (ring ? 0.0 : 2.0 * T * (d / 2) * 8);
       for (int g = 0; g < G; ++g) {
         CudaLatentGroup& gr = groups[g];
         gr.k.storage = gr.v.storage = c.st;

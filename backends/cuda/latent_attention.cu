@@ -202,15 +202,6 @@ __device__ __forceinline__ void pv_dispatch_nh(int stor, float* acc_s, const flo
   }
 }
 
-// cos/sin of a non-negative f32 angle (the reference's rounded fl(t·inv_freq)): reduce by 2π in
-// two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
-__device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
-  const float k = rintf(x * 0.159154943091895336f);
-  float r = fmaf(-k, 6.28318548202514648f, x);
-  r = fmaf(-k, -1.74845553146951720e-7f, r);
-  __sincosf(r, s, c);
-}
-
 // table[t, f] = (cos, sin)(fl(t·inv_freq[f])) for t < T: one evaluation per (token, frequency)
 // per call, shared by every group and head (the model could keep one for its context length).
 __global__ void rope_table_kernel(const float* inv_freq, int T, float2* table) {
@@ -825,7 +816,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2) + trig_bytes);
   float* ab = any_bias ? fbase + part_floats + 2 * stat_floats : nullptr;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  {
+  // The RoPE table for every kernel but the sm_90a ring schedule (which computes the same cos/sin).
+  if (std::any_of(batches.begin(), batches.end(),
+                  [&](const Batch& b) { return !b.sm90.ok || !(b.sm90.ring && options.sm90_pipeline); })) {
     const int blocks = (int)std::min<size_t>(((size_t)T * kHalf + 255) / 256, (size_t)lim.sms * 8);
     rope_table_kernel<<<blocks, 256, 0, st>>>(inv_freq, T, trig);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -887,6 +880,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.m = P.m;
       S.ab = P.ab;
       S.trig = P.trig;
+      S.inv_freq = inv_freq;
       S.pm = P.pm;
       S.pl = P.pl;
       S.pacc = P.pacc;

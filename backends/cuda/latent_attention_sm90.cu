@@ -81,6 +81,7 @@ __host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, in
   // tail, per warpgroup w at tail + 1024·w: P as the wgmma B operand (row 0 of a swizzled 8 × 64
   // f16 atom: 128 B; rows 1..7 are whatever follows, they only feed output columns 1..7, which are
   // never read), at +128 the head's key-bias terms (128 f32), at +640 (w = 0) the softmax exchange
+  // and at +768 (w = 0) the 64 RoPE inverse frequencies
   L.tail = align_up(o, 1024);
   L.total = L.tail + 2048 + 1024;  // the base is aligned up to 1024 B inside the kernel
   return L;
@@ -213,6 +214,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     for (int i = tid; i < 2 * kHD; i += kSm90Threads)
       reinterpret_cast<float*>(tail + (i >> 7) * 1024 + 128)[i & 127] =
           P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+    if (tid < kHalf) reinterpret_cast<float*>(tail + 768)[tid] = P.inv_freq[tid];
   }
 
   const int tiles_total = (T + kTile - 1) / kTile;
@@ -300,6 +302,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   __half* pb = reinterpret_cast<__half*>(tail + wgi * 1024);  // [64] P (·scale for q4 values)
   const uint32_t pb_addr = smem_u32(pb);
   float* red = reinterpret_cast<float*>(tail + 640);  // [2 parity][2 wg][4 warps] maxima, then l, zacc
+  const float* fr_s = reinterpret_cast<const float*>(tail + 768);  // [64] RoPE inverse frequencies
 
   // The key tile of `tile` as the wgmma A operand: f16 keys in place, other storages decoded to
   // f16 into zf (the caller guarantees zf is free; ends with a block barrier).
@@ -335,15 +338,36 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
     wgmma_commit();
     fence_operands(d);
   };
-  // cos/sin of this thread's rows (16·warp + lane/4 + 8·rh) and frequencies 8j + 2(lane%4) + {0,1}
+  // cos/sin of this thread's rows (16·warp + lane/4 + 8·rh) and frequencies 8j + 2(lane%4) + {0,1}.
+  // The ring computes them here exactly as rope_table_kernel computes the table (same bits): the
+  // [T, 64] float2 table read by both warpgroups of every block is ~64 KiB of L2 → SM traffic per
+  // block and tile, as much as the latents (f16 256/256: 600 → 560 µs at 64K). The pipelined
+  // schedule reads the table (computing there cost q4 128/384 706 → 790 µs: the sin/cos sit
+  // between the key wgmma issue and p·z^V, on its critical path). Rows past T: the table gives
+  // zeros, the computation finite values; their scores are −∞ either way.
   auto load_trig = [&](float4(&tg)[2][8], int t0, int nvalid) {
+    if constexpr (SCHED != kRing) {
+#pragma unroll
+      for (int rh = 0; rh < 2; ++rh) {
+        const int row = warp * 16 + (lane >> 2) + rh * 8;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          tg[rh][j] = row < nvalid ? __ldg(P.trig + ((size_t)(t0 + row) * kHalf + 8 * j + 2 * (lane & 3)) / 2)
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      return;
+    }
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
-      const int row = warp * 16 + (lane >> 2) + rh * 8;
+      const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        tg[rh][j] = row < nvalid ? __ldg(P.trig + ((size_t)(t0 + row) * kHalf + 8 * j + 2 * (lane & 3)) / 2)
-                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int j = 0; j < 8; ++j) {
+        const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
+        float s0, c0, s1, c1;
+        rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
+        rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
+        tg[rh][j] = make_float4(c0, s0, c1, s1);
+      }
     }
   };
   // ---- scores (Σ cos·(a·z + α) + sin·(b·z + β), then the quad) and the online softmax over this
@@ -497,7 +521,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       // also past the last tile (a stale stage or zeros, the result unused): a conditional issue
       // would merge two definitions of d, and ptxas then waits on the chain right after issuing it
       mma_issue(d, key_operand(i + 1));
-      load_trig(tg, (i + 1) * kTile, min(kTile, T - (i + 1) * kTile));  // no rows past the last tile
+      load_trig(tg, (i + 1) * kTile, min(kTile, T - (i + 1) * kTile));
       values(i, p0, p1, nvalid);
     }
     wgmma_wait0();

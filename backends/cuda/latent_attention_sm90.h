@@ -46,7 +46,8 @@ struct Sm90Params {
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
-  const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two pairs at a time
+  const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two at a time (not the ring)
+  const float* inv_freq;  // [64] RoPE inverse frequencies (the ring computes cos/sin itself)
   float* pm;              // [H, splits]
   float* pl;              // [H, splits]
   float* pacc;            // [(out offset) · splits + split · rv + c]

@@ -66,6 +66,16 @@ __device__ __forceinline__ uint4 decode8_half(int stor, const uint8_t* row, int 
   return out;
 }
 
+// cos/sin of a non-negative f32 angle (the reference's rounded fl(t·inv_freq)): reduce by 2π in
+// two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
+// The RoPE table kernel (sm_80 path) and the sm_90a kernel (in registers) share it: same bits.
+__device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
+  const float k = rintf(x * 0.159154943091895336f);
+  float r = fmaf(-k, 6.28318548202514648f, x);
+  r = fmaf(-k, -1.74845553146951720e-7f, r);
+  __sincosf(r, s, c);
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem));
 }
