@@ -1,9 +1,12 @@
 // palu-vulkan-attention-bench: decode attention on a Vulkan device at the shapes of
 // docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
-// group size 4 → 8 groups): the full-cache f16 kernel and the fused latent kernel (f16 and q4
+// group size 4 → 8 groups): the full-cache f16 kernel and the latent kernel attention_decode_
+// latent picks (kAuto: the coopmat kernel for r_k ≤ 128 where the device has cooperative
+// matrices, else the fused kernel; PALU_VULKAN_COOPMAT=0/1: never/always coopmat; f16 and q4
 // codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
-// the fused kernel in f32 arithmetic and the older tile kernel (keys rebuilt per tile;
-// contexts ≤ 16384 only, it is slow).
+// the coopmat kernel (where the device has VK_NV_cooperative_matrix), the fused kernel in f32
+// arithmetic and the older tile kernel (keys rebuilt per tile; contexts ≤ 16384 only, it is
+// slow).
 //
 // Time per call = wall time of one command buffer holding --reps back-to-back calls (every
 // dispatch the call records: splits + reduction) divided by reps, median of --runs such
@@ -74,7 +77,8 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "timed submissions (median)");
   app.add_option("--splits", splits_list, "token splits (0: T/512 clamped to 8..64)")
       ->delimiter(',');
-  app.add_flag("--variants", variants, "also the f32 fused kernel and the tile kernel");
+  app.add_flag("--variants", variants,
+               "also the coopmat kernel, the f32 fused kernel and the tile kernel");
   app.add_option("--device", device,
                  "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
@@ -88,6 +92,11 @@ int main(int argc, char** argv) {
   std::printf("# device: %s (subgroup %u, %u B shared memory, shaderFloat16 %s)\n",
               ctx->info().name.c_str(), ctx->subgroup_size(), ctx->max_shared_bytes(),
               ctx->shader_float16() ? "yes" : "no");
+  std::printf("# latent rows: kAuto (%s)\n", !ctx->cooperative_matrix() ? "the fused kernel"
+                                             : ctx->prefer_cooperative_matrix()
+                                                 ? "the coopmat kernel"
+                                                 : "the coopmat kernel for r_k <= 128, else fused");
+  std::printf("# %s\n", ctx->cooperative_matrix_note().c_str());
   std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0}};
   struct Shape {
     const char* name;
@@ -101,8 +110,11 @@ int main(int argc, char** argv) {
     const std::string tag = splits_list.size() > 1 ? " splits " + std::to_string(sp) : "";
     for (const Shape& sh : shapes) {
       kernels.push_back(
-          {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kFused, sp});
+          {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kAuto, sp});
       if (!variants) continue;
+      if (ctx->cooperative_matrix())
+        kernels.push_back({std::string(sh.name) + " coopmat" + tag, true, sh.st, sh.rk, sh.rv,
+                           vk::LatentKernel::kFusedCoopmat, sp});
       kernels.push_back({std::string(sh.name) + " fused f32" + tag, true, sh.st, sh.rk, sh.rv,
                          vk::LatentKernel::kFusedF32, sp});
       kernels.push_back({std::string(sh.name) + " tile kernel" + tag, true, sh.st, sh.rk, sh.rv,

@@ -28,6 +28,67 @@ bool trace_enabled() {
   return on;
 }
 
+// PALU_VULKAN_COOPMAT: unset or anything but "0" lets a device with VK_NV_cooperative_matrix use
+// it; "0" turns it off (A/B timing, debugging); "1" also makes it the automatic choice.
+bool coopmat_from_env() {
+  const char* e = std::getenv("PALU_VULKAN_COOPMAT");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+bool coopmat_preferred_from_env() {
+  const char* e = std::getenv("PALU_VULKAN_COOPMAT");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
+// Whether the device can run the coopmat shaders (sets *ok), and a note naming the configuration
+// picked or why not: VK_NV_cooperative_matrix with its feature, a subgroup-scope 16×16×16
+// f16·f16 + f32 configuration, shaderFloat16, vulkanMemoryModel, storageBuffer16BitAccess (M
+// as f16 in a buffer) and 32-wide subgroups.
+std::string pick_cooperative_matrix(VkInstance instance, VkPhysicalDevice pd, bool wanted, bool f16,
+                                    bool memory_model, bool storage16, uint32_t subgroup,
+                                    bool* ok) {
+  *ok = false;
+  if (!wanted) return "cooperative matrix off (PALU_VULKAN_COOPMAT=0)";
+  uint32_t n = 0;
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr);
+  std::vector<VkExtensionProperties> exts(n);
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, exts.data());
+  bool has = false;
+  for (const auto& x : exts)
+    has = has || std::strcmp(x.extensionName, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME) == 0;
+  if (!has) return "no VK_NV_cooperative_matrix";
+  VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm{};
+  fcm.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV;
+  VkPhysicalDeviceFeatures2 f2{};
+  f2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
+  f2.pNext = &fcm;
+  vkGetPhysicalDeviceFeatures2(pd, &f2);
+  if (!fcm.cooperativeMatrix) return "VK_NV_cooperative_matrix without its feature";
+  if (!f16) return "cooperative matrix needs shaderFloat16";
+  if (!memory_model) return "cooperative matrix needs vulkanMemoryModel";
+  if (!storage16) return "cooperative matrix needs storageBuffer16BitAccess";
+  if (subgroup != 32) return "cooperative matrix shaders assume subgroups of 32";
+  auto get = reinterpret_cast<PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV>(
+      vkGetInstanceProcAddr(instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV"));
+  if (get == nullptr) return "no vkGetPhysicalDeviceCooperativeMatrixPropertiesNV";
+  uint32_t count = 0;
+  get(pd, &count, nullptr);
+  std::vector<VkCooperativeMatrixPropertiesNV> props(count);
+  for (auto& p : props) p.sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+  get(pd, &count, props.data());
+  for (const auto& p : props) {
+    if (p.MSize == 16 && p.NSize == 16 && p.KSize == 16 &&
+        p.AType == VK_COMPONENT_TYPE_FLOAT16_NV && p.BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+        p.CType == VK_COMPONENT_TYPE_FLOAT32_NV && p.DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+        p.scope == VK_SCOPE_SUBGROUP_NV) {
+      *ok = true;
+      return "VK_NV_cooperative_matrix 16x16x16 f16*f16+f32, subgroup scope (" +
+             std::to_string(count) + " configurations)";
+    }
+  }
+  return "VK_NV_cooperative_matrix without a 16x16x16 f16*f16+f32 subgroup configuration (" +
+         std::to_string(count) + " configurations)";
+}
+
 // PALU_VULKAN_TIMEOUT_MS as a count of ms (0: no bound), or `fallback` when unset or invalid.
 uint64_t timeout_from_env(uint64_t fallback) {
   const char* e = std::getenv("PALU_VULKAN_TIMEOUT_MS");
@@ -282,12 +343,21 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   timeout_ms_.store(timeout_from_env(is_cpu() ? kCpuDriverTimeoutMs : kGpuTimeoutMs));
   VkPhysicalDeviceVulkan12Features have12{};
   have12.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES;
+  VkPhysicalDeviceVulkan11Features have11{};
+  have11.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES;
+  have12.pNext = &have11;
   VkPhysicalDeviceFeatures2 have{};
   have.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2;
   have.pNext = &have12;
   vkGetPhysicalDeviceFeatures2(physical_, &have);
   timeline_ = have12.timelineSemaphore == VK_TRUE;
   shader_float16_ = have12.shaderFloat16 == VK_TRUE;
+  const bool coopmat_wanted = coopmat_from_env();
+  coopmat_preferred_ = coopmat_preferred_from_env();
+  coopmat_note_ = pick_cooperative_matrix(
+      instance_, physical_, coopmat_wanted, shader_float16_, have12.vulkanMemoryModel == VK_TRUE,
+      have11.storageBuffer16BitAccess == VK_TRUE, subgroup_size_, &coopmat_);
+  if (trace_enabled()) std::fprintf(stderr, "[vulkan] %s\n", coopmat_note_.c_str());
 
   const float prio = 1.0f;
   VkDeviceQueueCreateInfo qci{};
@@ -300,11 +370,25 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   f12.bufferDeviceAddress = VK_TRUE;
   f12.timelineSemaphore = timeline_ ? VK_TRUE : VK_FALSE;
   f12.shaderFloat16 = shader_float16_ ? VK_TRUE : VK_FALSE;
+  f12.vulkanMemoryModel = coopmat_ ? VK_TRUE : VK_FALSE;  // the coopmat shaders' memory model
+  VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm{};
+  fcm.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV;
+  fcm.cooperativeMatrix = VK_TRUE;
+  const char* coopmat_ext = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pNext = &f12;
   dci.queueCreateInfoCount = 1;
   dci.pQueueCreateInfos = &qci;
+  VkPhysicalDeviceVulkan11Features f11{};
+  f11.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES;
+  f11.storageBuffer16BitAccess = VK_TRUE;
+  if (coopmat_) {
+    f12.pNext = &fcm;
+    fcm.pNext = &f11;
+    dci.enabledExtensionCount = 1;
+    dci.ppEnabledExtensionNames = &coopmat_ext;
+  }
   VkResult r = vkCreateDevice(physical_, &dci, nullptr, &device_);
   if (r != VK_SUCCESS) {
     device_ = VK_NULL_HANDLE;

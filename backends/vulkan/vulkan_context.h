@@ -126,6 +126,16 @@ class VulkanContext {
   bool subgroup_arithmetic() const { return subgroup_arithmetic_; }
   // Whether shaders may do f16 arithmetic (shaderFloat16, enabled when the device has it).
   bool shader_float16() const { return shader_float16_; }
+  // Whether shaders may use VK_NV_cooperative_matrix with 16×16×16 f16·f16 + f32 → f32 subgroup
+  // matrices (the tensor cores on NVIDIA): the extension, its cooperativeMatrix feature,
+  // shaderFloat16, vulkanMemoryModel, storageBuffer16BitAccess, subgroup size 32 and that
+  // configuration among the driver's, all enabled at device creation. PALU_VULKAN_COOPMAT=0
+  // turns it off; =1 makes it the automatic choice of the kernels that have a coopmat variant
+  // for every shape (prefer_cooperative_matrix; unset: only where it was measured faster).
+  // cooperative_matrix_note() says which configuration was picked, or why there is none.
+  bool cooperative_matrix() const { return coopmat_; }
+  bool prefer_cooperative_matrix() const { return coopmat_ && coopmat_preferred_; }
+  const std::string& cooperative_matrix_note() const { return coopmat_note_; }
   // maxComputeWorkGroupInvocations and maxComputeWorkGroupSize[0].
   uint32_t max_workgroup_x() const {
     return std::min(props_.limits.maxComputeWorkGroupInvocations,
@@ -186,6 +196,9 @@ class VulkanContext {
   uint32_t subgroup_size_ = 0;
   bool subgroup_arithmetic_ = false;
   bool shader_float16_ = false;
+  bool coopmat_ = false;
+  bool coopmat_preferred_ = false;
+  std::string coopmat_note_;
   VkInstance instance_ = VK_NULL_HANDLE;
   VkPhysicalDevice physical_ = VK_NULL_HANDLE;
   VkDevice device_ = VK_NULL_HANDLE;

@@ -86,7 +86,8 @@ uint32_t window_of(const Region& r) {
   return row_storage_bits(r.storage) > 0 && r.window > 0 ? (uint32_t)r.window : 0u;
 }
 
-constexpr uint32_t kQB = 16, kKT = 32;  // attn_prefill.comp's tile
+constexpr uint32_t kQB = 16, kKT = 32;    // attn_prefill.comp's tile
+constexpr int kCoopmatAutoMaxRank = 128;  // attention_decode_latent's kAuto
 
 float inv_sqrt_dh(int dh) {
   return 1.0f / std::sqrt((float)dh);
@@ -222,6 +223,30 @@ FusedShape fused_shape(int rk, int dh, bool f16) {
   return f;
 }
 
+// latent_decode_cm.comp's shape for one group: RKB 16-column blocks of M (RKP = 16·RKB),
+// d_h/16 subgroups of 32 (WG = 2·d_h), VPT value columns per invocation, TT tokens per tile
+// (32, or 16 where 32 does not fit shared memory; 0: neither fits).
+struct CoopShape {
+  uint32_t rkb = 0, rkp = 0, wg = 0, vpt = 0, tt = 0;
+};
+CoopShape coop_shape(int rk, int rv, int dh, uint32_t shared_bytes) {
+  CoopShape c;
+  c.rkb = ceil_div(rk, 16);
+  c.rkp = 16 * c.rkb;
+  c.wg = 2 * (uint32_t)dh;
+  c.vpt = std::max(1u, ceil_div(rv, c.wg));
+  for (uint32_t t = 32; t >= 16; t /= 2) {
+    // latent_decode_cm.comp's shared arrays: zsh, sacc, ss, ps, vs.
+    const size_t bytes = (size_t)t * (c.rkp + 8) * 2 + (size_t)t * (dh + 2 * (size_t)dh / t) * 4 +
+                         2 * (size_t)t * 4 + (size_t)c.vpt * c.wg * 4;
+    if (bytes <= shared_bytes) {
+      c.tt = t;
+      break;
+    }
+  }
+  return c;
+}
+
 }  // namespace
 
 size_t latent_fold_words(int H, int dh, int max_rank) {
@@ -310,6 +335,76 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   VulkanContext* ctx = rec.context();
   const int HG = g.s * n_rep;  // query heads of the group
   const int h0 = g.group * HG;
+  // kAuto takes the coopmat kernel for key ranks ≤ kCoopmatAutoMaxRank (H100, Llama-2-7B shape:
+  // q4 128/384 1.8× faster than the fused kernel at 4K..128K; 256/256 slower from 64K on,
+  // docs/perf/vulkan.md), or always with PALU_VULKAN_COOPMAT=1.
+  const bool auto_coop = kernel == LatentKernel::kAuto && ctx->cooperative_matrix() &&
+                         (ctx->prefer_cooperative_matrix() || g.zk.rank <= kCoopmatAutoMaxRank);
+  if (auto_coop || kernel == LatentKernel::kFusedCoopmat) {
+    // Why the coopmat kernel cannot run here (empty: it can).
+    const CoopShape c = coop_shape(g.zk.rank, g.zv.rank, a.dh, ctx->max_shared_bytes());
+    std::string why;
+    if (!ctx->cooperative_matrix())
+      why = ctx->cooperative_matrix_note();
+    else if (a.fold == 0)
+      why = "no fold scratch (DecodeArgs.fold)";
+    else if (a.dh != 64 && a.dh != 128 && a.dh != 256)
+      why = "head dim " + std::to_string(a.dh) + " (64, 128 or 256 only)";
+    else if (c.wg > ctx->max_workgroup_x())
+      why = std::to_string(c.wg) + " invocations per workgroup above the device's " +
+            std::to_string(ctx->max_workgroup_x());
+    else if (c.tt == 0)
+      why = "key rank " + std::to_string(g.zk.rank) + " with value rank " +
+            std::to_string(g.zv.rank) + " does not fit shared memory";
+    else if (latent_fold_words(HG, a.dh, g.zk.rank) > latent_fold_words(a.H, a.dh, max_rank))
+      why = "fold scratch too small";
+    if (why.empty()) {
+      const uint64_t m = a.fold;
+      const uint64_t mb = a.fold + (uint64_t)HG * a.dh * c.rkp * 4;
+      FoldPC fp{};
+      fp.q = a.q;
+      fp.bk = g.bk;
+      fp.bias = g.k_bias;
+      fp.m = m;
+      fp.mb = mb;
+      fp.h0 = u32(h0);
+      fp.n_rep = u32(n_rep);
+      fp.dh = u32(a.dh);
+      fp.r_k = u32(g.zk.rank);
+      fp.rkp = c.rkp;
+      fp.ncol = u32(g.s * a.dh);
+      fp.flags = g.k_bias != 0 ? 1u : 0u;
+      fp.scale = inv_sqrt_dh(a.dh);
+      rec.dispatch("latent_fold_h", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(c.rkp, 64),
+                   (uint32_t)a.dh / 2, (uint32_t)HG);
+      LatentPC pc{};
+      pc.m = m;
+      pc.mb = mb;
+      pc.kc = g.zk.base;
+      pc.vc = g.zv.base;
+      pc.rope = a.rope;
+      pc.part = a.part;
+      pc.T = u32(a.T);
+      pc.tps = ceil_div(a.T, a.splits);
+      pc.cap = u32(g.zk.cap);
+      pc.k_words = g.zk.words();
+      pc.v_words = g.zv.words();
+      pc.win = window_of(g.zk);
+      pc.win_begin = u32(g.zk.window_begin);
+      pc.h0 = u32(h0);
+      pc.r_k = u32(g.zk.rank);
+      pc.r_v = u32(g.zv.rank);
+      pc.sin_off = a.sin_off;
+      pc.part_stride = u32(a.w_max + 2);
+      rec.dispatch("latent_decode_cm",
+                   {c.wg, (uint32_t)a.dh, 0u, c.tt, (uint32_t)g.zk.storage, 0u, c.vpt, c.rkb}, &pc,
+                   sizeof(pc), (uint32_t)HG, (uint32_t)a.splits);
+      reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
+      return Status::ok();
+    }
+    if (kernel == LatentKernel::kFusedCoopmat)
+      return unimplemented("vulkan coopmat latent decode: " + why);
+  }
   if (kernel != LatentKernel::kTile) {
     // Why the fused kernel cannot run here (empty: it can).
     const bool f16 = kernel != LatentKernel::kFusedF32 && ctx->shader_float16();

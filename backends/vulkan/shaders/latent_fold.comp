@@ -12,13 +12,24 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
+#ifdef F16OUT
+// M as f16 (latent_decode_cm.comp loads its matrix fragments from it).
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_EXT_shader_16bit_storage : require
+layout(buffer_reference, std430, buffer_reference_align = 2) buffer BufH { float16_t v[]; };
+#define MBUF BufH
+#define STM(i, x) pc.m.v[i] = float16_t(x)
+#else
+#define MBUF Buf
+#define STM(i, x) stf(pc.m, i, x)
+#endif
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint WDT = 1u;  // B^K dtype
 layout(push_constant) uniform PC {
   Buf q;     // [H, d_h] f32, RoPE applied
   Buf bk;    // B^K_gᵀ [r_k, s·d_h], dtype WDT
   Buf bias;  // [s·d_h] f32 (flags & 1)
-  Buf m;     // out: [heads of the group, d_h, rkp] f32
+  MBUF m;    // out: [heads of the group, d_h, rkp] f32 (F16OUT: f16)
   Buf mb;    // out: [heads of the group, d_h] f32
   uint h0, n_rep, dh, r_k, rkp, ncol, flags;
   float scale;
@@ -36,8 +47,8 @@ void main() {
       a = pc.scale * (q0 * b0 + q1 * b1);
       b = pc.scale * (q1 * b0 - q0 * b1);
     }
-    stf(pc.m, (hh * dh + i) * pc.rkp + p, a);
-    stf(pc.m, (hh * dh + half_dh + i) * pc.rkp + p, b);
+    STM((hh * dh + i) * pc.rkp + p, a);
+    STM((hh * dh + half_dh + i) * pc.rkp + p, b);
   }
   if (gl_WorkGroupID.x == 0u && gl_LocalInvocationID.x == 0u) {
     float a = 0.0, b = 0.0;

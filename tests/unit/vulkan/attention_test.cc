@@ -1,13 +1,14 @@
 // Attention kernels on the Vulkan device against the CPU scalar reference: full-cache decode
 // (flash-decoding splits + reduction) and causal prefill (both kernels), latent decode — the
 // tile kernel (keys rebuilt per tile) and the fused kernel (query folded into B^K, f16 and f32
-// arithmetic, FusedLatentDecode) — over T ∈ {1, 63, 65, 4099}, MHA and GQA, ranks 32..512 and
-// every latent storage (f32, f16, bf16, q8, q4, q3, q2; packed with and without the f16
-// window), with and without a key bias, and latent prefill (keys rebuilt from latents, then
-// causal attention over the value latents).
+// arithmetic, FusedLatentDecode; its cooperative-matrix variant, FusedLatentDecodeCoopmat,
+// skipped where the device has no VK_NV_cooperative_matrix) — over T ∈ {1, 63, 65, 4099}, MHA
+// and GQA, ranks 32..512 and every latent storage (f32, f16, bf16, q8, q4, q3, q2; packed with
+// and without the f16 window), with and without a key bias, and latent prefill (keys rebuilt
+// from latents, then causal attention over the value latents).
 // Tolerance: 1e-4 · max |out| + 1e-5 (f32 math in another order; the latents are decoded
 // bit-exactly the same on both sides because store_rows encodes like the cache); the fused
-// kernel's f16 variant 4e-3 · max |out| (see FusedLatentDecode).
+// kernel's f16 variant and the coopmat kernel 4e-3 · max |out| (see FusedLatentDecode).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -364,11 +365,9 @@ struct FusedCase {
   int window = 0, window_begin = 0;
 };
 
-class FusedLatentDecode : public ::testing::TestWithParam<FusedCase> {};
-
-TEST_P(FusedLatentDecode, MatchesCpuScalar) {
-  PALU_VK_CONTEXT_OR_SKIP(ctx);
-  const FusedCase c = GetParam();
+// Runs case c through each of `kernels` against the CPU reference. A kernel the device does not
+// offer must say UNIMPLEMENTED; then the test skips, printing why.
+void run_fused_case(VulkanContext* ctx, const FusedCase& c, std::vector<LatentKernel> kernels) {
   const int dh = c.dh, G = c.Hkv / c.s, N = c.s * dh, n_rep = c.H / c.Hkv, half = dh / 2;
   std::vector<float> inv_freq;
   const auto table = rope_table(dh, c.T, 10000.0, &inv_freq);
@@ -439,16 +438,23 @@ TEST_P(FusedLatentDecode, MatchesCpuScalar) {
   a.dh = dh;
   a.splits = splits;
   a.w_max = w_max;
-  for (LatentKernel k : {LatentKernel::kFused, LatentKernel::kFusedF32}) {
+  for (LatentKernel k : kernels) {
+    const bool coop = k == LatentKernel::kFusedCoopmat;
     const bool f16 = k == LatentKernel::kFused && ctx->shader_float16();
     VulkanBuffer out = device_buffer(ctx, width * 4);
     a.out = out.address();
     Recorder rec(ctx);
     for (int g = 0; g < G; ++g) {
       Status st = attention_decode_latent(rec, a, ga[g], c.rk, k);
-      if (!ctx->subgroup_arithmetic()) {
+      if (!coop && !ctx->subgroup_arithmetic()) {
         EXPECT_EQ(st.code(), StatusCode::kUnimplemented);
         GTEST_SKIP() << "no subgroup arithmetic: the fused kernel is not offered";
+      }
+      if (coop && !ctx->cooperative_matrix()) {
+        ASSERT_EQ(st.code(), StatusCode::kUnimplemented) << st.to_string();
+        EXPECT_NE(st.message().find(ctx->cooperative_matrix_note()), std::string::npos)
+            << st.to_string();
+        GTEST_SKIP() << "the coopmat kernel is not offered: " << ctx->cooperative_matrix_note();
       }
       ASSERT_TRUE(st.is_ok()) << st.to_string();
     }
@@ -459,11 +465,28 @@ TEST_P(FusedLatentDecode, MatchesCpuScalar) {
       max_abs = std::max(max_abs, std::fabs(want[i]));
       max_diff = std::max(max_diff, std::fabs(got[i] - want[i]));
     }
-    const std::string what = f16 ? "f16" : "f32";
+    const std::string what = coop ? "coopmat" : f16 ? "f16" : "f32";
     std::printf("    fused %s: max|Δ| / max|out| = %.2e\n", what.c_str(),
                 max_diff / std::max(max_abs, 1e-30f));
-    expect_near_all(got, want, f16 ? 4e-3f : 1e-4f, 1e-5f, "fused latent decode " + what);
+    expect_near_all(got, want, f16 || coop ? 4e-3f : 1e-4f, 1e-5f, "fused latent decode " + what);
   }
+}
+
+class FusedLatentDecode : public ::testing::TestWithParam<FusedCase> {};
+
+TEST_P(FusedLatentDecode, MatchesCpuScalar) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  run_fused_case(ctx, GetParam(), {LatentKernel::kFused, LatentKernel::kFusedF32});
+}
+
+// The tensor-core variant (latent_decode_cm.comp, VK_NV_cooperative_matrix) on the same cases;
+// skips, naming why, where the device does not offer it (lavapipe). Tolerance as the f16
+// variant: M and the key latents are rounded to f16 (the products are summed in f32).
+class FusedLatentDecodeCoopmat : public ::testing::TestWithParam<FusedCase> {};
+
+TEST_P(FusedLatentDecodeCoopmat, MatchesCpuScalar) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat});
 }
 
 std::vector<FusedCase> fused_cases() {
@@ -490,19 +513,19 @@ std::vector<FusedCase> fused_cases() {
   };
 }
 
+std::string fused_case_name(const ::testing::TestParamInfo<FusedCase>& info) {
+  const FusedCase& c = info.param;
+  return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_s" + std::to_string(c.s) +
+         "_dh" + std::to_string(c.dh) + "_rk" + std::to_string(c.rk) + "_rv" +
+         std::to_string(c.rv) + "_T" + std::to_string(c.T) + "_" + row_storage_name(c.st) +
+         (c.bias ? "_bias" : "") + (c.wt == WeightType::kF16 ? "_f16B" : "") +
+         (c.window > 0 ? "_win" + std::to_string(c.window) + "from" + std::to_string(c.window_begin)
+                       : "");
+}
 INSTANTIATE_TEST_SUITE_P(Cases, FusedLatentDecode, ::testing::ValuesIn(fused_cases()),
-                         [](const auto& info) {
-                           const FusedCase& c = info.param;
-                           return "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) +
-                                  "_s" + std::to_string(c.s) + "_dh" + std::to_string(c.dh) +
-                                  "_rk" + std::to_string(c.rk) + "_rv" + std::to_string(c.rv) +
-                                  "_T" + std::to_string(c.T) + "_" + row_storage_name(c.st) +
-                                  (c.bias ? "_bias" : "") +
-                                  (c.wt == WeightType::kF16 ? "_f16B" : "") +
-                                  (c.window > 0 ? "_win" + std::to_string(c.window) + "from" +
-                                                      std::to_string(c.window_begin)
-                                                : "");
-                         });
+                         fused_case_name);
+INSTANTIATE_TEST_SUITE_P(Cases, FusedLatentDecodeCoopmat, ::testing::ValuesIn(fused_cases()),
+                         fused_case_name);
 
 // Latent prefill: keys rebuilt from z^K (B^K z + b, RoPE at each position), causal attention
 // whose values are the group's z^V latents; reference in double from the decoded latents.
