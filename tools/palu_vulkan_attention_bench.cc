@@ -1,9 +1,9 @@
 // palu-vulkan-attention-bench: decode attention on a Vulkan device at the shapes of
 // docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
 // group size 4 → 8 groups): the full-cache f16 kernel and the latent kernel attention_decode_
-// latent picks (kAuto: the coopmat kernel for r_k ≤ 128 where the device has cooperative
-// matrices, else the fused kernel; PALU_VULKAN_COOPMAT=0/1: never/always coopmat; f16 and q4
-// codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
+// latent picks (kAuto: the coopmat kernel for r_k ≤ 128 or packed keys where the device has
+// cooperative matrices, else the fused kernel; PALU_VULKAN_COOPMAT=0/1: never/always coopmat; f16
+// and q4 codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
 // the coopmat kernel (where the device has VK_NV_cooperative_matrix), the fused kernel in f32
 // arithmetic and the older tile kernel (keys rebuilt per tile; contexts ≤ 16384 only, it is
 // slow).
@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_flag("--variants", variants,
                "also the coopmat kernel, the f32 fused kernel and the tile kernel");
+  bool copy_probe = false;
+  app.add_flag("--copy-probe", copy_probe,
+               "print the device-to-device copy rate (vkCmdCopyBuffer, 2·256 MiB per copy)");
   app.add_option("--device", device,
                  "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
@@ -92,11 +95,42 @@ int main(int argc, char** argv) {
   std::printf("# device: %s (subgroup %u, %u B shared memory, shaderFloat16 %s)\n",
               ctx->info().name.c_str(), ctx->subgroup_size(), ctx->max_shared_bytes(),
               ctx->shader_float16() ? "yes" : "no");
-  std::printf("# latent rows: kAuto (%s)\n", !ctx->cooperative_matrix() ? "the fused kernel"
-                                             : ctx->prefer_cooperative_matrix()
-                                                 ? "the coopmat kernel"
-                                                 : "the coopmat kernel for r_k <= 128, else fused");
+  std::printf("# latent rows: kAuto (%s)\n",
+              !ctx->cooperative_matrix() ? "the fused kernel"
+              : ctx->prefer_cooperative_matrix()
+                  ? "the coopmat kernel"
+                  : "coopmat for r_k <= 128 or packed keys, else fused");
   std::printf("# %s\n", ctx->cooperative_matrix_note().c_str());
+  if (copy_probe) {
+    // The rate the memory system gives a plain copy, next to the kernels' GB/s: 10 copies of
+    // 256 MiB in one command buffer, 2·bytes/time, median of --runs after one warm-up.
+    const size_t bytes = 256u << 20;
+    auto src = ctx->alloc(bytes, vk::MemoryKind::kDevice, "copy probe source");
+    auto dst = ctx->alloc(bytes, vk::MemoryKind::kDevice, "copy probe destination");
+    if (!src.is_ok() || !dst.is_ok()) {
+      std::fprintf(stderr, "copy probe: %s\n",
+                   (!src.is_ok() ? src.status() : dst.status()).to_string().c_str());
+      return 1;
+    }
+    std::vector<double> us;
+    for (int r = 0; r <= runs; ++r) {
+      vk::Recorder rec(ctx);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 10; ++i) rec.copy(src.value(), 0, dst.value(), 0, bytes);
+      Status st = rec.submit("copy probe");
+      const double t =
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      if (!st.is_ok()) {
+        std::fprintf(stderr, "copy probe: %s\n", st.to_string().c_str());
+        return 1;
+      }
+      if (r > 0) us.push_back(t / 10);
+    }
+    std::sort(us.begin(), us.end());
+    const double med = us[us.size() / 2];
+    std::printf("# device-to-device copy of %zu MiB: %.1f µs, %.0f GB/s (2·bytes/time)\n",
+                bytes >> 20, med, 2.0 * (double)bytes / med / 1e3);
+  }
   std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0}};
   struct Shape {
     const char* name;

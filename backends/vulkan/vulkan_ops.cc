@@ -224,8 +224,11 @@ FusedShape fused_shape(int rk, int dh, bool f16) {
 }
 
 // latent_decode_cm.comp's shape for one group: RKB 16-column blocks of M (RKP = 16·RKB),
-// d_h/16 subgroups of 32 (WG = 2·d_h), VPT value columns per invocation, TT tokens per tile
-// (32, or 16 where 32 does not fit shared memory; 0: neither fits).
+// d_h/16 subgroups of 32 (WG = 2·d_h), VPT value columns per invocation, TT tokens per tile:
+// 32 for r_k ≤ 128, else 16 (also where 32 does not fit shared memory; 0: neither fits). The
+// tile's shared memory bounds how many workgroups an SM holds: on the H100 at 64K, 256/256,
+// 16-token tiles took 8.5 / 9.0 ms (f16 / q4) instead of 12.8 / 13.5, while 128/384 is
+// faster with 32 (9.0 vs 9.7 ms).
 struct CoopShape {
   uint32_t rkb = 0, rkp = 0, wg = 0, vpt = 0, tt = 0;
 };
@@ -235,7 +238,7 @@ CoopShape coop_shape(int rk, int rv, int dh, uint32_t shared_bytes) {
   c.rkp = 16 * c.rkb;
   c.wg = 2 * (uint32_t)dh;
   c.vpt = std::max(1u, ceil_div(rv, c.wg));
-  for (uint32_t t = 32; t >= 16; t /= 2) {
+  for (uint32_t t = rk <= 128 ? 32 : 16; t >= 16; t /= 2) {
     // latent_decode_cm.comp's shared arrays: zsh, sacc, ss, ps, vs.
     const size_t bytes = (size_t)t * (c.rkp + 8) * 2 + (size_t)t * (dh + 2 * (size_t)dh / t) * 4 +
                          2 * (size_t)t * 4 + (size_t)c.vpt * c.wg * 4;
@@ -335,11 +338,14 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   VulkanContext* ctx = rec.context();
   const int HG = g.s * n_rep;  // query heads of the group
   const int h0 = g.group * HG;
-  // kAuto takes the coopmat kernel for key ranks ≤ kCoopmatAutoMaxRank (H100, Llama-2-7B shape:
-  // q4 128/384 1.8× faster than the fused kernel at 4K..128K; 256/256 slower from 64K on,
-  // docs/perf/vulkan.md), or always with PALU_VULKAN_COOPMAT=1.
+  // kAuto takes the coopmat kernel for key ranks ≤ kCoopmatAutoMaxRank and for packed keys
+  // (H100, Llama-2-7B shape, 4K..128K: q4 128/384 as fast as the fused kernel with its best
+  // splits and 1.8× its default at 64K, q4 256/256 10–20 % faster; f16 256/256 equal to 2 %
+  // slower, so it stays on the fused kernel; docs/perf/vulkan.md), or always with
+  // PALU_VULKAN_COOPMAT=1.
   const bool auto_coop = kernel == LatentKernel::kAuto && ctx->cooperative_matrix() &&
-                         (ctx->prefer_cooperative_matrix() || g.zk.rank <= kCoopmatAutoMaxRank);
+                         (ctx->prefer_cooperative_matrix() || g.zk.rank <= kCoopmatAutoMaxRank ||
+                          row_storage_bits(g.zk.storage) > 0);
   if (auto_coop || kernel == LatentKernel::kFusedCoopmat) {
     // Why the coopmat kernel cannot run here (empty: it can).
     const CoopShape c = coop_shape(g.zk.rank, g.zv.rank, a.dh, ctx->max_shared_bytes());

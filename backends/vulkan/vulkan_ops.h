@@ -117,10 +117,11 @@ struct LatentGroupArgs {
 // latent_decode_cm.comp: the scores' products as 16×16×16 f16 subgroup matrix products with
 // f32 accumulation, VK_NV_cooperative_matrix; d_h 64/128/256, r_k ≤ 512), kTile
 // (attn_decode.comp LATENT: keys rebuilt per tile of tokens in shared memory). kAuto:
-// kFusedCoopmat where the context has cooperative matrices, the shape fits and r_k ≤ 128 (or
-// any r_k where the context prefers them, PALU_VULKAN_COOPMAT=1: at r_k = 256 it is slower than
-// kFused from 64K tokens on the H100, docs/perf/vulkan.md), else kFused when a.fold is set and
-// the device has subgroup arithmetic and room for the shape, else kTile. A kernel other than kAuto
+// kFusedCoopmat where the context has cooperative matrices, the shape fits and r_k ≤ 128 or the
+// keys are packed codes (or always where the context prefers them, PALU_VULKAN_COOPMAT=1: f16
+// keys at r_k = 256 are as fast or 2 % faster with kFused on the H100, docs/perf/vulkan.md),
+// else kFused when a.fold is set and the device has subgroup arithmetic and room for the
+// shape, else kTile. A kernel other than kAuto
 // asked for on a device or shape it cannot run: UNIMPLEMENTED naming why.
 enum class LatentKernel { kAuto, kFused, kFusedF32, kTile, kFusedCoopmat };
 Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,

@@ -7,8 +7,8 @@
 //   S = Z_tile · Mᵀ  ([TT, RKP] · [RKP, d_h]).
 //
 // Workgroup (hh, sp): NSG = d_h/16 subgroups of 32, WG = 2·d_h invocations; subgroup c owns
-// columns [16c, 16c + 16) of S. Per tile of TT tokens (32, or 16 where 32 does not fit shared
-// memory):
+// columns [16c, 16c + 16) of S. Per tile of TT tokens (the host picks 32 for r_k ≤ 128, else
+// 16: less shared memory, more workgroups per SM):
 //   A. the tile's key latents (ld_lat: the cache's decoding, f16 window included, rounded to
 //      f16; columns ≥ r_k and rows ≥ nt zero) go to shared memory zsh [TT, RKP] f16 (rows
 //      padded by 16 B so a fragment's rows fall in different banks);
