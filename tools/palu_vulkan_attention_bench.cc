@@ -12,9 +12,13 @@
 // dispatch the call records: splits + reduction) divided by reps, median of --runs such
 // submissions; so it includes a share of the submission overhead. MB moved = cache bytes read
 // (rows + packed scale/zero) + B^K for latent calls. Prints a markdown table per context.
+// --gpu-time (where the queue has timestamps) adds the device time of the same submissions
+// (a timestamp before the first and after the last call, ÷ reps, median) and, from one more
+// submission with a timestamp after every dispatch, the device time per call of each shader.
 //
 //   palu-vulkan-attention-bench [--contexts 4096,16384,65536,131072] [--reps 20] [--runs 5]
-//                               [--splits 0[,N...]] [--variants] [--device N]
+//                               [--splits 0[,N...]] [--variants] [--device N] [--gpu-time]
+//                               [--copy-probe]
 // Several --splits values repeat every latent row per value (0: T/512 clamped to 8..64).
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -81,7 +85,10 @@ int main(int argc, char** argv) {
                "also the coopmat kernel, the f32 fused kernel and the tile kernel");
   bool copy_probe = false;
   app.add_flag("--copy-probe", copy_probe,
-               "print the device-to-device copy rate (vkCmdCopyBuffer, 2·256 MiB per copy)");
+               "print the device-to-device copy rate (vkCmdCopyBuffer, 1 MiB to 1 GiB, with "
+               "and without barriers) and the add shader's streaming rate");
+  bool gpu_time = false;
+  app.add_flag("--gpu-time", gpu_time, "also the device time (timestamp queries) per call");
   app.add_option("--device", device,
                  "Vulkan device index (default: PALU_VULKAN_DEVICE or the preferred one)");
   CLI11_PARSE(app, argc, argv);
@@ -101,35 +108,110 @@ int main(int argc, char** argv) {
                   ? "the coopmat kernel"
                   : "coopmat for r_k <= 128 or packed keys, else fused");
   std::printf("# %s\n", ctx->cooperative_matrix_note().c_str());
+  std::printf("# queue family %u, timestamps %s (period %.3f ns)\n", ctx->queue_family(),
+              ctx->timestamps() ? "yes" : "no", ctx->timestamp_period_ns());
   if (copy_probe) {
-    // The rate the memory system gives a plain copy, next to the kernels' GB/s: 10 copies of
-    // 256 MiB in one command buffer, 2·bytes/time, median of --runs after one warm-up.
-    const size_t bytes = 256u << 20;
-    auto src = ctx->alloc(bytes, vk::MemoryKind::kDevice, "copy probe source");
-    auto dst = ctx->alloc(bytes, vk::MemoryKind::kDevice, "copy probe destination");
+    // The rate the memory system gives a plain copy, next to the kernels' GB/s: `count` copies
+    // of `bytes` in one command buffer, 2·bytes/time, median of --runs after one warm-up; wall
+    // time (recording + submit + wait) and device time (a timestamp after every copy: first
+    // to last ÷ count, and the median single copy).
+    const size_t max_bytes = 1u << 30;
+    auto src = ctx->alloc(max_bytes, vk::MemoryKind::kDevice, "copy probe source");
+    auto dst = ctx->alloc(max_bytes, vk::MemoryKind::kDevice, "copy probe destination");
     if (!src.is_ok() || !dst.is_ok()) {
       std::fprintf(stderr, "copy probe: %s\n",
                    (!src.is_ok() ? src.status() : dst.status()).to_string().c_str());
       return 1;
     }
-    std::vector<double> us;
-    for (int r = 0; r <= runs; ++r) {
-      vk::Recorder rec(ctx);
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < 10; ++i) rec.copy(src.value(), 0, dst.value(), 0, bytes);
-      Status st = rec.submit("copy probe");
-      const double t =
-          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    std::printf(
+        "\n| copies | barrier | wall µs/copy | GPU µs/copy | GPU µs median copy | "
+        "GB/s wall | GB/s GPU |\n|---|---|---:|---:|---:|---:|---:|\n");
+    auto probe = [&](size_t bytes, int count, bool barrier) -> Status {
+      std::vector<double> wall, gpu, one;
+      for (int r = 0; r <= runs; ++r) {
+        vk::Recorder rec(ctx);
+        const auto t0 = std::chrono::steady_clock::now();
+        rec.mark("start");
+        for (int i = 0; i < count; ++i) {
+          rec.copy(src.value(), 0, dst.value(), 0, bytes, barrier);
+          if (barrier) rec.mark("copy");
+        }
+        if (!barrier) rec.mark("end");
+        PALU_RETURN_IF_ERROR(rec.submit("copy probe"));
+        const double t =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                .count();
+        if (r == 0) continue;
+        wall.push_back(t / count);
+        const auto& m = rec.marks();
+        if (m.size() >= 2) {
+          gpu.push_back(m.back().ns / 1e3 / count);
+          for (size_t i = 1; i < m.size(); ++i) one.push_back((m[i].ns - m[i - 1].ns) / 1e3);
+        }
+      }
+      auto med = [](std::vector<double> v) {
+        if (v.empty()) return 0.0;
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      const double w = med(wall), g = med(gpu), o = med(one);
+      char one_s[32] = "-";  // without barriers only the first and last copy are marked
+      if (barrier) std::snprintf(one_s, sizeof one_s, "%.1f", o);
+      std::printf("| %d × %zu MiB | %s | %.1f | %.1f | %s | %.0f | %.0f |\n", count, bytes >> 20,
+                  barrier ? "yes" : "no", w, g, one_s, 2.0 * (double)bytes / w / 1e3,
+                  g > 0 ? 2.0 * (double)bytes / g / 1e3 : 0.0);
+      std::fflush(stdout);
+      return Status::ok();
+    };
+    const struct {
+      size_t mib;
+      int count;
+      bool barrier;
+    } cases[] = {{256, 10, true}, {256, 10, false}, {1024, 1, true}, {1024, 3, true},
+                 {64, 10, true},  {64, 10, false},  {16, 10, true},  {16, 10, false},
+                 {1, 10, true},   {1, 10, false}};
+    for (const auto& c : cases) {
+      Status st = probe(c.mib << 20, c.count, c.barrier);
       if (!st.is_ok()) {
         std::fprintf(stderr, "copy probe: %s\n", st.to_string().c_str());
         return 1;
       }
-      if (r > 0) us.push_back(t / 10);
     }
-    std::sort(us.begin(), us.end());
-    const double med = us[us.size() / 2];
-    std::printf("# device-to-device copy of %zu MiB: %.1f µs, %.0f GB/s (2·bytes/time)\n",
-                bytes >> 20, med, 2.0 * (double)bytes / med / 1e3);
+    // The same memory through a shader: y += x over n f32 (the `add` op: 64-thread workgroups,
+    // one 32-bit load of x and y and one store per thread through buffer device addresses),
+    // 3·4·n bytes per dispatch; 10 dispatches with the Recorder's barriers, device time.
+    std::printf(
+        "\n| shader | n (f32) | wall µs/dispatch | GPU µs/dispatch | GB/s wall | "
+        "GB/s GPU |\n|---|---:|---:|---:|---:|---:|\n");
+    for (size_t n : {(size_t)64 << 20, (size_t)16 << 20, (size_t)1 << 20}) {
+      std::vector<double> wall, gpu;
+      for (int r = 0; r <= runs; ++r) {
+        vk::Recorder rec(ctx);
+        const auto t0 = std::chrono::steady_clock::now();
+        rec.mark("start");
+        for (int i = 0; i < 10; ++i)
+          vk::add(rec, src.value().address(), dst.value().address(), n, n);
+        rec.mark("end");
+        Status st = rec.submit("stream probe");
+        if (!st.is_ok()) {
+          std::fprintf(stderr, "stream probe: %s\n", st.to_string().c_str());
+          return 1;
+        }
+        const double t =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                .count();
+        if (r == 0) continue;
+        wall.push_back(t / 10);
+        if (rec.marks().size() == 2) gpu.push_back(rec.marks()[1].ns / 1e3 / 10);
+      }
+      std::sort(wall.begin(), wall.end());
+      std::sort(gpu.begin(), gpu.end());
+      const double w = wall[wall.size() / 2], g = gpu.empty() ? 0.0 : gpu[gpu.size() / 2];
+      const double moved = 12.0 * (double)n;
+      std::printf("| add | %zu | %.1f | %.1f | %.0f | %.0f |\n", n, w, g, moved / w / 1e3,
+                  g > 0 ? moved / g / 1e3 : 0.0);
+      std::fflush(stdout);
+    }
   }
   std::vector<Kernel> kernels = {{"full f16 (ours)", false, RowStorage::kF16, 0, 0}};
   struct Shape {
@@ -165,7 +247,9 @@ int main(int argc, char** argv) {
         table[(size_t)t * half + i] = (float)std::cos((double)((float)t * inv));
         table[(size_t)T * half + (size_t)t * half + i] = (float)std::sin((double)((float)t * inv));
       }
-    std::printf("\n## T = %d\n\n| kernel | time µs | MB moved | GB/s |\n|---|---:|---:|---:|\n", T);
+    std::printf("\n## T = %d\n\n| kernel | time µs | MB moved | GB/s |%s\n|---|---:|---:|---:|%s\n",
+                T, gpu_time ? " GPU µs | GPU GB/s |" : "", gpu_time ? "---:|---:|" : "");
+    std::vector<std::string> breakdowns;
     for (const Kernel& k : kernels) {
       if (k.kind == vk::LatentKernel::kTile && T > 16384) continue;
       auto run_one = [&]() -> Status {
@@ -244,10 +328,7 @@ int main(int argc, char** argv) {
             groups.push_back(ga);
           }
         }
-        std::vector<double> times;
-        for (int run = 0; run <= runs; ++run) {
-          const auto t0 = std::chrono::steady_clock::now();
-          vk::Recorder rec(ctx);
+        auto record_calls = [&](vk::Recorder& rec) -> Status {
           for (int i = 0; i < reps; ++i) {
             if (!k.latent) {
               PALU_RETURN_IF_ERROR(vk::attention_decode_full(rec, a, kr, vr));
@@ -256,22 +337,69 @@ int main(int argc, char** argv) {
                 PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk, k.kind));
             }
           }
+          return Status::ok();
+        };
+        std::vector<double> times, gpu_times;
+        for (int run = 0; run <= runs; ++run) {
+          const auto t0 = std::chrono::steady_clock::now();
+          vk::Recorder rec(ctx);
+          if (gpu_time) rec.mark("start");
+          PALU_RETURN_IF_ERROR(record_calls(rec));
+          if (gpu_time) rec.mark("end");
           PALU_RETURN_IF_ERROR(rec.submit("bench"));
           const double us =
               std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
                   .count();
-          if (run > 0) times.push_back(us / reps);  // the first run builds the pipelines
+          if (run == 0) continue;  // the first run builds the pipelines
+          times.push_back(us / reps);
+          if (rec.marks().size() == 2) gpu_times.push_back(rec.marks()[1].ns / 1e3 / reps);
         }
         std::sort(times.begin(), times.end());
+        std::sort(gpu_times.begin(), gpu_times.end());
         const double us = times[times.size() / 2];
-        std::printf("| %s | %.1f | %.1f | %.0f |\n", k.name.c_str(), us, bytes / 1e6,
-                    bytes / us / 1e3);
+        std::string gpu_cols;
+        if (gpu_time) {
+          const double g = gpu_times.empty() ? 0.0 : gpu_times[gpu_times.size() / 2];
+          char buf[64];
+          std::snprintf(buf, sizeof buf, " %.1f | %.0f |", g, g > 0 ? bytes / g / 1e3 : 0.0);
+          gpu_cols = buf;
+          // Per shader: the device time between a dispatch's mark and the one before it, summed
+          // per shader name, ÷ reps (dispatches per call in parentheses).
+          vk::Recorder rec(ctx);
+          rec.mark_dispatches(true);
+          PALU_RETURN_IF_ERROR(record_calls(rec));
+          PALU_RETURN_IF_ERROR(rec.submit("bench (per dispatch)"));
+          const auto& m = rec.marks();
+          std::vector<std::pair<std::string, std::pair<double, int>>> per;
+          for (size_t i = 1; i < m.size(); ++i) {
+            auto it = std::find_if(per.begin(), per.end(),
+                                   [&](const auto& p) { return p.first == m[i].label; });
+            if (it == per.end()) it = per.insert(per.end(), {m[i].label, {0.0, 0}});
+            it->second.first += (m[i].ns - m[i - 1].ns) / 1e3;
+            it->second.second += 1;
+          }
+          char head[64] = "-";
+          if (!m.empty()) std::snprintf(head, sizeof head, "%.1f", m.back().ns / 1e3 / reps);
+          std::string line = "# " + std::to_string(T) + " " + k.name +
+                             ", GPU µs per call with a timestamp after every dispatch: " + head;
+          for (const auto& [name, v] : per) {
+            char b2[160];
+            std::snprintf(b2, sizeof b2, "; %s %.1f (%.0f×)", name.c_str(), v.first / reps,
+                          (double)v.second / reps);
+            line += b2;
+          }
+          breakdowns.push_back(line);
+        }
+        std::printf("| %s | %.1f | %.1f | %.0f |%s\n", k.name.c_str(), us, bytes / 1e6,
+                    bytes / us / 1e3, gpu_cols.c_str());
         return Status::ok();
       };
       Status st = run_one();
       if (!st.is_ok()) std::printf("| %s | %s | | |\n", k.name.c_str(), st.to_string().c_str());
       std::fflush(stdout);
     }
+    if (!breakdowns.empty()) std::printf("\n");
+    for (const auto& l : breakdowns) std::printf("%s\n", l.c_str());
   }
   return 0;
 }

@@ -28,6 +28,23 @@ bool trace_enabled() {
   return on;
 }
 
+// PALU_VULKAN_PIPELINE_STATS=1: the driver's statistics of every pipeline built (registers,
+// shared memory, ... as VK_KHR_pipeline_executable_properties names them) on stderr.
+bool pipeline_stats_from_env() {
+  const char* e = std::getenv("PALU_VULKAN_PIPELINE_STATS");
+  return e != nullptr && *e != '\0' && *e != '0';
+}
+
+bool has_device_extension(VkPhysicalDevice pd, const char* name) {
+  uint32_t n = 0;
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, nullptr);
+  std::vector<VkExtensionProperties> exts(n);
+  vkEnumerateDeviceExtensionProperties(pd, nullptr, &n, exts.data());
+  for (const auto& x : exts)
+    if (std::strcmp(x.extensionName, name) == 0) return true;
+  return false;
+}
+
 // PALU_VULKAN_COOPMAT: unset or anything but "0" lets a device with VK_NV_cooperative_matrix use
 // it; "0" turns it off (A/B timing, debugging); "1" also makes it the automatic choice.
 bool coopmat_from_env() {
@@ -97,6 +114,16 @@ uint64_t timeout_from_env(uint64_t fallback) {
   const unsigned long long v = std::strtoull(e, &end, 10);
   if (*end != '\0' || e[0] == '-') return fallback;
   return (uint64_t)v;
+}
+
+// PALU_VULKAN_QUEUE_FAMILY as an index (−1 when unset or not a number).
+int queue_family_from_env() {
+  const char* e = std::getenv("PALU_VULKAN_QUEUE_FAMILY");
+  if (e == nullptr || *e == '\0') return -1;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (*end != '\0' || v < 0 || v > 64) return -1;
+  return (int)v;
 }
 
 int type_rank(VkPhysicalDeviceType t) {
@@ -200,6 +227,9 @@ VulkanInstanceDevices select_vulkan_devices() {
     for (uint32_t i = 0; i < qn && family < 0; ++i) {
       if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) family = (int)i;
     }
+    const int forced = queue_family_from_env();
+    if (forced >= 0 && forced < (int)qn && (qf[forced].queueFlags & VK_QUEUE_COMPUTE_BIT))
+      family = forced;
     VkPhysicalDeviceMemoryProperties mem{};
     vkGetPhysicalDeviceMemoryProperties(pd, &mem);
     for (uint32_t h = 0; h < mem.memoryHeapCount; ++h) {
@@ -326,6 +356,13 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   props_ = e.props;
   queue_family_ = e.queue_family;
   vkGetPhysicalDeviceMemoryProperties(physical_, &mem_props_);
+  {
+    uint32_t qn = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(physical_, &qn, nullptr);
+    std::vector<VkQueueFamilyProperties> qf(qn);
+    vkGetPhysicalDeviceQueueFamilyProperties(physical_, &qn, qf.data());
+    if (queue_family_ < qn) timestamp_valid_bits_ = qf[queue_family_].timestampValidBits;
+  }
   VkPhysicalDeviceSubgroupProperties sg{};
   sg.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES;
   VkPhysicalDeviceProperties2 p2{};
@@ -374,7 +411,7 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   VkPhysicalDeviceCooperativeMatrixFeaturesNV fcm{};
   fcm.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV;
   fcm.cooperativeMatrix = VK_TRUE;
-  const char* coopmat_ext = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+  std::vector<const char*> exts;
   VkDeviceCreateInfo dci{};
   dci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
   dci.pNext = &f12;
@@ -386,9 +423,24 @@ Status VulkanContext::init(const VulkanInstanceDevices& found, int index) {
   if (coopmat_) {
     f12.pNext = &fcm;
     fcm.pNext = &f11;
-    dci.enabledExtensionCount = 1;
-    dci.ppEnabledExtensionNames = &coopmat_ext;
+    exts.push_back(VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME);
   }
+  VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR fpe{};
+  fpe.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR;
+  if (pipeline_stats_from_env()) {
+    if (has_device_extension(physical_, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME)) {
+      exts.push_back(VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+      fpe.pipelineExecutableInfo = VK_TRUE;
+      fpe.pNext = (void*)dci.pNext;
+      dci.pNext = &fpe;
+      pipeline_stats_ = true;
+    } else {
+      std::fprintf(stderr, "[vulkan] PALU_VULKAN_PIPELINE_STATS: no %s\n",
+                   VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+    }
+  }
+  dci.enabledExtensionCount = (uint32_t)exts.size();
+  dci.ppEnabledExtensionNames = exts.empty() ? nullptr : exts.data();
   VkResult r = vkCreateDevice(physical_, &dci, nullptr, &device_);
   if (r != VK_SUCCESS) {
     device_ = VK_NULL_HANDLE;
@@ -441,6 +493,7 @@ VulkanContext::~VulkanContext() {
     if (pipeline_cache_ != VK_NULL_HANDLE)
       vkDestroyPipelineCache(device_, pipeline_cache_, nullptr);
     if (fence_ != VK_NULL_HANDLE) vkDestroyFence(device_, fence_, nullptr);
+    if (query_pool_ != VK_NULL_HANDLE) vkDestroyQueryPool(device_, query_pool_, nullptr);
     if (gate_ != VK_NULL_HANDLE) vkDestroySemaphore(device_, gate_, nullptr);
     if (pool_ != VK_NULL_HANDLE) vkDestroyCommandPool(device_, pool_, nullptr);
     vkDestroyDevice(device_, nullptr);
@@ -774,12 +827,59 @@ Result<VkPipeline> VulkanContext::pipeline(const std::string& shader,
   cpci.stage.pName = "main";
   cpci.stage.pSpecializationInfo = spec.empty() ? nullptr : &si;
   cpci.layout = layout_;
+  if (pipeline_stats_) cpci.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   VkPipeline p = VK_NULL_HANDLE;
   if (trace_enabled()) std::fprintf(stderr, "[vulkan] pipeline %s\n", shader.c_str());
   VkResult r = vkCreateComputePipelines(device_, pipeline_cache_, 1, &cpci, nullptr, &p);
   if (r != VK_SUCCESS) return vk_error(("vkCreateComputePipelines " + shader).c_str(), r);
+  if (pipeline_stats_) print_pipeline_stats(p, shader, spec);
   pipelines_[key] = p;
   return p;
+}
+
+void VulkanContext::print_pipeline_stats(VkPipeline p, const std::string& shader,
+                                         const std::vector<uint32_t>& spec) {
+  auto get_exes = reinterpret_cast<PFN_vkGetPipelineExecutablePropertiesKHR>(
+      vkGetDeviceProcAddr(device_, "vkGetPipelineExecutablePropertiesKHR"));
+  auto get_stats = reinterpret_cast<PFN_vkGetPipelineExecutableStatisticsKHR>(
+      vkGetDeviceProcAddr(device_, "vkGetPipelineExecutableStatisticsKHR"));
+  if (get_exes == nullptr || get_stats == nullptr) return;
+  std::string line = "[vulkan] stats " + shader + " spec {";
+  for (size_t i = 0; i < spec.size(); ++i) line += (i ? "," : "") + std::to_string(spec[i]);
+  line += "}";
+  VkPipelineInfoKHR pi{};
+  pi.sType = VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR;
+  pi.pipeline = p;
+  uint32_t ne = 0;
+  get_exes(device_, &pi, &ne, nullptr);
+  for (uint32_t e = 0; e < ne; ++e) {
+    VkPipelineExecutableInfoKHR ei{};
+    ei.sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR;
+    ei.pipeline = p;
+    ei.executableIndex = e;
+    uint32_t ns = 0;
+    get_stats(device_, &ei, &ns, nullptr);
+    std::vector<VkPipelineExecutableStatisticKHR> st(ns);
+    for (auto& x : st) x.sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR;
+    get_stats(device_, &ei, &ns, st.data());
+    for (const auto& x : st) {
+      line += std::string("; ") + x.name + "=";
+      switch (x.format) {
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR:
+          line += x.value.b32 ? "true" : "false";
+          break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR:
+          line += std::to_string(x.value.i64);
+          break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR:
+          line += std::to_string(x.value.u64);
+          break;
+        default:
+          line += std::to_string(x.value.f64);
+      }
+    }
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 // ---- recorder ---------------------------------------------------------------------------
@@ -819,6 +919,37 @@ void Recorder::begin() {
     return;
   }
   recording_ = true;
+  pending_marks_.clear();
+  marks_.clear();
+  if (mark_dispatches_) mark("begin");
+}
+
+void Recorder::mark(const std::string& label) {
+  if (!error_.is_ok() || !ctx_->timestamps()) return;
+  begin();
+  if (!error_.is_ok()) return;
+  if (pending_marks_.size() >= kMaxMarks) {
+    error_ = internal_error("vulkan: more than " + std::to_string(kMaxMarks) +
+                            " timestamp marks in one submission");
+    return;
+  }
+  if (ctx_->query_pool_ == VK_NULL_HANDLE) {
+    VkQueryPoolCreateInfo qci{};
+    qci.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO;
+    qci.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    qci.queryCount = kMaxMarks;
+    const VkResult r = vkCreateQueryPool(ctx_->device_, &qci, nullptr, &ctx_->query_pool_);
+    if (r != VK_SUCCESS) {
+      ctx_->query_pool_ = VK_NULL_HANDLE;
+      error_ = vk_error("vkCreateQueryPool", r);
+      return;
+    }
+  }
+  // Queries are reset in the command buffer, before its first write (no hostQueryReset needed).
+  if (pending_marks_.empty()) vkCmdResetQueryPool(ctx_->cmd_, ctx_->query_pool_, 0, kMaxMarks);
+  vkCmdWriteTimestamp(ctx_->cmd_, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, ctx_->query_pool_,
+                      (uint32_t)pending_marks_.size());
+  pending_marks_.push_back(label);
 }
 
 void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
@@ -852,15 +983,20 @@ void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, c
   vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1,
                        &mb, 0, nullptr, 0, nullptr);
+  if (mark_dispatches_) mark(shader);
 }
 
 void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst,
-                    size_t dst_off, size_t bytes) {
+                    size_t dst_off, size_t bytes, bool barrier) {
   if (!error_.is_ok() || bytes == 0) return;
   begin();
   if (!error_.is_ok()) return;
   VkBufferCopy c{src_off, dst_off, bytes};
   vkCmdCopyBuffer(ctx_->cmd_, src.handle(), dst.handle(), 1, &c);
+  if (!barrier) {
+    if (mark_dispatches_) mark("copy");
+    return;
+  }
   VkMemoryBarrier mb{};
   mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
   mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
@@ -868,6 +1004,7 @@ void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer&
   vkCmdPipelineBarrier(ctx_->cmd_, VK_PIPELINE_STAGE_TRANSFER_BIT,
                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb,
                        0, nullptr, 0, nullptr);
+  if (mark_dispatches_) mark("copy");
 }
 
 Status Recorder::submit(const char* what) {
@@ -898,6 +1035,23 @@ Status Recorder::submit(const char* what) {
   VkResult r = vkEndCommandBuffer(ctx_->cmd_);
   Status st = r != VK_SUCCESS ? vk_error("vkEndCommandBuffer", r).with_context(what)
                               : ctx_->submit_and_wait(what);
+  if (st.is_ok() && !pending_marks_.empty()) {
+    const uint32_t n = (uint32_t)pending_marks_.size();
+    std::vector<uint64_t> ticks(n);
+    r = vkGetQueryPoolResults(ctx_->device_, ctx_->query_pool_, 0, n, n * 8, ticks.data(), 8,
+                              VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
+    if (r != VK_SUCCESS) {
+      st = vk_error("vkGetQueryPoolResults", r).with_context(what);
+    } else {
+      // Only timestampValidBits of each value count; differences taken modulo that width.
+      const uint32_t bits = ctx_->timestamp_valid_bits_;
+      const uint64_t mask = bits >= 64 ? ~0ull : (1ull << bits) - 1;
+      for (uint32_t i = 0; i < n; ++i)
+        marks_.push_back({pending_marks_[i],
+                          (double)((ticks[i] - ticks[0]) & mask) * ctx_->timestamp_period_ns()});
+    }
+  }
+  pending_marks_.clear();
   unlock();
   return st;
 }

@@ -27,6 +27,12 @@
 // registers them when vkCreateInstance loads it): a static holding a context must be initialised
 // after the context is made, never declared empty first and filled in later.
 // Debugging: PALU_VULKAN_TRACE=1 prints each pipeline build, dispatch and submission to stderr.
+// PALU_VULKAN_QUEUE_FAMILY=N uses queue family N (when it has compute) instead of the default
+// choice (a compute-only family where there is one); for A/B timing.
+// PALU_VULKAN_PIPELINE_STATS=1 prints the driver's statistics of each pipeline built (register
+// count, shared memory, ...; VK_KHR_pipeline_executable_properties, where the device has it).
+// GPU timing: Recorder::mark writes timestamps (a query pool of the context) where the queue
+// has them (timestamps()); the bench's --gpu-time reads them.
 #pragma once
 
 #include <vulkan/vulkan.h>
@@ -142,6 +148,11 @@ class VulkanContext {
                     props_.limits.maxComputeWorkGroupSize[0]);
   }
   bool is_cpu() const { return props_.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU; }
+  uint32_t queue_family() const { return queue_family_; }
+  // Whether the queue writes timestamps (its family's timestampValidBits > 0) and the tick in ns
+  // (VkPhysicalDeviceLimits::timestampPeriod).
+  bool timestamps() const { return timestamp_valid_bits_ > 0; }
+  double timestamp_period_ns() const { return props_.limits.timestampPeriod; }
 
   // A buffer of `bytes` (rounded up to 16) for `what` (named in errors).
   Result<VulkanBuffer> alloc(size_t bytes, MemoryKind kind, const std::string& what);
@@ -179,6 +190,8 @@ class VulkanContext {
   Status init(const VulkanInstanceDevices& found, int index);
   void release(VulkanBuffer* b);
   Result<VkPipeline> pipeline(const std::string& shader, const std::vector<uint32_t>& spec);
+  void print_pipeline_stats(VkPipeline p, const std::string& shader,
+                            const std::vector<uint32_t>& spec);
   Status ensure_staging(size_t bytes);
   Status copy_buffer(VkBuffer src, size_t src_off, VkBuffer dst, size_t dst_off, size_t bytes,
                      const char* what);
@@ -199,6 +212,9 @@ class VulkanContext {
   bool coopmat_ = false;
   bool coopmat_preferred_ = false;
   std::string coopmat_note_;
+  uint32_t timestamp_valid_bits_ = 0;
+  bool pipeline_stats_ = false;              // PALU_VULKAN_PIPELINE_STATS and the extension enabled
+  VkQueryPool query_pool_ = VK_NULL_HANDLE;  // kMaxMarks timestamps, made at the first mark
   VkInstance instance_ = VK_NULL_HANDLE;
   VkPhysicalDevice physical_ = VK_NULL_HANDLE;
   VkDevice device_ = VK_NULL_HANDLE;
@@ -229,6 +245,13 @@ class VulkanContext {
   Status hung_status_;  // guarded by hung_mu_
 };
 
+// One GPU timestamp of a submission: its label and the device time since the submission's first
+// mark, in ns.
+struct GpuMark {
+  std::string label;
+  double ns = 0;
+};
+
 // Records compute dispatches into the context's command buffer, then submits and waits.
 // Holds the context's queue lock from its first recorded command to submit() (or destruction),
 // so uploads and downloads between submissions are fine. Every dispatch is followed by a
@@ -244,9 +267,19 @@ class Recorder {
   // push-constant block (≤ 128 bytes). A failure is remembered and returned by submit().
   void dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
                 size_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
-  // Device → device copy (e.g. logits into a host-readable buffer).
+  // Device → device copy (e.g. logits into a host-readable buffer), followed by a transfer →
+  // compute/host barrier unless `barrier` is false (the copy probe of the bench).
   void copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off,
-            size_t bytes);
+            size_t bytes, bool barrier = true);
+  // GPU timing, where ctx->timestamps() (else no-ops and marks() stays empty): mark() writes a
+  // timestamp once every command recorded before it has finished (bottom of pipe);
+  // mark_dispatches(true) adds a mark after every later dispatch and copy, labelled with the
+  // shader's name ("copy"), and one before the first. At most kMaxMarks per submission (more is
+  // an error of submit()). After submit(), marks() holds them, ns since the first mark.
+  static constexpr uint32_t kMaxMarks = 4096;
+  void mark(const std::string& label);
+  void mark_dispatches(bool on) { mark_dispatches_ = on; }
+  const std::vector<GpuMark>& marks() const { return marks_; }
   // Ends, submits and waits; the command buffer can be recorded again afterwards.
   Status submit(const char* what);
   VulkanContext* context() const { return ctx_; }
@@ -258,6 +291,9 @@ class Recorder {
   std::unique_lock<std::mutex> lock_;  // deferred: taken by begin(), given back by submit()
   bool recording_ = false;
   Status error_;
+  bool mark_dispatches_ = false;
+  std::vector<std::string> pending_marks_;  // labels of the marks recorded so far
+  std::vector<GpuMark> marks_;              // the last submission's
 };
 
 // "VkResult -2 (VK_ERROR_OUT_OF_DEVICE_MEMORY)"

@@ -2,7 +2,7 @@
 // context hung (a clear INTERNAL error naming the operation, then every call fails fast and
 // nothing the device may still use is freed), and the queue lock of a Recorder is held only
 // while it records, so downloads after submit() work on discrete GPUs (where they go through
-// the staging buffer) instead of deadlocking.
+// the staging buffer) instead of deadlocking; GPU timestamp marks come back ordered and labelled.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -82,6 +82,40 @@ TEST(VulkanContext, DownloadAfterSubmitWhileTheRecorderLives) {
   ASSERT_TRUE(rec.submit("add again").is_ok());
   for (int i = 0; i < n; ++i) want[i] += xv[i];
   expect_near_all(from_device<float>(ctx, y, n), want, 1e-6f, 0, "add again");
+}
+
+TEST(VulkanContext, TimestampMarksAreOrderedAndLabelled) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  if (!ctx->timestamps())
+    GTEST_SKIP() << "queue family " << ctx->queue_family() << " has no timestamps";
+  const int n = 1 << 16;
+  VulkanBuffer x = to_device(ctx, random_floats(n, 5)), y = to_device(ctx, random_floats(n, 6));
+  Recorder rec(ctx);
+  rec.mark("start");
+  add(rec, x.address(), y.address(), n, n);
+  rec.mark("end");
+  ASSERT_TRUE(rec.submit("marked add").is_ok());
+  ASSERT_EQ(rec.marks().size(), 2u);
+  EXPECT_EQ(rec.marks()[0].label, "start");
+  EXPECT_EQ(rec.marks()[1].label, "end");
+  EXPECT_EQ(rec.marks()[0].ns, 0.0);
+  EXPECT_GE(rec.marks()[1].ns, 0.0);
+  EXPECT_LT(rec.marks()[1].ns, 60e9) << "a 64K-element add within a minute";
+  // A mark after every dispatch, named after its shader, and one before the first.
+  rec.mark_dispatches(true);
+  add(rec, x.address(), y.address(), n, n);
+  add(rec, x.address(), y.address(), n, n);
+  ASSERT_TRUE(rec.submit("two adds").is_ok());
+  ASSERT_EQ(rec.marks().size(), 3u);
+  EXPECT_EQ(rec.marks()[0].label, "begin");
+  EXPECT_EQ(rec.marks()[1].label, "add");
+  EXPECT_EQ(rec.marks()[2].label, "add");
+  EXPECT_LE(rec.marks()[1].ns, rec.marks()[2].ns);
+  // No marks recorded: none reported (not the previous submission's).
+  rec.mark_dispatches(false);
+  add(rec, x.address(), y.address(), n, n);
+  ASSERT_TRUE(rec.submit("unmarked add").is_ok());
+  EXPECT_TRUE(rec.marks().empty());
 }
 
 }  // namespace
