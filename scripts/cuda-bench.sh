@@ -252,6 +252,28 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   longer count the RoPE table's bytes (it is not produced for them), so their bound is ~10% lower
   than before (f16 256/256 at 64K: 203 → 181 µs).
 
+* round 4 (2026-11-24 06:00–06:20 UTC): the warpgroups decoupled and ping-ponged (FA3), for the
+  ring with f16 keys and values (f16 256/256). Expected, written first: with the loads behind
+  mbarriers (a producer warp fills the ring; full / empty barrier per buffer) and the two
+  warpgroups taking turns issuing their key wgmma chain (named barriers 3 and 4), one
+  warpgroup's scores, softmax and p·z^V run under the other's chain: ~8K → ~5–6K clocks per
+  tile, f16 256/256 at 64K ~560 → 400–450 µs; no gain would mean a warpgroup's own chain, not
+  the block barriers, sets the pace. Measured, same binary, `tools/gpu-check.sh --attention
+  --filter '*LatentAttentionCuda*:*FullAttentionCuda*:CudaModelFused.*:CudaModelCompressed.*:AttentionCudaErrors.*'`
+  (52/52 both times) then `palu-cuda-attention-bench --T 4096,65536 --iters 20` per setting,
+  H100 (µs at 64K; the setting is `PALU_CUDA_SM90_WS`):
+
+  | producer | ring (0) | producer, no ping-pong (1) | producer + ping-pong (2) |
+  |---|---|---|---|
+  | one warp, cp.async from its 32 lanes | 650, 614 | 1373 | 1429, 1379 |
+  | one lane, TMA boxes (64 × 64 f16, 128-byte swizzle: one operand atom each) | 570, 553 | 447 | 388, 394 (4K: 46 vs 55–56) |
+
+  The cp.async producer moved ~3.4 B per clock and SM (~400 GB/s in all): a warp's own loads
+  in flight are far too few, which is why FA3 loads with TMA. With TMA the decoupling alone
+  buys 20% and the ping-pong another 13%: 1.43× on f16 256/256 (kept: the default; the tables
+  above predate it). The q4 rows decode their tiles into buffers both warpgroups read, so they
+  still meet at block barriers; they are next (decoding by producer warps, or per warpgroup).
+
 Why it is still ~1.5–2.2× slower than SDPA instead of faster (before round 3: ~1.9–2.6×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -265,11 +287,10 @@ Why it is still ~1.5–2.2× slower than SDPA instead of faster (before round 3:
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): the two warpgroups decoupled and ping-ponged (FA3): one
-warpgroup's key wgmma chain running while the other does its softmax and P, which needs
-mbarrier-guarded stages filled by a producer warp (TMA or cp.async.bulk, `setmaxnreg` to give
-the consumers the registers) instead of block barriers, and a second accumulator set or a
-per-warpgroup tile offset; ≤ 128 registers so that two blocks share an SM where shared memory
+What the targets need (not built): the two warpgroups decoupled and ping-ponged (FA3) for the
+q4 rows too (round 4 built it for f16 keys and values: a TMA producer warp and mbarriers), which
+needs their key and value decoding moved off the shared block-barrier path (producer warps that
+decode, `setmaxnreg` to give the consumers the registers, or per-warpgroup decoding); ≤ 128 registers so that two blocks share an SM where shared memory
 allows (q4 128/384); M split across a 2-CTA cluster with the latent tiles multicast for
 r_k = 256 (frees 64 KiB per block for deeper stages and lets f16 256/256 pipeline).
 NOTES

@@ -174,6 +174,8 @@ int main(int argc, char** argv) {
   if (const char* e = std::getenv("PALU_BENCH_SM80")) opt.force_sm80 = std::atoi(e) != 0;
   // PALU_BENCH_SM90_SERIAL=1: the sm_90a kernel without the wgmma / p·z^V overlap
   if (const char* e = std::getenv("PALU_BENCH_SM90_SERIAL")) opt.sm90_pipeline = std::atoi(e) == 0;
+  // (PALU_CUDA_SM90_WS=0 / 1, read by the library: the f16 rows' ring without the TMA producer warp
+  // / without the ping-pong)
   float* q = static_cast<float*>(dmalloc(H * d * 4));
   float* out = static_cast<float*>(dmalloc(H * 512 * 4));
   std::vector<float> hq(H * d), hinv(d / 2);

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -669,7 +670,11 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
     if (s9.ok) {
       p.heads_per_block = 2;
       p.smem_bytes = s9.smem;
-      p.threads = detail::kSm90Threads;
+      // (+ the TMA producer warp where the ring runs on f16 keys and values)
+      p.threads = detail::kSm90Threads + (s9.ring && group.k.storage == RowStorage::kF16 &&
+                                                  group.v.storage == RowStorage::kF16
+                                              ? 32
+                                              : 0);
       p.sm90 = true;
       return p;
     }
@@ -876,6 +881,15 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.v_stages = b.sm90.v_stages;
       S.pipeline = options.sm90_pipeline ? 1 : 0;
       S.ring = b.sm90.ring ? 1 : 0;
+      {  // PALU_CUDA_SM90_WS (before/after comparisons): 0 the cp.async ring, 1 the TMA producer warp
+         // without the ping-pong, unset or 2 the TMA producer warp with it (f16 keys and values)
+        static const int ws = [] {
+          const char* e = std::getenv("PALU_CUDA_SM90_WS");
+          return e != nullptr ? std::atoi(e) : 2;
+        }();
+        S.ws = ws >= 1 ? 1 : 0;
+        S.pingpong = ws >= 2 ? 1 : 0;
+      }
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

@@ -20,9 +20,14 @@
 //   f16 into one swizzled buffer).
 // * With ≥ 2 key and ≥ 2 value stages (PIPE) the key wgmma chain of tile i + 1 is queued right
 //   after the softmax of tile i, ahead of the p·z^V chain of tile i (value decoding runs under
-//   it). Otherwise (f16 and q4 256/256: 2 key + 1 value stage) the serial schedule.
+//   it). Otherwise (f16 and q4 256/256: 2 key + 1 value stage) a ring of 3 tile buffers; for f16
+//   keys and values (kRingWs) a 9th warp fills the ring with TMA boxes into mbarrier-guarded
+//   buffers and the two warpgroups, no longer meeting at block barriers, take turns issuing
+//   their key wgmma chain (FA3's ping-pong): f16 256/256 at 64K 553–570 → 388–394 µs (H100).
 #include "backends/cuda/latent_attention_sm90.h"
 
+#include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
+#include <cudaTypedefs.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -45,6 +50,13 @@ constexpr int kHalf = 64;
 constexpr int kTile = kSm90Tile;
 
 __host__ __device__ inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// TMA descriptors of each group's key and value rows ([T, rank] f16, boxes of 64 tokens × 64
+// channels, 128-byte swizzle: exactly one atom of the wgmma operand layout); kRingWs only.
+struct Sm90Maps {
+  CUtensorMap k[kSm90MaxBatch];
+  CUtensorMap v[kSm90MaxBatch];
+};
 
 struct Sm90Layout {
   size_t ms, zf, vf, kst, kstage, kraw, vst, vstage, vraw, tail, total;
@@ -156,6 +168,35 @@ __device__ __forceinline__ uint4 q4x8_half(uint32_t w) {
   }
   return out;
 }
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// waits until the phase of parity `parity` of `bar` has completed
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+// one 64 × 64 f16 box (8 KiB, 128-byte swizzled) at channel c0, token t0 → dst; rows past T zeroed
+__device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, int c0, int t0, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(t0), "r"(smem_u32(bar))
+      : "memory");
+}
 __device__ __forceinline__ void cp_async_wait_n(int n) {
   switch (n) {
     case 0: cp_async_wait<0>(); break;
@@ -174,18 +215,27 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // key wgmma of tile i + 1 queued before p·z^V of tile i; k_stages, v_stages ≥ 2), kRing (serial
 // per tile, tiles through a ring of 3 buffers: each load issued as soon as a buffer frees, a tile
 // ahead), kSerial.
-constexpr int kSerial = 0, kPipe = 1, kRing = 2;
+// kRingWs: the ring's buffers filled by a producer warp (the block's 9th warp; one lane issues
+// 64 × 64 TMA boxes, which land in the swizzled operand layout) into mbarrier-guarded buffers
+// (full: the tile's bytes landed; empty: both warpgroups are done with it), so the warpgroups
+// never meet at block barriers; P.pingpong: the two warpgroups take turns issuing their key
+// wgmma chain (named barriers 3 and 4), which keeps them apart: one's scores, softmax and p·z^V
+// run while the other's chain is on the tensor cores. f16 keys and values only (no decoding
+// shared by the warpgroups). The same producer issuing cp.async from its 32 lanes was 2.2×
+// slower than the ring (~3.4 B/clock per SM: a warp's loads in flight are too few).
+constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3;
 template <int RK, int SCHED>
-__global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __grid_constant__ Sm90Params P) {
+__global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Threads, 1)
+    latent_sm90_kernel(const __grid_constant__ Sm90Params P, const __grid_constant__ Sm90Maps TM) {
 #ifdef PALU_SM90A_DEVICE
   extern __shared__ __align__(16) uint8_t smem_raw[];
   // aligned by offset arithmetic on the shared pointer (a cast through an integer would turn
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  constexpr bool PIPE = SCHED == kPipe;
+  constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || SCHED == kRingWs;
   const Sm90Layout L =
-      sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, SCHED == kRing);
+      sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
   const int tid = threadIdx.x, wgi = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const Sm90Group& G = P.g[gl];
@@ -206,7 +256,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // ---- once per block: M of both heads (swizzled), bias terms
   {
     const uint8_t* src = reinterpret_cast<const uint8_t*>(P.m + (size_t)head0 * kHD * rk);
-    for (int i = tid; i < 2 * kHD * cpr; i += kSm90Threads) {
+    for (int i = tid; i < 2 * kHD * cpr && tid < kSm90Threads; i += kSm90Threads) {
       const int n = i / cpr, ch = i % cpr;  // row n of the two heads' stacked M
       cp_async16(smem + L.ms + (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch), src + (size_t)i * 16);
     }
@@ -224,11 +274,11 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // K(tile) and V(tile): stage (tile − tile_begin) mod KS / VS, or ring buffers 2j and 2j + 1 mod 3
   auto kbuf = [&](int tile) -> uint8_t* {
     const int j = tile - tile_begin;
-    return smem + L.kst + (size_t)(SCHED == kRing ? (2 * j) % 3 : j % KS) * L.kstage;
+    return smem + L.kst + (size_t)(RING ? (2 * j) % 3 : j % KS) * L.kstage;
   };
   auto vbuf = [&](int tile) -> uint8_t* {
     const int j = tile - tile_begin;
-    return SCHED == kRing ? smem + L.vst + (size_t)((2 * j + 1) % 3) * L.vstage
+    return RING ? smem + L.vst + (size_t)((2 * j + 1) % 3) * L.vstage
                           : smem + L.vst + (size_t)(j % VS) * L.vstage;
   };
   auto issue_k = [&](int tile) {
@@ -346,7 +396,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
   // between the key wgmma issue and p·z^V, on its critical path). Rows past T: the table gives
   // zeros, the computation finite values; their scores are −∞ either way.
   auto load_trig = [&](float4(&tg)[2][8], int t0, int nvalid) {
-    if constexpr (SCHED != kRing) {
+    if constexpr (!RING) {
 #pragma unroll
       for (int rh = 0; rh < 2; ++rh) {
         const int row = warp * 16 + (lane >> 2) + rh * 8;
@@ -525,6 +575,61 @@ __global__ void __launch_bounds__(kSm90Threads, 1) latent_sm90_kernel(const __gr
       values(i, p0, p1, nvalid);
     }
     wgmma_wait0();
+  } else if constexpr (SCHED == kRingWs) {
+    // Load n (K(b + n/2) for even n, V(b + n/2) for odd n; b = tile_begin) goes into ring buffer
+    // n mod 3, its (n/3)-th use: the producer waits empty[n mod 3] for the release of use n/3 − 1,
+    // the consumers full[n mod 3] for use n/3 (phase parities (n/3 − 1) & 1 and (n/3) & 1).
+    uint64_t* full = reinterpret_cast<uint64_t*>(tail + 1024 + 640);
+    uint64_t* empty = full + 3;
+    if (tid == 0) {
+      for (int b = 0; b < 3; ++b) {
+        mbar_init(full + b, 1);              // the producer's expect_tx (then the TMA bytes)
+        mbar_init(empty + b, kSm90Threads);  // every consumer thread
+      }
+    }
+    cp_async_wait<0>();  // M
+    fence_proxy_async();
+    __syncthreads();  // M, the bias terms and the barriers visible
+    if (wgi == 2) {  // the producer warp: one lane issues every tile as TMA boxes
+      if (lane == 0) {
+        const int loads = 2 * (tile_end - tile_begin);
+        for (int n = 0; n < loads; ++n) {
+          const int b = n % 3, tile = tile_begin + n / 2;
+          mbar_wait(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
+          uint8_t* dst = smem + L.kst + (size_t)b * L.kstage;
+          const bool key = (n & 1) == 0;
+          const int atoms = key ? rk / 64 : (rv + 63) / 64;
+          const CUtensorMap* map = key ? &TM.k[gl] : &TM.v[gl];
+          mbar_expect_tx(full + b, (uint32_t)atoms * kTile * 128);
+          for (int a = 0; a < atoms; ++a) tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, tile * kTile, full + b);
+        }
+      }
+      return;
+    }
+    const bool pp = P.pingpong != 0;
+    if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
+    for (int i = tile_begin; i < tile_end; ++i) {
+      const int j = i - tile_begin, nk = 2 * j, nv = 2 * j + 1;
+      const int nvalid = min(kTile, T - i * kTile);
+      mbar_wait(full + nk % 3, (nk / 3) & 1);  // (TMA and wgmma: both the async proxy)
+      if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
+      float d[64];
+      mma_issue(d, smem_u32(kbuf(i)));
+      if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
+      float4 tg[2][8];  // computed while the tensor cores run
+      load_trig(tg, i * kTile, nvalid);
+      wgmma_wait0();
+      fence_operands(d);
+      mbar_arrive(empty + nk % 3);
+      float p0, p1;
+      scores_softmax(d, tg, nvalid, i, p0, p1);
+      mbar_wait(full + nv % 3, (nv / 3) & 1);
+      values(i, p0, p1, nvalid);
+      wgmma_wait0();
+      fence_operands_o();
+      mbar_arrive(empty + nv % 3);
+    }
+    if (pp && wgi == 0) named_barrier(3, 2 * 128);  // warpgroup 1's last arrival
   } else if constexpr (SCHED == kRing) {
     // Commits in the order K(b), V(b), K(b + 1), V(b + 1), ... (b = tile_begin); K(i + 1) goes into
     // V(i − 1)'s buffer once every warpgroup's p·z^V of tile i − 1 is done, V(i + 1) into K(i)'s once
@@ -650,19 +755,49 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
 }
 
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
-  auto launch = [&](auto kernel) -> Status {
-    PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    kernel<<<grid, kSm90Threads, smem, stream>>>(p);
-    return Status::ok();
-  };
   const int sched = p.pipeline == 0                     ? kSerial
                     : p.k_stages >= 2 && p.v_stages >= 2 ? kPipe
                     : p.ring != 0                         ? kRing
                                                           : kSerial;
+  int sched_ws = sched == kRing && p.ws != 0 && p.stor_k == (int)RowStorage::kF16 &&
+                         p.stor_v == (int)RowStorage::kF16
+                     ? kRingWs
+                     : sched;
+  Sm90Maps maps{};
+  if (sched_ws == kRingWs) {
+    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+      void* fn = nullptr;
+      cudaDriverEntryPointQueryResult q{};
+      if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+          q != cudaDriverEntryPointSuccess)
+        fn = nullptr;
+      return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }();
+    const int groups = (int)grid.y / p.chunks;
+    auto make = [&](CUtensorMap* m, const uint8_t* rows, int rank, int row_bytes) {
+      if (encode == nullptr || reinterpret_cast<uintptr_t>(rows) % 16 != 0) return false;
+      const cuuint64_t dims[2] = {(cuuint64_t)rank, (cuuint64_t)p.T};
+      const cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
+      const cuuint32_t box[2] = {64, (cuuint32_t)kTile}, estr[2] = {1, 1};
+      return encode(m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<uint8_t*>(rows), dims, strides, box, estr,
+                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    };
+    for (int i = 0; i < groups && sched_ws == kRingWs; ++i)
+      if (!make(&maps.k[i], p.g[i].zk, p.rk, p.row_bytes_k) || !make(&maps.v[i], p.g[i].zv, p.rv, p.row_bytes_v))
+        sched_ws = kRing;  // (no driver entry point or unaligned rows) the ring
+  }
+  auto launch = [&](auto kernel) -> Status {
+    PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kernel<<<grid, sched_ws == kRingWs ? kSm90Threads + 32 : kSm90Threads, smem, stream>>>(p, maps);
+    return Status::ok();
+  };
+
   auto pick = [&](auto rk_tag) {
     constexpr int R = decltype(rk_tag)::value;
-    return sched == kPipe ? latent_sm90_kernel<R, kPipe>
-           : sched == kRing ? latent_sm90_kernel<R, kRing>
+    return sched_ws == kRingWs ? latent_sm90_kernel<R, kRingWs>
+           : sched == kPipe  ? latent_sm90_kernel<R, kPipe>
+           : sched == kRing  ? latent_sm90_kernel<R, kRing>
                             : latent_sm90_kernel<R, kSerial>;
   };
   switch (p.rk) {

@@ -43,6 +43,9 @@ struct Sm90Params {
   int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2),
                  // else the ring where planned; 0: the serial schedule with k_stages / v_stages
   int ring;      // 1: the plan's ring of 3 tile buffers fits (used when pipeline = 1 and v_stages < 2)
+  int ws;        // 1: where the ring runs on f16 keys and values, a 9th (producer) warp fills it with TMA
+                 // boxes into mbarrier-guarded buffers instead (kSm90Threads + 32 threads)
+  int pingpong;  // 1 (with ws): the two warpgroups take turns issuing their key wgmma chain
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
@@ -66,7 +69,8 @@ struct Sm90Plan {
 Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int row_bytes_k, int row_bytes_v,
                           int max_smem);
 
-// Queues the kernel: grid (splits / 4, groups · chunks), kSm90Threads threads, `smem` bytes.
+// Queues the kernel: grid (splits / 4, groups · chunks), kSm90Threads threads (+ 32: the TMA
+// producer warp where `ws` applies), `smem` bytes.
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream);
 
 }  // namespace palu::backends::cuda::detail
