@@ -37,7 +37,9 @@ float expect_logits_close(const float* got, const float* want, int V, float rtol
   float second = -INFINITY;
   for (int j = 0; j < V; ++j)
     if (j != am_want) second = std::max(second, want[j]);
-  if (want[am_want] - second > tol) EXPECT_EQ(am_got, am_want) << what;
+  if (want[am_want] - second > tol) {
+    EXPECT_EQ(am_got, am_want) << what;
+  }
   return max_diff / std::max(max_abs, 1e-30f);
 }
 

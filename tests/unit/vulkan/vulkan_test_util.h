@@ -65,7 +65,9 @@ inline VulkanBuffer device_buffer(VulkanContext* ctx, size_t bytes) {
 template <typename T>
 VulkanBuffer to_device(VulkanContext* ctx, const std::vector<T>& v) {
   VulkanBuffer b = device_buffer(ctx, std::max<size_t>(v.size() * sizeof(T), 4));
-  if (!v.empty()) EXPECT_TRUE(ctx->upload(b, 0, v.data(), v.size() * sizeof(T)).is_ok());
+  if (!v.empty()) {
+    EXPECT_TRUE(ctx->upload(b, 0, v.data(), v.size() * sizeof(T)).is_ok());
+  }
   return b;
 }
 
