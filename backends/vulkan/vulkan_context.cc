@@ -116,15 +116,18 @@ uint64_t timeout_from_env(uint64_t fallback) {
   return (uint64_t)v;
 }
 
-// PALU_VULKAN_QUEUE_FAMILY as an index (−1 when unset or not a number).
-int queue_family_from_env() {
-  const char* e = std::getenv("PALU_VULKAN_QUEUE_FAMILY");
+// The environment variable `name` as an index in [0, max] (−1 when unset or not such a number).
+int index_from_env(const char* name, long max) {
+  const char* e = std::getenv(name);
   if (e == nullptr || *e == '\0') return -1;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
-  if (*end != '\0' || v < 0 || v > 64) return -1;
+  if (*end != '\0' || v < 0 || v > max) return -1;
   return (int)v;
 }
+
+// PALU_VULKAN_QUEUE_FAMILY as an index (−1 when unset or not a number).
+int queue_family_from_env() { return index_from_env("PALU_VULKAN_QUEUE_FAMILY", 64); }
 
 int type_rank(VkPhysicalDeviceType t) {
   switch (t) {
@@ -180,14 +183,7 @@ std::string vk_result_string(VkResult r) {
   return "VkResult " + std::to_string((int)r) + name;
 }
 
-int vulkan_device_from_env() {
-  const char* e = std::getenv("PALU_VULKAN_DEVICE");
-  if (e == nullptr || *e == '\0') return -1;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  if (*end != '\0' || v < 0 || v > 1000) return -1;
-  return (int)v;
-}
+int vulkan_device_from_env() { return index_from_env("PALU_VULKAN_DEVICE", 1000); }
 
 VulkanInstanceDevices select_vulkan_devices() {
   VulkanInstanceDevices out;

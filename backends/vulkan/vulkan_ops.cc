@@ -97,6 +97,49 @@ uint32_t ceil_div(size_t a, size_t b) {
   return (uint32_t)((a + b - 1) / b);
 }
 
+// The push constants of latent_fold* and of the latent decode kernels for group g (its first
+// query head h0, HG query heads, folded rows padded to rkp): the folded query M of the group's
+// heads at a.fold, its second half (mb) after HG·d_h·rkp floats.
+FoldPC fold_pc(const DecodeArgs& a, const LatentGroupArgs& g, int h0, int n_rep, int HG, uint32_t rkp) {
+  FoldPC fp{};
+  fp.q = a.q;
+  fp.bk = g.bk;
+  fp.bias = g.k_bias;
+  fp.m = a.fold;
+  fp.mb = a.fold + (uint64_t)HG * a.dh * rkp * 4;
+  fp.h0 = u32(h0);
+  fp.n_rep = u32(n_rep);
+  fp.dh = u32(a.dh);
+  fp.r_k = u32(g.zk.rank);
+  fp.rkp = rkp;
+  fp.ncol = u32(g.s * a.dh);
+  fp.flags = g.k_bias != 0 ? 1u : 0u;
+  fp.scale = inv_sqrt_dh(a.dh);
+  return fp;
+}
+LatentPC latent_pc(const DecodeArgs& a, const LatentGroupArgs& g, int h0, const FoldPC& fp) {
+  LatentPC pc{};
+  pc.m = fp.m;
+  pc.mb = fp.mb;
+  pc.kc = g.zk.base;
+  pc.vc = g.zv.base;
+  pc.rope = a.rope;
+  pc.part = a.part;
+  pc.T = u32(a.T);
+  pc.tps = ceil_div(a.T, a.splits);
+  pc.cap = u32(g.zk.cap);
+  pc.k_words = g.zk.words();
+  pc.v_words = g.zv.words();
+  pc.win = window_of(g.zk);
+  pc.win_begin = u32(g.zk.window_begin);
+  pc.h0 = u32(h0);
+  pc.r_k = u32(g.zk.rank);
+  pc.r_v = u32(g.zv.rank);
+  pc.sin_off = a.sin_off;
+  pc.part_stride = u32(a.w_max + 2);
+  return pc;
+}
+
 }  // namespace
 
 void split_groups(size_t count, uint32_t* gx, uint32_t* gy) {
@@ -365,43 +408,10 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
     else if (latent_fold_words(HG, a.dh, g.zk.rank) > latent_fold_words(a.H, a.dh, max_rank))
       why = "fold scratch too small";
     if (why.empty()) {
-      const uint64_t m = a.fold;
-      const uint64_t mb = a.fold + (uint64_t)HG * a.dh * c.rkp * 4;
-      FoldPC fp{};
-      fp.q = a.q;
-      fp.bk = g.bk;
-      fp.bias = g.k_bias;
-      fp.m = m;
-      fp.mb = mb;
-      fp.h0 = u32(h0);
-      fp.n_rep = u32(n_rep);
-      fp.dh = u32(a.dh);
-      fp.r_k = u32(g.zk.rank);
-      fp.rkp = c.rkp;
-      fp.ncol = u32(g.s * a.dh);
-      fp.flags = g.k_bias != 0 ? 1u : 0u;
-      fp.scale = inv_sqrt_dh(a.dh);
+      const FoldPC fp = fold_pc(a, g, h0, n_rep, HG, c.rkp);
       rec.dispatch("latent_fold_h", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(c.rkp, 64),
                    (uint32_t)a.dh / 2, (uint32_t)HG);
-      LatentPC pc{};
-      pc.m = m;
-      pc.mb = mb;
-      pc.kc = g.zk.base;
-      pc.vc = g.zv.base;
-      pc.rope = a.rope;
-      pc.part = a.part;
-      pc.T = u32(a.T);
-      pc.tps = ceil_div(a.T, a.splits);
-      pc.cap = u32(g.zk.cap);
-      pc.k_words = g.zk.words();
-      pc.v_words = g.zv.words();
-      pc.win = window_of(g.zk);
-      pc.win_begin = u32(g.zk.window_begin);
-      pc.h0 = u32(h0);
-      pc.r_k = u32(g.zk.rank);
-      pc.r_v = u32(g.zv.rank);
-      pc.sin_off = a.sin_off;
-      pc.part_stride = u32(a.w_max + 2);
+      const LatentPC pc = latent_pc(a, g, h0, fp);
       rec.dispatch("latent_decode_cm",
                    {c.wg, (uint32_t)a.dh, 0u, c.tt, (uint32_t)g.zk.storage, 0u, c.vpt, c.rkb}, &pc,
                    sizeof(pc), (uint32_t)HG, (uint32_t)a.splits);
@@ -447,43 +457,10 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
              latent_fold_words(HG, a.dh, g.zk.rank) > latent_fold_words(a.H, a.dh, max_rank))
       why = "fold scratch too small";
     if (why.empty()) {
-      const uint64_t m = a.fold;
-      const uint64_t mb = a.fold + (uint64_t)HG * a.dh * f.rkp * 4;
-      FoldPC fp{};
-      fp.q = a.q;
-      fp.bk = g.bk;
-      fp.bias = g.k_bias;
-      fp.m = m;
-      fp.mb = mb;
-      fp.h0 = u32(h0);
-      fp.n_rep = u32(n_rep);
-      fp.dh = u32(a.dh);
-      fp.r_k = u32(g.zk.rank);
-      fp.rkp = f.rkp;
-      fp.ncol = u32(g.s * a.dh);
-      fp.flags = g.k_bias != 0 ? 1u : 0u;
-      fp.scale = inv_sqrt_dh(a.dh);
+      const FoldPC fp = fold_pc(a, g, h0, n_rep, HG, f.rkp);
       rec.dispatch("latent_fold", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(f.rkp, 64),
                    (uint32_t)a.dh / 2, (uint32_t)HG);
-      LatentPC pc{};
-      pc.m = m;
-      pc.mb = mb;
-      pc.kc = g.zk.base;
-      pc.vc = g.zv.base;
-      pc.rope = a.rope;
-      pc.part = a.part;
-      pc.T = u32(a.T);
-      pc.tps = ceil_div(a.T, a.splits);
-      pc.cap = u32(g.zk.cap);
-      pc.k_words = g.zk.words();
-      pc.v_words = g.zv.words();
-      pc.win = window_of(g.zk);
-      pc.win_begin = u32(g.zk.window_begin);
-      pc.h0 = u32(h0);
-      pc.r_k = u32(g.zk.rank);
-      pc.r_v = u32(g.zv.rank);
-      pc.sin_off = a.sin_off;
-      pc.part_stride = u32(a.w_max + 2);
+      const LatentPC pc = latent_pc(a, g, h0, fp);
       const uint32_t vpt = std::max(1u, ceil_div(g.zv.rank, f.wg));
       const std::string shader =
           std::string(f16 ? "latent_decode_f16_k" : "latent_decode_k") + std::to_string(f.kc);
