@@ -102,28 +102,16 @@ struct RowCheck {
   int rows = 0, clear = 0, clear_kept = 0;
 
   void add(const float* got, const float* want, int V, const std::string& what) {
-    float max_abs = 0.f, max_diff = 0.f;
-    int am_got = 0, am_want = 0;
-    for (int j = 0; j < V; ++j) {
-      max_abs = std::max(max_abs, std::fabs(want[j]));
-      max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
-      if (got[j] > got[am_got]) am_got = j;
-      if (want[j] > want[am_want]) am_want = j;
-    }
-    const float tol = (packed ? kPackedRowTol : kTol) * max_abs;
-    EXPECT_LE(max_diff, tol) << what;
-    float second = -INFINITY;
-    for (int j = 0; j < V; ++j) {
-      if (j != am_want) second = std::max(second, want[j]);
-    }
-    if (want[am_want] - second > kTol * max_abs) {
+    const testing::LogitRowDiff d = testing::logit_row_diff(got, want, V);
+    EXPECT_LE(d.max_diff, (packed ? kPackedRowTol : kTol) * d.max_abs) << what;
+    if (d.margin > kTol * d.max_abs) {
       ++clear;
-      clear_kept += am_got == am_want;
+      clear_kept += d.am_got == d.am_want;
       if (!packed) {
-        EXPECT_EQ(am_got, am_want) << what;
+        EXPECT_EQ(d.am_got, d.am_want) << what;
       }
     }
-    const float ratio = max_diff / std::max(max_abs, 1e-30f);
+    const float ratio = d.max_diff / std::max(d.max_abs, 1e-30f);
     worst = std::max(worst, ratio);
     sum += ratio;
     ++rows;

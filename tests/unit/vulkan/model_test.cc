@@ -24,23 +24,13 @@ namespace {
 // Returns max |Δ| / max |want| and checks the tolerance (above).
 float expect_logits_close(const float* got, const float* want, int V, float rtol,
                           const std::string& what) {
-  float max_abs = 0.f, max_diff = 0.f;
-  int am_got = 0, am_want = 0;
-  for (int j = 0; j < V; ++j) {
-    max_abs = std::max(max_abs, std::fabs(want[j]));
-    max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
-    if (got[j] > got[am_got]) am_got = j;
-    if (want[j] > want[am_want]) am_want = j;
+  const testing::LogitRowDiff d = testing::logit_row_diff(got, want, V);
+  const float tol = rtol * d.max_abs;
+  EXPECT_LE(d.max_diff, tol) << what;
+  if (d.margin > tol) {
+    EXPECT_EQ(d.am_got, d.am_want) << what;
   }
-  const float tol = rtol * max_abs;
-  EXPECT_LE(max_diff, tol) << what;
-  float second = -INFINITY;
-  for (int j = 0; j < V; ++j)
-    if (j != am_want) second = std::max(second, want[j]);
-  if (want[am_want] - second > tol) {
-    EXPECT_EQ(am_got, am_want) << what;
-  }
-  return max_diff / std::max(max_abs, 1e-30f);
+  return d.max_diff / std::max(d.max_abs, 1e-30f);
 }
 
 class VulkanGoldenTest : public ::testing::TestWithParam<std::string> {
