@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages palu needs. Idempotent: does nothing when all are present.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config git
-      libdnnl-dev libsentencepiece-dev libprotobuf-dev protobuf-compiler libboost-dev
+      libdnnl-dev ocl-icd-opencl-dev libsentencepiece-dev libprotobuf-dev protobuf-compiler libboost-dev
       nlohmann-json3-dev libcli11-dev libeigen3-dev libpcre2-dev libxxhash-dev
       libgtest-dev libgmock-dev
       clang libclang-rt-14-dev libomp-14-dev
