@@ -14,6 +14,7 @@
 #include "model/safetensors.h"
 #include "runtime/device_models.h"
 #include "tests/common/golden_file.h"
+#include "tests/common/logit_rows.h"
 #include "tests/common/test_paths.h"
 
 namespace palu::runtime {
@@ -61,22 +62,11 @@ class DeviceModelTest : public ::testing::TestWithParam<Param> {
   // f16 weights on GPUs and an f16 cache everywhere: max |Δ| ≤ 2e-2 · max |logit|, and equal
   // argmax wherever the reference's top-2 margin is larger than that tolerance.
   void expect_close(const float* got, const float* want, const std::string& what) {
-    float max_abs = 0.f, max_diff = 0.f;
-    int am_got = 0, am_want = 0;
-    for (int j = 0; j < V_; ++j) {
-      max_abs = std::max(max_abs, std::fabs(want[j]));
-      max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
-      if (got[j] > got[am_got]) am_got = j;
-      if (want[j] > want[am_want]) am_want = j;
-    }
-    const float tol = 2e-2f * max_abs;
-    EXPECT_LE(max_diff, tol) << what;
-    float second = -INFINITY;
-    for (int j = 0; j < V_; ++j) {
-      if (j != am_want) second = std::max(second, want[j]);
-    }
-    if (want[am_want] - second > tol) {
-      EXPECT_EQ(am_got, am_want) << what;
+    const auto d = palu::testing::logit_row_diff(got, want, V_);
+    const float tol = 2e-2f * d.max_abs;
+    EXPECT_LE(d.max_diff, tol) << what;
+    if (d.margin > tol) {
+      EXPECT_EQ(d.am_got, d.am_want) << what;
     }
   }
 

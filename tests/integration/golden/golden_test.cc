@@ -10,6 +10,7 @@
 #include "model/llama_model.h"
 #include "model/safetensors.h"
 #include "tests/common/golden_file.h"
+#include "tests/common/logit_rows.h"
 #include "tests/common/test_paths.h"
 
 namespace palu::model {
@@ -29,16 +30,9 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 
   // Per position: max |Δ| ≤ 1e-3 · max |logit| and equal argmax.
   void expect_row_close(const float* got, const float* want, const std::string& what) {
-    float max_abs = 0.f, max_diff = 0.f;
-    int am_got = 0, am_want = 0;
-    for (int j = 0; j < V_; ++j) {
-      max_abs = std::max(max_abs, std::fabs(want[j]));
-      max_diff = std::max(max_diff, std::fabs(got[j] - want[j]));
-      if (got[j] > got[am_got]) am_got = j;
-      if (want[j] > want[am_want]) am_want = j;
-    }
-    EXPECT_LE(max_diff, 1e-3f * max_abs) << what;
-    EXPECT_EQ(am_got, am_want) << what;
+    const auto d = palu::testing::logit_row_diff(got, want, V_);
+    EXPECT_LE(d.max_diff, 1e-3f * d.max_abs) << what;
+    EXPECT_EQ(d.am_got, d.am_want) << what;
   }
 
   std::vector<float> prefill_all(const std::vector<int32_t>& ids) {

@@ -29,6 +29,7 @@
 #include "model/safetensors.h"
 #include "runtime/device_models.h"
 #include "tests/common/golden_file.h"
+#include "tests/common/logit_rows.h"
 #include "tests/common/test_paths.h"
 #include "tools/palu_cuda_random_model.h"
 
@@ -75,29 +76,16 @@ void expect_rows_close(const float* got, const float* want, int rows, int V,
   int bad_rows = 0, worst_row = -1, argmax_bad = 0, argmax_row = -1;
   double worst = 0.0;
   for (int r = 0; r < rows; ++r) {
-    const float* g = got + (size_t)r * V;
-    const float* w = want + (size_t)r * V;
-    float max_abs = 0.f, max_diff = 0.f;
-    int am_g = 0, am_w = 0;
-    for (int j = 0; j < V; ++j) {
-      max_abs = std::max(max_abs, std::fabs(w[j]));
-      max_diff = std::max(max_diff, std::fabs(g[j] - w[j]));
-      if (g[j] > g[am_g]) am_g = j;
-      if (w[j] > w[am_w]) am_w = j;
-    }
-    float second = -INFINITY;
-    for (int j = 0; j < V; ++j)
-      if (j != am_w) second = std::max(second, w[j]);
-    const float bound = tol * max_abs;
-    const double ratio = (double)max_diff / std::max(max_abs, 1e-30f);
-    if (max_diff > bound) ++bad_rows;
+    const auto d = palu::testing::logit_row_diff(got + (size_t)r * V, want + (size_t)r * V, V);
+    const double ratio = d.ratio();
+    if (d.max_diff > tol * d.max_abs) ++bad_rows;
     if (ratio > worst) {
       worst = ratio;
       worst_row = r;
     }
-    if (w[am_w] - second > 2.f * kTol * max_abs) {
+    if (d.margin > 2.f * kTol * d.max_abs) {
       ++rc->argmax_checked;
-      if (am_g != am_w) {
+      if (d.am_got != d.am_want) {
         ++argmax_bad;
         argmax_row = r;
       }
@@ -131,12 +119,7 @@ void expect_packed_close(const RowCheck& rc, const RowCheck& quant, const std::s
 RowCheck measure(const std::vector<float>& got, const std::vector<float>& want, int V) {
   RowCheck rc;
   for (size_t r = 0; r * V < want.size(); ++r) {
-    float max_abs = 0.f, max_diff = 0.f;
-    for (int j = 0; j < V; ++j) {
-      max_abs = std::max(max_abs, std::fabs(want[r * V + j]));
-      max_diff = std::max(max_diff, std::fabs(got[r * V + j] - want[r * V + j]));
-    }
-    const double ratio = (double)max_diff / std::max(max_abs, 1e-30f);
+    const double ratio = palu::testing::logit_row_diff(&got[r * V], &want[r * V], V).ratio();
     rc.sum_ratio += ratio;
     rc.worst_ratio = std::max(rc.worst_ratio, ratio);
     ++rc.rows;
