@@ -232,10 +232,11 @@ int main(int argc, char** argv) {
                                               g.v.rank = c.rv;
                                               return g;
                                             }()).sm90;
-      const bool ring = sm90 && opt.sm90_pipeline &&
-                        detail::plan_latent_sm90(s_grp * (H / Hkv), c.rk, c.rv, (int)c.st, (int)c.st, (int)rbk,
-                                                 (int)rbv, (int)prop.sharedMemPerBlockOptin)
-                            .ring;
+      // (the ring schedules, and the decoding producer's unless PALU_CUDA_SM90_WS=0)
+      const detail::Sm90Plan s9 = detail::plan_latent_sm90(s_grp * (H / Hkv), c.rk, c.rv, (int)c.st, (int)c.st,
+                                                           (int)rbk, (int)rbv, (int)prop.sharedMemPerBlockOptin);
+      const char* ws_env = std::getenv("PALU_CUDA_SM90_WS");
+      const bool ring = sm90 && opt.sm90_pipeline && (s9.ring || (s9.dec_ring && (ws_env == nullptr || std::atoi(ws_env) >= 1)));
       double bytes = H * d * 4.0 + H * c.rv * 4.0 + 2.0 * H * d * c.rk * 2 + (ring ? 0.0 : 2.0 * T * (d / 2) * 8);
       for (int g = 0; g < G; ++g) {
         CudaLatentGroup& gr = groups[g];
@@ -284,13 +285,17 @@ int main(int argc, char** argv) {
       for (void* p : bufs) CK(cudaFree(p));
     }
   }
-  const LatentLaunchPlan p = plan_latent_launch({H, Hkv, d, s_grp}, [] {
-    CudaLatentGroup g;
-    g.k.rank = g.v.rank = 256;
-    return g;
-  }());
-  std::printf("# latent launch (f16 256/256): %s kernel, %d query heads per block, %d threads, %zu B shared memory\n",
-              p.sm90 && !opt.force_sm80 ? "sm_90a (wgmma)" : "sm_80 (mma.sync)", p.heads_per_block, p.threads,
-              p.smem_bytes);
+  for (const LatentConfig& c : configs) {
+    const LatentLaunchPlan p = plan_latent_launch({H, Hkv, d, s_grp}, [&] {
+      CudaLatentGroup g;
+      g.k.storage = g.v.storage = c.st;
+      g.k.rank = c.rk;
+      g.v.rank = c.rv;
+      return g;
+    }());
+    std::printf("# latent launch (%s): %s kernel, %d query heads per block, %d threads, %zu B shared memory\n",
+                c.name + 7, p.sm90 && !opt.force_sm80 ? "sm_90a (wgmma)" : "sm_80 (mma.sync)", p.heads_per_block,
+                p.threads, p.smem_bytes);
+  }
   return 0;
 }

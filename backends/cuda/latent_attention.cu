@@ -657,6 +657,19 @@ size_t latent_decode_scratch_bound(const CudaAttentionShape& sh, const CudaLaten
   return (part + 2 * stat + ab) * sizeof(float) + align16(m * 2) + align16((size_t)T * kHalf * sizeof(float2)) + 256;
 }
 
+// PALU_CUDA_SM90_WS (before/after comparisons): 0 the cp.async ring / pipelined schedule, 1 the
+// producer (TMA warp for f16, decoding warpgroup for q4 keys and values) without the ping-pong,
+// unset or 2 the producer with it. Read once.
+namespace {
+int sm90_ws_setting() {
+  static const int ws = [] {
+    const char* e = std::getenv("PALU_CUDA_SM90_WS");
+    return e != nullptr ? std::atoi(e) : 2;
+  }();
+  return ws;
+}
+}  // namespace
+
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group) {
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
@@ -670,11 +683,14 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
     if (s9.ok) {
       p.heads_per_block = 2;
       p.smem_bytes = s9.smem;
-      // (+ the TMA producer warp where the ring runs on f16 keys and values)
-      p.threads = detail::kSm90Threads + (s9.ring && group.k.storage == RowStorage::kF16 &&
+      // (+ the TMA producer warp where the ring runs on f16 keys and values, + the decoding
+      // producer warpgroup for q4 ones)
+      const bool ws = sm90_ws_setting() >= 1;
+      p.threads = detail::kSm90Threads + (ws && s9.ring && group.k.storage == RowStorage::kF16 &&
                                                   group.v.storage == RowStorage::kF16
                                               ? 32
-                                              : 0);
+                                          : ws && s9.dec_ring ? 128
+                                                              : 0);
       p.sm90 = true;
       return p;
     }
@@ -729,6 +745,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     int qpc = 0, splits = 0, tiles_per_split = 0, stages = 2, wgroups = 1;
     size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
     detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks)
+    bool dec_ring = false;  // sm90.dec_ring and every group's rows 16-byte aligned (16-byte code loads)
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -759,6 +776,10 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
                                         (int)row_storage_bytes(g0.k.storage, g0.k.rank),
                                         (int)row_storage_bytes(g0.v.storage, g0.v.rank), lim.max_smem_optin);
     if (b.sm90.ok) {
+      b.dec_ring = b.sm90.dec_ring && std::all_of(b.gs.begin(), b.gs.end(), [&](int g) {
+                     return reinterpret_cast<uintptr_t>(groups[g].k.rows) % 16 == 0 &&
+                            reinterpret_cast<uintptr_t>(groups[g].v.rows) % 16 == 0;
+                   });
       const int tiles64 = (T + detail::kSm90Tile - 1) / detail::kSm90Tile;
       const int blocks_y = (int)b.gs.size() * (hq / 2);
       int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms / blocks_y);
@@ -821,9 +842,11 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2) + trig_bytes);
   float* ab = any_bias ? fbase + part_floats + 2 * stat_floats : nullptr;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  // The RoPE table for every kernel but the sm_90a ring schedule (which computes the same cos/sin).
-  if (std::any_of(batches.begin(), batches.end(),
-                  [&](const Batch& b) { return !b.sm90.ok || !(b.sm90.ring && options.sm90_pipeline); })) {
+  // The RoPE table for every kernel but the sm_90a ring schedules (which compute the same cos/sin).
+  const int ws_mode = sm90_ws_setting();
+  if (std::any_of(batches.begin(), batches.end(), [&](const Batch& b) {
+        return !b.sm90.ok || !((b.sm90.ring || (b.dec_ring && ws_mode >= 1)) && options.sm90_pipeline);
+      })) {
     const int blocks = (int)std::min<size_t>(((size_t)T * kHalf + 255) / 256, (size_t)lim.sms * 8);
     rope_table_kernel<<<blocks, 256, 0, st>>>(inv_freq, T, trig);
     PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -881,15 +904,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.v_stages = b.sm90.v_stages;
       S.pipeline = options.sm90_pipeline ? 1 : 0;
       S.ring = b.sm90.ring ? 1 : 0;
-      {  // PALU_CUDA_SM90_WS (before/after comparisons): 0 the cp.async ring, 1 the TMA producer warp
-         // without the ping-pong, unset or 2 the TMA producer warp with it (f16 keys and values)
-        static const int ws = [] {
-          const char* e = std::getenv("PALU_CUDA_SM90_WS");
-          return e != nullptr ? std::atoi(e) : 2;
-        }();
-        S.ws = ws >= 1 ? 1 : 0;
-        S.pingpong = ws >= 2 ? 1 : 0;
-      }
+      S.ws = ws_mode >= 1 ? 1 : 0;
+      S.pingpong = ws_mode >= 2 ? 1 : 0;
+      S.dec_ring = b.dec_ring ? 1 : 0;
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

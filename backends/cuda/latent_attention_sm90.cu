@@ -24,6 +24,11 @@
 //   keys and values (kRingWs) a 9th warp fills the ring with TMA boxes into mbarrier-guarded
 //   buffers and the two warpgroups, no longer meeting at block barriers, take turns issuing
 //   their key wgmma chain (FA3's ping-pong): f16 256/256 at 64K 553–570 → 388–394 µs (H100).
+//   For q4 keys and values (kRingDec) a producer warpgroup decodes into the same f16 ring (keys
+//   dequantized, values as exact codes with the scale folded into P, the consumers loading the
+//   value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4 256/256
+//   789 → 706 µs, q4 128/384 722 → 607 µs; waits sleep (try_wait's suspend-time hint) instead of
+//   spinning, which the decoding warps need (and f16 256/256: ~404 → ~377 µs).
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
@@ -32,6 +37,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -186,6 +192,17 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// The same with a suspend-time hint (10 ms, ended early by the phase's completion): the waiting
+// warps sleep instead of spinning on try_wait and taking issue slots from the warps they wait for
+// (the decoding producer's 4 warps and the consumers' 8 share the 4 schedulers).
+__device__ __forceinline__ void mbar_wait_sleep(uint64_t* bar, uint32_t parity, uint32_t hint_ns = 10000000u) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, %2;\n"
+      "@p bra DONE;\nbra WAIT;\nDONE:\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity), "r"(hint_ns)
+      : "memory");
+}
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
 }
@@ -196,6 +213,32 @@ __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, 
           smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(t0), "r"(smem_u32(bar))
       : "memory");
+}
+// The L2 prefetch of `bytes` (a multiple of 16) at `src` (16-byte aligned): the decoding producer
+// asks for its tiles two tiles ahead of its own loads.
+__device__ __forceinline__ void prefetch_l2(const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ uint4 ldg_nc16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+// 8 q4 codes (one 32-bit word, code e in bits 4e..4e+3) → 8 halves fl(fl(q·scale) + zero), the
+// bits decode8_half gives (the code made exact in f32 as 2^23 + q − 2^23; no FMA, as the CPU).
+// (lo / hi: codes 2e / 2e + 1 in byte e; one PRMT puts a code under the exponent of 2^23)
+__device__ __forceinline__ uint32_t dq4x8_word(uint32_t lo, uint32_t hi, int e, float scale, float zero) {
+  const float a = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7650u | e)) - 8388608.f;
+  const float b = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7650u | e)) - 8388608.f;
+  const __half2 h = __floats2half2_rn(__fadd_rn(__fmul_rn(a, scale), zero), __fadd_rn(__fmul_rn(b, scale), zero));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ uint4 dq4x8_half(uint32_t w, float scale, float zero) {
+  const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+  return make_uint4(dq4x8_word(lo, hi, 0, scale, zero), dq4x8_word(lo, hi, 1, scale, zero),
+                    dq4x8_word(lo, hi, 2, scale, zero), dq4x8_word(lo, hi, 3, scale, zero));
 }
 __device__ __forceinline__ void cp_async_wait_n(int n) {
   switch (n) {
@@ -223,9 +266,19 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // run while the other's chain is on the tensor cores. f16 keys and values only (no decoding
 // shared by the warpgroups). The same producer issuing cp.async from its 32 lanes was 2.2×
 // slower than the ring (~3.4 B/clock per SM: a warp's loads in flight are too few).
-constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3;
+// kRingDec: kRingWs for q4 keys and values: a producer warpgroup (the block's 3rd; 128 threads)
+// loads the codes and per-token scale/zero into registers a load ahead (16 bytes = 32 codes per
+// thread and item, the raw tiles also prefetched into L2 two tiles ahead), decodes them to f16
+// (the bits decode8_half gives: values too, where the other schedules keep the exact codes and
+// fold the scale into P) in the f16 ring layout and arrives on the full barrier (128 arrivals):
+// the consumers run the f16 path unchanged.
+constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4;
+constexpr int kDecItems = 8;  // 16-byte items per producer thread and load: 64 rows × ≤ 256 B / 128
 template <int RK, int SCHED>
-__global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Threads, 1)
+__global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
+                                  : SCHED == kRingDec ? kSm90Threads + 128
+                                                      : kSm90Threads,
+                                  1)
     latent_sm90_kernel(const __grid_constant__ Sm90Params P, const __grid_constant__ Sm90Maps TM) {
 #ifdef PALU_SM90A_DEVICE
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -233,19 +286,22 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || SCHED == kRingWs;
-  const Sm90Layout L =
-      sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
+  constexpr bool DEC = SCHED == kRingDec, WS = SCHED == kRingWs || DEC;
+  constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS;
+  // (DEC: the consumers see f16 tiles: the f16 ring's layout)
+  constexpr int kF16 = (int)RowStorage::kF16;
+  const Sm90Layout L = DEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
+                           : sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
   const int tid = threadIdx.x, wgi = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const Sm90Group& G = P.g[gl];
   const int head0 = G.first_head + chunk * 2;
   constexpr int rk = RK;
   const int rv = P.rv, rbk = P.row_bytes_k, rbv = P.row_bytes_v, T = P.T;
-  const bool k_f16 = P.stor_k == (int)RowStorage::kF16;
+  const bool k_f16 = DEC || P.stor_k == kF16;  // (the operand in shared memory)
   const bool k_packed = P.stor_k >= (int)RowStorage::kQ8, v_packed = P.stor_v >= (int)RowStorage::kQ8;
   uint8_t* tail = smem + L.tail;
-  const bool v_f16 = P.stor_v == (int)RowStorage::kF16, v_q4 = P.stor_v == (int)RowStorage::kQ4;
+  const bool v_f16 = DEC || P.stor_v == kF16, v_q4 = !DEC && P.stor_v == (int)RowStorage::kQ4;
   // (row, 16-byte chunk) walks of a [64, rk] f16 tile by 256 threads without a division per step
   const int cpr = rk / 8, r_first = tid / cpr, c_first = tid % cpr, r_step = kSm90Threads / cpr,
             c_step = kSm90Threads % cpr;
@@ -478,7 +534,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
   };
   // ---- o += Z^V(i)ᵀ · P(i) on the tensor cores, queued (wgmma_wait0 collects it). V(i) landed
   // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
-  auto values = [&](int i, float p0, float p1, int nvalid) {
+  // vsz (DEC): the q4 value scale of this lane's rows lane/4 and lane/4 + 8, then their zeros
+  // (the producer stores the exact codes, as the other schedules decode them)
+  const float kNoScale[4] = {0.f, 0.f, 0.f, 0.f};
+  auto values = [&](int i, float p0, float p1, int nvalid, const float(&vsz)[4]) {
     uint8_t* vb = vbuf(i);
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
     uint32_t a_addr = smem_u32(vb);
@@ -507,6 +566,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
         if (v_q4 && t < nvalid) {
           b = p * vsc[t];
           zacc += p * vsc[kTile + t];
+        }
+        if (DEC && t < nvalid) {
+          b = p * vsz[rh];
+          zacc += p * vsz[2 + rh];
         }
         pb[t] = __float2half_rn(b);
       }
@@ -572,10 +635,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
       // would merge two definitions of d, and ptxas then waits on the chain right after issuing it
       mma_issue(d, key_operand(i + 1));
       load_trig(tg, (i + 1) * kTile, min(kTile, T - (i + 1) * kTile));
-      values(i, p0, p1, nvalid);
+      values(i, p0, p1, nvalid, kNoScale);
     }
     wgmma_wait0();
-  } else if constexpr (SCHED == kRingWs) {
+  } else if constexpr (WS) {
     // Load n (K(b + n/2) for even n, V(b + n/2) for odd n; b = tile_begin) goes into ring buffer
     // n mod 3, its (n/3)-th use: the producer waits empty[n mod 3] for the release of use n/3 − 1,
     // the consumers full[n mod 3] for use n/3 (phase parities (n/3 − 1) & 1 and (n/3) & 1).
@@ -583,14 +646,107 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
     uint64_t* empty = full + 3;
     if (tid == 0) {
       for (int b = 0; b < 3; ++b) {
-        mbar_init(full + b, 1);              // the producer's expect_tx (then the TMA bytes)
+        mbar_init(full + b, DEC ? 4 : 1);  // the producer's expect_tx (then the TMA bytes) / warps
         mbar_init(empty + b, kSm90Threads);  // every consumer thread
       }
     }
     cp_async_wait<0>();  // M
     fence_proxy_async();
     __syncthreads();  // M, the bias terms and the barriers visible
-    if (wgi == 2) {  // the producer warp: one lane issues every tile as TMA boxes
+    if (DEC && wgi == 2) {  // the producer warpgroup: codes → f16 ring buffers
+      const int pt = tid - kSm90Threads, loads = 2 * (tile_end - tile_begin);
+      // Load n's items: 16 bytes (32 codes: f16 chunks 4c .. 4c + 3 of row r) at flat index
+      // i = pt + 128·k of the tile's rows (u = row bytes / 16 items per row), r = i / u, c = i % u.
+      struct Raw {
+        uint4 w[kDecItems];
+        float s[kDecItems], z[kDecItems];
+      };
+      // r = i / u as (i · ⌈2^16 / u⌉) >> 16: exact for i < 1024, u ≤ 16 (the error i·ε/2^16 < 1/64 < 1/u)
+      const uint32_t inv_uk = (65536u + rbk / 16 - 1) / (rbk / 16), inv_uv = (65536u + rbv / 16 - 1) / (rbv / 16);
+      auto shape = [&](int n, const uint8_t*& rows, const float*& sc, const float*& zr, int& u, int& nvalid) {
+        const bool key = (n & 1) == 0;
+        const int tile = tile_begin + n / 2, rb = key ? rbk : rbv;
+        u = rb / 16;
+        nvalid = min(kTile, T - tile * kTile);
+        rows = (key ? G.zk : G.zv) + (size_t)tile * kTile * rb;
+        sc = (key ? G.sk : G.sv) + (size_t)tile * kTile;
+        zr = (key ? G.zrk : G.zrv) + (size_t)tile * kTile;
+      };
+      auto fetch = [&](Raw& x, int n) {
+        if (n >= loads) return;
+        const uint8_t* rows;
+        const float *sc, *zr;
+        int u, nvalid;
+        shape(n, rows, sc, zr, u, nvalid);
+#pragma unroll
+        const uint32_t inv_u = (n & 1) == 0 ? inv_uk : inv_uv;
+        for (int k = 0; k < kDecItems; ++k) {
+          const int i = pt + 128 * k, r = (int)(((uint32_t)i * inv_u) >> 16);
+          if (i < kTile * u && r < nvalid) {
+            x.w[k] = P.dec_ablate == 2 ? make_uint4(0, 0, 0, 0) : ldg_nc16(rows + (size_t)i * 16);
+            if ((n & 1) == 0 && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
+              x.s[k] = __ldg(sc + r);
+              x.z[k] = __ldg(zr + r);
+            } else {
+              x.s[k] = x.z[k] = 0.f;
+            }
+          }
+        }
+      };
+      auto prefetch = [&](int n) {
+        if (n >= loads) return;
+        const uint8_t* rows;
+        const float *sc, *zr;
+        int u, nvalid;
+        shape(n, rows, sc, zr, u, nvalid);
+        prefetch_l2(rows, (uint32_t)(nvalid * u * 16));
+        const uint32_t sb = (uint32_t)(nvalid * 4) & ~15u;
+        if (sb != 0 && (reinterpret_cast<uintptr_t>(sc) & 15) == 0 && (reinterpret_cast<uintptr_t>(zr) & 15) == 0) {
+          prefetch_l2(sc, sb);
+          prefetch_l2(zr, sb);
+        }
+      };
+      // decode load n (items in x) into its ring buffer once both warpgroups released it
+      auto step = [&](int n, Raw& x, Raw& next) {
+        if (n >= loads) return;
+        fetch(next, n + 1);
+        if (pt == 0) prefetch(n + 4);
+        const int b = n % 3;
+        const uint8_t* rows;
+        const float *sc, *zr;
+        int u, nvalid;
+        shape(n, rows, sc, zr, u, nvalid);
+        mbar_wait_sleep(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
+        uint8_t* dst = smem + L.kst + (size_t)b * L.kstage;
+        const bool key = (n & 1) == 0;
+        const uint32_t inv_u = key ? inv_uk : inv_uv;
+#pragma unroll
+        for (int k = 0; k < kDecItems; ++k) {
+          const int i = pt + 128 * k, r = (int)(((uint32_t)i * inv_u) >> 16), c = i - r * u;
+          if (i < kTile * u && P.dec_ablate != 1) {
+            const bool ok = r < nvalid;  // rows past T: zeros (p = 0 there, but 0·NaN)
+            const uint32_t wd[4] = {x.w[k].x, x.w[k].y, x.w[k].z, x.w[k].w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              *reinterpret_cast<uint4*>(dst + swz(kTile, r, 4 * c + e)) =
+                  !ok ? make_uint4(0, 0, 0, 0) : key ? dq4x8_half(wd[e], x.s[k], x.z[k]) : q4x8_half(wd[e]);
+          }
+        }
+        fence_proxy_async();  // the generic stores → wgmma (async proxy)
+        __syncwarp();
+        if (lane == 0) mbar_arrive(full + b);
+      };
+      Raw xa, xb;
+      if (pt == 0)
+        for (int n = 0; n < 4; ++n) prefetch(n);
+      fetch(xa, 0);
+      for (int n = 0; n < loads; n += 2) {
+        step(n, xa, xb);
+        step(n + 1, xb, xa);
+      }
+      return;
+    }
+    if (!DEC && wgi == 2) {  // the producer warp: one lane issues every tile as TMA boxes
       if (lane == 0) {
         const int loads = 2 * (tile_end - tile_begin);
         for (int n = 0; n < loads; ++n) {
@@ -607,11 +763,23 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
       return;
     }
     const bool pp = P.pingpong != 0;
+    const uint32_t hint_ns = DEC || P.wait_sleep ? 10000000u : 0u;  // (0: spin, the f16 comparison)
     if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
     for (int i = tile_begin; i < tile_end; ++i) {
       const int j = i - tile_begin, nk = 2 * j, nv = 2 * j + 1;
       const int nvalid = min(kTile, T - i * kTile);
-      mbar_wait(full + nk % 3, (nk / 3) & 1);  // (TMA and wgmma: both the async proxy)
+      float vsz[4] = {0.f, 0.f, 0.f, 0.f};  // (DEC) the value scale / zero of this lane's two rows
+      if (DEC && (lane & 3) == 0) {
+#pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+          const int t = warp * 16 + (lane >> 2) + rh * 8;
+          if (t < nvalid) {
+            vsz[rh] = __ldg(G.sv + (size_t)i * kTile + t);
+            vsz[2 + rh] = __ldg(G.zrv + (size_t)i * kTile + t);
+          }
+        }
+      }
+      mbar_wait_sleep(full + nk % 3, (nk / 3) & 1, hint_ns);  // (TMA and wgmma: both the async proxy)
       if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
       float d[64];
       mma_issue(d, smem_u32(kbuf(i)));
@@ -623,8 +791,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
       mbar_arrive(empty + nk % 3);
       float p0, p1;
       scores_softmax(d, tg, nvalid, i, p0, p1);
-      mbar_wait(full + nv % 3, (nv / 3) & 1);
-      values(i, p0, p1, nvalid);
+      mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+      values(i, p0, p1, nvalid, vsz);
       wgmma_wait0();
       fence_operands_o();
       mbar_arrive(empty + nv % 3);
@@ -658,7 +826,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
       __syncthreads();  // V(i) visible; the key wgmma of tile i done everywhere
       issue_v(i + 1);
       cp_async_commit();
-      values(i, p0, p1, nvalid);
+      values(i, p0, p1, nvalid, kNoScale);
       wgmma_wait0();
       fence_operands_o();
     }
@@ -692,7 +860,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs ? kSm90Threads + 32 : kSm90Th
       cp_async_wait_n(2 * (VS - 1));  // V(i) landed
       fence_proxy_async();
       __syncthreads();  // (also: every warpgroup's wgmma on K(i) is done)
-      values(i, p0, p1, nvalid);
+      values(i, p0, p1, nvalid, kNoScale);
       wgmma_wait0();  // V(i)'s stage, the decoded tile and P are reused next iteration
       fence_operands_o();
     }
@@ -744,6 +912,15 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
       break;
     }
   }
+  if (p.ok && stor_k == (int)RowStorage::kQ4 && stor_v == (int)RowStorage::kQ4 && rv % 32 == 0) {
+    // the decoding producer's ring holds f16 tiles (the f16 ring's layout)
+    const int f16 = (int)RowStorage::kF16;
+    const Sm90Layout D = sm90_layout(rk, rv, f16, f16, 2 * rk, 2 * rv, 0, 0, true);
+    if (D.total <= (size_t)max_smem) {
+      p.dec_ring = true;
+      p.smem = std::max(p.smem, D.total);
+    }
+  }
   if (p.ok && p.v_stages < 2) {  // no pipelined schedule: the ring where it fits
     const Sm90Layout R = sm90_layout(rk, rv, stor_k, stor_v, row_bytes_k, row_bytes_v, 0, 0, true);
     if (R.total <= (size_t)max_smem) {
@@ -762,7 +939,22 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   int sched_ws = sched == kRing && p.ws != 0 && p.stor_k == (int)RowStorage::kF16 &&
                          p.stor_v == (int)RowStorage::kF16
                      ? kRingWs
-                     : sched;
+                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? kRingDec
+                                                                    : sched;
+  Sm90Params q = p;
+  {  // PALU_CUDA_SM90_DEC_ABLATE (measurements only; results wrong): 1 no decoding stores, 2 no loads
+    static const int ablate = [] {
+      const char* e = std::getenv("PALU_CUDA_SM90_DEC_ABLATE");
+      return e != nullptr ? std::atoi(e) : 0;
+    }();
+    q.dec_ablate = ablate;
+    // PALU_CUDA_SM90_WAIT_SLEEP=0: the consumers spin on their full barriers (before/after comparisons)
+    static const int sleep = [] {
+      const char* e = std::getenv("PALU_CUDA_SM90_WAIT_SLEEP");
+      return e != nullptr ? std::atoi(e) : 1;
+    }();
+    q.wait_sleep = sleep;
+  }
   Sm90Maps maps{};
   if (sched_ws == kRingWs) {
     static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
@@ -789,13 +981,15 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   }
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    kernel<<<grid, sched_ws == kRingWs ? kSm90Threads + 32 : kSm90Threads, smem, stream>>>(p, maps);
+    const int threads = sched_ws == kRingWs ? kSm90Threads + 32 : sched_ws == kRingDec ? kSm90Threads + 128 : kSm90Threads;
+    kernel<<<grid, threads, smem, stream>>>(q, maps);
     return Status::ok();
   };
 
   auto pick = [&](auto rk_tag) {
     constexpr int R = decltype(rk_tag)::value;
-    return sched_ws == kRingWs ? latent_sm90_kernel<R, kRingWs>
+    return sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
+           : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
            : sched == kPipe  ? latent_sm90_kernel<R, kPipe>
            : sched == kRing  ? latent_sm90_kernel<R, kRing>
                             : latent_sm90_kernel<R, kSerial>;

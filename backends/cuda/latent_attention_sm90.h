@@ -46,6 +46,10 @@ struct Sm90Params {
   int ws;        // 1: where the ring runs on f16 keys and values, a 9th (producer) warp fills it with TMA
                  // boxes into mbarrier-guarded buffers instead (kSm90Threads + 32 threads)
   int pingpong;  // 1 (with ws): the two warpgroups take turns issuing their key wgmma chain
+  int dec_ring;  // 1 (with ws, q4 keys and values): a producer warpgroup decodes the codes into the f16
+                 // ring the f16 schedule reads (kSm90Threads + 128 threads; plan: Sm90Plan::dec_ring)
+  int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
+  int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
@@ -60,6 +64,8 @@ struct Sm90Plan {
   bool ok = false;
   int k_stages = 0, v_stages = 0;
   bool ring = false;  // v_stages < 2 and a ring of 3 tile buffers also fits (the default schedule then)
+  bool dec_ring = false;  // q4 keys and values (value rank % 32 == 0) and a ring of 3 f16 tile buffers
+                          // fits: the decoding producer warpgroup's schedule (the default then)
   size_t smem = 0;    // enough for both the stages and the ring
 };
 
@@ -70,7 +76,8 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
                           int max_smem);
 
 // Queues the kernel: grid (splits / 4, groups · chunks), kSm90Threads threads (+ 32: the TMA
-// producer warp where `ws` applies), `smem` bytes.
+// producer warp where `ws` applies to f16 keys and values; + 128: the decoding producer warpgroup
+// where `ws` and `dec_ring` apply), `smem` bytes.
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream);
 
 }  // namespace palu::backends::cuda::detail
