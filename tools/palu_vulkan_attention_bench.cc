@@ -1,12 +1,13 @@
 // palu-vulkan-attention-bench: decode attention on a Vulkan device at the shapes of
 // docs/perf/cuda.md (Llama-2-7B: batch 1, 32 query heads × 128, 32 KV heads; latent rows with
-// group size 4 → 8 groups): the full-cache f16 kernel and the latent kernel attention_decode_
-// latent picks (kAuto: the coopmat kernel for r_k ≤ 128 or packed keys where the device has
-// cooperative matrices, else the fused kernel; PALU_VULKAN_COOPMAT=0/1: never/always coopmat; f16
-// and q4 codes, key/value ranks 256/256 and 128/384), one layer, one query token. --variants adds
-// the coopmat kernel (where the device has VK_NV_cooperative_matrix), the fused kernel in f32
-// arithmetic and the older tile kernel (keys rebuilt per tile; contexts ≤ 16384 only, it is
-// slow).
+// group size 4 → 8 groups): the full-cache f16 kernel and the latent kernel that
+// attention_decode_latent_groups picks for the layer's 8 groups (kAuto: the grouped coopmat
+// kernel, all groups in one dispatch, where the device has cooperative matrices, else the fused
+// kernel per group; PALU_VULKAN_COOPMAT=0: never coopmat; f16 and q4 codes, key/value ranks
+// 256/256 and 128/384), one layer, one query token. --variants adds the grouped coopmat kernel
+// called per group, the per-head coopmat kernel (where the device has VK_NV_cooperative_matrix),
+// the fused kernel in f16 and f32 arithmetic and the older tile kernel (keys rebuilt per tile;
+// contexts ≤ 16384 only, it is slow).
 //
 // Time per call = wall time of one command buffer holding --reps back-to-back calls (every
 // dispatch the call records: splits + reduction) divided by reps, median of --runs such
@@ -46,6 +47,7 @@ struct Kernel {
   int rk, rv;
   vk::LatentKernel kind = vk::LatentKernel::kFused;
   int splits = 0;
+  bool per_group = false;  // attention_decode_latent per group instead of one call for all
 };
 
 // Fills a region of T rows through store_rows from a reused [chunk, rank] f32 source.
@@ -103,10 +105,9 @@ int main(int argc, char** argv) {
               ctx->info().name.c_str(), ctx->subgroup_size(), ctx->max_shared_bytes(),
               ctx->shader_float16() ? "yes" : "no");
   std::printf("# latent rows: kAuto (%s)\n",
-              !ctx->cooperative_matrix() ? "the fused kernel"
-              : ctx->prefer_cooperative_matrix()
-                  ? "the coopmat kernel"
-                  : "coopmat for r_k <= 128 or packed keys, else fused");
+              !ctx->cooperative_matrix()
+                  ? "the fused kernel"
+                  : "the grouped coopmat kernel, all groups in one dispatch");
   std::printf("# %s\n", ctx->cooperative_matrix_note().c_str());
   std::printf("# queue family %u, timestamps %s (period %.3f ns)\n", ctx->queue_family(),
               ctx->timestamps() ? "yes" : "no", ctx->timestamp_period_ns());
@@ -228,9 +229,14 @@ int main(int argc, char** argv) {
       kernels.push_back(
           {std::string(sh.name) + tag, true, sh.st, sh.rk, sh.rv, vk::LatentKernel::kAuto, sp});
       if (!variants) continue;
-      if (ctx->cooperative_matrix())
-        kernels.push_back({std::string(sh.name) + " coopmat" + tag, true, sh.st, sh.rk, sh.rv,
-                           vk::LatentKernel::kFusedCoopmat, sp});
+      if (ctx->cooperative_matrix()) {
+        kernels.push_back({std::string(sh.name) + " coopmat per group" + tag, true, sh.st, sh.rk,
+                           sh.rv, vk::LatentKernel::kFusedCoopmat, sp, true});
+        kernels.push_back({std::string(sh.name) + " coopmat per head" + tag, true, sh.st, sh.rk,
+                           sh.rv, vk::LatentKernel::kFusedCoopmatHead, sp});
+      }
+      kernels.push_back({std::string(sh.name) + " fused f16" + tag, true, sh.st, sh.rk, sh.rv,
+                         vk::LatentKernel::kFused, sp});
       kernels.push_back({std::string(sh.name) + " fused f32" + tag, true, sh.st, sh.rk, sh.rv,
                          vk::LatentKernel::kFusedF32, sp});
       kernels.push_back({std::string(sh.name) + " tile kernel" + tag, true, sh.st, sh.rk, sh.rv,
@@ -332,9 +338,12 @@ int main(int argc, char** argv) {
           for (int i = 0; i < reps; ++i) {
             if (!k.latent) {
               PALU_RETURN_IF_ERROR(vk::attention_decode_full(rec, a, kr, vr));
-            } else {
+            } else if (k.per_group) {
               for (const auto& ga : groups)
                 PALU_RETURN_IF_ERROR(vk::attention_decode_latent(rec, a, ga, k.rk, k.kind));
+            } else {
+              PALU_RETURN_IF_ERROR(vk::attention_decode_latent_groups(
+                  rec, a, groups.data(), (int)groups.size(), k.rk, k.kind));
             }
           }
           return Status::ok();

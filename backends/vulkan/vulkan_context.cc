@@ -127,7 +127,9 @@ int index_from_env(const char* name, long max) {
 }
 
 // PALU_VULKAN_QUEUE_FAMILY as an index (−1 when unset or not a number).
-int queue_family_from_env() { return index_from_env("PALU_VULKAN_QUEUE_FAMILY", 64); }
+int queue_family_from_env() {
+  return index_from_env("PALU_VULKAN_QUEUE_FAMILY", 64);
+}
 
 int type_rank(VkPhysicalDeviceType t) {
   switch (t) {
@@ -183,7 +185,9 @@ std::string vk_result_string(VkResult r) {
   return "VkResult " + std::to_string((int)r) + name;
 }
 
-int vulkan_device_from_env() { return index_from_env("PALU_VULKAN_DEVICE", 1000); }
+int vulkan_device_from_env() {
+  return index_from_env("PALU_VULKAN_DEVICE", 1000);
+}
 
 VulkanInstanceDevices select_vulkan_devices() {
   VulkanInstanceDevices out;
@@ -949,7 +953,7 @@ void Recorder::mark(const std::string& label) {
 }
 
 void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
-                        size_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz) {
+                        size_t push_bytes, uint32_t gx, uint32_t gy, uint32_t gz, bool barrier) {
   if (!error_.is_ok()) return;
   if (trace_enabled()) std::fprintf(stderr, "[vulkan] dispatch %s %ux%ux%u\n", shader, gx, gy, gz);
   if (gx == 0 || gy == 0 || gz == 0) return;
@@ -971,6 +975,10 @@ void Recorder::dispatch(const char* shader, const std::vector<uint32_t>& spec, c
   vkCmdPushConstants(ctx_->cmd_, ctx_->layout_, VK_SHADER_STAGE_COMPUTE_BIT, 0,
                      (uint32_t)push_bytes, push);
   vkCmdDispatch(ctx_->cmd_, gx, gy, gz);
+  if (!barrier) {
+    if (mark_dispatches_) mark(shader);
+    return;
+  }
   VkMemoryBarrier mb{};
   mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
   mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;

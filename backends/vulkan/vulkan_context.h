@@ -265,8 +265,11 @@ class Recorder {
 
   // shader: a name of kSpirvModules; spec: specialization constants 0..n−1; push: the shader's
   // push-constant block (≤ 128 bytes). A failure is remembered and returned by submit().
+  // barrier = false leaves out the barrier after this dispatch (for dispatches that neither
+  // read nor write what the next one writes or reads).
   void dispatch(const char* shader, const std::vector<uint32_t>& spec, const void* push,
-                size_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1);
+                size_t push_bytes, uint32_t gx, uint32_t gy = 1, uint32_t gz = 1,
+                bool barrier = true);
   // Device → device copy (e.g. logits into a host-readable buffer), followed by a transfer →
   // compute/host barrier unless `barrier` is false (the copy probe of the bench).
   void copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer& dst, size_t dst_off,

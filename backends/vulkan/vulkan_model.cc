@@ -407,7 +407,10 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
   const bool lat = M.latent();
   const uint64_t rope_tab = M.w(M.rope_);
   const int w_max = std::max(dh, M.max_rv_);
-  const int splits = std::clamp((T + 63) / 64, 1, std::clamp(256 / Hkv, 1, 64));
+  // Latent layers: one 512-token split per workgroup column (up to the 64 the partials hold),
+  // so the grouped kernel's splits × groups grid fills the device at long contexts.
+  const int splits = lat ? std::clamp((T + 511) / 512, 1, 64)
+                         : std::clamp((T + 63) / 64, 1, std::clamp(256 / Hkv, 1, 64));
 
   embed(rec, tok_.address(), M.w(M.embed_), wt, x_.address(), n, d, V);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -459,33 +462,39 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
         store_rows(rec, vb_.address(), D.rv_all, D.v_off[g], region(l, 1, g), n, start);
       }
       const int lw = D.latent_width;
-      for (int g = 0; g < G; ++g) {
-        const uint64_t kbias = D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
-        if (n == 1) {
-          DecodeArgs a;
-          a.q = q_.address();
-          a.rope = rope_tab;
-          a.sin_off = M.sin_off_;
-          a.part = part_.address();
-          a.fold = fold_.address();
-          a.out = att_.address();
-          a.T = T;
-          a.H = H;
-          a.H_kv = Hkv;
-          a.dh = dh;
-          a.splits = splits;
-          a.w_max = w_max;
-          LatentGroupArgs ga;
+      if (n == 1) {
+        // All groups of the layer in one call: one decode dispatch where the grouped coopmat
+        // kernel takes them (attention_decode_latent_groups), else one per group.
+        DecodeArgs a;
+        a.q = q_.address();
+        a.rope = rope_tab;
+        a.sin_off = M.sin_off_;
+        a.part = part_.address();
+        a.fold = fold_.address();
+        a.out = att_.address();
+        a.T = T;
+        a.H = H;
+        a.H_kv = Hkv;
+        a.dh = dh;
+        a.splits = splits;
+        a.w_max = w_max;
+        std::vector<LatentGroupArgs> gas(G);
+        for (int g = 0; g < G; ++g) {
+          LatentGroupArgs& ga = gas[g];
           ga.zk = region(l, 0, g);
           ga.zv = region(l, 1, g);
           ga.bk = M.w(D.bkg[g]);
           ga.wt = wt;
-          ga.k_bias = kbias;
+          ga.k_bias = D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
           ga.group = g;
           ga.s = s;
           ga.out_col = D.out_col[g];
-          PALU_RETURN_IF_ERROR(attention_decode_latent(rec, a, ga, M.max_rk_));
-        } else {
+        }
+        PALU_RETURN_IF_ERROR(attention_decode_latent_groups(rec, a, gas.data(), G, M.max_rk_));
+      }
+      for (int g = 0; g < G; ++g) {
+        const uint64_t kbias = D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
+        if (n > 1) {
           PALU_RETURN_IF_ERROR(latent_rebuild_keys(rec, region(l, 0, g), M.w(D.bkg[g]), wt, kbias,
                                                    s, dh, T, rope_tab, M.sin_off_, ktemp_.address(),
                                                    kvw, g * s * dh));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 namespace palu::backends::vulkan {
@@ -80,6 +81,18 @@ struct LatentPC {
   uint32_t T, tps, cap, k_words, v_words, win, win_begin, h0, r_k, r_v, sin_off, part_stride;
 };
 static_assert(sizeof(LatentPC) <= 128, "push constants are limited to 128 bytes");
+struct FoldTPC {
+  uint64_t q, bk, bias, m, tbl, kc, vc;
+  uint32_t h0, n_rep, dh, r_k, ncol, flags, slot, slot_halves;
+  float scale;
+};
+static_assert(sizeof(FoldTPC) <= 128, "push constants are limited to 128 bytes");
+struct GroupedPC {
+  uint64_t m, tbl, rope, part;
+  uint32_t T, tps, cap, k_words, v_words, win, win_begin, r_k, r_v, sin_off, part_stride,
+      slot_halves, h0, bias;
+};
+static_assert(sizeof(GroupedPC) <= 128, "push constants are limited to 128 bytes");
 
 // The window slots the shaders see: only packed regions have a window.
 uint32_t window_of(const Region& r) {
@@ -100,7 +113,8 @@ uint32_t ceil_div(size_t a, size_t b) {
 // The push constants of latent_fold* and of the latent decode kernels for group g (its first
 // query head h0, HG query heads, folded rows padded to rkp): the folded query M of the group's
 // heads at a.fold, its second half (mb) after HG·d_h·rkp floats.
-FoldPC fold_pc(const DecodeArgs& a, const LatentGroupArgs& g, int h0, int n_rep, int HG, uint32_t rkp) {
+FoldPC fold_pc(const DecodeArgs& a, const LatentGroupArgs& g, int h0, int n_rep, int HG,
+               uint32_t rkp) {
   FoldPC fp{};
   fp.q = a.q;
   fp.bk = g.bk;
@@ -293,6 +307,170 @@ CoopShape coop_shape(int rk, int rv, int dh, uint32_t shared_bytes) {
   return c;
 }
 
+// latent_decode_cmg.comp's shape (all query heads of a group per workgroup, 32-token tiles):
+// RKB 16-column blocks of the key tile (r_k, + 1 for the key-bias column), RVB of the value
+// tile, Mᵀ slot size (halves, 16-byte multiple), and whether the rows allow 16-byte chunks.
+struct GroupedShape {
+  uint32_t rkb = 0, rvb = 0, slot_halves = 0, hg = 0, tt = 0, nhw = 1;
+  bool bias = false, vec = false;
+};
+
+// Tuning knob for measurements (docs/perf/vulkan.md), 0 or unset: the defaults. PALU_VULKAN_CMG
+// bits: 0 flips the k-loop unrolling (default: unrolled for 64-token tiles only), 1 value loads
+// after the scores, 2 column-block pairs (32-token tiles), 3..6 timing probes
+// (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2 of the
+// workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads.
+uint32_t grouped_bits() {
+  const char* knob = std::getenv("PALU_VULKAN_CMG");
+  return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
+}
+
+bool vec_region(const Region& r) {
+  if (r.rank % 8 != 0 || r.base % 16 != 0) return false;
+  if (window_of(r) > 0 && ((size_t)r.cap * (r.words() + 2)) % 4 != 0) return false;
+  // packed rows: the (scale, zero) pairs read as 8-byte words
+  if (row_storage_bits(r.storage) > 0 && ((size_t)r.cap * r.words()) % 2 != 0) return false;
+  return true;
+}
+
+// Why latent_decode_cmg.comp cannot run the n groups gs in one dispatch (empty: it can), and
+// its shape in *c. The groups must be alike (ranks, storage, capacity, window, weights, bias)
+// and consecutive.
+std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGroupArgs* gs, int n,
+                        int max_rank, GroupedShape* c) {
+  const LatentGroupArgs& g = gs[0];
+  const int n_rep = a.H / a.H_kv;
+  const int HG = g.s * n_rep;
+  if (!ctx->cooperative_matrix()) return ctx->cooperative_matrix_note();
+  if (a.fold == 0) return "no fold scratch (DecodeArgs.fold)";
+  if (a.dh != 64 && a.dh != 128 && a.dh != 256)
+    return "head dim " + std::to_string(a.dh) + " (64, 128 or 256 only)";
+  if (HG != 1 && HG != 2 && HG != 4 && HG != 8)
+    return std::to_string(HG) + " query heads per group (1, 2, 4 or 8 only)";
+  if ((HG * a.dh) % 128 != 0) return "query heads × head dim not a multiple of 128";
+  if (a.T < 32) return "fewer than 32 cached tokens";
+  if (ctx->max_workgroup_x() < 256) return "fewer than 256 invocations per workgroup";
+  for (int i = 0; i < n; ++i) {
+    const LatentGroupArgs& h = gs[i];
+    if (h.group != g.group + i || h.s != g.s || h.wt != g.wt ||
+        (h.k_bias != 0) != (g.k_bias != 0) || h.zk.rank != g.zk.rank || h.zv.rank != g.zv.rank ||
+        h.zk.storage != g.zk.storage || h.zv.storage != g.zk.storage || h.zk.cap != g.zk.cap ||
+        h.zv.cap != g.zk.cap || window_of(h.zk) != window_of(g.zk) ||
+        window_of(h.zv) != window_of(g.zk) || h.zk.window_begin != g.zk.window_begin ||
+        h.zv.window_begin != g.zk.window_begin)
+      return "groups not alike";
+  }
+  c->hg = (uint32_t)HG;
+  // Workgroups per group (each HG / nhw heads: a smaller Mᵀ slice per workgroup, the tiles read
+  // nhw times).
+  c->nhw = 1u << ((grouped_bits() >> 8) & 3u);
+  while (c->nhw > 1 && ((uint32_t)HG % c->nhw != 0 || (HG / c->nhw) * a.dh % 128 != 0)) c->nhw /= 2;
+  c->bias = g.k_bias != 0;
+  c->rkb = ceil_div(g.zk.rank + (c->bias ? 1 : 0), 16);
+  c->rvb = ceil_div(g.zv.rank, 16);
+  if (c->rvb > 32) return "value rank " + std::to_string(g.zv.rank) + " above 512";
+  // 64-token tiles where they fit (each Mᵀ fragment read from L2 serves twice the tokens), else
+  // 32: latent_decode_cmg.comp's tile, red, psh and csh arrays.
+  const size_t xp = 16 * (size_t)std::max(c->rkb, c->rvb);
+  const bool force32 = (grouped_bits() & 128u) != 0;
+  c->tt = 0;
+  for (uint32_t tt = force32 ? 32 : 64; tt >= 32; tt /= 2) {
+    const size_t shared =
+        std::max(tt * (xp + 8) / 8, 40 * (size_t)tt) * 16 + 16 * (tt + 8) * 2 + 256 * 4;
+    if (a.T >= (int)tt && shared <= ctx->max_shared_bytes()) {
+      c->tt = tt;
+      break;
+    }
+  }
+  if (c->tt == 0)
+    return "key rank " + std::to_string(g.zk.rank) + " with value rank " +
+           std::to_string(g.zv.rank) + " does not fit shared memory";
+  c->slot_halves = (16 * c->rkb * (uint32_t)HG * (uint32_t)a.dh + 7) / 8 * 8;
+  if ((size_t)n * c->slot_halves / 2 + 4 * (size_t)n > latent_fold_words(a.H, a.dh, max_rank))
+    return "fold scratch too small";
+  c->vec = true;
+  for (int i = 0; i < n; ++i) c->vec = c->vec && vec_region(gs[i].zk) && vec_region(gs[i].zv);
+  return "";
+}
+
+// Records latent_fold_t per group, one latent_decode_cmg dispatch (splits × n groups) and the
+// split reduction (one dispatch where the groups' output columns follow each other).
+void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* gs, int n,
+                    const GroupedShape& c) {
+  const int n_rep = a.H / a.H_kv;
+  const uint64_t tbl = a.fold + (uint64_t)n * c.slot_halves * 2;
+  const int h0 = gs[0].group * (int)c.hg;
+  for (int z = 0; z < n; ++z) {
+    const LatentGroupArgs& g = gs[z];
+    FoldTPC fp{};
+    fp.q = a.q;
+    fp.bk = g.bk;
+    fp.bias = g.k_bias;
+    fp.m = a.fold;
+    fp.tbl = tbl;
+    fp.kc = g.zk.base;
+    fp.vc = g.zv.base;
+    fp.h0 = u32(h0 + z * (int)c.hg);
+    fp.n_rep = u32(n_rep);
+    fp.dh = u32(a.dh);
+    fp.r_k = u32(g.zk.rank);
+    fp.ncol = u32(g.s * a.dh);
+    fp.flags = g.k_bias != 0 ? 1u : 0u;
+    fp.slot = u32(z);
+    fp.slot_halves = c.slot_halves;
+    fp.scale = inv_sqrt_dh(a.dh);
+    // The folds write disjoint slots: one barrier after the last.
+    rec.dispatch("latent_fold_t", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(a.dh / 2, 64),
+                 16 * c.rkb, c.hg, z + 1 == n);
+  }
+  const LatentGroupArgs& g = gs[0];
+  GroupedPC pc{};
+  pc.m = a.fold;
+  pc.tbl = tbl;
+  pc.rope = a.rope;
+  pc.part = a.part;
+  pc.T = u32(a.T);
+  pc.tps = ceil_div(ceil_div(a.T, a.splits), c.tt) * c.tt;
+  pc.cap = u32(g.zk.cap);
+  pc.k_words = g.zk.words();
+  pc.v_words = g.zv.words();
+  pc.win = window_of(g.zk);
+  pc.win_begin = u32(g.zk.window_begin);
+  pc.r_k = u32(g.zk.rank);
+  pc.r_v = u32(g.zv.rank);
+  pc.sin_off = a.sin_off;
+  pc.part_stride = u32(a.w_max + 2);
+  pc.slot_halves = c.slot_halves;
+  pc.h0 = u32(h0);
+  pc.bias = c.bias ? 1u : 0u;
+  const uint32_t bits = grouped_bits();
+  rec.dispatch(
+      "latent_decode_cmg",
+      {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
+       (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u, (bits & 4) ? 1u : 0u,
+       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u},
+      &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
+  bool contiguous = true;
+  for (int z = 1; z < n; ++z)
+    contiguous = contiguous && gs[z].out_col == g.out_col + z * (int)c.hg * g.zv.rank;
+  if (contiguous) {
+    ReducePC rp{a.part,         a.out,   u32(a.splits), u32(a.w_max + 2),
+                u32(g.zv.rank), u32(h0), u32(g.out_col)};
+    rec.dispatch("attn_reduce", {}, &rp, sizeof(rp), (uint32_t)n * c.hg, ceil_div(g.zv.rank, 64));
+  } else {
+    for (int z = 0; z < n; ++z) {
+      ReducePC rp{a.part,
+                  a.out,
+                  u32(a.splits),
+                  u32(a.w_max + 2),
+                  u32(gs[z].zv.rank),
+                  u32(h0 + z * (int)c.hg),
+                  u32(gs[z].out_col)};
+      rec.dispatch("attn_reduce", {}, &rp, sizeof(rp), c.hg, ceil_div(gs[z].zv.rank, 64));
+    }
+  }
+}
+
 }  // namespace
 
 size_t latent_fold_words(int H, int dh, int max_rank) {
@@ -316,7 +494,7 @@ uint32_t decode_tile(uint32_t shared_bytes, int n_rep, int dh, int rmax) {
 
 void reduce(Recorder& rec, const DecodeArgs& a, int w, int h0, int nh, int out0) {
   ReducePC pc{a.part, a.out, u32(a.splits), u32(a.w_max + 2), u32(w), u32(h0), u32(out0)};
-  rec.dispatch("attn_reduce", {}, &pc, sizeof(pc), (uint32_t)nh);
+  rec.dispatch("attn_reduce", {}, &pc, sizeof(pc), (uint32_t)nh, ceil_div(w, 64));
 }
 
 }  // namespace
@@ -386,10 +564,19 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
   // splits and 1.8× its default at 64K, q4 256/256 10–20 % faster; f16 256/256 equal to 2 %
   // slower, so it stays on the fused kernel; docs/perf/vulkan.md), or always with
   // PALU_VULKAN_COOPMAT=1.
+  if (kernel == LatentKernel::kAuto || kernel == LatentKernel::kFusedCoopmat) {
+    // All query heads of the group per workgroup (latent_decode_cmg.comp) where it fits.
+    GroupedShape gsh;
+    if (grouped_why(ctx, a, &g, 1, max_rank, &gsh).empty()) {
+      record_grouped(rec, a, &g, 1, gsh);
+      return Status::ok();
+    }
+  }
   const bool auto_coop = kernel == LatentKernel::kAuto && ctx->cooperative_matrix() &&
                          (ctx->prefer_cooperative_matrix() || g.zk.rank <= kCoopmatAutoMaxRank ||
                           row_storage_bits(g.zk.storage) > 0);
-  if (auto_coop || kernel == LatentKernel::kFusedCoopmat) {
+  if (auto_coop || kernel == LatentKernel::kFusedCoopmat ||
+      kernel == LatentKernel::kFusedCoopmatHead) {
     // Why the coopmat kernel cannot run here (empty: it can).
     const CoopShape c = coop_shape(g.zk.rank, g.zv.rank, a.dh, ctx->max_shared_bytes());
     std::string why;
@@ -418,7 +605,7 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
       reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
       return Status::ok();
     }
-    if (kernel == LatentKernel::kFusedCoopmat)
+    if (kernel == LatentKernel::kFusedCoopmat || kernel == LatentKernel::kFusedCoopmatHead)
       return unimplemented("vulkan coopmat latent decode: " + why);
   }
   if (kernel != LatentKernel::kTile) {
@@ -507,6 +694,25 @@ Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentG
                 (uint32_t)g.zk.storage},
                &pc, sizeof(pc), (uint32_t)g.s, (uint32_t)a.splits);
   reduce(rec, a, g.zv.rank, h0, HG, g.out_col);
+  return Status::ok();
+}
+
+Status attention_decode_latent_groups(Recorder& rec, const DecodeArgs& a,
+                                      const LatentGroupArgs* groups, int n, int max_rank,
+                                      LatentKernel kernel) {
+  if (n <= 0) return Status::ok();
+  if (kernel == LatentKernel::kAuto || kernel == LatentKernel::kFusedCoopmat) {
+    for (int i = 0; i < n; ++i)
+      if (groups[i].zv.rank > a.w_max || groups[i].zk.rank > max_rank)
+        return invalid_argument("vulkan latent decode: rank above the maximum");
+    GroupedShape gsh;
+    if (grouped_why(rec.context(), a, groups, n, max_rank, &gsh).empty()) {
+      record_grouped(rec, a, groups, n, gsh);
+      return Status::ok();
+    }
+  }
+  for (int i = 0; i < n; ++i)
+    PALU_RETURN_IF_ERROR(attention_decode_latent(rec, a, groups[i], max_rank, kernel));
   return Status::ok();
 }
 

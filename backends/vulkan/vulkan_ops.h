@@ -123,9 +123,22 @@ struct LatentGroupArgs {
 // else kFused when a.fold is set and the device has subgroup arithmetic and room for the
 // shape, else kTile. A kernel other than kAuto
 // asked for on a device or shape it cannot run: UNIMPLEMENTED naming why.
-enum class LatentKernel { kAuto, kFused, kFusedF32, kTile, kFusedCoopmat };
+//
+// kAuto and kFusedCoopmat first try latent_decode_cmg.comp (all query heads of the group in one
+// workgroup, 32-token tiles read once, p·z^V on the tensor cores too; needs the coopmat
+// extension, d_h 64/128/256, 1/2/4/8 query heads per group with heads·d_h a multiple of 128,
+// T ≥ 32, r_v ≤ 512 and the tiles in shared memory); kFusedCoopmatHead is the per-head
+// latent_decode_cm.comp only (for comparisons).
+enum class LatentKernel { kAuto, kFused, kFusedF32, kTile, kFusedCoopmat, kFusedCoopmatHead };
 Status attention_decode_latent(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs& g,
                                int max_rank, LatentKernel kernel = LatentKernel::kAuto);
+// The n groups groups[0..n) of one layer: where latent_decode_cmg.comp takes them (kAuto,
+// kFusedCoopmat; the groups alike and consecutive) one fold per group, ONE decode dispatch for
+// all groups (workgroups splits × n) and one split reduction; otherwise attention_decode_latent
+// per group. a.fold must hold latent_fold_words(H, d_h, max_rank).
+Status attention_decode_latent_groups(Recorder& rec, const DecodeArgs& a,
+                                      const LatentGroupArgs* groups, int n, int max_rank,
+                                      LatentKernel kernel = LatentKernel::kAuto);
 
 // Causal prefill attention: n query rows at positions p0.. over keys 0..p0+n−1.
 struct PrefillArgs {

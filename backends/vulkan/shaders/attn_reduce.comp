@@ -1,5 +1,7 @@
-// Merges the token splits of attn_decode.comp: for query head h = h0 + workgroup,
+// Merges the token splits of attn_decode.comp: for query head h = h0 + workgroup x,
 // out[out0 + (h − h0)·w + c] = Σ_s acc_s[c]·e^{m_s − M} / Σ_s l_s·e^{m_s − M},  M = max m_s.
+// Workgroup y: columns c ∈ [64·y, 64·y + 64) (one column per invocation: more workgroups in
+// flight than one per head; each recomputes M and the sum).
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -22,7 +24,7 @@ void main() {
     if (l > 0.0) L += l * exp(ldf(pc.part, base + s * pc.part_stride) - M);
   }
   const float inv = 1.0 / L;
-  for (uint c = gl_LocalInvocationID.x; c < pc.w; c += 64u) {
+  for (uint c = gl_WorkGroupID.y * 64u + gl_LocalInvocationID.x; c < pc.w; c += 64u * gl_NumWorkGroups.y) {
     float acc = 0.0;
     for (uint s = 0u; s < pc.splits; ++s) {
       const uint o = base + s * pc.part_stride;

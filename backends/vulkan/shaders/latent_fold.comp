@@ -9,9 +9,59 @@
 // Output: m[(hh·d_h + r)·rkp + p] f32, rows r < d_h/2 the a_r, rows r ≥ d_h/2 the b_{r−d_h/2},
 // columns p ∈ [r_k, rkp) zero (the main kernel's padding); mb[hh·d_h + r] the bias terms (zero
 // without a bias). Workgroup (x, i, hh): pair i of head hh, columns x·64 .. x·64 + 63.
+// F16T (latent_decode_cmg.comp): Mᵀ as f16, [rkp, HG·d_h] at slot z (halves z·slot_halves):
+// element (p, hh·d_h + r); row p = r_k holds the bias terms when flags & 1 (the decode's tiles
+// carry a 1 in that column), other rows ≥ r_k zero; plus the slot's z^K / z^V addresses in tbl.
+// Workgroup (x, p, hh): rows r = x·64 + local id of latent p, head hh: reads of B^K and writes of
+// Mᵀ contiguous in r.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
+#ifdef F16T
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_EXT_shader_16bit_storage : require
+layout(buffer_reference, std430, buffer_reference_align = 2) buffer BufH { float16_t v[]; };
+layout(local_size_x = 64) in;
+layout(constant_id = 0) const uint WDT = 1u;  // B^K dtype
+layout(push_constant) uniform PC {
+  Buf q;     // [H, d_h] f32, RoPE applied
+  Buf bk;    // B^K_gᵀ [r_k, s·d_h], dtype WDT
+  Buf bias;  // [s·d_h] f32 (flags & 1)
+  BufH m;    // out: Mᵀ slots
+  Buf tbl;   // out: per slot z^K, z^V addresses (4 words)
+  uvec2 kc, vc;
+  uint h0, n_rep, dh, r_k, ncol, flags, slot, slot_halves;
+  float scale;
+} pc;
+void main() {
+  const uint hh = gl_WorkGroupID.z, p = gl_WorkGroupID.y;
+  const uint i = gl_WorkGroupID.x * 64u + gl_LocalInvocationID.x;
+  const uint dh = pc.dh, half_dh = dh / 2u, u = hh / pc.n_rep, hq = pc.h0 + hh;
+  if (gl_WorkGroupID == uvec3(0u) && gl_LocalInvocationID.x == 0u) {
+    pc.tbl.v[4u * pc.slot] = pc.kc.x;
+    pc.tbl.v[4u * pc.slot + 1u] = pc.kc.y;
+    pc.tbl.v[4u * pc.slot + 2u] = pc.vc.x;
+    pc.tbl.v[4u * pc.slot + 3u] = pc.vc.y;
+  }
+  if (i >= half_dh) return;
+  const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
+  float a = 0.0, b = 0.0;
+  if (p < pc.r_k) {
+    const float b0 = ldw(pc.bk, p * pc.ncol + u * dh + i, WDT);
+    const float b1 = ldw(pc.bk, p * pc.ncol + u * dh + i + half_dh, WDT);
+    a = pc.scale * (q0 * b0 + q1 * b1);
+    b = pc.scale * (q1 * b0 - q0 * b1);
+  } else if (p == pc.r_k && (pc.flags & 1u) != 0u) {
+    const float b0 = ldf(pc.bias, u * dh + i), b1 = ldf(pc.bias, u * dh + i + half_dh);
+    a = pc.scale * (q0 * b0 + q1 * b1);
+    b = pc.scale * (q1 * b0 - q0 * b1);
+  }
+  const uint nc = gl_NumWorkGroups.z * dh;
+  const uint o = pc.slot * pc.slot_halves + p * nc + hh * dh + i;
+  pc.m.v[o] = float16_t(a);
+  pc.m.v[o + half_dh] = float16_t(b);
+}
+#else
 #ifdef F16OUT
 // M as f16 (latent_decode_cm.comp loads its matrix fragments from it).
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
@@ -61,3 +111,4 @@ void main() {
     stf(pc.mb, hh * dh + half_dh + i, b);
   }
 }
+#endif

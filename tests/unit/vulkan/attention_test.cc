@@ -367,7 +367,10 @@ struct FusedCase {
 
 // Runs case c through each of `kernels` against the CPU reference. A kernel the device does not
 // offer must say UNIMPLEMENTED; then the test skips, printing why.
-void run_fused_case(VulkanContext* ctx, const FusedCase& c, std::vector<LatentKernel> kernels) {
+// all_groups: the groups through one attention_decode_latent_groups call (latent_decode_cmg.comp
+// takes them in one dispatch where it can) instead of one call per group.
+void run_fused_case(VulkanContext* ctx, const FusedCase& c, std::vector<LatentKernel> kernels,
+                    bool all_groups = false) {
   const int dh = c.dh, G = c.Hkv / c.s, N = c.s * dh, n_rep = c.H / c.Hkv, half = dh / 2;
   std::vector<float> inv_freq;
   const auto table = rope_table(dh, c.T, 10000.0, &inv_freq);
@@ -444,13 +447,14 @@ void run_fused_case(VulkanContext* ctx, const FusedCase& c, std::vector<LatentKe
     VulkanBuffer out = device_buffer(ctx, width * 4);
     a.out = out.address();
     Recorder rec(ctx);
-    for (int g = 0; g < G; ++g) {
-      Status st = attention_decode_latent(rec, a, ga[g], c.rk, k);
+    for (int g = 0; g < (all_groups ? 1 : G); ++g) {
+      Status st = all_groups ? attention_decode_latent_groups(rec, a, ga.data(), G, c.rk, k)
+                             : attention_decode_latent(rec, a, ga[g], c.rk, k);
       if (!coop && !ctx->subgroup_arithmetic()) {
         EXPECT_EQ(st.code(), StatusCode::kUnimplemented);
         GTEST_SKIP() << "no subgroup arithmetic: the fused kernel is not offered";
       }
-      if (coop && !ctx->cooperative_matrix()) {
+      if ((coop || k == LatentKernel::kFusedCoopmatHead) && !ctx->cooperative_matrix()) {
         ASSERT_EQ(st.code(), StatusCode::kUnimplemented) << st.to_string();
         EXPECT_NE(st.message().find(ctx->cooperative_matrix_note()), std::string::npos)
             << st.to_string();
@@ -465,10 +469,14 @@ void run_fused_case(VulkanContext* ctx, const FusedCase& c, std::vector<LatentKe
       max_abs = std::max(max_abs, std::fabs(want[i]));
       max_diff = std::max(max_diff, std::fabs(got[i] - want[i]));
     }
-    const std::string what = coop ? "coopmat" : f16 ? "f16" : "f32";
+    const std::string what = k == LatentKernel::kFusedCoopmatHead ? "coopmat per head"
+                             : coop ? (all_groups ? "coopmat, all groups" : "coopmat")
+                             : f16  ? "f16"
+                                    : "f32";
     std::printf("    fused %s: max|Δ| / max|out| = %.2e\n", what.c_str(),
                 max_diff / std::max(max_abs, 1e-30f));
-    expect_near_all(got, want, f16 || coop ? 4e-3f : 1e-4f, 1e-5f, "fused latent decode " + what);
+    expect_near_all(got, want, f16 || coop || k == LatentKernel::kFusedCoopmatHead ? 4e-3f : 1e-4f,
+                    1e-5f, "fused latent decode " + what);
   }
 }
 
@@ -486,7 +494,8 @@ class FusedLatentDecodeCoopmat : public ::testing::TestWithParam<FusedCase> {};
 
 TEST_P(FusedLatentDecodeCoopmat, MatchesCpuScalar) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
-  run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat});
+  run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat, LatentKernel::kFusedCoopmatHead});
+  run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat}, true);
 }
 
 std::vector<FusedCase> fused_cases() {
