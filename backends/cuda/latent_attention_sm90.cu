@@ -27,8 +27,8 @@
 //   For q4 keys and values (kRingDec) a producer warpgroup decodes into the same f16 ring (keys
 //   dequantized, values as exact codes with the scale folded into P, the consumers loading the
 //   value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4 256/256
-//   789 → 706 µs, q4 128/384 722 → 607 µs; waits sleep (try_wait's suspend-time hint) instead of
-//   spinning, which the decoding warps need (and f16 256/256: ~404 → ~377 µs).
+//   789 → 657–665 µs, q4 128/384 722 → 569–575 µs; waits sleep (try_wait's suspend-time hint)
+//   instead of spinning, which the decoding warps need (and f16 256/256: ~404 → ~377 µs).
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
@@ -273,7 +273,7 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // fold the scale into P) in the f16 ring layout and arrives on the full barrier (128 arrivals):
 // the consumers run the f16 path unchanged.
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4;
-constexpr int kDecItems = 8;  // 16-byte items per producer thread and load: 64 rows × ≤ 256 B / 128
+constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                   : SCHED == kRingDec ? kSm90Threads + 128
@@ -662,7 +662,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         float s[kDecItems], z[kDecItems];
       };
       // r = i / u as (i · ⌈2^16 / u⌉) >> 16: exact for i < 1024, u ≤ 16 (the error i·ε/2^16 < 1/64 < 1/u)
-      const uint32_t inv_uk = (65536u + rbk / 16 - 1) / (rbk / 16), inv_uv = (65536u + rbv / 16 - 1) / (rbv / 16);
+      const uint32_t inv_uv = (65536u + rbv / 16 - 1) / (rbv / 16);
       auto shape = [&](int n, const uint8_t*& rows, const float*& sc, const float*& zr, int& u, int& nvalid) {
         const bool key = (n & 1) == 0;
         const int tile = tile_begin + n / 2, rb = key ? rbk : rbv;
@@ -672,19 +672,22 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         sc = (key ? G.sk : G.sv) + (size_t)tile * kTile;
         zr = (key ? G.zrk : G.zrv) + (size_t)tile * kTile;
       };
-      auto fetch = [&](Raw& x, int n) {
+      // kt: std::true_type for a key load (n even), std::false_type for a value load (n odd): each
+      // loop is compiled for one role (chosen at run time, both decodes were computed and selected)
+      auto fetch = [&](auto kt, Raw& x, int n) {
+        constexpr bool key = decltype(kt)::value;
         if (n >= loads) return;
         const uint8_t* rows;
         const float *sc, *zr;
         int u, nvalid;
         shape(n, rows, sc, zr, u, nvalid);
+        if constexpr (key) u = RK / 32;
 #pragma unroll
-        const uint32_t inv_u = (n & 1) == 0 ? inv_uk : inv_uv;
         for (int k = 0; k < kDecItems; ++k) {
-          const int i = pt + 128 * k, r = (int)(((uint32_t)i * inv_u) >> 16);
+          const int i = pt + 128 * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16);
           if (i < kTile * u && r < nvalid) {
             x.w[k] = P.dec_ablate == 2 ? make_uint4(0, 0, 0, 0) : ldg_nc16(rows + (size_t)i * 16);
-            if ((n & 1) == 0 && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
+            if (key && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
               x.s[k] = __ldg(sc + r);
               x.z[k] = __ldg(zr + r);
             } else {
@@ -707,29 +710,30 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
       };
       // decode load n (items in x) into its ring buffer once both warpgroups released it
-      auto step = [&](int n, Raw& x, Raw& next) {
+      auto step = [&](auto kt, int n, Raw& x, Raw& next) {
+        constexpr bool key = decltype(kt)::value;
         if (n >= loads) return;
-        fetch(next, n + 1);
+        fetch(std::integral_constant<bool, !key>{}, next, n + 1);
         if (pt == 0) prefetch(n + 4);
-        const int b = n % 3;
-        const uint8_t* rows;
-        const float *sc, *zr;
-        int u, nvalid;
-        shape(n, rows, sc, zr, u, nvalid);
+        const int b = n % 3, u = key ? RK / 32 : rbv / 16;
+        const int nvalid = min(kTile, T - (tile_begin + n / 2) * kTile);
         mbar_wait_sleep(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
         uint8_t* dst = smem + L.kst + (size_t)b * L.kstage;
-        const bool key = (n & 1) == 0;
-        const uint32_t inv_u = key ? inv_uk : inv_uv;
 #pragma unroll
         for (int k = 0; k < kDecItems; ++k) {
-          const int i = pt + 128 * k, r = (int)(((uint32_t)i * inv_u) >> 16), c = i - r * u;
+          const int i = pt + 128 * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16), c = i - r * u;
           if (i < kTile * u && P.dec_ablate != 1) {
             const bool ok = r < nvalid;  // rows past T: zeros (p = 0 there, but 0·NaN)
             const uint32_t wd[4] = {x.w[k].x, x.w[k].y, x.w[k].z, x.w[k].w};
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-              *reinterpret_cast<uint4*>(dst + swz(kTile, r, 4 * c + e)) =
-                  !ok ? make_uint4(0, 0, 0, 0) : key ? dq4x8_half(wd[e], x.s[k], x.z[k]) : q4x8_half(wd[e]);
+            for (int e = 0; e < 4; ++e) {
+              uint4 v = make_uint4(0, 0, 0, 0);
+              if (ok) {
+                if constexpr (key) v = dq4x8_half(wd[e], x.s[k], x.z[k]);
+                else v = q4x8_half(wd[e]);
+              }
+              *reinterpret_cast<uint4*>(dst + swz(kTile, r, 4 * c + e)) = v;
+            }
           }
         }
         fence_proxy_async();  // the generic stores → wgmma (async proxy)
@@ -739,10 +743,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       Raw xa, xb;
       if (pt == 0)
         for (int n = 0; n < 4; ++n) prefetch(n);
-      fetch(xa, 0);
-      for (int n = 0; n < loads; n += 2) {
-        step(n, xa, xb);
-        step(n + 1, xb, xa);
+      fetch(std::true_type{}, xa, 0);
+      for (int n = 0; n < loads; n += 2) {  // (loads is even: K(i), V(i) per tile)
+        step(std::true_type{}, n, xa, xb);
+        step(std::false_type{}, n + 1, xb, xa);
       }
       return;
     }
@@ -912,7 +916,7 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
       break;
     }
   }
-  if (p.ok && stor_k == (int)RowStorage::kQ4 && stor_v == (int)RowStorage::kQ4 && rv % 32 == 0) {
+  if (p.ok && stor_k == (int)RowStorage::kQ4 && stor_v == (int)RowStorage::kQ4 && rv % 32 == 0 && rv <= 384) {
     // the decoding producer's ring holds f16 tiles (the f16 ring's layout)
     const int f16 = (int)RowStorage::kF16;
     const Sm90Layout D = sm90_layout(rk, rv, f16, f16, 2 * rk, 2 * rv, 0, 0, true);

@@ -64,7 +64,7 @@ struct Sm90Plan {
   bool ok = false;
   int k_stages = 0, v_stages = 0;
   bool ring = false;  // v_stages < 2 and a ring of 3 tile buffers also fits (the default schedule then)
-  bool dec_ring = false;  // q4 keys and values (value rank % 32 == 0) and a ring of 3 f16 tile buffers
+  bool dec_ring = false;  // q4 keys and values (value rank % 32 == 0, ≤ 384) and a ring of 3 f16 tile buffers
                           // fits: the decoding producer warpgroup's schedule (the default then)
   size_t smem = 0;    // enough for both the stages and the ring
 };
