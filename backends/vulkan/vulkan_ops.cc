@@ -311,7 +311,7 @@ CoopShape coop_shape(int rk, int rv, int dh, uint32_t shared_bytes) {
 // RKB 16-column blocks of the key tile (r_k, + 1 for the key-bias column), RVB of the value
 // tile, Mᵀ slot size (halves, 16-byte multiple), and whether the rows allow 16-byte chunks.
 struct GroupedShape {
-  uint32_t rkb = 0, rvb = 0, slot_halves = 0, hg = 0, tt = 0, nhw = 1;
+  uint32_t rkb = 0, rvb = 0, slot_halves = 0, hg = 0, tt = 0, nhw = 1, wg = 256;
   bool bias = false, vec = false;
 };
 
@@ -319,7 +319,8 @@ struct GroupedShape {
 // bits: 0 flips the k-loop unrolling (default: unrolled for 64-token tiles only), 1 value loads
 // after the scores, 2 column-block pairs (32-token tiles), 3..6 timing probes
 // (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2 of the
-// workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads.
+// workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
+// 128-invocation workgroups.
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -366,6 +367,14 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
   c->nhw = 1u << ((grouped_bits() >> 8) & 3u);
   while (c->nhw > 1 && ((uint32_t)HG % c->nhw != 0 || (HG / c->nhw) * a.dh % 128 != 0)) c->nhw /= 2;
   c->bias = g.k_bias != 0;
+  // 128 invocations (4 subgroups) per workgroup where the heads and value blocks fit (tuning
+  // bit 12), else 256.
+  {
+    const uint32_t hw = (uint32_t)HG / c->nhw;
+    const bool small = (grouped_bits() & 4096u) != 0 && hw <= 4 && (hw * a.dh / 16) % 4 == 0 &&
+                       ceil_div(g.zv.rank, 16) <= 16;
+    c->wg = small ? 128 : 256;
+  }
   c->rkb = ceil_div(g.zk.rank + (c->bias ? 1 : 0), 16);
   c->rvb = ceil_div(g.zv.rank, 16);
   if (c->rvb > 32) return "value rank " + std::to_string(g.zv.rank) + " above 512";
@@ -448,7 +457,7 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
       "latent_decode_cmg",
       {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
        (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u, (bits & 4) ? 1u : 0u,
-       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u},
+       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg},
       &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
   bool contiguous = true;
   for (int z = 1; z < n; ++z)

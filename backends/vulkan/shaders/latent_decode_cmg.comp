@@ -8,22 +8,28 @@
 // Per head hh and token t:
 //   score(t) = Σ_{r<d_h} CS[t, r]·S[t, hh·d_h + r],  S = Z_tile · Mᵀ,
 //   CS[t, r] = cos(θ_r t) for r < d_h/2, sin(θ_{r−d_h/2} t) above (the model's RoPE table).
-// Workgroup (sp, z): 8 subgroups of 32. Per tile of TT = 32 tokens:
+// Workgroup (sp, z·NHW + part): NSG = 8 subgroups of 32 (4 with tuning bit 12), the group's HW
+// = HG / NHW heads from head part·HW (NHW = 1 by default). Per tile of TT = 64 tokens (32 where
+// 64 does not fit shared memory):
 //   A. the key latents (decoded, rounded to f16; columns ≥ r_k zero) → tile [TT, XST] f16 in
-//      16-byte chunks (f16 rows as uvec4 loads, q4/q8 codes dequantized while staging);
+//      16-byte chunks (f16 rows as uvec4 loads, q4 codes dequantized while staging, every load
+//      of the invocation issued before the first store; q8 and the rest through ld_lat);
 //   B. subgroup sg owns CBS 16-column blocks of S of head sg / SPH: per block the TT/16 row
-//      blocks' products over RKB k-blocks (Mᵀ fragments from L2), then weighted element-wise by
-//      the CS fragment (same element layout: same matrix type) and summed into ws[row block];
-//      ws → red [8][TT][16] f32;
-//   C. all invocations load the tile's value latents (registers), warp hh < HG sums its head's
-//      scores (lane = token: SPH·16 values), does the online softmax (running m, l per warp,
-//      lane-uniform), writes P [16, TT] f16 (rows ≥ HG zero) and the rescale rows corr [16, 16];
-//      then the values go to the tile;
-//   D. subgroup sg owns value blocks sg, sg + 8, …: O[16, 16] (f32, registers, whole split) ←
-//      O ⊙ corr + P · V_tile.
+//      blocks' products over RKB k-blocks (Mᵀ fragments from L2, each serving TT tokens), then
+//      weighted element-wise by the CS fragment (same element layout: same matrix type) and
+//      summed into ws[row block]; after a barrier ws [TT, 16] f32 goes to the tile (rows of
+//      RST = 5 uvec4) — the 48 KB of shared memory hold no separate array for it at TT = 64;
+//   C. all invocations load the tile's value latents (registers), warp hh < HW sums its head's
+//      scores (lane = token, TT/32 tokens per lane: SPH·16 values each), does the online
+//      softmax (running m, l per warp, lane-uniform), writes P [16, TT] f16 (rows ≥ HW zero) and
+//      the rescale rows corr [16, 16]; after a barrier the values go to the tile;
+//   D. subgroup sg owns value blocks sg, sg + NSG, …: O[16, 16] (f32, registers, whole split)
+//      ← O ⊙ corr + P · V_tile.
 // The last tile of a split that is shorter than TT is shifted back to end at the split's end
 // (rows stay inside the cache and the RoPE table); its tokens before t0 are masked. Needs
 // T ≥ TT and tps a multiple of TT (the host checks). Partials as attn_decode.comp (m, l, acc).
+// H100 measurements, variants and the tuning bits (KUNR, VPRE, PAIR, DBG, NHW, KVC, MV4, WG):
+// docs/perf/vulkan.md.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_NV_cooperative_matrix : require
@@ -43,7 +49,7 @@ layout(buffer_reference, std430, buffer_reference_align = 4) buffer BufF { float
 // The same, coherent (KVC: the tile loads, perhaps past L1, which then keeps Mᵀ).
 layout(buffer_reference, std430, buffer_reference_align = 16) coherent buffer BufV4C { uvec4 v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 4) coherent buffer BufC { uint v[]; };
-layout(local_size_x = 256) in;
+layout(local_size_x_id = 14) in;  // WG = 32·NSG invocations
 layout(constant_id = 0) const uint DH = 128u;  // head dim (64, 128 or 256)
 layout(constant_id = 1) const uint HG = 4u;    // query heads of a group (1, 2, 4 or 8)
 layout(constant_id = 2) const uint ST = 1u;    // the cache storage
@@ -63,7 +69,8 @@ layout(constant_id = 12) const uint KVC = 0u;  // key/value tile loads through c
 layout(constant_id = 13) const uint MV4 = 0u;  // Mᵀ fragments loaded through a uvec4 reference
 const uint RB = TT / 16u;            // row blocks of a tile
 const uint TL = TT / 32u;            // tokens per lane in C
-const uint NSG = 8u;                 // subgroups
+const uint WG = gl_WorkGroupSize.x;  // 256 or 128
+const uint NSG = WG / 32u;           // subgroups
 const uint NC = HG * DH;             // columns of S (the group's Mᵀ row)
 const uint CBS = HW * DH / 16u / NSG;  // column blocks per subgroup
 const uint SPH = NSG / HW;           // subgroups per head
@@ -144,14 +151,14 @@ uvec4 chunk(Buf b, uint pos, uint ch, uint words, uint rank, bool one) {
 }
 
 const uint KCH = TT * RKP / 8u, VCH = TT * RVP / 8u;  // chunks per tile
-const uint NKC = (KCH + 255u) / 256u, NVC = (VCH + 255u) / 256u;
+const uint NKC = (KCH + WG - 1u) / WG, NVC = (VCH + WG - 1u) / WG;
 const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_Q4 ? 1u : 0u));
 
 // Rows ts .. ts + TT − 1 of a region without a window (f16 or q4, VEC) → tile, as `chunk` but
 // every load of the invocation issued (STAGE_LOAD) before the first conversion and store.
 #define STAGE_LOAD(B, WORDS, RANK, XPP, NCH, N, RAW, SZ)                                   \
   [[unroll]] for (uint j = 0u; j < N; ++j) {                                              \
-    const uint e = tid + j * 256u;                                                        \
+    const uint e = tid + j * WG;                                                        \
     const uint t = e / (XPP / 8u), ch = e % (XPP / 8u), pos = ts + t;                     \
     const bool ok = e < NCH && 8u * ch < RANK;                                            \
     if (ST == ST_F16) {                                                                   \
@@ -164,7 +171,7 @@ const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_
   }
 #define STAGE_STORE(RANK, ONE, XPP, NCH, N, RAW, SZ)                                      \
   [[unroll]] for (uint j = 0u; j < N; ++j) {                                              \
-    const uint e = tid + j * 256u;                                                        \
+    const uint e = tid + j * WG;                                                        \
     const uint t = e / (XPP / 8u), ch = e % (XPP / 8u);                                   \
     if (e < NCH) {                                                                        \
       uvec4 r = RAW[j];                                                                   \
@@ -207,8 +214,8 @@ void main() {
   // B's share: head hb, column blocks cb0 .. cb0 + CBS − 1 of that head.
   const uint hb = hw0 + sg / SPH, cb0 = (sg % SPH) * CBS;
 
-  for (uint i = tid; i < 16u * PST; i += 256u) psh[i] = float16_t(0.0);
-  csh[tid] = 0.0;
+  for (uint i = tid; i < 16u * PST; i += WG) psh[i] = float16_t(0.0);
+  for (uint i = tid; i < 256u; i += WG) csh[i] = 0.0;
   float mx = NEG_INF, l = 0.0;  // warp hh < HG: its head's running max and sum
   fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> o0 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
   fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> o1 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
@@ -226,7 +233,7 @@ void main() {
       STAGE_LOAD(kc, pc.k_words, rk, RKP, KCH, NKC, kraw, ksz)
       STAGE_STORE(rk, kone, RKP, KCH, NKC, kraw, ksz)
     } else [[unroll]] for (uint j = 0u; j < NKC; ++j) {
-      const uint e = tid + j * 256u;
+      const uint e = tid + j * WG;
       if (e < KCH) {
         const uint t = e / (RKP / 8u), ch = e % (RKP / 8u);
         tile[t * XS8 + ch] = chunk(kc, ts + t, ch, pc.k_words, rk, kone);
@@ -341,7 +348,7 @@ void main() {
     STAGE_LOAD(vc, pc.v_words, rv, RVP, VCH, NVC, vr, vsz)      \
   } else {                                                      \
     [[unroll]] for (uint j = 0u; j < NVC; ++j) {                \
-      const uint e = tid + j * 256u;                            \
+      const uint e = tid + j * WG;                            \
       if (e < VCH) {                                            \
         const uint t = e / (RVP / 8u), ch = e % (RVP / 8u);     \
         vr[j] = chunk(vc, ts + t, ch, pc.v_words, rv, false);   \
@@ -385,7 +392,7 @@ void main() {
       STAGE_STORE(rv, false, RVP, VCH, NVC, vr, vsz)
     } else {
       [[unroll]] for (uint j = 0u; j < NVC; ++j) {
-        const uint e = tid + j * 256u;
+        const uint e = tid + j * WG;
         if (e < VCH) tile[(e / (RVP / 8u)) * XS8 + e % (RVP / 8u)] = vr[j];
       }
     }
@@ -437,7 +444,7 @@ void main() {
     stf(pc.part, o, mx);
     stf(pc.part, o + 1u, l);
   }
-  for (uint i = tid; i < HW * rv; i += 256u) {
+  for (uint i = tid; i < HW * rv; i += WG) {
     const uint hh = i / rv, c = i % rv;
     const uint w = hh * RVP + c;
     stf(pc.part, ((hq0 + hh) * splits + sp) * pc.part_stride + 2u + c,
