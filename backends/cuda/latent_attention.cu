@@ -668,6 +668,15 @@ int sm90_ws_setting() {
   }();
   return ws;
 }
+// PALU_CUDA_SM90_DEC_WGS: producer warpgroups of the decoding schedule (q4 keys and values), 1 or
+// 2 (default). Read once.
+int sm90_dec_wgs() {
+  static const int n = [] {
+    const char* e = std::getenv("PALU_CUDA_SM90_DEC_WGS");
+    return e != nullptr && std::atoi(e) == 1 ? 1 : 2;
+  }();
+  return n;
+}
 }  // namespace
 
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group) {
@@ -689,7 +698,7 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       p.threads = detail::kSm90Threads + (ws && s9.ring && group.k.storage == RowStorage::kF16 &&
                                                   group.v.storage == RowStorage::kF16
                                               ? 32
-                                          : ws && s9.dec_ring ? 128
+                                          : ws && s9.dec_ring ? 128 * sm90_dec_wgs()
                                                               : 0);
       p.sm90 = true;
       return p;
@@ -907,6 +916,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.ws = ws_mode >= 1 ? 1 : 0;
       S.pingpong = ws_mode >= 2 ? 1 : 0;
       S.dec_ring = b.dec_ring ? 1 : 0;
+      S.dec_wgs = sm90_dec_wgs();
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

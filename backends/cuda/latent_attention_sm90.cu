@@ -272,11 +272,14 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // (the bits decode8_half gives: values too, where the other schedules keep the exact codes and
 // fold the scale into P) in the f16 ring layout and arrives on the full barrier (128 arrivals):
 // the consumers run the f16 path unchanged.
-constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4;
+// kRingDec2: the same with two producer warpgroups (512 threads; setmaxnreg moves registers from
+// the producers, 88 each, to the consumers, 168 each, as in the 384-thread launch).
+constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                   : SCHED == kRingDec ? kSm90Threads + 128
+                                  : SCHED == kRingDec2 ? kSm90Threads + 256
                                                       : kSm90Threads,
                                   1)
     latent_sm90_kernel(const __grid_constant__ Sm90Params P, const __grid_constant__ Sm90Maps TM) {
@@ -286,7 +289,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  constexpr bool DEC = SCHED == kRingDec, WS = SCHED == kRingWs || DEC;
+  constexpr bool DEC = SCHED == kRingDec || SCHED == kRingDec2, WS = SCHED == kRingWs || DEC;
+  constexpr int kProd = SCHED == kRingDec2 ? 256 : 128;  // (DEC) producer threads
+  constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
   constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
   constexpr int kF16 = (int)RowStorage::kF16;
@@ -646,14 +651,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     uint64_t* empty = full + 3;
     if (tid == 0) {
       for (int b = 0; b < 3; ++b) {
-        mbar_init(full + b, DEC ? 4 : 1);  // the producer's expect_tx (then the TMA bytes) / warps
+        mbar_init(full + b, DEC ? kProd / 32 : 1);  // the producer's expect_tx (then the TMA bytes) / warps
         mbar_init(empty + b, kSm90Threads);  // every consumer thread
       }
     }
     cp_async_wait<0>();  // M
     fence_proxy_async();
     __syncthreads();  // M, the bias terms and the barriers visible
-    if (DEC && wgi == 2) {  // the producer warpgroup: codes → f16 ring buffers
+    if (DEC && wgi >= 2) {  // the producer warpgroup(s): codes → f16 ring buffers
+      if constexpr (kProd == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
       const int pt = tid - kSm90Threads, loads = 2 * (tile_end - tile_begin);
       // Load n's items: 16 bytes (32 codes: f16 chunks 4c .. 4c + 3 of row r) at flat index
       // i = pt + 128·k of the tile's rows (u = row bytes / 16 items per row), r = i / u, c = i % u.
@@ -683,8 +689,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         shape(n, rows, sc, zr, u, nvalid);
         if constexpr (key) u = RK / 32;
 #pragma unroll
-        for (int k = 0; k < kDecItems; ++k) {
-          const int i = pt + 128 * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16);
+        for (int k = 0; k < KI; ++k) {
+          const int i = pt + kProd * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16);
           if (i < kTile * u && r < nvalid) {
             x.w[k] = P.dec_ablate == 2 ? make_uint4(0, 0, 0, 0) : ldg_nc16(rows + (size_t)i * 16);
             if (key && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
@@ -720,8 +726,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         mbar_wait_sleep(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
         uint8_t* dst = smem + L.kst + (size_t)b * L.kstage;
 #pragma unroll
-        for (int k = 0; k < kDecItems; ++k) {
-          const int i = pt + 128 * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16), c = i - r * u;
+        for (int k = 0; k < KI; ++k) {
+          const int i = pt + kProd * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16), c = i - r * u;
           if (i < kTile * u && P.dec_ablate != 1) {
             const bool ok = r < nvalid;  // rows past T: zeros (p = 0 there, but 0·NaN)
             const uint32_t wd[4] = {x.w[k].x, x.w[k].y, x.w[k].z, x.w[k].w};
@@ -750,6 +756,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       }
       return;
     }
+    if constexpr (kProd == 256 && DEC) asm volatile("setmaxnreg.inc.sync.aligned.u32 168;\n" ::: "memory");
     if (!DEC && wgi == 2) {  // the producer warp: one lane issues every tile as TMA boxes
       if (lane == 0) {
         const int loads = 2 * (tile_end - tile_begin);
@@ -943,7 +950,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   int sched_ws = sched == kRing && p.ws != 0 && p.stor_k == (int)RowStorage::kF16 &&
                          p.stor_v == (int)RowStorage::kF16
                      ? kRingWs
-                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? kRingDec
+                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? (p.dec_wgs >= 2 ? kRingDec2 : kRingDec)
                                                                     : sched;
   Sm90Params q = p;
   {  // PALU_CUDA_SM90_DEC_ABLATE (measurements only; results wrong): 1 no decoding stores, 2 no loads
@@ -985,7 +992,10 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   }
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const int threads = sched_ws == kRingWs ? kSm90Threads + 32 : sched_ws == kRingDec ? kSm90Threads + 128 : kSm90Threads;
+    const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
+                        : sched_ws == kRingDec  ? kSm90Threads + 128
+                        : sched_ws == kRingDec2 ? kSm90Threads + 256
+                                                : kSm90Threads;
     kernel<<<grid, threads, smem, stream>>>(q, maps);
     return Status::ok();
   };
@@ -994,6 +1004,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     constexpr int R = decltype(rk_tag)::value;
     return sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
+           : sched_ws == kRingDec2 ? latent_sm90_kernel<R, kRingDec2>
            : sched == kPipe  ? latent_sm90_kernel<R, kPipe>
            : sched == kRing  ? latent_sm90_kernel<R, kRing>
                             : latent_sm90_kernel<R, kSerial>;

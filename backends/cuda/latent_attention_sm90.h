@@ -48,6 +48,7 @@ struct Sm90Params {
   int pingpong;  // 1 (with ws): the two warpgroups take turns issuing their key wgmma chain
   int dec_ring;  // 1 (with ws, q4 keys and values): a producer warpgroup decodes the codes into the f16
                  // ring the f16 schedule reads (kSm90Threads + 128 threads; plan: Sm90Plan::dec_ring)
+  int dec_wgs;     // (with dec_ring) producer warpgroups: 1 (kSm90Threads + 128 threads) or 2 (+ 256)
   int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   float inv_sqrt_d;
