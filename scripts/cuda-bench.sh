@@ -153,7 +153,11 @@ each score with cos·(a·z) + sin·(b·z), and runs the online softmax in f32:
   at the end); one split per block and head for the merge. Schedules: with ≥ 2 key and value
   stages (q4 128/384: 3/3) the key wgmma of tile i + 1 is queued before p·z^V of tile i; where
   only 2 key + 1 value stages fit (f16 and q4 256/256) a ring of 3 tile buffers (K(i+1) loads
-  into V(i−1)'s buffer, V(i+1) into K(i)'s, each about a tile ahead); `sm90_pipeline = false`
+  into V(i−1)'s buffer, V(i+1) into K(i)'s, each about a tile ahead). By default (round 4 and 5,
+  `PALU_CUDA_SM90_WS=0` for the above) the ring is filled by producers behind mbarriers and the
+  two warpgroups ping-pong: f16 keys and values by a TMA producer warp, q4 keys and values
+  (value rank ≤ 384) by two producer warpgroups that decode into the same f16 ring layout, so
+  every row in the tables runs the same consumer code; `sm90_pipeline = false`
   (`PALU_BENCH_SM90_SERIAL=1`) the serial schedule. Taken for an even number of query heads per
   group and a key rank that is a multiple of 64 and ≤ 256; compiled for sm_90a only and launched
   only on compute capability 9.0.
@@ -274,7 +278,39 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   above predate it). The q4 rows decode their tiles into buffers both warpgroups read, so they
   still meet at block barriers; they are next (decoding by producer warps, or per warpgroup).
 
-Why it is still ~1.5–2.2× slower than SDPA instead of faster (before round 3: ~1.9–2.6×):
+* round 5 (2026-11-24 08:30–09:10 UTC): the q4 rows on the producer / ping-pong schedule
+  (kRingDec). Expected, written first: producer warps that load the 4-bit codes and decode them
+  into the f16 ring (the layout TMA writes for f16) let the q4 rows run the f16 consumers
+  unchanged, i.e. reach f16 256/256's ~390 µs (q4 256/256 789 → ~400–450, q4 128/384 722 →
+  ~350–400): the decode is ~1.1K instructions per producer warp and tile, ~12% of one scheduler
+  at ~10K clocks per tile. Each step measured with `tools/gpu-check.sh --attention --no-bench
+  --filter '*LatentAttentionCuda*:*FullAttentionCuda*:CudaModelFused.*:CudaModelCompressed.*:AttentionCudaErrors.*'`
+  (all passing; q4 max|err| / max|z^V| ≤ 5.9e-4 against the 2e-3 bound, unchanged) then
+  `palu-cuda-attention-bench --T 4096,65536 --iters 20`, H100, µs at 64K, f16 / q4 256/256 / q4
+  128/384 (`PALU_CUDA_SM90_DEC_ABLATE=1`: the producer skips its decoding stores, `=2`: its loads;
+  results wrong, for the ablation only):
+
+  | step | default | no decoding stores | no loads |
+  |---|---|---|---|
+  | one producer warpgroup (384 threads): codes and key scale/zero into registers a load ahead (16 B = 32 codes per item, L2 prefetch two tiles ahead), keys dequantized (decode8_half's bits), values to f16 values (later: exact codes) | 389 / 804 / 785 (old schedules in the same binary: 562 / 785 / 769) | | |
+  | values as exact codes (scale into P, as the other schedules; the consumers `__ldg` their rows' value scale/zero), one arrival per producer warp | 407 / 817 / 727 | 382 / 535 / 478 | 380 / 763 / 702 |
+  | waits sleep (`mbarrier.try_wait` with a suspend-time hint) instead of spinning | 377 / 706 / 607 (spinning: 404 / 736 / 630) | 383 / 425 / 391 | 400 / 677 / 599 |
+  | the next load decoded into registers before its buffer frees (only stores after the wait) | 388, 387 / 722, 733 / 667, 676 (not kept) | 374 / 672 / 642 | |
+  | each decode loop compiled for its role (the role chosen at run time had compiled both decodes and a select) | 380, 385 / 657, 665 / 569, 575 | 373 / 387 / 347 | 380 / 627 / 575 |
+  | two producer warpgroups (512 threads; `setmaxnreg`: producers 88, consumers 168 registers) | 384, 398 / 514, 538 / 443, 463 (one warpgroup in the same binary: 642 / 557) | 394 / 387 / 363 | |
+
+  So the skeleton (loads, barriers, the ring, the consumers) of the q4 rows is the f16 row's
+  (~390 µs), and what is left above it is the decoding: spinning consumer warps had taken issue
+  slots from it, a runtime role had doubled it, a second warpgroup halves its latency per tile.
+  The f16 row gains ~5% from the sleeping waits. Three producer warpgroups (640 threads,
+  producers at 48 registers, 40 B spilled for r_k = 256; `PALU_CUDA_SM90_DEC_WGS=3`): 621 / 430 µs
+  against two's 521 / 448 in the same run, so two stay the default. The tables above (full run,
+  09:07 UTC, 52/52 tests) include round 5: at 64K 562 / 789 / 722 → 384 / 529 / 454 µs (0.95× /
+  0.69× / 0.80× SDPA's 364), at 4K 55 / 69 / 68 → 48 / 56 / 51, at 128K 1097 / 1522 / 1390 →
+  729 / 1012 / 877. The q4 128/384 row no longer counts the RoPE table's bytes (the decoding
+  schedule computes cos/sin like the ring), so its bound moved to 94 µs.
+
+Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
   465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
@@ -287,12 +323,15 @@ Why it is still ~1.5–2.2× slower than SDPA instead of faster (before round 3:
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): the two warpgroups decoupled and ping-ponged (FA3) for the
-q4 rows too (round 4 built it for f16 keys and values: a TMA producer warp and mbarriers), which
-needs their key and value decoding moved off the shared block-barrier path (producer warps that
-decode, `setmaxnreg` to give the consumers the registers, or per-warpgroup decoding); ≤ 128 registers so that two blocks share an SM where shared memory
-allows (q4 128/384); M split across a 2-CTA cluster with the latent tiles multicast for
-r_k = 256 (frees 64 KiB per block for deeper stages and lets f16 256/256 pipeline).
+What the targets need (not built): every row now runs the producer / ping-pong consumers, whose
+skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
+so the step is in the consumers themselves: M split across a 2-CTA cluster with the latent tiles
+multicast for r_k = 256 (frees 64 KiB per block: a deeper ring, and the key wgmma of tile i + 1
+queued under p·z^V of tile i as the pipelined schedule did), or two consumer warpgroups per head
+(4 per block, M shared) so that a scheduler has more than 2 warps to switch between; for the q4
+rows the remaining decode (~130 / ~80 µs above the skeleton): a third producer warpgroup, or the
+key scale folded into the scores (exact codes like the values; needs Σ_i M[n][i] per head next to
+the bias terms, which do not fit beside a 256/256 ring today).
 NOTES
 cat >>docs/perf/cuda.md <<'ACCURACY'
 

@@ -668,12 +668,12 @@ int sm90_ws_setting() {
   }();
   return ws;
 }
-// PALU_CUDA_SM90_DEC_WGS: producer warpgroups of the decoding schedule (q4 keys and values), 1 or
-// 2 (default). Read once.
+// PALU_CUDA_SM90_DEC_WGS: producer warpgroups of the decoding schedule (q4 keys and values), 1, 2
+// (default) or 3 (measurements). Read once.
 int sm90_dec_wgs() {
   static const int n = [] {
     const char* e = std::getenv("PALU_CUDA_SM90_DEC_WGS");
-    return e != nullptr && std::atoi(e) == 1 ? 1 : 2;
+    return e != nullptr && std::atoi(e) >= 1 && std::atoi(e) <= 3 ? std::atoi(e) : 2;
   }();
   return n;
 }

@@ -24,11 +24,11 @@
 //   keys and values (kRingWs) a 9th warp fills the ring with TMA boxes into mbarrier-guarded
 //   buffers and the two warpgroups, no longer meeting at block barriers, take turns issuing
 //   their key wgmma chain (FA3's ping-pong): f16 256/256 at 64K 553–570 → 388–394 µs (H100).
-//   For q4 keys and values (kRingDec) a producer warpgroup decodes into the same f16 ring (keys
-//   dequantized, values as exact codes with the scale folded into P, the consumers loading the
-//   value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4 256/256
-//   789 → 657–665 µs, q4 128/384 722 → 569–575 µs; waits sleep (try_wait's suspend-time hint)
-//   instead of spinning, which the decoding warps need (and f16 256/256: ~404 → ~377 µs).
+//   For q4 keys and values (kRingDec2) two producer warpgroups decode into the same f16 ring
+//   (keys dequantized, values as exact codes with the scale folded into P, the consumers loading
+//   the value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4
+//   256/256 789 → 514–538 µs, q4 128/384 722 → 443–463 µs; waits sleep (try_wait's suspend-time
+//   hint) instead of spinning, which the decoding warps need (and f16 256/256: ~404 → ~380 µs).
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
@@ -274,12 +274,15 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // the consumers run the f16 path unchanged.
 // kRingDec2: the same with two producer warpgroups (512 threads; setmaxnreg moves registers from
 // the producers, 88 each, to the consumers, 168 each, as in the 384-thread launch).
-constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5;
+// kRingDec3 (PALU_CUDA_SM90_DEC_WGS=3, measurements): three (640 threads; 96 registers at launch,
+// producers 48, consumers 168).
+constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                   : SCHED == kRingDec ? kSm90Threads + 128
                                   : SCHED == kRingDec2 ? kSm90Threads + 256
+                                  : SCHED == kRingDec3 ? kSm90Threads + 384
                                                       : kSm90Threads,
                                   1)
     latent_sm90_kernel(const __grid_constant__ Sm90Params P, const __grid_constant__ Sm90Maps TM) {
@@ -289,8 +292,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  constexpr bool DEC = SCHED == kRingDec || SCHED == kRingDec2, WS = SCHED == kRingWs || DEC;
-  constexpr int kProd = SCHED == kRingDec2 ? 256 : 128;  // (DEC) producer threads
+  constexpr bool DEC = SCHED == kRingDec || SCHED == kRingDec2 || SCHED == kRingDec3, WS = SCHED == kRingWs || DEC;
+  constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 ? 256 : 128;  // (DEC) producer threads
   constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
   constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
@@ -660,6 +663,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     __syncthreads();  // M, the bias terms and the barriers visible
     if (DEC && wgi >= 2) {  // the producer warpgroup(s): codes → f16 ring buffers
       if constexpr (kProd == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
+      if constexpr (kProd == 384) asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
       const int pt = tid - kSm90Threads, loads = 2 * (tile_end - tile_begin);
       // Load n's items: 16 bytes (32 codes: f16 chunks 4c .. 4c + 3 of row r) at flat index
       // i = pt + 128·k of the tile's rows (u = row bytes / 16 items per row), r = i / u, c = i % u.
@@ -756,7 +760,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       }
       return;
     }
-    if constexpr (kProd == 256 && DEC) asm volatile("setmaxnreg.inc.sync.aligned.u32 168;\n" ::: "memory");
+    if constexpr (kProd >= 256 && DEC) asm volatile("setmaxnreg.inc.sync.aligned.u32 168;\n" ::: "memory");
     if (!DEC && wgi == 2) {  // the producer warp: one lane issues every tile as TMA boxes
       if (lane == 0) {
         const int loads = 2 * (tile_end - tile_begin);
@@ -950,7 +954,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   int sched_ws = sched == kRing && p.ws != 0 && p.stor_k == (int)RowStorage::kF16 &&
                          p.stor_v == (int)RowStorage::kF16
                      ? kRingWs
-                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? (p.dec_wgs >= 2 ? kRingDec2 : kRingDec)
+                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? (p.dec_wgs >= 3 ? kRingDec3 : p.dec_wgs == 2 ? kRingDec2 : kRingDec)
                                                                     : sched;
   Sm90Params q = p;
   {  // PALU_CUDA_SM90_DEC_ABLATE (measurements only; results wrong): 1 no decoding stores, 2 no loads
@@ -995,6 +999,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
                         : sched_ws == kRingDec  ? kSm90Threads + 128
                         : sched_ws == kRingDec2 ? kSm90Threads + 256
+                        : sched_ws == kRingDec3 ? kSm90Threads + 384
                                                 : kSm90Threads;
     kernel<<<grid, threads, smem, stream>>>(q, maps);
     return Status::ok();
@@ -1005,6 +1010,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     return sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
            : sched_ws == kRingDec2 ? latent_sm90_kernel<R, kRingDec2>
+           : sched_ws == kRingDec3 ? latent_sm90_kernel<R, kRingDec3>
            : sched == kPipe  ? latent_sm90_kernel<R, kPipe>
            : sched == kRing  ? latent_sm90_kernel<R, kRing>
                             : latent_sm90_kernel<R, kSerial>;
