@@ -317,10 +317,10 @@ struct GroupedShape {
 
 // Tuning knob for measurements (docs/perf/vulkan.md), 0 or unset: the defaults. PALU_VULKAN_CMG
 // bits: 0 flips the k-loop unrolling (default: unrolled for 64-token tiles only), 1 value loads
-// after the scores, 2 column-block pairs (32-token tiles), 3..6 timing probes
+// after the scores, 2 column-block pairs, 3..6 timing probes
 // (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2 of the
 // workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
-// 128-invocation workgroups.
+// 128-invocation workgroups, 13 Mᵀ row-major (default: in 16×16 tiles, latent_fold.comp flags & 2).
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -409,6 +409,8 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
   const int n_rep = a.H / a.H_kv;
   const uint64_t tbl = a.fold + (uint64_t)n * c.slot_halves * 2;
   const int h0 = gs[0].group * (int)c.hg;
+  const uint32_t bits = grouped_bits();
+  const uint32_t mtl = ((bits >> 13) & 1u) ^ 1u;
   for (int z = 0; z < n; ++z) {
     const LatentGroupArgs& g = gs[z];
     FoldTPC fp{};
@@ -424,7 +426,7 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
     fp.dh = u32(a.dh);
     fp.r_k = u32(g.zk.rank);
     fp.ncol = u32(g.s * a.dh);
-    fp.flags = g.k_bias != 0 ? 1u : 0u;
+    fp.flags = (g.k_bias != 0 ? 1u : 0u) | (mtl << 1);
     fp.slot = u32(z);
     fp.slot_halves = c.slot_halves;
     fp.scale = inv_sqrt_dh(a.dh);
@@ -452,12 +454,12 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
   pc.slot_halves = c.slot_halves;
   pc.h0 = u32(h0);
   pc.bias = c.bias ? 1u : 0u;
-  const uint32_t bits = grouped_bits();
   rec.dispatch(
       "latent_decode_cmg",
       {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
        (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u, (bits & 4) ? 1u : 0u,
-       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg},
+       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg,
+       mtl},
       &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
   bool contiguous = true;
   for (int z = 1; z < n; ++z)

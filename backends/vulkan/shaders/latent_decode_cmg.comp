@@ -67,6 +67,10 @@ layout(constant_id = 11) const uint NHW = 1u;  // workgroups per group (each HW 
 const uint HW = HG / NHW;            // query heads of a workgroup
 layout(constant_id = 12) const uint KVC = 0u;  // key/value tile loads through coherent references
 layout(constant_id = 13) const uint MV4 = 0u;  // Mᵀ fragments loaded through a uvec4 reference
+// Mᵀ in 16×16 tiles (latent_fold.comp flags & 2): fragment (k-block kb, column block cb) at
+// halves (cb·RKB + kb)·256, rows 16 halves apart, so one fragment is 512 contiguous bytes (4
+// cache lines instead of 16) and a column block's RKB fragments follow each other.
+layout(constant_id = 15) const uint MTL = 0u;
 const uint RB = TT / 16u;            // row blocks of a tile
 const uint TL = TT / 32u;            // tokens per lane in C
 const uint WG = gl_WorkGroupSize.x;  // 256 or 128
@@ -74,9 +78,9 @@ const uint NSG = WG / 32u;           // subgroups
 const uint NC = HG * DH;             // columns of S (the group's Mᵀ row)
 const uint CBS = HW * DH / 16u / NSG;  // column blocks per subgroup
 const uint SPH = NSG / HW;           // subgroups per head
-// B pairs column blocks (PAIR, an even count, 2 row blocks); products, not &&: glslang drops
+// B pairs column blocks (PAIR, an even count of them); products, not &&: glslang drops
 // an operand of a chained && of specialization constants.
-const uint PAIRED = (PAIR != 0u ? 1u : 0u) * (CBS % 2u == 0u ? 1u : 0u) * (RB == 2u ? 1u : 0u);
+const uint PAIRED = (PAIR != 0u ? 1u : 0u) * (CBS % 2u == 0u ? 1u : 0u);
 const uint RKP = RKB * 16u, RVP = RVB * 16u;
 const uint XP = RKP > RVP ? RKP : RVP;
 const uint XST = XP + 8u;            // tile row stride (halves): rows 16 B apart in the banks
@@ -192,12 +196,15 @@ const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_
     }                                                                                     \
   }
 
-// An Mᵀ fragment at half offset O (rows NC apart).
+// An Mᵀ fragment at half offset O (rows MST halves apart); MOFS: the offset of k-block KB,
+// columns C .. C + 15 within the slot.
+const uint MST = MTL != 0u ? 16u : NC;
+#define MOFS(KB, C) (MTL != 0u ? (((C) >> 4) * RKB + (KB)) * 256u : (KB) * 16u * NC + (C))
 #define LOADM(F, O)                                           \
   if (MV4 != 0u)                                              \
-    coopMatLoadNV(F, mv4.v, (O) >> 3, NC / 8u, false);        \
+    coopMatLoadNV(F, mv4.v, (O) >> 3, MST / 8u, false);       \
   else                                                        \
-    coopMatLoadNV(F, pc.m.v, O, NC, false)
+    coopMatLoadNV(F, pc.m.v, O, MST, false)
 
 void main() {
   const uint sp = gl_WorkGroupID.x, z = gl_WorkGroupID.y / NHW;
@@ -264,18 +271,30 @@ void main() {
           fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a01 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
           fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a10 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
           fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a11 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+          fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a02 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+          fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a03 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+          fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a12 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
+          fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> a13 = fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>(0.0);
 #define KSTEP2                                                                                   \
   {                                                                                              \
     fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> x0, x1, b0, b1;                                     \
-    const uint mk = mofs + ((DBG & 1u) != 0u ? 0u : kb) * 16u * NC + col;                        \
-    LOADM(b0, mk);                                                                               \
-    LOADM(b1, mk + 16u);                                                                         \
+    const uint mkb = (DBG & 1u) != 0u ? 0u : kb;                                                 \
+    LOADM(b0, mofs + MOFS(mkb, col));                                                            \
+    LOADM(b1, mofs + MOFS(mkb, col + 16u));                                                      \
     coopMatLoadNV(x0, tile, kb * 2u, XS8, false);                                                \
     coopMatLoadNV(x1, tile, 16u * XS8 + kb * 2u, XS8, false);                                    \
     a00 = coopMatMulAddNV(x0, b0, a00);                                                          \
     a01 = coopMatMulAddNV(x1, b0, a01);                                                          \
     a10 = coopMatMulAddNV(x0, b1, a10);                                                          \
     a11 = coopMatMulAddNV(x1, b1, a11);                                                          \
+    if (RB > 2u) {                                                                               \
+      coopMatLoadNV(x0, tile, 32u * XS8 + kb * 2u, XS8, false);                                  \
+      coopMatLoadNV(x1, tile, 48u * XS8 + kb * 2u, XS8, false);                                  \
+      a02 = coopMatMulAddNV(x0, b0, a02);                                                        \
+      a03 = coopMatMulAddNV(x1, b0, a03);                                                        \
+      a12 = coopMatMulAddNV(x0, b1, a12);                                                        \
+      a13 = coopMatMulAddNV(x1, b1, a13);                                                        \
+    }                                                                                            \
   }
           if (KUNR != 0u) {
             [[unroll]] for (uint kb = 0u; kb < ((DBG & 2u) != 0u ? 0u : RKB); ++kb) KSTEP2
@@ -286,11 +305,19 @@ void main() {
             COFS(cb)
             WEIGHT1(a00, ws0, 0u)
             WEIGHT1(a01, ws1, 1u)
+            if (RB > 2u) {
+              WEIGHT1(a02, ws2, 2u)
+              WEIGHT1(a03, ws3, 3u)
+            }
           }
           {
             COFS(cb + 1u)
             WEIGHT1(a10, ws0, 0u)
             WEIGHT1(a11, ws1, 1u)
+            if (RB > 2u) {
+              WEIGHT1(a12, ws2, 2u)
+              WEIGHT1(a13, ws3, 3u)
+            }
           }
         }
       } else {
@@ -304,7 +331,7 @@ void main() {
 #define KSTEP1                                                                                   \
   {                                                                                              \
     fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> a, b;                                               \
-    LOADM(b, mofs + ((DBG & 1u) != 0u ? 0u : kb) * 16u * NC + col);                              \
+    LOADM(b, mofs + MOFS((DBG & 1u) != 0u ? 0u : kb, col));                                      \
     coopMatLoadNV(a, tile, kb * 2u, XS8, false);                                                 \
     acc0 = coopMatMulAddNV(a, b, acc0);                                                          \
     coopMatLoadNV(a, tile, 16u * XS8 + kb * 2u, XS8, false);                                     \

@@ -13,7 +13,8 @@
 // element (p, hh·d_h + r); row p = r_k holds the bias terms when flags & 1 (the decode's tiles
 // carry a 1 in that column), other rows ≥ r_k zero; plus the slot's z^K / z^V addresses in tbl.
 // Workgroup (x, p, hh): rows r = x·64 + local id of latent p, head hh: reads of B^K and writes of
-// Mᵀ contiguous in r.
+// Mᵀ contiguous in r. flags & 2: Mᵀ in 16×16 tiles instead (latent_decode_cmg.comp MTL),
+// element (p, c) at ((c / 16)·RKB + p / 16)·256 + (p % 16)·16 + c % 16, RKB = rows / 16.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -56,10 +57,19 @@ void main() {
     a = pc.scale * (q0 * b0 + q1 * b1);
     b = pc.scale * (q1 * b0 - q0 * b1);
   }
-  const uint nc = gl_NumWorkGroups.z * dh;
-  const uint o = pc.slot * pc.slot_halves + p * nc + hh * dh + i;
+  const uint nc = gl_NumWorkGroups.z * dh, c = hh * dh + i;
+  uint o = pc.slot * pc.slot_halves, o2 = o;
+  if ((pc.flags & 2u) != 0u) {
+    const uint rkb = gl_NumWorkGroups.y / 16u, c2 = c + half_dh;
+    const uint pin = (p >> 4) * 256u + (p & 15u) * 16u;
+    o += (c >> 4) * rkb * 256u + pin + (c & 15u);
+    o2 += (c2 >> 4) * rkb * 256u + pin + (c2 & 15u);
+  } else {
+    o += p * nc + c;
+    o2 = o + half_dh;
+  }
   pc.m.v[o] = float16_t(a);
-  pc.m.v[o + half_dh] = float16_t(b);
+  pc.m.v[o2] = float16_t(b);
 }
 #else
 #ifdef F16OUT
