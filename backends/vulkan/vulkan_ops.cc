@@ -317,10 +317,11 @@ struct GroupedShape {
 
 // Tuning knob for measurements (docs/perf/vulkan.md), 0 or unset: the defaults. PALU_VULKAN_CMG
 // bits: 0 flips the k-loop unrolling (default: unrolled for 64-token tiles only), 1 value loads
-// after the scores, 2 column-block pairs, 3..6 timing probes
-// (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2 of the
-// workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
-// 128-invocation workgroups, 13 Mᵀ row-major (default: in 16×16 tiles, latent_fold.comp flags & 2).
+// after the scores, 2 flips the column-block pairs (default: on for 64-token tiles only), 3..6
+// timing probes (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2
+// of the workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
+// 128-invocation workgroups, 13 Mᵀ row-major (default: in 16×16 tiles, latent_fold.comp
+// flags & 2).
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -454,13 +455,12 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
   pc.slot_halves = c.slot_halves;
   pc.h0 = u32(h0);
   pc.bias = c.bias ? 1u : 0u;
-  rec.dispatch(
-      "latent_decode_cmg",
-      {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
-       (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u, (bits & 4) ? 1u : 0u,
-       (bits >> 3) & 15u, c.tt, c.nhw, (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg,
-       mtl},
-      &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
+  rec.dispatch("latent_decode_cmg",
+               {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
+                (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u,
+                (c.tt == 64) != ((bits & 4) != 0) ? 1u : 0u, (bits >> 3) & 15u, c.tt, c.nhw,
+                (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg, mtl},
+               &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
   bool contiguous = true;
   for (int z = 1; z < n; ++z)
     contiguous = contiguous && gs[z].out_col == g.out_col + z * (int)c.hg * g.zv.rank;

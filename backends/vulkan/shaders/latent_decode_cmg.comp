@@ -15,10 +15,12 @@
 //      16-byte chunks (f16 rows as uvec4 loads, q4 codes dequantized while staging, every load
 //      of the invocation issued before the first store; q8 and the rest through ld_lat);
 //   B. subgroup sg owns CBS 16-column blocks of S of head sg / SPH: per block the TT/16 row
-//      blocks' products over RKB k-blocks (Mᵀ fragments from L2, each serving TT tokens), then
-//      weighted element-wise by the CS fragment (same element layout: same matrix type) and
-//      summed into ws[row block]; after a barrier ws [TT, 16] f32 goes to the tile (rows of
-//      RST = 5 uvec4) — the 48 KB of shared memory hold no separate array for it at TT = 64;
+//      blocks' products over RKB k-blocks (Mᵀ fragments from L2, each serving TT tokens; Mᵀ in
+//      16×16 tiles of 512 contiguous bytes, MTL; two column blocks per step where PAIR, so each
+//      key fragment from shared memory serves two), then weighted element-wise by the CS
+//      fragment (same element layout: same matrix type) and summed into ws[row block]; after a
+//      barrier ws [TT, 16] f32 goes to the tile (rows of RST = 5 uvec4) — the 48 KB of shared
+//      memory hold no separate array for it at TT = 64;
 //   C. all invocations load the tile's value latents (registers), warp hh < HW sums its head's
 //      scores (lane = token, TT/32 tokens per lane: SPH·16 values each), does the online
 //      softmax (running m, l per warp, lane-uniform), writes P [16, TT] f16 (rows ≥ HW zero) and
@@ -28,8 +30,8 @@
 // The last tile of a split that is shorter than TT is shifted back to end at the split's end
 // (rows stay inside the cache and the RoPE table); its tokens before t0 are masked. Needs
 // T ≥ TT and tps a multiple of TT (the host checks). Partials as attn_decode.comp (m, l, acc).
-// H100 measurements, variants and the tuning bits (KUNR, VPRE, PAIR, DBG, NHW, KVC, MV4, WG):
-// docs/perf/vulkan.md.
+// H100 measurements, variants and the tuning bits (KUNR, VPRE, PAIR, DBG, NHW, KVC, MV4, WG,
+// MTL): docs/perf/vulkan.md.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_NV_cooperative_matrix : require
