@@ -15,6 +15,7 @@
 #include "backends/base/dtype.h"
 #include "backends/vulkan/vulkan_context.h"
 #include "backends/vulkan/vulkan_ops.h"
+#include "tests/common/logit_rows.h"
 
 namespace palu::backends::vulkan::testing {
 
@@ -110,26 +111,8 @@ inline void expect_near_all(const std::vector<float>& got, const std::vector<flo
       << " (max |want| " << max_abs << ")";
 }
 
-// One row of logits against a reference row: max |want|, max |got − want|, both argmaxes and
-// the reference's margin (its best logit minus its second best).
-struct LogitRowDiff {
-  float max_abs = 0.f, max_diff = 0.f, margin = 0.f;
-  int am_got = 0, am_want = 0;
-};
-inline LogitRowDiff logit_row_diff(const float* got, const float* want, int V) {
-  LogitRowDiff d;
-  for (int j = 0; j < V; ++j) {
-    d.max_abs = std::max(d.max_abs, std::fabs(want[j]));
-    d.max_diff = std::max(d.max_diff, std::fabs(got[j] - want[j]));
-    if (got[j] > got[d.am_got]) d.am_got = j;
-    if (want[j] > want[d.am_want]) d.am_want = j;
-  }
-  float second = -INFINITY;
-  for (int j = 0; j < V; ++j) {
-    if (j != d.am_want) second = std::max(second, want[j]);
-  }
-  d.margin = want[d.am_want] - second;
-  return d;
-}
+// One row of logits against a reference row (tests/common/logit_rows.h).
+using palu::testing::LogitRowDiff;
+using palu::testing::logit_row_diff;
 
 }  // namespace palu::backends::vulkan::testing
