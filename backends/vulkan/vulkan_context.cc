@@ -485,6 +485,7 @@ VulkanContext::~VulkanContext() {
   // destroying anything could crash the driver, so everything is leaked (documented).
   if (hung_.load()) return;
   staging_.reset();
+  inline_.reset();
   if (device_ != VK_NULL_HANDLE) {
     vkDeviceWaitIdle(device_);
     for (auto& [k, p] : pipelines_) vkDestroyPipeline(device_, p, nullptr);
@@ -654,6 +655,8 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
         score = (hv == uma) ? 3 : 2;
       else
         score = 0;
+    } else if (hv && kind == MemoryKind::kInline) {
+      score = 1 + (dl ? 1 : 0);
     } else if (hv && kind == MemoryKind::kStaging) {
       score = 1 + (!dl ? 2 : 0) + (hc ? 1 : 0);
     } else if (hv) {
@@ -670,7 +673,7 @@ Result<VulkanBuffer> VulkanContext::alloc(size_t bytes, MemoryKind kind, const s
   const size_t heap_bytes = mem_props_.memoryHeaps[heap].size;
   {
     std::lock_guard<std::mutex> g(mem_mu_);
-    const bool budgeted = kind != MemoryKind::kStaging;
+    const bool budgeted = kind != MemoryKind::kStaging && kind != MemoryKind::kInline;
     if (budgeted && limit_ > 0 && budgeted_ + req.size > limit_) {
       return resource_exhausted("vulkan: out of device memory: " + what + " needs " +
                                 std::to_string(req.size) + " bytes, " + std::to_string(budgeted_) +
@@ -919,6 +922,7 @@ void Recorder::begin() {
     return;
   }
   recording_ = true;
+  ctx_->inline_used_ = 0;
   pending_marks_.clear();
   marks_.clear();
   if (mark_dispatches_) mark("begin");
@@ -1009,6 +1013,29 @@ void Recorder::copy(const VulkanBuffer& src, size_t src_off, const VulkanBuffer&
                        VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb,
                        0, nullptr, 0, nullptr);
   if (mark_dispatches_) mark("copy");
+}
+
+uint64_t Recorder::inline_data(const void* src, size_t bytes) {
+  if (!error_.is_ok()) return 0;
+  begin();
+  if (!error_.is_ok()) return 0;
+  const size_t off = (ctx_->inline_used_ + 15) / 16 * 16;
+  if (bytes == 0 || bytes > kInlineBytes - std::min(off, kInlineBytes)) return 0;
+  if (!ctx_->inline_.valid()) {
+    auto b = ctx_->alloc(kInlineBytes, MemoryKind::kInline, "inline data");
+    if (!b.is_ok()) {
+      error_ = b.status();
+      return 0;
+    }
+    ctx_->inline_ = std::move(b.value());
+    if (ctx_->inline_.mapped() == nullptr) {
+      error_ = internal_error("vulkan: inline data buffer not host-visible");
+      return 0;
+    }
+  }
+  std::memcpy(static_cast<uint8_t*>(ctx_->inline_.mapped()) + off, src, bytes);
+  ctx_->inline_used_ = off + bytes;
+  return ctx_->inline_.address(off);
 }
 
 Status Recorder::submit(const char* what) {

@@ -81,6 +81,8 @@ enum class MemoryKind {
   kHostWrite,  // host-visible, coherent (small per-step inputs the device reads)
   kStaging,    // host-visible, coherent, in host memory where possible and cached (the
                // context's upload/download staging; not charged to the memory limit)
+  kInline,     // host-visible, coherent, device-local where possible (the BAR window): the
+               // Recorder's inline data (not charged to the memory limit)
 };
 
 class VulkanBuffer {
@@ -231,6 +233,8 @@ class VulkanContext {
   std::map<std::string, VkShaderModule> modules_;
   std::map<std::pair<std::string, std::vector<uint32_t>>, VkPipeline> pipelines_;
   VulkanBuffer staging_;
+  VulkanBuffer inline_;     // Recorder::inline_data's buffer, made at its first use
+  size_t inline_used_ = 0;  // bytes of inline_ the recording in progress has taken
 
   mutable std::mutex mem_mu_;
   size_t allocated_ = 0;
@@ -283,6 +287,15 @@ class Recorder {
   void mark(const std::string& label);
   void mark_dispatches(bool on) { mark_dispatches_ = on; }
   const std::vector<GpuMark>& marks() const { return marks_; }
+  // Copies `bytes` (≤ kInlineBytes) of host data into the context's inline-data buffer and
+  // returns their device address (16-byte aligned), valid for the shaders of this submission:
+  // per-call tables too large for push constants (e.g. the groups' addresses of one latent
+  // fold), written by the host at record time with no copy command. The buffer is reused from
+  // its start by the next recording (submit() waits for the device). 0 when this submission has
+  // used up the buffer or it could not be made (the caller takes a path without the table; an
+  // allocation failure is also remembered and returned by submit()).
+  static constexpr size_t kInlineBytes = 1u << 20;
+  uint64_t inline_data(const void* src, size_t bytes);
   // Ends, submits and waits; the command buffer can be recorded again afterwards.
   Status submit(const char* what);
   VulkanContext* context() const { return ctx_; }

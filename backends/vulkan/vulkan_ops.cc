@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace palu::backends::vulkan {
 namespace {
@@ -85,6 +86,7 @@ struct FoldTPC {
   uint64_t q, bk, bias, m, tbl, kc, vc;
   uint32_t h0, n_rep, dh, r_k, ncol, flags, slot, slot_halves;
   float scale;
+  uint32_t hg;
 };
 static_assert(sizeof(FoldTPC) <= 128, "push constants are limited to 128 bytes");
 struct GroupedPC {
@@ -321,7 +323,8 @@ struct GroupedShape {
 // timing probes (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2
 // of the workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
 // 128-invocation workgroups, 13 Mᵀ row-major (default: in 16×16 tiles, latent_fold.comp
-// flags & 2).
+// flags & 2), 14 one fold dispatch per group (default: one for all groups of the call, the
+// groups' addresses in a table of Recorder::inline_data).
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -403,16 +406,31 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
   return "";
 }
 
-// Records latent_fold_t per group, one latent_decode_cmg dispatch (splits × n groups) and the
-// split reduction (one dispatch where the groups' output columns follow each other).
+// Records latent_fold_t (one dispatch for all n groups, their addresses in a table of
+// Recorder::inline_data: (z^K, z^V) per group — latent_decode_cmg's tbl — then (B^K, key bias);
+// or one per group, writing tbl into the fold scratch, with tuning bit 14 or when the
+// submission's inline data is used up), one latent_decode_cmg dispatch (splits × n groups) and
+// the split reduction (one dispatch where the groups' output columns follow each other).
 void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* gs, int n,
                     const GroupedShape& c) {
   const int n_rep = a.H / a.H_kv;
-  const uint64_t tbl = a.fold + (uint64_t)n * c.slot_halves * 2;
   const int h0 = gs[0].group * (int)c.hg;
   const uint32_t bits = grouped_bits();
   const uint32_t mtl = ((bits >> 13) & 1u) ^ 1u;
-  for (int z = 0; z < n; ++z) {
+  uint64_t tbl = 0;
+  if ((bits & 16384u) == 0) {
+    std::vector<uint64_t> t(4 * (size_t)n);
+    for (int z = 0; z < n; ++z) {
+      t[2 * z] = gs[z].zk.base;
+      t[2 * z + 1] = gs[z].zv.base;
+      t[2 * (n + z)] = gs[z].bk;
+      t[2 * (n + z) + 1] = gs[z].k_bias;
+    }
+    tbl = rec.inline_data(t.data(), t.size() * sizeof(uint64_t));
+  }
+  const bool one_fold = tbl != 0;
+  if (!one_fold) tbl = a.fold + (uint64_t)n * c.slot_halves * 2;
+  for (int z = 0; z < (one_fold ? 1 : n); ++z) {
     const LatentGroupArgs& g = gs[z];
     FoldTPC fp{};
     fp.q = a.q;
@@ -422,18 +440,19 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
     fp.tbl = tbl;
     fp.kc = g.zk.base;
     fp.vc = g.zv.base;
-    fp.h0 = u32(h0 + z * (int)c.hg);
+    fp.h0 = u32(h0);
     fp.n_rep = u32(n_rep);
     fp.dh = u32(a.dh);
     fp.r_k = u32(g.zk.rank);
     fp.ncol = u32(g.s * a.dh);
-    fp.flags = (g.k_bias != 0 ? 1u : 0u) | (mtl << 1);
+    fp.flags = (g.k_bias != 0 ? 1u : 0u) | (mtl << 1) | (one_fold ? 4u : 0u);
     fp.slot = u32(z);
     fp.slot_halves = c.slot_halves;
     fp.scale = inv_sqrt_dh(a.dh);
-    // The folds write disjoint slots: one barrier after the last.
+    fp.hg = c.hg;
+    // Per-group folds write disjoint slots: one barrier after the last.
     rec.dispatch("latent_fold_t", {(uint32_t)g.wt}, &fp, sizeof(fp), ceil_div(a.dh / 2, 64),
-                 16 * c.rkb, c.hg, z + 1 == n);
+                 16 * c.rkb, c.hg * (one_fold ? (uint32_t)n : 1u), one_fold || z + 1 == n);
   }
   const LatentGroupArgs& g = gs[0];
   GroupedPC pc{};

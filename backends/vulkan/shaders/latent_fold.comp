@@ -15,10 +15,16 @@
 // Workgroup (x, p, hh): rows r = x·64 + local id of latent p, head hh: reads of B^K and writes of
 // Mᵀ contiguous in r. flags & 2: Mᵀ in 16×16 tiles instead (latent_decode_cmg.comp MTL),
 // element (p, c) at ((c / 16)·RKB + p / 16)·256 + (p % 16)·16 + c % 16, RKB = rows / 16.
+// Workgroup z: head hh = z % hg of slot slot + z / hg (one slot per dispatch, z < hg, or all
+// the slots of a call in one dispatch). flags & 4: the slots' addresses from a table at tbl
+// (latent_decode_cmg.comp's own: n = gl_NumWorkGroups.z / hg entries uvec4 (z^K, z^V), then n
+// entries uvec4 (B^K, key bias); the host writes it, Recorder::inline_data) instead of the
+// push constants bk, bias, kc, vc, and nothing is written to tbl.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #ifdef F16T
+#extension GL_EXT_buffer_reference_uvec2 : require
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 #extension GL_EXT_shader_16bit_storage : require
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer BufH { float16_t v[]; };
@@ -33,32 +39,39 @@ layout(push_constant) uniform PC {
   uvec2 kc, vc;
   uint h0, n_rep, dh, r_k, ncol, flags, slot, slot_halves;
   float scale;
+  uint hg;  // query heads per slot
 } pc;
 void main() {
-  const uint hh = gl_WorkGroupID.z, p = gl_WorkGroupID.y;
+  const uint hh = gl_WorkGroupID.z % pc.hg, zs = gl_WorkGroupID.z / pc.hg, p = gl_WorkGroupID.y;
+  const uint slot = pc.slot + zs;
   const uint i = gl_WorkGroupID.x * 64u + gl_LocalInvocationID.x;
-  const uint dh = pc.dh, half_dh = dh / 2u, u = hh / pc.n_rep, hq = pc.h0 + hh;
-  if (gl_WorkGroupID == uvec3(0u) && gl_LocalInvocationID.x == 0u) {
-    pc.tbl.v[4u * pc.slot] = pc.kc.x;
-    pc.tbl.v[4u * pc.slot + 1u] = pc.kc.y;
-    pc.tbl.v[4u * pc.slot + 2u] = pc.vc.x;
-    pc.tbl.v[4u * pc.slot + 3u] = pc.vc.y;
+  const uint dh = pc.dh, half_dh = dh / 2u, u = hh / pc.n_rep, hq = pc.h0 + slot * pc.hg + hh;
+  Buf bk = pc.bk, bias = pc.bias;
+  if ((pc.flags & 4u) != 0u) {
+    const uint e = 4u * (gl_NumWorkGroups.z / pc.hg + zs);
+    bk = Buf(uvec2(pc.tbl.v[e], pc.tbl.v[e + 1u]));
+    bias = Buf(uvec2(pc.tbl.v[e + 2u], pc.tbl.v[e + 3u]));
+  } else if (gl_WorkGroupID == uvec3(0u) && gl_LocalInvocationID.x == 0u) {
+    pc.tbl.v[4u * slot] = pc.kc.x;
+    pc.tbl.v[4u * slot + 1u] = pc.kc.y;
+    pc.tbl.v[4u * slot + 2u] = pc.vc.x;
+    pc.tbl.v[4u * slot + 3u] = pc.vc.y;
   }
   if (i >= half_dh) return;
   const float q0 = ldf(pc.q, hq * dh + i), q1 = ldf(pc.q, hq * dh + i + half_dh);
   float a = 0.0, b = 0.0;
   if (p < pc.r_k) {
-    const float b0 = ldw(pc.bk, p * pc.ncol + u * dh + i, WDT);
-    const float b1 = ldw(pc.bk, p * pc.ncol + u * dh + i + half_dh, WDT);
+    const float b0 = ldw(bk, p * pc.ncol + u * dh + i, WDT);
+    const float b1 = ldw(bk, p * pc.ncol + u * dh + i + half_dh, WDT);
     a = pc.scale * (q0 * b0 + q1 * b1);
     b = pc.scale * (q1 * b0 - q0 * b1);
   } else if (p == pc.r_k && (pc.flags & 1u) != 0u) {
-    const float b0 = ldf(pc.bias, u * dh + i), b1 = ldf(pc.bias, u * dh + i + half_dh);
+    const float b0 = ldf(bias, u * dh + i), b1 = ldf(bias, u * dh + i + half_dh);
     a = pc.scale * (q0 * b0 + q1 * b1);
     b = pc.scale * (q1 * b0 - q0 * b1);
   }
-  const uint nc = gl_NumWorkGroups.z * dh, c = hh * dh + i;
-  uint o = pc.slot * pc.slot_halves, o2 = o;
+  const uint nc = pc.hg * dh, c = hh * dh + i;
+  uint o = slot * pc.slot_halves, o2 = o;
   if ((pc.flags & 2u) != 0u) {
     const uint rkb = gl_NumWorkGroups.y / 16u, c2 = c + half_dh;
     const uint pin = (p >> 4) * 256u + (p & 15u) * 16u;

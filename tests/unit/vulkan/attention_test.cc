@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/cpu/full_attention.h"
@@ -496,6 +497,17 @@ TEST_P(FusedLatentDecodeCoopmat, MatchesCpuScalar) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
   run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat, LatentKernel::kFusedCoopmatHead});
   run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat}, true);
+  // The same with one latent_fold_t dispatch per group (PALU_VULKAN_CMG bit 14; the default
+  // folds all groups in one dispatch from a table of their addresses).
+  const char* old = std::getenv("PALU_VULKAN_CMG");
+  const std::string saved = old != nullptr ? old : "";
+  setenv("PALU_VULKAN_CMG",
+         std::to_string(std::strtoul(saved.c_str(), nullptr, 10) | 16384u).c_str(), 1);
+  run_fused_case(ctx, GetParam(), {LatentKernel::kFusedCoopmat}, true);
+  if (old != nullptr)
+    setenv("PALU_VULKAN_CMG", saved.c_str(), 1);
+  else
+    unsetenv("PALU_VULKAN_CMG");
 }
 
 std::vector<FusedCase> fused_cases() {

@@ -84,6 +84,44 @@ TEST(VulkanContext, DownloadAfterSubmitWhileTheRecorderLives) {
   expect_near_all(from_device<float>(ctx, y, n), want, 1e-6f, 0, "add again");
 }
 
+// Recorder::inline_data: host bytes the shaders of the submission read at the returned address
+// (here the x of an add), 16-byte aligned, 0 once the submission has used up kInlineBytes (the
+// submission itself still fine), and the buffer reused from its start by the next recording.
+TEST(VulkanContext, InlineDataIsReadByTheSubmissionsShaders) {
+  PALU_VK_CONTEXT_OR_SKIP(ctx);
+  const int n = 300;
+  const auto xv = random_floats(n, 7), x2 = random_floats(n, 8), yv = random_floats(n, 9);
+  VulkanBuffer y = to_device(ctx, yv);
+  Recorder rec(ctx);
+  const uint8_t one = 1;
+  const uint64_t a0 = rec.inline_data(&one, 1);
+  const uint64_t ax = rec.inline_data(xv.data(), n * 4);
+  const uint64_t ax2 = rec.inline_data(x2.data(), n * 4);
+  ASSERT_NE(a0, 0u);
+  ASSERT_NE(ax, 0u);
+  ASSERT_NE(ax2, 0u);
+  EXPECT_EQ(ax % 16, 0u);
+  EXPECT_EQ(ax, a0 + 16) << "packed after the first, 16-byte aligned";
+  EXPECT_GE(ax2, ax + n * 4);
+  add(rec, ax, y.address(), n, n);
+  add(rec, ax2, y.address(), n, n);
+  std::vector<uint8_t> big(Recorder::kInlineBytes);
+  EXPECT_EQ(rec.inline_data(big.data(), big.size()), 0u) << "more than what is left";
+  EXPECT_EQ(rec.inline_data(big.data(), 0), 0u);
+  ASSERT_TRUE(rec.submit("inline add").is_ok());
+  std::vector<float> want(n);
+  for (int i = 0; i < n; ++i) want[i] = yv[i] + xv[i] + x2[i];
+  expect_near_all(from_device<float>(ctx, y, n), want, 1e-6f, 0, "inline add");
+  // The next recording starts from the buffer's beginning; the whole buffer fits one.
+  EXPECT_EQ(rec.inline_data(x2.data(), n * 4), a0);
+  add(rec, a0, y.address(), n, n);
+  ASSERT_TRUE(rec.submit("inline add again").is_ok());
+  for (int i = 0; i < n; ++i) want[i] += x2[i];
+  expect_near_all(from_device<float>(ctx, y, n), want, 1e-6f, 0, "inline add again");
+  EXPECT_NE(rec.inline_data(big.data(), big.size()), 0u);
+  ASSERT_TRUE(rec.submit("inline, no dispatch").is_ok());
+}
+
 TEST(VulkanContext, TimestampMarksAreOrderedAndLabelled) {
   PALU_VK_CONTEXT_OR_SKIP(ctx);
   if (!ctx->timestamps())
