@@ -310,6 +310,33 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   729 / 1012 / 877. The q4 128/384 row no longer counts the RoPE table's bytes (the decoding
   schedule computes cos/sin like the ring), so its bound moved to 94 µs.
 
+* round 6 (2026-11-24 09:15–09:35 UTC): the keys kept as exact codes too (kRingDec2F; two
+  producer warpgroups, no key bias; `PALU_CUDA_SM90_KFOLD=0` keeps kRingDec2). Expected, written
+  first: round 5's ablation puts ~6× more producer time on a key element than on a value element
+  (64K: 142 µs above the skeleton for 256 + 256, 91 µs for 128 + 384), so the keys decoded like
+  the values should take q4 256/256 529 → ~430 µs and q4 128/384 454 → ~400 µs. The algebra:
+  k_t = s_t·c_t + z_t·1 and RoPE is linear per token, so score_t = s_t·Σ_f (cos·(c_t·M_a) +
+  sin·(c_t·M_b)) + z_t·Σ_f (cos·m_a + sin·m_b) with m = M·1 (per head, 128 f32, summed once per
+  block from M in shared memory); the consumers load their rows' key scale / zero like the value
+  ones. Shared memory: the 256/256 ring is at the 227 KiB limit, so m lives in the key-bias slot
+  of the tail, hence "no key bias" (with a bias the schedule stays kRingDec2). The producers'
+  key decode becomes the values' (no scale / zero loads, HSUB2 instead of FMUL + FADD + F2F).
+  Measured, H100, `palu-cuda-attention-bench --T 4096,65536 --iters 20` twice per setting in one
+  binary (first build, whose scores also added the plain Σ cos·d_a + sin·d_b through a brace
+  slip, i.e. more work than the final code; 6 q4 tests failed there): 64K q4 256/256 496, 492 µs
+  (KFOLD=0: 534, 523), q4 128/384 415, 415 (455, 447), f16 378, 373 (393, 382: noise, the f16
+  schedule is unchanged); 4K 53.7, 51.8 / 47.8, 46.3 (53.1, 54.3 / 48.2, 49.2). So −7 % / −8 %
+  at 64K, half the expected gain: the remaining ~105 / ~50 µs above the no-store skeleton is the
+  stores into the ring and the value side, not the key arithmetic. After the fix, the cases
+  that had failed (`*c1_T63*`, `*c4_T4099*`, `*c32_T65*`) pass with max|err| / max|z^V| 4.7e-4,
+  1.4e-4, 3.3e-4 (kRingDec2: 5.9e-4, 2.8e-4, 5.1e-4: the keys no longer round to f16). The final
+  code (10:00 UTC, `export PALU_SHARED_DIR=$PWD/.carry/dshared; tools/gpu-check.sh --attention
+  --no-bench --filter '*LatentAttentionCuda*:*FullAttentionCuda*:CudaModelFused.*:CudaModelCompressed.*:AttentionCudaErrors.*'`:
+  52/52 passed; then `PALU_CUDA_SM90_KFOLD=1,0,1,0 palu-cuda-attention-bench --T 4096,65536
+  --iters 20`): 64K q4 256/256 495.9, 496.5 µs (KFOLD=0: 545.3, 530.4), q4 128/384 418.6, 419.4
+  (463.8, 459.2), f16 382.3, 380.6 (394.4, 395.4; unchanged schedule); 4K q4 53.2, 53.4 / 47.7,
+  47.7 (60.4, 60.4 / 54.7, 51.8). The tables above predate this round (they show kRingDec2).
+
 Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left

@@ -276,12 +276,17 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // the producers, 88 each, to the consumers, 168 each, as in the 384-thread launch).
 // kRingDec3 (PALU_CUDA_SM90_DEC_WGS=3, measurements): three (640 threads; 96 registers at launch,
 // producers 48, consumers 168).
-constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6;
+// kRingDec2F: kRingDec2 with the keys kept as exact codes too (no key bias only): the consumers
+// apply each row's key scale and zero to its score, s_t·Σ_f (cos·(c·M_a) + sin·(c·M_b)) +
+// z_t·Σ_f (cos·m_a + sin·m_b) with m = M·1 (RoPE is linear per token; m is computed per block
+// from M in shared memory into the key-bias slot), so the producers' key decode is the values'.
+constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
+              kRingDec2F = 7;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                   : SCHED == kRingDec ? kSm90Threads + 128
-                                  : SCHED == kRingDec2 ? kSm90Threads + 256
+                                  : SCHED == kRingDec2 || SCHED == kRingDec2F ? kSm90Threads + 256
                                   : SCHED == kRingDec3 ? kSm90Threads + 384
                                                       : kSm90Threads,
                                   1)
@@ -292,8 +297,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // every shared access into a generic one)
   uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   const int KS = P.k_stages, VS = P.v_stages;
-  constexpr bool DEC = SCHED == kRingDec || SCHED == kRingDec2 || SCHED == kRingDec3, WS = SCHED == kRingWs || DEC;
-  constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 ? 256 : 128;  // (DEC) producer threads
+  constexpr bool KF = SCHED == kRingDec2F;  // keys as exact codes, scale / zero applied to the scores
+  constexpr bool DEC = SCHED == kRingDec || SCHED == kRingDec2 || SCHED == kRingDec3 || KF,
+                 WS = SCHED == kRingWs || DEC;
+  constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 || KF ? 256 : 128;  // (DEC) producer threads
   constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
   constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
@@ -486,25 +493,42 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   };
   // ---- scores (Σ cos·(a·z + α) + sin·(b·z + β), then the quad) and the online softmax over this
   // warp's 16 rows: p of rows lane/4 (p0) and lane/4 + 8 (p1); acc and zacc rescaled
-  auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, int par, float& p0, float& p1) {
+  // ksz (KF): the key scale of this lane's rows lane/4 + 16·warp (+ 8), then their zeros.
+  const float kNoScale[4] = {0.f, 0.f, 0.f, 0.f};
+  auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, int par, float& p0, float& p1,
+                            const float(&ksz)[4]) {
     // d is only read here: in the pipelined schedule it is the operand of the next wgmma, and a
     // write (or a copy at a branch merge) would make ptxas serialize the chain
     float s[2];
 #pragma unroll
     for (int rh = 0; rh < 2; ++rh) {
       float part = 0.f;
+      if constexpr (KF) {  // d holds codes · M: s_t · Σ (cos·d_a + sin·d_b) + z_t · Σ (cos·m_a + sin·m_b)
+        float pc = 0.f, pz = 0.f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < 8; ++j) {
+          const float2 ma = *reinterpret_cast<const float2*>(abh + 8 * j + 2 * (lane & 3));
+          const float2 mb = *reinterpret_cast<const float2*>(abh + kHalf + 8 * j + 2 * (lane & 3));
+          pc += tg[rh][j].x * d[4 * j + 2 * rh] + tg[rh][j].y * d[4 * (j + 8) + 2 * rh];
+          pc += tg[rh][j].z * d[4 * j + 2 * rh + 1] + tg[rh][j].w * d[4 * (j + 8) + 2 * rh + 1];
+          pz += tg[rh][j].x * ma.x + tg[rh][j].y * mb.x;
+          pz += tg[rh][j].z * ma.y + tg[rh][j].w * mb.y;
+        }
+        part = ksz[rh] * pc + ksz[2 + rh] * pz;
+      } else {
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
-          if (has_bias) {
-            const int f = 8 * j + 2 * (lane & 3) + c;
-            av += abh[f];
-            bv += abh[kHalf + f];
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
+            if (has_bias) {
+              const int f = 8 * j + 2 * (lane & 3) + c;
+              av += abh[f];
+              bv += abh[kHalf + f];
+            }
+            const float cs = c ? tg[rh][j].z : tg[rh][j].x, sn = c ? tg[rh][j].w : tg[rh][j].y;
+            part += cs * av + sn * bv;
           }
-          const float cs = c ? tg[rh][j].z : tg[rh][j].x, sn = c ? tg[rh][j].w : tg[rh][j].y;
-          part += cs * av + sn * bv;
         }
       }
       part += __shfl_xor_sync(0xffffffffu, part, 1);
@@ -544,7 +568,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
   // vsz (DEC): the q4 value scale of this lane's rows lane/4 and lane/4 + 8, then their zeros
   // (the producer stores the exact codes, as the other schedules decode them)
-  const float kNoScale[4] = {0.f, 0.f, 0.f, 0.f};
   auto values = [&](int i, float p0, float p1, int nvalid, const float(&vsz)[4]) {
     uint8_t* vb = vbuf(i);
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
@@ -632,7 +655,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       wgmma_wait0();
       fence_operands(d);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, i, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1, kNoScale);
       cp_async_wait_n(wait_iter);
       fence_proxy_async();
       __syncthreads();
@@ -661,6 +684,25 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     cp_async_wait<0>();  // M
     fence_proxy_async();
     __syncthreads();  // M, the bias terms and the barriers visible
+    if constexpr (KF) {  // m = M·1 per head into the key-bias slot (no key bias here): row n of M per thread
+      if (tid < 2 * kHD) {
+        const uint8_t* row = smem + L.ms + (size_t)(tid >> 7) * kHD * rk * 2;
+        float a = 0.f, b = 0.f;
+#pragma unroll 4
+        for (int ch = 0; ch < rk / 8; ++ch) {
+          const uint4 v = *reinterpret_cast<const uint4*>(row + swz(kHD, tid & 127, ch));
+          const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(h[e]);
+            a += f.x;
+            b += f.y;
+          }
+        }
+        reinterpret_cast<float*>(tail + (tid >> 7) * 1024 + 128)[tid & 127] = a + b;
+      }
+      __syncthreads();
+    }
     if (DEC && wgi >= 2) {  // the producer warpgroup(s): codes → f16 ring buffers
       if constexpr (kProd == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
       if constexpr (kProd == 384) asm volatile("setmaxnreg.dec.sync.aligned.u32 48;\n" ::: "memory");
@@ -697,7 +739,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const int i = pt + kProd * k, r = key ? i / u : (int)(((uint32_t)i * inv_uv) >> 16);
           if (i < kTile * u && r < nvalid) {
             x.w[k] = P.dec_ablate == 2 ? make_uint4(0, 0, 0, 0) : ldg_nc16(rows + (size_t)i * 16);
-            if (key && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
+            if (key && !KF && P.dec_ablate != 2) {  // keys: decoded with their scale and zero
               x.s[k] = __ldg(sc + r);
               x.z[k] = __ldg(zr + r);
             } else {
@@ -739,7 +781,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             for (int e = 0; e < 4; ++e) {
               uint4 v = make_uint4(0, 0, 0, 0);
               if (ok) {
-                if constexpr (key) v = dq4x8_half(wd[e], x.s[k], x.z[k]);
+                if constexpr (key && !KF) v = dq4x8_half(wd[e], x.s[k], x.z[k]);
                 else v = q4x8_half(wd[e]);
               }
               *reinterpret_cast<uint4*>(dst + swz(kTile, r, 4 * c + e)) = v;
@@ -794,6 +836,17 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           }
         }
       }
+      float ksz[4] = {0.f, 0.f, 0.f, 0.f};  // (KF) the key scale / zero of this lane's two rows
+      if constexpr (KF) {
+#pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+          const int t = warp * 16 + (lane >> 2) + rh * 8;
+          if (t < nvalid) {
+            ksz[rh] = __ldg(G.sk + (size_t)i * kTile + t);
+            ksz[2 + rh] = __ldg(G.zrk + (size_t)i * kTile + t);
+          }
+        }
+      }
       mbar_wait_sleep(full + nk % 3, (nk / 3) & 1, hint_ns);  // (TMA and wgmma: both the async proxy)
       if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
       float d[64];
@@ -805,7 +858,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       fence_operands(d);
       mbar_arrive(empty + nk % 3);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, i, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1, ksz);
       mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
       values(i, p0, p1, nvalid, vsz);
       wgmma_wait0();
@@ -835,7 +888,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       wgmma_wait0();
       fence_operands(d);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, i, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1, kNoScale);
       cp_async_wait<1>();  // V(i) landed, K(i + 1) may be in flight
       fence_proxy_async();
       __syncthreads();  // V(i) visible; the key wgmma of tile i done everywhere
@@ -871,7 +924,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       wgmma_wait0();
       fence_operands(d);
       float p0, p1;
-      scores_softmax(d, tg, nvalid, i, p0, p1);
+      scores_softmax(d, tg, nvalid, i, p0, p1, kNoScale);
       cp_async_wait_n(2 * (VS - 1));  // V(i) landed
       fence_proxy_async();
       __syncthreads();  // (also: every warpgroup's wgmma on K(i) is done)
@@ -947,6 +1000,12 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
 }
 
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
+  // PALU_CUDA_SM90_KFOLD=0 (before/after comparisons): two decoding producer warpgroups dequantize
+  // the keys (kRingDec2) instead of keeping their exact codes (kRingDec2F)
+  static const int k_fold = [] {
+    const char* e = std::getenv("PALU_CUDA_SM90_KFOLD");
+    return e != nullptr ? std::atoi(e) : 1;
+  }();
   const int sched = p.pipeline == 0                     ? kSerial
                     : p.k_stages >= 2 && p.v_stages >= 2 ? kPipe
                     : p.ring != 0                         ? kRing
@@ -954,7 +1013,10 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   int sched_ws = sched == kRing && p.ws != 0 && p.stor_k == (int)RowStorage::kF16 &&
                          p.stor_v == (int)RowStorage::kF16
                      ? kRingWs
-                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0 ? (p.dec_wgs >= 3 ? kRingDec3 : p.dec_wgs == 2 ? kRingDec2 : kRingDec)
+                 : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0
+                     ? (p.dec_wgs >= 3    ? kRingDec3
+                        : p.dec_wgs == 2 ? (k_fold != 0 && p.ab == nullptr ? kRingDec2F : kRingDec2)
+                                         : kRingDec)
                                                                     : sched;
   Sm90Params q = p;
   {  // PALU_CUDA_SM90_DEC_ABLATE (measurements only; results wrong): 1 no decoding stores, 2 no loads
@@ -998,7 +1060,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
                         : sched_ws == kRingDec  ? kSm90Threads + 128
-                        : sched_ws == kRingDec2 ? kSm90Threads + 256
+                        : sched_ws == kRingDec2 || sched_ws == kRingDec2F ? kSm90Threads + 256
                         : sched_ws == kRingDec3 ? kSm90Threads + 384
                                                 : kSm90Threads;
     kernel<<<grid, threads, smem, stream>>>(q, maps);
@@ -1010,6 +1072,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     return sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
            : sched_ws == kRingDec2 ? latent_sm90_kernel<R, kRingDec2>
+           : sched_ws == kRingDec2F ? latent_sm90_kernel<R, kRingDec2F>
            : sched_ws == kRingDec3 ? latent_sm90_kernel<R, kRingDec3>
            : sched == kPipe  ? latent_sm90_kernel<R, kPipe>
            : sched == kRing  ? latent_sm90_kernel<R, kRing>
