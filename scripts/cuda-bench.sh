@@ -330,7 +330,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   stores into the ring and the value side, not the key arithmetic. After the fix, the cases
   that had failed (`*c1_T63*`, `*c4_T4099*`, `*c32_T65*`) pass with max|err| / max|z^V| 4.7e-4,
   1.4e-4, 3.3e-4 (kRingDec2: 5.9e-4, 2.8e-4, 5.1e-4: the keys no longer round to f16). The final
-  code (10:00 UTC, `export PALU_SHARED_DIR=$PWD/.carry/dshared; tools/gpu-check.sh --attention
+  code (09:32 UTC, `export PALU_SHARED_DIR=$PWD/.carry/dshared; tools/gpu-check.sh --attention
   --no-bench --filter '*LatentAttentionCuda*:*FullAttentionCuda*:CudaModelFused.*:CudaModelCompressed.*:AttentionCudaErrors.*'`:
   52/52 passed; then `PALU_CUDA_SM90_KFOLD=1,0,1,0 palu-cuda-attention-bench --T 4096,65536
   --iters 20`): 64K q4 256/256 495.9, 496.5 µs (KFOLD=0: 545.3, 530.4), q4 128/384 418.6, 419.4
