@@ -309,6 +309,9 @@ CoopShape coop_shape(int rk, int rv, int dh, uint32_t shared_bytes) {
   return c;
 }
 
+// Cached tokens from which f16 rows run 128-invocation workgroups (grouped_why).
+constexpr int kGroupedWg128FromT = 16384;
+
 // latent_decode_cmg.comp's shape (all query heads of a group per workgroup, 32-token tiles):
 // RKB 16-column blocks of the key tile (r_k, + 1 for the key-bias column), RVB of the value
 // tile, Mᵀ slot size (halves, 16-byte multiple), and whether the rows allow 16-byte chunks.
@@ -322,9 +325,10 @@ struct GroupedShape {
 // after the scores, 2 flips the column-block pairs (default: on for 64-token tiles only), 3..6
 // timing probes (latent_decode_cmg.comp DBG: wrong results), 7 32-token tiles only, 8..9 log2
 // of the workgroups per group, 10 coherent tile loads, 11 Mᵀ fragments through uvec4 loads, 12
-// 128-invocation workgroups, 13 Mᵀ row-major (default: in 16×16 tiles, latent_fold.comp
-// flags & 2), 14 one fold dispatch per group (default: one for all groups of the call, the
-// groups' addresses in a table of Recorder::inline_data).
+// flips 128-invocation workgroups (default: for f16 rows at 64-token tiles from 16K tokens), 13 Mᵀ
+// row-major (default: in 16×16 tiles, latent_fold.comp flags & 2), 14 one fold dispatch per group
+// (default: one for all groups of the call, the groups' addresses in a table of
+// Recorder::inline_data).
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -371,14 +375,6 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
   c->nhw = 1u << ((grouped_bits() >> 8) & 3u);
   while (c->nhw > 1 && ((uint32_t)HG % c->nhw != 0 || (HG / c->nhw) * a.dh % 128 != 0)) c->nhw /= 2;
   c->bias = g.k_bias != 0;
-  // 128 invocations (4 subgroups) per workgroup where the heads and value blocks fit (tuning
-  // bit 12), else 256.
-  {
-    const uint32_t hw = (uint32_t)HG / c->nhw;
-    const bool small = (grouped_bits() & 4096u) != 0 && hw <= 4 && (hw * a.dh / 16) % 4 == 0 &&
-                       ceil_div(g.zv.rank, 16) <= 16;
-    c->wg = small ? 128 : 256;
-  }
   c->rkb = ceil_div(g.zk.rank + (c->bias ? 1 : 0), 16);
   c->rvb = ceil_div(g.zv.rank, 16);
   if (c->rvb > 32) return "value rank " + std::to_string(g.zv.rank) + " above 512";
@@ -398,6 +394,16 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
   if (c->tt == 0)
     return "key rank " + std::to_string(g.zk.rank) + " with value rank " +
            std::to_string(g.zv.rank) + " does not fit shared memory";
+  // 128 invocations (4 subgroups) per workgroup where the heads and value blocks fit, else 256.
+  // Default: 128 for f16 rows at 64-token tiles from 16K tokens on (H100, pairs on: 64K f16
+  // 711 vs 787 us; 4K 146 vs 120, q4 256/256 at 64K 1 013 vs 933, so those keep 256; see
+  // docs/perf/vulkan.md). Tuning bit 12 flips the choice where 128 fits.
+  {
+    const uint32_t hw = (uint32_t)HG / c->nhw;
+    const bool fits = hw <= 4 && (hw * a.dh / 16) % 4 == 0 && c->rvb <= 16;
+    const bool want = g.zk.storage == RowStorage::kF16 && c->tt == 64 && a.T >= kGroupedWg128FromT;
+    c->wg = fits && (want != ((grouped_bits() & 4096u) != 0)) ? 128 : 256;
+  }
   c->slot_halves = (16 * c->rkb * (uint32_t)HG * (uint32_t)a.dh + 7) / 8 * 8;
   if ((size_t)n * c->slot_halves / 2 + 4 * (size_t)n > latent_fold_words(a.H, a.dh, max_rank))
     return "fold scratch too small";

@@ -8,9 +8,9 @@
 // Per head hh and token t:
 //   score(t) = Σ_{r<d_h} CS[t, r]·S[t, hh·d_h + r],  S = Z_tile · Mᵀ,
 //   CS[t, r] = cos(θ_r t) for r < d_h/2, sin(θ_{r−d_h/2} t) above (the model's RoPE table).
-// Workgroup (sp, z·NHW + part): NSG = 8 subgroups of 32 (4 with tuning bit 12), the group's HW
-// = HG / NHW heads from head part·HW (NHW = 1 by default). Per tile of TT = 64 tokens (32 where
-// 64 does not fit shared memory):
+// Workgroup (sp, z·NHW + part): NSG = 8 subgroups of 32 (4 for f16 rows from 16K tokens:
+// vulkan_ops.cc grouped_why), the group's HW = HG / NHW heads from head part·HW (NHW = 1 by
+// default). Per tile of TT = 64 tokens (32 where 64 does not fit shared memory):
 //   A. the key latents (decoded, rounded to f16; columns ≥ r_k zero) → tile [TT, XST] f16 in
 //      16-byte chunks (f16 rows as uvec4 loads, q4 codes dequantized while staging, every load
 //      of the invocation issued before the first store; q8 and the rest through ld_lat);
