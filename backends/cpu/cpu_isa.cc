@@ -41,10 +41,11 @@ CpuIsa detect_cpu_isa() {
   return CpuIsa::kScalar;
 }
 
-CpuIsa active_cpu_isa() {
+bool cpu_isa_forced_scalar() {
   const char* env = std::getenv("PALU_CPU_ISA");
-  if (env != nullptr && std::strcmp(env, "scalar") == 0) return CpuIsa::kScalar;
-  return detect_cpu_isa();
+  return env != nullptr && std::strcmp(env, "scalar") == 0;
 }
+
+CpuIsa active_cpu_isa() { return cpu_isa_forced_scalar() ? CpuIsa::kScalar : detect_cpu_isa(); }
 
 }  // namespace palu::backends::cpu

@@ -12,5 +12,8 @@ const char* cpu_isa_name(CpuIsa isa);
 CpuIsa detect_cpu_isa();
 // The ISA the kernels use: detect_cpu_isa() unless PALU_CPU_ISA=scalar asks for less.
 CpuIsa active_cpu_isa();
+// PALU_CPU_ISA=scalar: the reference kernels everywhere, oneDNN's GEMM included. Without it a
+// CPU lacking AVX-512 still takes oneDNN's GEMM (which picks its own AVX2 / AVX code).
+bool cpu_isa_forced_scalar();
 
 }  // namespace palu::backends::cpu

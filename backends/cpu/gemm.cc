@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "backends/cpu/cpu_isa.h"
 #include "backends/cpu/kernels.h"
 
 #ifdef PALU_HAVE_ONEDNN
@@ -66,6 +67,14 @@ void own_gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, i
 }
 
 #ifdef PALU_HAVE_ONEDNN
+// oneDNN's GEMM serves every CPU (it dispatches to AVX2 / AVX-512 itself) unless
+// PALU_CPU_ISA=scalar asks for the reference path. (It used to follow palu's own kernel ISA,
+// so a CPU without AVX-512 ran every GEMM through the scalar loops: ~10x slower prefill.)
+bool use_onednn() {
+  static const bool on = !cpu_isa_forced_scalar();
+  return on;
+}
+
 // oneDNN's sgemm splits the work over omp_get_max_threads() parts and assumes the parallel
 // region gets that many threads; under OMP_THREAD_LIMIT (or a thread limit set by the host
 // application) it gets fewer and the other parts are silently never computed. Keep the calling
@@ -82,7 +91,7 @@ void gemm_nt(int m, int n, int k, const float* a, int lda, const float* b, int l
              int ldc, float beta) {
   if (m <= 0 || n <= 0) return;
 #ifdef PALU_HAVE_ONEDNN
-  if (kernels().isa != CpuIsa::kScalar) {
+  if (use_onednn()) {
     clamp_to_thread_limit();
     if (dnnl_sgemm('N', 'T', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc) == dnnl_success) return;
   }
@@ -94,7 +103,7 @@ void gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, int l
              int ldc, float beta) {
   if (m <= 0 || n <= 0) return;
 #ifdef PALU_HAVE_ONEDNN
-  if (kernels().isa != CpuIsa::kScalar) {
+  if (use_onednn()) {
     clamp_to_thread_limit();
     if (dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc) == dnnl_success) return;
   }
@@ -104,7 +113,7 @@ void gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, int l
 
 const char* gemm_backend_name() {
 #ifdef PALU_HAVE_ONEDNN
-  if (kernels().isa != CpuIsa::kScalar) return "onednn";
+  if (use_onednn()) return "onednn";
 #endif
   return kernels().isa == CpuIsa::kScalar ? "palu-scalar" : "palu-avx512";
 }
