@@ -411,6 +411,20 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
   // so the grouped kernel's splits × groups grid fills the device at long contexts.
   const int splits = lat ? std::clamp((T + 511) / 512, 1, 64)
                          : std::clamp((T + 63) / 64, 1, std::clamp(256 / Hkv, 1, 64));
+  // One decode step's arguments, the same for the full and the latent kernels.
+  const auto decode_args = [&] {
+    DecodeArgs a;
+    a.q = q_.address();
+    a.part = part_.address();
+    a.out = att_.address();
+    a.T = T;
+    a.H = H;
+    a.H_kv = Hkv;
+    a.dh = dh;
+    a.splits = splits;
+    a.w_max = w_max;
+    return a;
+  };
 
   embed(rec, tok_.address(), M.w(M.embed_), wt, x_.address(), n, d, V);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -428,17 +442,7 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
       store_rows(rec, kb_.address(), kvw, 0, kr, n, start);
       store_rows(rec, vb_.address(), kvw, 0, vr, n, start);
       if (n == 1) {
-        DecodeArgs a;
-        a.q = q_.address();
-        a.part = part_.address();
-        a.out = att_.address();
-        a.T = T;
-        a.H = H;
-        a.H_kv = Hkv;
-        a.dh = dh;
-        a.splits = splits;
-        a.w_max = w_max;
-        PALU_RETURN_IF_ERROR(attention_decode_full(rec, a, kr, vr));
+        PALU_RETURN_IF_ERROR(attention_decode_full(rec, decode_args(), kr, vr));
       } else {
         PrefillArgs a;
         a.q = q_.address();
@@ -465,19 +469,10 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
       if (n == 1) {
         // All groups of the layer in one call: one decode dispatch where the grouped coopmat
         // kernel takes them (attention_decode_latent_groups), else one per group.
-        DecodeArgs a;
-        a.q = q_.address();
+        DecodeArgs a = decode_args();
         a.rope = rope_tab;
         a.sin_off = M.sin_off_;
-        a.part = part_.address();
         a.fold = fold_.address();
-        a.out = att_.address();
-        a.T = T;
-        a.H = H;
-        a.H_kv = Hkv;
-        a.dh = dh;
-        a.splits = splits;
-        a.w_max = w_max;
         std::vector<LatentGroupArgs> gas(G);
         for (int g = 0; g < G; ++g) {
           LatentGroupArgs& ga = gas[g];
