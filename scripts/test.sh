@@ -19,7 +19,11 @@ if [ $FAST -eq 1 ]; then
   exit 0
 fi
 ctest --test-dir build --output-on-failure -L slow --timeout 1500
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPALU_ASAN=ON -DPALU_CUDA=OFF
+# Without Vulkan: Mesa's lavapipe leaks 128 bytes in its one-time set-up (vkEnumeratePhysicalDevices),
+# from frames LeakSanitizer cannot name once the loader has unloaded the driver, so no suppression
+# can match them. The unit tests built here do not use a Vulkan device (vulkan_tests is not one
+# of them); the registry then reports "vulkan: not compiled in".
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPALU_ASAN=ON -DPALU_CUDA=OFF -DPALU_VULKAN=OFF
 # Only the unit-test executables (parsers, kernels, cache, compress math); ctest -L unit
 # leaves out the tests of executables not built here.
 cmake --build build-asan -j "$(nproc)" --target base_unit_tests cpu_unit_tests model_unit_tests cache_unit_tests \
