@@ -322,11 +322,7 @@ Status LlamaModel::attend_prefill(int layer, const cache::BlockPool& pool, cache
             }
             const float m_new = std::max(mi, bmax);
             const float corr = std::exp(mi - m_new);
-            float sum = 0.f;
-            for (int t = 0; t < visible; ++t) {
-              srow[t] = std::exp(srow[t] - m_new);
-              sum += srow[t];
-            }
+            const float sum = kt.exp_sum(srow, (size_t)visible, m_new);
             std::fill(srow + visible, srow + nk, 0.f);
             li = li * corr + sum;
             mi = m_new;

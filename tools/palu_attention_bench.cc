@@ -13,7 +13,9 @@
 // bandwidth (a read sweep and a copy over 1 GiB / 2 × 512 MiB, far larger than any LLC).
 //
 //   palu-attention-bench [--ctx 1024,4096,16384,32768] [--threads N] [--reps 5] [--seed 1]
-//                        [--out docs/perf/cpu.md]
+//                        [--isa scalar|avx2|avx512] [--out docs/perf/cpu.md]
+//
+// --isa picks the attention kernels (default: active_cpu_isa()); the GEMMs stay as they are.
 //
 // --out replaces only the text between "<!-- palu-attention-bench begin -->" and
 // "<!-- palu-attention-bench end -->" in that file (appending both markers when absent).
@@ -370,13 +372,23 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "timed repetitions per measurement (best is reported)")
       ->check(CLI::Range(1, 1000));
   app.add_option("--seed", seed, "seed of the random weights and caches");
+  std::string isa_name;
+  app.add_option("--isa", isa_name, "attention kernels: scalar, avx2 or avx512 (default: active ISA)");
   app.add_option("--out", out_path,
                  "replace the text between the palu-attention-bench markers of this Markdown file");
   CLI11_PARSE(app, argc, argv);
 
   cpu::set_num_threads(threads);
   const int nthreads = cpu::num_threads();
-  const cpu::CpuIsa isa = cpu::active_cpu_isa();
+  cpu::CpuIsa isa = cpu::active_cpu_isa();
+  if (!isa_name.empty()) {
+    const palu::Result<cpu::CpuIsa> asked = cpu::cap_cpu_isa(isa_name.c_str(), cpu::CpuIsa::kAvx512);
+    if (!asked.is_ok()) {
+      std::fprintf(stderr, "palu-attention-bench: --isa: %s\n", asked.status().message().c_str());
+      return 2;
+    }
+    isa = *asked;  // an ISA the CPU lacks: the kernels answer FAILED_PRECONDITION below
+  }
   const std::string load_before = load_average();
   std::fprintf(stderr, "measuring peaks (%d threads)...\n", nthreads);
   const Peaks pk = measure_peaks(reps);

@@ -20,14 +20,14 @@
 // per query head, then acc = acc·e^{m_old−m_new} + Σ_t p_t·V_t. Both passes visit the block's
 // rows 16 at a time across all KV heads, so rows are read front to back (one head's slice alone
 // is a short run every H_kv·d_h values, which hardware prefetchers do not follow). A final
-// reduction merges the chunks' partials in double. The AVX-512 building blocks convert f16/bf16
-// to f32 in registers, take 16 (token, head) dot products at once with a transposing horizontal
-// reduction, and use a polynomial exp; the scalar ones are the reference.
+// reduction merges the chunks' partials in double. The AVX-512 and AVX2 building blocks convert
+// f16/bf16 to f32 in registers, take 16 (AVX2: 8) (token, head) dot products at once with a
+// transposing horizontal reduction, and use a polynomial exp; the scalar ones are the reference.
 //
 // Ownership: all pointers are borrowed for the duration of the call. Thread-safety: reentrant;
 // a call uses the OpenMP thread team. Errors: INVALID_ARGUMENT naming the field, the expected
-// and the found value; FAILED_PRECONDITION for the AVX-512 path on a CPU without it. Nothing is
-// written to `out` on error.
+// and the found value; FAILED_PRECONDITION for an AVX2 / AVX-512 path on a CPU without it.
+// Nothing is written to `out` on error.
 #pragma once
 
 #include <cstddef>
@@ -48,8 +48,8 @@ struct FullAttentionShape {
 // out: [H, d_h] float32. Uses active_cpu_isa().
 Status full_attention_decode(const FullAttentionShape& shape, const LatentRows& k,
                              const LatentRows& v, int T, const float* q, float* out);
-// The same with an explicit ISA (tests, benchmarks). kAvx512 on a CPU without it:
-// FAILED_PRECONDITION.
+// The same with an explicit ISA (tests, benchmarks). An ISA this CPU lacks (detect_cpu_isa()
+// below it): FAILED_PRECONDITION.
 Status full_attention_decode_isa(CpuIsa isa, const FullAttentionShape& shape, const LatentRows& k,
                                  const LatentRows& v, int T, const float* q, float* out);
 
@@ -68,6 +68,7 @@ struct FullAttentionPrims {
                      int ldp, const float* corr, int nq, int d, float* acc);
 };
 const FullAttentionPrims& full_prims_scalar();
+const FullAttentionPrims& full_prims_avx2();    // only when detect_cpu_isa() ≥ kAvx2
 const FullAttentionPrims& full_prims_avx512();  // only when detect_cpu_isa() == kAvx512
 }  // namespace detail
 

@@ -1,7 +1,8 @@
 // Full-cache decode attention: validation, the shared flash-decoding driver (threads over
 // (KV head × token chunk), blocks of 64 tokens, online softmax, final reduction) and the scalar
-// building blocks. The AVX-512 building blocks live in full_attention_avx512.cc; both paths run
-// the same driver, so they differ only in the arithmetic of the blocks.
+// building blocks. The AVX2 and AVX-512 building blocks live in full_attention_avx2.cc and
+// full_attention_avx512.cc; every path runs the same driver, so they differ only in the
+// arithmetic of the blocks.
 #include <omp.h>
 
 #include <algorithm>
@@ -290,14 +291,21 @@ void run(const detail::FullAttentionPrims& P, const FullAttentionShape& sh, cons
 Status full_attention_decode_isa(CpuIsa isa, const FullAttentionShape& shape, const LatentRows& k,
                                  const LatentRows& v, int T, const float* q, float* out) {
   PALU_RETURN_IF_ERROR(validate(shape, k, v, T, q, out));
-  if (isa == CpuIsa::kAvx512) {
-    if (detect_cpu_isa() != CpuIsa::kAvx512) {
-      return failed_precondition(
-          "full attention: the AVX-512 kernel was asked for but this CPU lacks AVX-512");
-    }
-    run(detail::full_prims_avx512(), shape, k, v, T, q, out);
-  } else {
-    run(detail::full_prims_scalar(), shape, k, v, T, q, out);
+  if ((int)isa > (int)detect_cpu_isa()) {
+    return failed_precondition(std::string("full attention: the ") + cpu_isa_name(isa) +
+                               " kernel was asked for but this CPU only has " +
+                               cpu_isa_name(detect_cpu_isa()));
+  }
+  switch (isa) {
+    case CpuIsa::kScalar:
+      run(detail::full_prims_scalar(), shape, k, v, T, q, out);
+      break;
+    case CpuIsa::kAvx2:
+      run(detail::full_prims_avx2(), shape, k, v, T, q, out);
+      break;
+    case CpuIsa::kAvx512:
+      run(detail::full_prims_avx512(), shape, k, v, T, q, out);
+      break;
   }
   return Status::ok();
 }

@@ -115,7 +115,12 @@ const char* gemm_backend_name() {
 #ifdef PALU_HAVE_ONEDNN
   if (use_onednn()) return "onednn";
 #endif
-  return kernels().isa == CpuIsa::kScalar ? "palu-scalar" : "palu-avx512";
+  switch (kernels().isa) {
+    case CpuIsa::kScalar: return "palu-scalar";
+    case CpuIsa::kAvx2: return "palu-avx2";
+    case CpuIsa::kAvx512: return "palu-avx512";
+  }
+  return "palu";
 }
 
 void set_num_threads(int n) {

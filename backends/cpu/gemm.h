@@ -13,7 +13,8 @@ void gemm_nt(int m, int n, int k, const float* a, int lda, const float* b, int l
 void gemm_nn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
              int ldc, float beta = 0.f);
 
-// "onednn" or "palu" — which implementation gemm_* use.
+// Which implementation gemm_* use: "onednn", or palu's own kernels ("palu-scalar", "palu-avx2",
+// "palu-avx512").
 const char* gemm_backend_name();
 
 // Threads used by the CPU backend (OpenMP, and through it oneDNN). n ≤ 0: all cores.

@@ -205,13 +205,31 @@ void gemm_nt_avx512(int m, int n, int k, const float* a, int lda, const float* b
   }
 }
 
+float exp_sum_avx512(float* x, size_t n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    _mm512_storeu_ps(x + i, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
   static const KernelTable table = {
       CpuIsa::kAvx512,   dot_avx512,      axpy_avx512,        rms_norm_avx512,
       softmax_avx512,    silu_mul_avx512, add_avx512,         f16_to_f32_avx512,
-      bf16_to_f32_avx512, gemm_nt_avx512,
+      bf16_to_f32_avx512, gemm_nt_avx512, exp_sum_avx512,
   };
   return table;
 }

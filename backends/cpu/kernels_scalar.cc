@@ -68,20 +68,37 @@ void gemm_nt_scalar(int m, int n, int k, const float* a, int lda, const float* b
   }
 }
 
+float exp_sum_scalar(float* x, size_t n, float m) {
+  float sum = 0.f;
+  for (size_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
   static const KernelTable table = {
       CpuIsa::kScalar, dot_scalar,          axpy_scalar,         rms_norm_scalar,
       softmax_scalar,  silu_mul_scalar,     add_scalar,          f16_to_f32_scalar,
-      bf16_to_f32_scalar, gemm_nt_scalar,
+      bf16_to_f32_scalar, gemm_nt_scalar,   exp_sum_scalar,
   };
   return table;
 }
 
+const KernelTable& kernels_for(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return scalar_kernels();
+    case CpuIsa::kAvx2: return avx2_kernels();
+    case CpuIsa::kAvx512: return avx512_kernels();
+  }
+  return scalar_kernels();
+}
+
 const KernelTable& kernels() {
-  static const KernelTable& table =
-      active_cpu_isa() == CpuIsa::kAvx512 ? avx512_kernels() : scalar_kernels();
+  static const KernelTable& table = kernels_for(active_cpu_isa());
   return table;
 }
 

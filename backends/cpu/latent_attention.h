@@ -122,8 +122,8 @@ void build_latent_rope_table(const float* inv_freq, int d_h, int positions, floa
 Status latent_attention_decode(const LatentAttentionShape& shape, const LatentGroupCache* groups,
                                int T, int pos_q, const float* q, const float* inv_freq,
                                float* out_latents, const LatentRopeTable* rope = nullptr);
-// The same with an explicit ISA (tests, benchmarks). kAvx512 on a CPU without it:
-// FAILED_PRECONDITION.
+// The same with an explicit ISA (tests, benchmarks). An ISA this CPU lacks (detect_cpu_isa()
+// below it): FAILED_PRECONDITION.
 Status latent_attention_decode_isa(CpuIsa isa, const LatentAttentionShape& shape,
                                    const LatentGroupCache* groups, int T, int pos_q, const float* q,
                                    const float* inv_freq, float* out_latents,
@@ -151,6 +151,7 @@ struct LatentAttentionPrims {
                            int n);
 };
 const LatentAttentionPrims& latent_prims_scalar();
+const LatentAttentionPrims& latent_prims_avx2();    // only when detect_cpu_isa() ≥ kAvx2
 const LatentAttentionPrims& latent_prims_avx512();  // only when detect_cpu_isa() == kAvx512
 }  // namespace detail
 

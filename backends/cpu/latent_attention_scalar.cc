@@ -1,7 +1,7 @@
 // Fused latent decode attention: validation, the shared blocked driver (threads, online
-// softmax, reduction) and the scalar building blocks. The AVX-512 building blocks live in
-// latent_attention_avx512.cc; the driver is the same for both, so the two paths differ only
-// in the arithmetic of the blocks.
+// softmax, reduction) and the scalar building blocks. The AVX2 and AVX-512 building blocks live
+// in latent_attention_avx2.cc and latent_attention_avx512.cc; the driver is the same for all, so
+// the paths differ only in the arithmetic of the blocks.
 #include <omp.h>
 
 #include <algorithm>
@@ -130,6 +130,16 @@ const LatentAttentionPrims& latent_prims_scalar() {
 namespace {
 
 constexpr int kBlockTokens = 64;
+
+// The building blocks of `isa` (the caller checked detect_cpu_isa() ≥ isa).
+const detail::LatentAttentionPrims& prims_for(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return detail::latent_prims_scalar();
+    case CpuIsa::kAvx2: return detail::latent_prims_avx2();
+    case CpuIsa::kAvx512: return detail::latent_prims_avx512();
+  }
+  return detail::latent_prims_scalar();
+}
 
 std::string str(const char* a, long long v) {
   return std::string(a) + std::to_string(v);
@@ -383,9 +393,7 @@ Status run(const detail::LatentAttentionPrims& P, const LatentAttentionShape& sh
 }  // namespace
 
 void decode_latent_rows(const LatentRows& rows, int t0, int n, float* out) {
-  const auto& P = active_cpu_isa() == CpuIsa::kAvx512 ? detail::latent_prims_avx512()
-                                                      : detail::latent_prims_scalar();
-  decode_span(P, rows, t0, n, out);
+  decode_span(prims_for(active_cpu_isa()), rows, t0, n, out);
 }
 
 void build_latent_rope_table(const float* inv_freq, int d_h, int positions, float* cos,
@@ -416,14 +424,12 @@ Status latent_attention_decode_isa(CpuIsa isa, const LatentAttentionShape& shape
                               " positions, found " + std::to_string(rope->positions));
     }
   }
-  if (isa == CpuIsa::kAvx512) {
-    if (detect_cpu_isa() != CpuIsa::kAvx512) {
-      return failed_precondition(
-          "latent attention: the AVX-512 kernel was asked for but this CPU lacks AVX-512");
-    }
-    return run(detail::latent_prims_avx512(), shape, groups, T, q, inv_freq, rope, out_latents);
+  if ((int)isa > (int)detect_cpu_isa()) {
+    return failed_precondition(std::string("latent attention: the ") + cpu_isa_name(isa) +
+                               " kernel was asked for but this CPU only has " +
+                               cpu_isa_name(detect_cpu_isa()));
   }
-  return run(detail::latent_prims_scalar(), shape, groups, T, q, inv_freq, rope, out_latents);
+  return run(prims_for(isa), shape, groups, T, q, inv_freq, rope, out_latents);
 }
 
 Status latent_attention_decode(const LatentAttentionShape& shape, const LatentGroupCache* groups,

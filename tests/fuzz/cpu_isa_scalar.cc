@@ -1,12 +1,19 @@
 // The fuzz build's CPU ISA choice, replacing backends/cpu/cpu_isa.cc: always the scalar
 // reference kernels, so the sanitizers see plain C++ loops. The engine fuzz target exercises
-// request handling, not kernel dispatch (the AVX-512 objects are linked because the dispatch
-// tables name them, and never run).
+// request handling, not kernel dispatch (the AVX2 and AVX-512 objects are linked because the
+// dispatch tables name them, and never run).
 #include "backends/cpu/cpu_isa.h"
 
 namespace palu::backends::cpu {
 
-const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? "avx512" : "scalar"; }
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return "scalar";
+    case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
+  }
+  return "?";
+}
 CpuIsa detect_cpu_isa() { return CpuIsa::kScalar; }
 CpuIsa active_cpu_isa() { return CpuIsa::kScalar; }
 

@@ -1,8 +1,8 @@
 // Full-cache decode attention (backends/cpu/full_attention.h) against a float64 reference written
 // plainly here: dequantize every K/V row, scores, softmax, Σ p·V. Storages f32/f16/bf16, MHA and
-// GQA (H/H_kv ∈ {1, 3, 4, 5, 16}), d_h ∈ {64, 80, 128}, T ∈ {1, 63, 65, 4099}, contiguous and
+// GQA (H/H_kv ∈ {1, 2, 3, 4, 5, 16}), d_h ∈ {52, 64, 80, 128}, T ∈ {1, 63, 65, 4099}, contiguous and
 // paged rows (random block ids, block_tokens 16), padded row strides, the f16 window overlay;
-// scalar and AVX-512 (skipped with the reason on CPUs without it). Also bad input →
+// scalar, AVX2 and AVX-512 (each skipped with the reason on CPUs without it). Also bad input →
 // INVALID_ARGUMENT naming the field.
 #include "backends/cpu/full_attention.h"
 
@@ -172,6 +172,7 @@ std::vector<Case> all_cases() {
     cases.push_back({8, 4, 64, 150, st, true, 0, 40});     // window overlay, paged
     cases.push_back({4, 2, 128, 4099, st, false, 0, 70});  // window overlay, long context
     cases.push_back({4, 2, 64, 20, st, false, 0, 64});     // window longer than T: all rows f16
+    cases.push_back({6, 3, 52, 70, st, true, 4});          // d_h 52: a 4-lane tail at 8 and 16
   }
   return cases;
 }
@@ -186,8 +187,9 @@ class FullAttentionTest : public ::testing::TestWithParam<std::tuple<Case, CpuIs
 
 TEST_P(FullAttentionTest, MatchesFloat64Reference) {
   const auto& [c, isa] = GetParam();
-  if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) {
-    GTEST_SKIP() << "this CPU has no AVX-512; only the scalar kernel is tested";
+  if ((int)isa > (int)detect_cpu_isa()) {
+    GTEST_SKIP() << "this CPU has no " << cpu_isa_name(isa) << " (it has "
+                  << cpu_isa_name(detect_cpu_isa()) << "); that kernel is not tested here";
   }
   Problem p;
   make_problem(c, 4321u + (uint32_t)c.T * 3u + (uint32_t)c.d_h + (uint32_t)c.H, p);
@@ -209,7 +211,7 @@ std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& 
 
 INSTANTIATE_TEST_SUITE_P(FullAttention, FullAttentionTest,
                          ::testing::Combine(::testing::ValuesIn(all_cases()),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx512)),
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
                          case_name);
 
 // Paged and contiguous descriptors of the same rows give bit-identical results (same blocks of
@@ -235,9 +237,9 @@ TEST(FullAttentionPaging, PagedEqualsContiguousBitForBit) {
   k.rank = v.rank = width;
   k.rows = kc.data();
   v.rows = vc.data();
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
-    if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) {
-      std::printf("skipping the AVX-512 half: this CPU has no AVX-512\n");
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if ((int)isa > (int)detect_cpu_isa()) {
+      std::printf("skipping the %s kernel: this CPU has no %s\n", cpu_isa_name(isa), cpu_isa_name(isa));
       continue;
     }
     std::vector<float> a(8 * 128), b(8 * 128);
@@ -262,8 +264,8 @@ TEST(FullAttentionNumerics, PeakedSoftmaxIsStable) {
   // q aligned with token 321's key, scaled so its score exceeds the others by ~hundreds.
   for (int h = 0; h < 2; ++h)
     for (int i = 0; i < 64; ++i) p.q[(size_t)h * 64 + i] = 40.f * (float)p.k.deq[321 * 64 + i];
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
-    if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) continue;
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if ((int)isa > (int)detect_cpu_isa()) continue;
     std::vector<float> out(2 * 64);
     ASSERT_TRUE(
         full_attention_decode_isa(isa, p.shape, p.k.rows, p.v.rows, p.T, p.q.data(), out.data())
@@ -329,7 +331,7 @@ TEST(FullAttentionBadInput, ReturnsInvalidArgumentNamingTheField) {
        [](auto&, auto& k, auto&, int&, auto&, auto&) { k.window_begin = 30; }},
   };
   for (const Bad& b : table) {
-    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
+    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
       FullAttentionShape sh = good.shape;
       LatentRows k = good.k.rows, v = good.v.rows;
       int T = good.T;
@@ -353,7 +355,7 @@ TEST(FullAttentionBadInput, ReturnsInvalidArgumentNamingTheField) {
                   .is_ok());
 }
 
-TEST(FullAttentionIsa, Avx512OnACpuWithoutItIsAFailedPrecondition) {
+TEST(FullAttentionIsa, AnIsaTheCpuLacksIsAFailedPrecondition) {
   if (detect_cpu_isa() == CpuIsa::kAvx512) {
     GTEST_SKIP() << "this CPU has AVX-512; the refusal path cannot be exercised here";
   }
@@ -361,10 +363,13 @@ TEST(FullAttentionIsa, Avx512OnACpuWithoutItIsAFailedPrecondition) {
   Problem p;
   make_problem(c, 1, p);
   std::vector<float> out(128);
-  EXPECT_EQ(full_attention_decode_isa(CpuIsa::kAvx512, p.shape, p.k.rows, p.v.rows, p.T, p.q.data(),
-                                      out.data())
-                .code(),
-            StatusCode::kFailedPrecondition);
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if ((int)isa <= (int)detect_cpu_isa()) continue;
+    const Status st =
+        full_attention_decode_isa(isa, p.shape, p.k.rows, p.v.rows, p.T, p.q.data(), out.data());
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << cpu_isa_name(isa);
+    EXPECT_NE(st.message().find(cpu_isa_name(isa)), std::string::npos) << st.message();
+  }
 }
 
 }  // namespace

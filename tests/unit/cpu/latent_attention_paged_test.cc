@@ -4,7 +4,7 @@
 // [bt][row_bytes]" otherwise, padded to 4 bytes; the sequence's blocks a random subset of the arena
 // in random order, block_tokens 16):
 //   * paged == contiguous descriptor of the same data, bit for bit, with and without the
-//     precomputed B^Kᵀ and the key bias, every storage, scalar and AVX-512;
+//     precomputed B^Kᵀ and the key bias, every storage, scalar, AVX2 and AVX-512;
 //   * the f16 window overlay (rows ≥ window_begin read from f16 rows) == the contiguous kernel on
 //     float32 rows holding the same values (≤ 1e-6 relative);
 //   * decode_latent_rows over block and window boundaries returns those values.
@@ -293,8 +293,8 @@ const LatentStorage kAllStorages[] = {
     LatentStorage::kQ4,  LatentStorage::kQ3,  LatentStorage::kQ2};
 
 bool skip_isa(CpuIsa isa) {
-  if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) {
-    std::printf("skipping the AVX-512 half: this CPU has no AVX-512\n");
+  if ((int)isa > (int)detect_cpu_isa()) {
+    std::printf("skipping the %s kernel: this CPU has no %s\n", cpu_isa_name(isa), cpu_isa_name(isa));
     return true;
   }
   return false;
@@ -310,7 +310,7 @@ TEST(LatentAttentionPaged, PagedEqualsContiguousBitForBit) {
     for (int T : {1, 16, 17, 200}) {
       Latents L;
       make_latents(L, st, T, kKRanks, kVRanks, 0, 100u + (uint32_t)T);
-      for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
+      for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
         if (skip_isa(isa)) continue;
         const std::vector<float> base = run_kernel(isa, L, w, Layout::kContiguous, false, false);
         for (int variant = 0; variant < 4; ++variant) {
@@ -343,15 +343,15 @@ TEST(LatentAttentionPaged, WindowOverlayEqualsRowsReplacedByTheirF16Values) {
     for (auto [T, window] : {std::pair{200, 37}, std::pair{65, 16}, std::pair{20, 32}}) {
       Latents L;
       make_latents(L, st, T, kKRanks, kVRanks, window, 300u + (uint32_t)T);
-      for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
+      for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
         if (skip_isa(isa)) continue;
         for (bool bias : {false, true}) {
           const std::vector<float> ref = run_kernel(isa, L, w, Layout::kMaterialized, false, bias);
           const std::vector<float> got = run_kernel(isa, L, w, Layout::kPagedWindow, true, bias);
           const std::string what = std::string(row_storage_name(st)) + " T=" + std::to_string(T) +
                                    " window=" + std::to_string(window) + " " + cpu_isa_name(isa);
-          // f32/f16/bf16 rows decode to the same floats: same bits. Packed rows: the AVX-512
-          // decoder's single FMA may differ from q·scale + zero by an ulp.
+          // f32/f16/bf16 rows decode to the same floats: same bits. Packed rows: the vector
+          // decoders' single FMA may differ from q·scale + zero by an ulp.
           if (latent_storage_bits(st) == 0 || isa == CpuIsa::kScalar) {
             EXPECT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float))) << what;
           } else {

@@ -1,8 +1,8 @@
 // Fused latent decode attention (backends/cpu/latent_attention.h) against an unfused float64
 // reference written plainly here: dequantize every latent, rebuild K for every token in
 // double, RoPE, softmax, Σ p z^V. Every storage type, GQA and MHA, group sizes 1/2/4, ranks
-// 32..512 differing between K and V and between groups, T ∈ {1, 63, 65, 130, 4099}; scalar and
-// AVX-512 (skipped with the reason on CPUs without it). Also bad input → INVALID_ARGUMENT.
+// 32..512 differing between K and V and between groups, T ∈ {1, 63, 65, 130, 4099}; scalar,
+// AVX2 and AVX-512 (each skipped with the reason on CPUs without it). Also bad input → INVALID_ARGUMENT.
 #include "backends/cpu/latent_attention.h"
 
 #include <gtest/gtest.h>
@@ -204,8 +204,9 @@ class LatentAttentionTest : public ::testing::TestWithParam<std::tuple<Case, Cpu
 
 TEST_P(LatentAttentionTest, MatchesUnfusedFloat64Reference) {
   const auto& [c, isa] = GetParam();
-  if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) {
-    GTEST_SKIP() << "this CPU has no AVX-512; only the scalar kernel is tested";
+  if ((int)isa > (int)detect_cpu_isa()) {
+    GTEST_SKIP() << "this CPU has no " << cpu_isa_name(isa) << " (it has "
+                  << cpu_isa_name(detect_cpu_isa()) << "); that kernel is not tested here";
   }
   const Problem p = make_problem(c, 1234u + (uint32_t)c.T + 7u * (uint32_t)c.k_ranks[0]);
   std::vector<float> out(latent_output_width(p.shape, p.groups.data()), -1.f);
@@ -233,7 +234,7 @@ std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, CpuIsa>>& 
 
 INSTANTIATE_TEST_SUITE_P(LatentAttention, LatentAttentionTest,
                          ::testing::Combine(::testing::ValuesIn(all_cases()),
-                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx512)),
+                                            ::testing::Values(CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512)),
                          case_name);
 
 // The dispatching entry point agrees with the explicit scalar kernel.
@@ -261,9 +262,9 @@ TEST(LatentAttentionRopeTable, PrecomputedTableIsBitIdentical) {
   build_latent_rope_table(p.inv_freq.data(), c.d_h, positions, cs.data(), sn.data());
   const LatentRopeTable table{cs.data(), sn.data(), positions};
   const int w = latent_output_width(p.shape, p.groups.data());
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
-    if (isa == CpuIsa::kAvx512 && detect_cpu_isa() != CpuIsa::kAvx512) {
-      std::printf("skipping the AVX-512 half: this CPU has no AVX-512\n");
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+    if ((int)isa > (int)detect_cpu_isa()) {
+      std::printf("skipping the %s kernel: this CPU has no %s\n", cpu_isa_name(isa), cpu_isa_name(isa));
       continue;
     }
     std::vector<float> a(w), b(w);
@@ -349,7 +350,7 @@ TEST(LatentAttentionBadInput, ReturnsInvalidArgumentNamingTheField) {
        [](auto&, auto& g, int&, int&, auto&, auto&, auto&) { g[0].v.row_stride_bytes = 3; }},
   };
   for (const Bad& b : table) {
-    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx512}) {
+    for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
       LatentAttentionShape sh = good.shape;
       std::vector<LatentGroupCache> groups = good.groups;
       int T = good.T, pos = good.T;
