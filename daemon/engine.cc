@@ -392,6 +392,14 @@ Result<Engine::Session*> Engine::find_session(const api::SessionRef& ref, uid_t 
   return found;
 }
 
+Result<Engine::Session*> Engine::find_idle_session(const api::SessionRef& ref, uid_t uid) {
+  PALU_ASSIGN_OR_RETURN(Session * s, find_session(ref, uid));
+  if (s->gen || s->append_waiter) {
+    return failed_precondition("session '" + s->name + "' is busy with another request; cancel it first");
+  }
+  return s;
+}
+
 api::SessionInfo Engine::session_info(const Session& s) const {
   api::SessionInfo i;
   i.set_id(s.id);
@@ -510,13 +518,9 @@ static Result<std::vector<int32_t>> input_tokens(const Engine::Model& m, const s
 
 void Engine::on_append(Item& it) {
   const api::Append& r = it.request.append();
-  auto sr = find_session(r.session(), it.peer.uid);
+  auto sr = find_idle_session(r.session(), it.peer.uid);
   if (!sr.is_ok()) return reply(it.sink, it.request.id(), sr.status());
   Session* s = sr.value();
-  if (s->gen || s->append_waiter) {
-    return reply(it.sink, it.request.id(),
-                 failed_precondition("session '" + s->name + "' is busy with another request; cancel it first"));
-  }
   auto ids = input_tokens(*s->model, r.text(), r.token_ids(), r.add_bos(), "append");
   if (!ids.is_ok()) return reply(it.sink, it.request.id(), ids.status());
   const size_t total = s->tokens.size() + s->pending.size() + ids.value().size();
@@ -540,13 +544,9 @@ void Engine::on_append(Item& it) {
 
 void Engine::on_generate(Item& it) {
   const api::Generate& r = it.request.generate();
-  auto sr = find_session(r.session(), it.peer.uid);
+  auto sr = find_idle_session(r.session(), it.peer.uid);
   if (!sr.is_ok()) return reply(it.sink, it.request.id(), sr.status());
   Session* s = sr.value();
-  if (s->gen || s->append_waiter) {
-    return reply(it.sink, it.request.id(),
-                 failed_precondition("session '" + s->name + "' is busy with another request; cancel it first"));
-  }
   const api::SamplingParams& sp = r.sampling();
   auto bad = [&](const std::string& m) { reply(it.sink, it.request.id(), invalid_argument(m)); };
   if (!std::isfinite(sp.temperature()) || sp.temperature() < 0.f || sp.temperature() > 100.f) {

@@ -152,6 +152,8 @@ class Engine : public RequestHandler {
 
   Result<Model*> find_model(const std::string& name);
   Result<Session*> find_session(const api::SessionRef& ref, uid_t uid);
+  // find_session, then FAILED_PRECONDITION when a generate or an append is still running on it.
+  Result<Session*> find_idle_session(const api::SessionRef& ref, uid_t uid);
   api::SessionInfo session_info(const Session& s) const;
   api::ModelInfo model_info(const Model& m) const;
 

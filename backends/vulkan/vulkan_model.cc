@@ -425,6 +425,20 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
     a.w_max = w_max;
     return a;
   };
+  // One prefill chunk's arguments; ow = the width of an attention output row.
+  const auto prefill_args = [&](int ow) {
+    PrefillArgs a;
+    a.q = q_.address();
+    a.qw = qw;
+    a.n = n;
+    a.p0 = start;
+    a.H = H;
+    a.H_kv = Hkv;
+    a.dh = dh;
+    a.out = att_.address();
+    a.ow = ow;
+    return a;
+  };
 
   embed(rec, tok_.address(), M.w(M.embed_), wt, x_.address(), n, d, V);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -444,17 +458,7 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
       if (n == 1) {
         PALU_RETURN_IF_ERROR(attention_decode_full(rec, decode_args(), kr, vr));
       } else {
-        PrefillArgs a;
-        a.q = q_.address();
-        a.qw = qw;
-        a.n = n;
-        a.p0 = start;
-        a.H = H;
-        a.H_kv = Hkv;
-        a.dh = dh;
-        a.out = att_.address();
-        a.ow = qw;
-        PALU_RETURN_IF_ERROR(attention_prefill(rec, a, kr, vr, dh, dh, 0, H, 0));
+        PALU_RETURN_IF_ERROR(attention_prefill(rec, prefill_args(qw), kr, vr, dh, dh, 0, H, 0));
       }
       matmul(rec, att_.address(), qw, M.w(D.wo), wt, x_.address(), d, n, d, qw, 0, true);
     } else {
@@ -466,6 +470,10 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
         store_rows(rec, vb_.address(), D.rv_all, D.v_off[g], region(l, 1, g), n, start);
       }
       const int lw = D.latent_width;
+      // Group g's slice of the key bias (s·d_h floats), 0 without one.
+      const auto key_bias = [&](int g) -> uint64_t {
+        return D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
+      };
       if (n == 1) {
         // All groups of the layer in one call: one decode dispatch where the grouped coopmat
         // kernel takes them (attention_decode_latent_groups), else one per group.
@@ -480,37 +488,25 @@ Status VulkanSequence::record(Recorder& rec, int n, LogitsMode mode) {
           ga.zv = region(l, 1, g);
           ga.bk = M.w(D.bkg[g]);
           ga.wt = wt;
-          ga.k_bias = D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
+          ga.k_bias = key_bias(g);
           ga.group = g;
           ga.s = s;
           ga.out_col = D.out_col[g];
         }
         PALU_RETURN_IF_ERROR(attention_decode_latent_groups(rec, a, gas.data(), G, M.max_rk_));
       }
-      for (int g = 0; g < G; ++g) {
-        const uint64_t kbias = D.bk ? M.w(D.bk) + (uint64_t)g * s * dh * 4 : 0;
-        if (n > 1) {
-          PALU_RETURN_IF_ERROR(latent_rebuild_keys(rec, region(l, 0, g), M.w(D.bkg[g]), wt, kbias,
-                                                   s, dh, T, rope_tab, M.sin_off_, ktemp_.address(),
-                                                   kvw, g * s * dh));
-        }
-      }
       if (n > 1) {
+        for (int g = 0; g < G; ++g) {
+          PALU_RETURN_IF_ERROR(latent_rebuild_keys(rec, region(l, 0, g), M.w(D.bkg[g]), wt,
+                                                   key_bias(g), s, dh, T, rope_tab, M.sin_off_,
+                                                   ktemp_.address(), kvw, g * s * dh));
+        }
         Region kt;
         kt.base = ktemp_.address();
         kt.storage = RowStorage::kF32;
         kt.rank = kvw;
         kt.cap = cap_;
-        PrefillArgs a;
-        a.q = q_.address();
-        a.qw = qw;
-        a.n = n;
-        a.p0 = start;
-        a.H = H;
-        a.H_kv = Hkv;
-        a.dh = dh;
-        a.out = att_.address();
-        a.ow = lw;
+        const PrefillArgs a = prefill_args(lw);
         for (int g = 0; g < G; ++g) {
           PALU_RETURN_IF_ERROR(attention_prefill(rec, a, kt, region(l, 1, g), 0, D.v_rank[g],
                                                  g * s * n_rep, s * n_rep, D.out_col[g]));
