@@ -10,15 +10,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FAST=0
 [ "${1:-}" = "--fast" ] && FAST=1
+# One line per finished stage with its wall time, so a CI log shows where the minutes go.
+STAGE_START=$SECONDS
+stage_done() {
+  echo "test.sh: $1 took $((SECONDS - STAGE_START)) s (total $SECONDS s)"
+  STAGE_START=$SECONDS
+}
 scripts/install-deps.sh
+stage_done "install-deps"
 scripts/build.sh
+stage_done "build"
 # Tests run two at a time; each uses all cores through OpenMP, so threads wait passively
 # instead of spinning against the other test. The slow perplexity runs go alone afterwards.
 OMP_WAIT_POLICY=PASSIVE ctest --test-dir build --output-on-failure -j 2 -LE slow
+stage_done "tests"
 if [ $FAST -eq 1 ]; then
   exit 0
 fi
 ctest --test-dir build --output-on-failure -L slow --timeout 1500
+stage_done "slow perplexity tests"
 # Without Vulkan: Mesa's lavapipe leaks 128 bytes in its one-time set-up (vkEnumeratePhysicalDevices),
 # from frames LeakSanitizer cannot name once the loader has unloaded the driver, so no suppression
 # can match them. The unit tests built here do not use a Vulkan device (vulkan_tests is not one
@@ -33,5 +43,7 @@ cmake --build build-asan -j "$(nproc)" --target base_unit_tests cpu_unit_tests m
   compress_unit_tests proto_unit_tests daemon_unit_tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_WAIT_POLICY=PASSIVE \
   ctest --test-dir build-asan --output-on-failure -j 2 -L unit
+stage_done "ASan+UBSan build and unit tests"
 # Fuzz step: every parser's libFuzzer target for 10 s (clang; ~4 min on 2 cores with the build).
 scripts/fuzz.sh 10
+stage_done "fuzzing"
