@@ -792,10 +792,13 @@ Status attention_prefill(Recorder& rec, const PrefillArgs& a, const Region& k, c
   pc.v_rank = u32(v.rank);
   if (sg) {
     const uint32_t wmax = (uint32_t)w;
+    // Query rows per workgroup: each key and value row loaded feeds 16 rows (lavapipe, 1024-token
+    // prefill, 8 heads × 64: 1.84 s → 0.42 s per layer; 8 rows 0.60 s, 32 rows 0.53 s).
+    const uint32_t rb = 16;
     rec.dispatch(
         "attn_prefill_sg",
-        {(uint32_t)a.dh, ctx->subgroup_size(), wmax, (uint32_t)k.storage, (uint32_t)v.storage}, &pc,
-        sizeof(pc), (uint32_t)nh, (uint32_t)a.n);
+        {(uint32_t)a.dh, ctx->subgroup_size(), wmax, (uint32_t)k.storage, (uint32_t)v.storage, rb},
+        &pc, sizeof(pc), (uint32_t)nh, ceil_div(a.n, rb));
   } else {
     rec.dispatch("attn_prefill", {(uint32_t)a.dh}, &pc, sizeof(pc), (uint32_t)nh,
                  ceil_div(a.n, kQB));
