@@ -79,6 +79,24 @@ void rms_norm_avx512(const float* x, const float* w, float eps, float* y, size_t
   for (; i < n; ++i) y[i] = x[i] * inv * w[i];
 }
 
+float exp_sum_avx512(float* x, size_t n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    _mm512_storeu_ps(x + i, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
 void softmax_avx512(float* x, size_t n) {
   if (n == 0) return;
   __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -86,21 +104,7 @@ void softmax_avx512(float* x, size_t n) {
   for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
   float mx = _mm512_reduce_max_ps(vmax);
   for (; i < n; ++i) mx = std::max(mx, x[i]);
-  const __m512 vm = _mm512_set1_ps(mx);
-  __m512 vsum = _mm512_setzero_ps();
-  i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
-    _mm512_storeu_ps(x + i, e);
-    vsum = _mm512_add_ps(vsum, e);
-  }
-  if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm));
-    _mm512_mask_storeu_ps(x + i, m, e);
-    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+  const __m512 inv = _mm512_set1_ps(1.0f / exp_sum_avx512(x, n, mx));
   i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
   if (i < n) {
@@ -203,24 +207,6 @@ void gemm_nt_avx512(int m, int n, int k, const float* a, int lda, const float* b
       *out = beta == 0.f ? v : v + beta * *out;
     }
   }
-}
-
-float exp_sum_avx512(float* x, size_t n, float m) {
-  const __m512 vm = _mm512_set1_ps(m);
-  __m512 sum = _mm512_setzero_ps();
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
-    _mm512_storeu_ps(x + i, e);
-    sum = _mm512_add_ps(sum, e);
-  }
-  if (i < n) {
-    const __mmask16 k = tail_mask(n - i);
-    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
-    _mm512_mask_storeu_ps(x + i, k, e);
-    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
-  }
-  return _mm512_reduce_add_ps(sum);
 }
 
 }  // namespace
