@@ -41,7 +41,7 @@ if [ -n "$BIN_AT" ] && [ ! -e "$BIN_AT" ]; then ln -s "$PWD/$B" "$BIN_AT"; fi
 export PALU_SHARED_DIR="$PWD/.carry/shared"
 [ -d "$B/lib" ] && export LD_LIBRARY_PATH="$PWD/$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 SH_AT="$(dirname "$SRC_AT")/shared"
-[ -e "$SH_AT" ] || ln -s "$PALU_SHARED_DIR" "$SH_AT"
+[ -e "$SH_AT" ] || [ -L "$SH_AT" ] || ln -s "$PALU_SHARED_DIR" "$SH_AT"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 # SETUP_ONLY=1 with `source`: the environment above, for commands of one's own (bisecting).
 if [ -n "${SETUP_ONLY:-}" ]; then return 0 2>/dev/null || exit 0; fi

@@ -316,7 +316,8 @@ constexpr int kGroupedWg128FromT = 16384;
 // RKB 16-column blocks of the key tile (r_k, + 1 for the key-bias column), RVB of the value
 // tile, Mᵀ slot size (halves, 16-byte multiple), and whether the rows allow 16-byte chunks.
 struct GroupedShape {
-  uint32_t rkb = 0, rvb = 0, slot_halves = 0, hg = 0, tt = 0, nhw = 1, wg = 256;
+  // vspl: the value tile staged in vspl parts (1 or 2; latent_decode_cmg.comp VSPL)
+  uint32_t rkb = 0, rvb = 0, slot_halves = 0, hg = 0, tt = 0, nhw = 1, wg = 256, vspl = 1;
   bool bias = false, vec = false;
 };
 
@@ -328,7 +329,8 @@ struct GroupedShape {
 // flips 128-invocation workgroups (default: for f16 rows at 64-token tiles from 16K tokens), 13 Mᵀ
 // row-major (default: in 16×16 tiles, latent_fold.comp flags & 2), 14 one fold dispatch per group
 // (default: one for all groups of the call, the groups' addresses in a table of
-// Recorder::inline_data).
+// Recorder::inline_data), 15 no value tile in two halves (default: 64-token tiles with the value
+// tile staged in two halves where 64 tokens do not fit otherwise, r_v 384 at r_k ≤ 176).
 uint32_t grouped_bits() {
   const char* knob = std::getenv("PALU_VULKAN_CMG");
   return knob != nullptr ? (uint32_t)std::strtoul(knob, nullptr, 10) : 0u;
@@ -380,14 +382,26 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
   if (c->rvb > 32) return "value rank " + std::to_string(g.zv.rank) + " above 512";
   // 64-token tiles where they fit (each Mᵀ fragment read from L2 serves twice the tokens), else
   // 32: latent_decode_cmg.comp's tile, red, psh and csh arrays.
-  const size_t xp = 16 * (size_t)std::max(c->rkb, c->rvb);
+  // With the value tile in two halves (off with tuning bit 15; 256 invocations: each half's chunks
+  // a multiple of them) the tile holds max(r_k, r_v / 2) columns, and O [16, r_v] f32 at the end.
   const bool force32 = (grouped_bits() & 128u) != 0;
+  const bool halves_ok = (grouped_bits() & 32768u) == 0 && c->rvb % 2 == 0;
+  auto shared_of = [&](uint32_t tt, uint32_t vspl) {
+    const size_t xp = 16 * (size_t)std::max(c->rkb, c->rvb / vspl);
+    const size_t tile = std::max({tt * (xp + 8) / 8, 40 * (size_t)tt, 64 * (size_t)c->rvb});
+    return tile * 16 + 16 * (tt + 8) * 2 + 256 * 4;
+  };
   c->tt = 0;
+  c->vspl = 1;
   for (uint32_t tt = force32 ? 32 : 64; tt >= 32; tt /= 2) {
-    const size_t shared =
-        std::max(tt * (xp + 8) / 8, 40 * (size_t)tt) * 16 + 16 * (tt + 8) * 2 + 256 * 4;
-    if (a.T >= (int)tt && shared <= ctx->max_shared_bytes()) {
+    if (a.T < (int)tt) continue;
+    if (shared_of(tt, 1) <= ctx->max_shared_bytes()) {
       c->tt = tt;
+      break;
+    }
+    if (halves_ok && (tt * c->rvb) % 256 == 0 && shared_of(tt, 2) <= ctx->max_shared_bytes()) {
+      c->tt = tt;
+      c->vspl = 2;
       break;
     }
   }
@@ -402,7 +416,7 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
     const uint32_t hw = (uint32_t)HG / c->nhw;
     const bool fits = hw <= 4 && (hw * a.dh / 16) % 4 == 0 && c->rvb <= 16;
     const bool want = g.zk.storage == RowStorage::kF16 && c->tt == 64 && a.T >= kGroupedWg128FromT;
-    c->wg = fits && (want != ((grouped_bits() & 4096u) != 0)) ? 128 : 256;
+    c->wg = c->vspl == 1 && fits && (want != ((grouped_bits() & 4096u) != 0)) ? 128 : 256;
   }
   c->slot_halves = (16 * c->rkb * (uint32_t)HG * (uint32_t)a.dh + 7) / 8 * 8;
   if ((size_t)n * c->slot_halves / 2 + 4 * (size_t)n > latent_fold_words(a.H, a.dh, max_rank))
@@ -484,7 +498,7 @@ void record_grouped(Recorder& rec, const DecodeArgs& a, const LatentGroupArgs* g
                {(uint32_t)a.dh, c.hg, (uint32_t)g.zk.storage, c.rkb, c.rvb, c.vec ? 1u : 0u,
                 (c.tt == 64) != ((bits & 1) != 0) ? 1u : 0u, (bits & 2) ? 0u : 1u,
                 (c.tt == 64) != ((bits & 4) != 0) ? 1u : 0u, (bits >> 3) & 15u, c.tt, c.nhw,
-                (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg, mtl},
+                (bits >> 10) & 1u, (bits >> 11) & 1u, c.wg, mtl, c.vspl},
                &pc, sizeof(pc), (uint32_t)a.splits, (uint32_t)n * c.nhw);
   bool contiguous = true;
   for (int z = 1; z < n; ++z)

@@ -73,6 +73,11 @@ layout(constant_id = 13) const uint MV4 = 0u;  // Mᵀ fragments loaded through 
 // halves (cb·RKB + kb)·256, rows 16 halves apart, so one fragment is 512 contiguous bytes (4
 // cache lines instead of 16) and a column block's RKB fragments follow each other.
 layout(constant_id = 15) const uint MTL = 0u;
+// The value tile staged in VSPL parts of RVP / VSPL columns (C's stores and D per part), so a
+// 64-token tile of a wide value rank (r_v 384) fits 48 KB; the loads of all parts are still
+// issued before the scores. The host sets VSPL = 2 only where RVB is even and each part's
+// chunks are a multiple of WG.
+layout(constant_id = 16) const uint VSPL = 1u;
 const uint RB = TT / 16u;            // row blocks of a tile
 const uint TL = TT / 32u;            // tokens per lane in C
 const uint WG = gl_WorkGroupSize.x;  // 256 or 128
@@ -84,7 +89,8 @@ const uint SPH = NSG / HW;           // subgroups per head
 // an operand of a chained && of specialization constants.
 const uint PAIRED = (PAIR != 0u ? 1u : 0u) * (CBS % 2u == 0u ? 1u : 0u);
 const uint RKP = RKB * 16u, RVP = RVB * 16u;
-const uint XP = RKP > RVP ? RKP : RVP;
+const uint RVH = RVP / VSPL, RVBH = RVB / VSPL;  // columns, blocks of a value part
+const uint XP = RKP > RVH ? RKP : RVH;
 const uint XST = XP + 8u;            // tile row stride (halves): rows 16 B apart in the banks
 const uint XS8 = XST / 8u;           // … in uvec4
 const uint PST = TT + 8u;            // P row stride (halves)
@@ -102,7 +108,8 @@ layout(push_constant) uniform PC {
 // B's weighted sums, ws [TT, 16] f32 per subgroup, go to the tile (the keys are no longer
 // needed then) with rows of RST uvec4 (20 floats: C's row reads spread over the banks).
 const uint RST = 5u;
-const uint TILE = TT * XS8 > NSG * TT * RST ? TT * XS8 : NSG * TT * RST;
+const uint TILE0 = TT * XS8 > NSG * TT * RST ? TT * XS8 : NSG * TT * RST;
+const uint TILE = TILE0 > 4u * RVP ? TILE0 : 4u * RVP;  // O at the end: [16, RVP] f32
 shared uvec4 tile[TILE];  // keys in A/B, ws in B/C, values in C/D, O at the end
 shared float16_t psh[16u * PST];        // P [16, TT] (rows ≥ HG zero)
 shared float csh[256];                  // corr [16, 16], row hh = the head's rescale factor
@@ -162,10 +169,16 @@ const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_
 
 // Rows ts .. ts + TT − 1 of a region without a window (f16 or q4, VEC) → tile, as `chunk` but
 // every load of the invocation issued (STAGE_LOAD) before the first conversion and store.
-#define STAGE_LOAD(B, WORDS, RANK, XPP, NCH, N, RAW, SZ)                                   \
+// Chunk e of a tile staged in SPL parts (part-major: part e / (NCH / SPL), then row, then the
+// part's XPP / SPL / 8 chunks): row t, chunk ch of the full row, ch − hp·PW in the part.
+#define PART_MAP(E, XPP, NCH, SPL)                                                       \
+  const uint pw = XPP / 8u / SPL, hp = (E) / (NCH / SPL), er = (E) % (NCH / SPL);          \
+  const uint t = er / pw, ch = hp * pw + er % pw
+#define STAGE_LOAD(B, WORDS, RANK, XPP, NCH, N, RAW, SZ, SPL)                              \
   [[unroll]] for (uint j = 0u; j < N; ++j) {                                              \
     const uint e = tid + j * WG;                                                        \
-    const uint t = e / (XPP / 8u), ch = e % (XPP / 8u), pos = ts + t;                     \
+    PART_MAP(e, XPP, NCH, SPL);                                                           \
+    const uint pos = ts + t;                                                              \
     const bool ok = e < NCH && 8u * ch < RANK;                                            \
     if (ST == ST_F16) {                                                                   \
       RAW[j] = !ok ? uvec4(0u) : KVC != 0u ? BufV4C(B).v[(pos * WORDS >> 2) + ch]          \
@@ -175,10 +188,11 @@ const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_
       SZ[j] = ok ? uintBitsToFloat(BufV2(B).v[(pc.cap * WORDS >> 1) + pos]) : vec2(0.0);  \
     }                                                                                     \
   }
-#define STAGE_STORE(RANK, ONE, XPP, NCH, N, RAW, SZ)                                      \
-  [[unroll]] for (uint j = 0u; j < N; ++j) {                                              \
+// Stores part H of SPL (loads j of N / SPL · H .. N / SPL · (H + 1) − 1).
+#define STAGE_STORE(RANK, ONE, XPP, NCH, N, RAW, SZ, SPL, H)                               \
+  [[unroll]] for (uint j = (H) * (N / SPL); j < ((H) + 1u) * (N / SPL); ++j) {            \
     const uint e = tid + j * WG;                                                        \
-    const uint t = e / (XPP / 8u), ch = e % (XPP / 8u);                                   \
+    PART_MAP(e, XPP, NCH, SPL);                                                           \
     if (e < NCH) {                                                                        \
       uvec4 r = RAW[j];                                                                   \
       if (ST == ST_Q4) {                                                                  \
@@ -194,7 +208,7 @@ const uint FAST = (VEC != 0u ? 1u : 0u) * ((ST == ST_F16 ? 1u : 0u) + (ST == ST_
         if (8u * ch >= RANK) r = uvec4(0u);                                               \
       }                                                                                   \
       if (ONE && 8u * ch == RANK) r = uvec4(HALF, 0u, 0u, 0u);                            \
-      tile[t * XS8 + ch] = r;                                                             \
+      tile[t * XS8 + ch - hp * pw] = r;                                                   \
     }                                                                                     \
   }
 
@@ -239,8 +253,8 @@ void main() {
     if (FAST != 0u && pc.win == 0u) {
       uvec4 kraw[NKC];
       vec2 ksz[NKC];
-      STAGE_LOAD(kc, pc.k_words, rk, RKP, KCH, NKC, kraw, ksz)
-      STAGE_STORE(rk, kone, RKP, KCH, NKC, kraw, ksz)
+      STAGE_LOAD(kc, pc.k_words, rk, RKP, KCH, NKC, kraw, ksz, 1u)
+      STAGE_STORE(rk, kone, RKP, KCH, NKC, kraw, ksz, 1u, 0u)
     } else [[unroll]] for (uint j = 0u; j < NKC; ++j) {
       const uint e = tid + j * WG;
       if (e < KCH) {
@@ -374,12 +388,12 @@ void main() {
     const bool vfast = FAST != 0u && pc.win == 0u;
 #define VLOAD                                                   \
   if (vfast) {                                                  \
-    STAGE_LOAD(vc, pc.v_words, rv, RVP, VCH, NVC, vr, vsz)      \
+    STAGE_LOAD(vc, pc.v_words, rv, RVP, VCH, NVC, vr, vsz, VSPL) \
   } else {                                                      \
     [[unroll]] for (uint j = 0u; j < NVC; ++j) {                \
       const uint e = tid + j * WG;                            \
       if (e < VCH) {                                            \
-        const uint t = e / (RVP / 8u), ch = e % (RVP / 8u);     \
+        PART_MAP(e, RVP, VCH, VSPL);                            \
         vr[j] = chunk(vc, ts + t, ch, pc.v_words, rv, false);   \
       }                                                         \
     }                                                           \
@@ -417,17 +431,21 @@ void main() {
     }
     if (VPRE == 0u) VLOAD
     barrier();  // ws read: the values may overwrite it
-    if (vfast) {
-      STAGE_STORE(rv, false, RVP, VCH, NVC, vr, vsz)
-    } else {
-      [[unroll]] for (uint j = 0u; j < NVC; ++j) {
-        const uint e = tid + j * WG;
-        if (e < VCH) tile[(e / (RVP / 8u)) * XS8 + e % (RVP / 8u)] = vr[j];
+    [[unroll]] for (uint h = 0u; h < VSPL; ++h) {
+      if (h > 0u) barrier();  // D of the previous part has read the tile
+      if (vfast) {
+        STAGE_STORE(rv, false, RVP, VCH, NVC, vr, vsz, VSPL, h)
+      } else {
+        [[unroll]] for (uint j = h * (NVC / VSPL); j < (h + 1u) * (NVC / VSPL); ++j) {
+          const uint e = tid + j * WG;
+          if (e < VCH) {
+            PART_MAP(e, RVP, VCH, VSPL);
+            tile[t * XS8 + ch - hp * pw] = vr[j];
+          }
+        }
       }
-    }
-    barrier();
-    // D. O ← O ⊙ corr + P · V.
-    {
+      barrier();
+      // D. O ← O ⊙ corr + P · V for the value blocks of part h.
       fcoopmatNV<32, gl_ScopeSubgroup, 16, 16> cf;
       fcoopmatNV<16, gl_ScopeSubgroup, 16, 16> p0, p1, p2, p3, b;
       coopMatLoadNV(cf, csh, 0u, 16u, false);
@@ -438,8 +456,9 @@ void main() {
         coopMatLoadNV(p3, psh, 48u, PST, false);
       }
 #define PV(O, J)                                                            \
-  if ((DBG & 4u) == 0u && J < OPS && sg + J * NSG < RVB) {                 \
-    const uint vb = sg + J * NSG;                                           \
+  if ((DBG & 4u) == 0u && J < OPS && sg + J * NSG < RVB &&                 \
+      (sg + J * NSG) / RVBH == h) {                                         \
+    const uint vb = sg + J * NSG - h * RVBH;                                \
     for (int i = 0; i < O.length(); ++i) O[i] *= cf[i];                     \
     coopMatLoadNV(b, tile, vb * 2u, XS8, false);                            \
     O = coopMatMulAddNV(p0, b, O);                                          \

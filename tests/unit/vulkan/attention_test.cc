@@ -526,6 +526,11 @@ std::vector<FusedCase> fused_cases() {
       {8, 8, 4, 256, 256, 65, S::kF16, true, F16, 128},
       {8, 2, 2, 256, 256, 4099, S::kQ4, false, F16},
       {8, 4, 2, 32, 64, 4099, S::kF16, true, F32},
+      // the bench's 128/384 shape (4 heads × 128 per group): 64-token tiles with the value tile
+      // in two halves (PALU_VULKAN_CMG bit 15 turns that off) (q4 and f16 chunks, and a window's chunk path)
+      {8, 8, 4, 128, 384, 200, S::kQ4, true, F16, 128},
+      {8, 8, 4, 128, 384, 200, S::kF16, false, F32, 128},
+      {8, 8, 4, 128, 384, 200, S::kQ4, false, F32, 128, 64, 136},
       // f16 windows of packed storage: full (T − N), refilling after a truncation, all of T
       {8, 2, 2, 128, 128, 65, S::kQ4, false, F16, 64, 16, 49},
       {8, 2, 2, 96, 96, 63, S::kQ8, true, F32, 64, 8, 60},
