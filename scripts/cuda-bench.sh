@@ -337,6 +337,36 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   (463.8, 459.2), f16 382.3, 380.6 (394.4, 395.4; unchanged schedule); 4K q4 53.2, 53.4 / 47.7,
   47.7 (60.4, 60.4 / 54.7, 51.8). The tables above predate this round (they show kRingDec2).
 
+* round 7 (2026-11-24 15:20–15:50 UTC, session 10), profile first: Nsight Compute 2025.3 on the
+  f16 256/256 launch at 64K (`ncu -k regex:latent_sm90_kernel --launch-skip 2 --launch-count 1
+  --section WarpStateStats --section SchedulerStats --section SourceCounters ...` on
+  `palu-cuda-attention-bench --T 65536 --iters 3`, built with `-lineinfo`): 9 warps per SM, issued
+  IPC 2.11 per SM (0.53 per scheduler, no eligible warp 47% of cycles), 4.26 warp-cycles per
+  instruction, tensor (shared) pipe 41.8% busy — the 2K tensor clocks of a ~5.2K-clock tile.
+  Stalls: `wait` 27%, `selected` 24%, `short_scoreboard` 10%, `not_selected` 9%, `dispatch` 8%,
+  `long_scoreboard` 7% (mostly the TMA warp waiting for a free ring buffer), `barrier` 5%; no
+  instruction above 2% of the consumers' samples. Instructions: 176 M per call, ~1.35 K per
+  consumer warp and tile; integer ops ~40% (LOP3 11%, R2UR 10%, IMAD 8%, SHF 6%: the wgmma
+  descriptors were rebuilt from the address for every k-step), MUFU + FRND 7% (32 range-reduced
+  sincos per thread and tile), HGMMA 2.5%. Steps, each measured with
+  `palu-cuda-attention-bench --T 4096,65536 --iters 20` (64K µs, f16 / q4 256/256 / q4 128/384):
+  - descriptors built once per operand and advanced by one add per k-step (`desc_adv`; kept):
+    instructions 176 → 151 M (f16) and 226 → 209 M (q4 128/384), time 369–379 / 491–502 /
+    409–418 against 373–382 / 492–497 / 415–419 before: the instruction count is not what sets
+    the pace;
+  - p·z^V collected after the next key wgmma is queued instead of at the end of its tile (a first
+    form, with `wgmma.wait_group 1`, made ptxas serialize every chain, C7514): 370–394 / 468–495
+    / 416–431, noise; not kept;
+  - each warpgroup queues the key wgmma of tile i + 1 right after p·z^V of tile i (no ping-pong;
+    `PALU_CUDA_SM90_EARLYK=1` in that build, 45/45 attention tests): 398–404 / 548–569 / 406–419
+    against 375–384 / 475–483 / 441 in the same binary, so slower for the 256/256 rows: with a
+    3-buffer ring K(i + 1) can only load once V(i − 1) is released, and its TMA latency then lies
+    on the path the ping-pong hides. Not kept.
+  The tile is latency-bound in each warpgroup's chain (scores → quad and warp shuffles → the
+  warpgroup max through shared memory and a named barrier → exp → P → p·z^V), 2.25 warps per
+  scheduler cannot hide it, and shared memory (M 128 KiB + a 96 KiB ring) leaves no room for a
+  deeper ring, a second accumulator set's worth of registers (168 of 224 usable) or more warps.
+
 Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -352,9 +382,12 @@ Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before
 
 What the targets need (not built): every row now runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
-so the step is in the consumers themselves: M split across a 2-CTA cluster with the latent tiles
-multicast for r_k = 256 (frees 64 KiB per block: a deeper ring, and the key wgmma of tile i + 1
-queued under p·z^V of tile i as the pipelined schedule did), or two consumer warpgroups per head
+so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
+holds a_i, b_i of 32 of the 64 frequencies for both heads, 64 KiB; the key tile multicast to both;
+each computes half of every score and half of the cos/sin, the two halves exchanged through
+distributed shared memory, 256 B per head and tile; each CTA then owns half of the value channels)
+frees 64 KiB per CTA for a 5-deep ring, so the key wgmma of tile i + 1 can be queued under p·z^V of
+tile i without the load stall measured in round 7; or two consumer warpgroups per head
 (4 per block, M shared) so that a scheduler has more than 2 warps to switch between; for the q4
 rows the remaining decode (~130 / ~80 µs above the skeleton): a third producer warpgroup, or the
 key scale folded into the scores (exact codes like the values; needs Σ_i M[n][i] per head next to

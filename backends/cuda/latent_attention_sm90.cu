@@ -120,6 +120,14 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr) {
   d |= (uint64_t)1 << 62;             // 128-byte swizzle
   return d;
 }
+// A descriptor with its address field advanced by `bytes` (a multiple of 16). Only the low word
+// changes and it cannot carry: shared-window addresses are below 256 KiB, so (addr >> 4) + bytes / 16
+// stays within the 14-bit field for any operand inside the block's buffer. One integer add per
+// wgmma operand instead of rebuilding the descriptor from the address (mask, shift, or).
+__device__ __forceinline__ uint64_t desc_adv(uint64_t d, uint32_t bytes) {
+  const uint32_t lo = (uint32_t)d + (bytes >> 4), hi = (uint32_t)(d >> 32);
+  return ((uint64_t)hi << 32) | lo;
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -422,6 +430,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const float* abh = reinterpret_cast<const float*>(tail + wgi * 1024 + 128);
   __half* pb = reinterpret_cast<__half*>(tail + wgi * 1024);  // [64] P (·scale for q4 values)
   const uint32_t pb_addr = smem_u32(pb);
+  const uint64_t dm = wgmma_desc(ms_addr), dp = wgmma_desc(pb_addr);  // M_h, P: fixed for the block
   float* red = reinterpret_cast<float*>(tail + 640);  // [2 parity][2 wg][4 warps] maxima, then l, zacc
   const float* fr_s = reinterpret_cast<const float*>(tail + 768);  // [64] RoPE inverse frequencies
 
@@ -450,11 +459,11 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   auto mma_issue = [&](float(&d)[64], uint32_t a_addr) {
     fence_operands(d);
     wgmma_fence();
+    const uint64_t da = wgmma_desc(a_addr);
 #pragma unroll
     for (int k0 = 0; k0 < rk; k0 += 16) {
       const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
-      wgmma_m64n128k16(d, wgmma_desc(a_addr + ko * (kTile * 128) + kin), wgmma_desc(ms_addr + ko * (kHD * 128) + kin),
-                       k0 > 0 ? 1 : 0);
+      wgmma_m64n128k16(d, desc_adv(da, ko * (kTile * 128) + kin), desc_adv(dm, ko * (kHD * 128) + kin), k0 > 0 ? 1 : 0);
     }
     wgmma_commit();
     fence_operands(d);
@@ -612,13 +621,13 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       __syncthreads();  // the decoded tile is shared by both warpgroups
     fence_operands_o();
     wgmma_fence();
+    const uint64_t dv = wgmma_desc_mn(a_addr, kTile * 128);
 #pragma unroll
     for (int mt = 0; mt < 8; ++mt) {
       if (mt * 64 < rv) {
 #pragma unroll
         for (int ks = 0; ks < kTile / 16; ++ks)
-          wgmma_m64n8k16_ta(o[mt], wgmma_desc_mn(a_addr + mt * (kTile * 128) + ks * 2048, kTile * 128),
-                            wgmma_desc(pb_addr + ks * 32));
+          wgmma_m64n8k16_ta(o[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048), desc_adv(dp, ks * 32));
       }
     }
     wgmma_commit();
