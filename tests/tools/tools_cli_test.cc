@@ -193,6 +193,26 @@ std::string replace_once(std::string s, const std::string& from, const std::stri
 
 class CompressCli : public ::testing::Test {
  protected:
+  // The first 64 KiB of WikiText-2's test split (cut at a line end): every perplexity here scores
+  // at most 4 windows of 256 tokens, and tokenizing the whole 1.3 MB file took ~1.5 s per run.
+  static std::string wiki_path() {
+    return ::testing::TempDir() + "/palu_compress_wiki_" + std::to_string(::getpid()) + ".txt";
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    std::filesystem::remove(wiki_path(), ec);
+  }
+  static std::string wiki() {
+    static const std::string path = [] {
+      std::string text = slurp(palu::testing::shared_file("data/wikitext-2/wiki.test.raw"));
+      const size_t cut = text.size() > 65536 ? text.rfind('\n', 65536) : std::string::npos;
+      if (cut != std::string::npos) text.resize(cut + 1);
+      const std::string p = wiki_path();
+      spit(p, text);
+      return p;
+    }();
+    return path;
+  }
   std::string dir(const std::string& name) {
     const std::string d = ::testing::TempDir() + "/palu_compress_" + std::to_string(::getpid()) + "_" + name;
     std::filesystem::remove_all(d);
@@ -203,7 +223,7 @@ class CompressCli : public ::testing::Test {
            palu::testing::shared_file("data/calib.txt") + " --calib-samples 2 --calib-seq 128 --out " + out + " " + args;
   }
   double ppl(const std::string& m, const std::string& extra = "") {
-    CliRun r = run("palu-perplexity -q --model " + m + " --file " + palu::testing::shared_file("data/wikitext-2/wiki.test.raw") +
+    CliRun r = run("palu-perplexity -q --model " + m + " --file " + wiki() +
                    " --ctx 128 --max-windows 2 --json " + extra);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json_number(last_line(r.out), "ppl");
@@ -234,7 +254,7 @@ TEST_F(CompressCli, HalfRankFisherHadamardAndQuantizedLatents) {
   EXPECT_LT(q2, base * 5);       // but the model still works
   // Latent bits on an uncompressed model are refused.
   CliRun bad = run("palu-perplexity --model " + model("ref-mha") + " --file " +
-                   palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --kv-bits 4");
+                   wiki() + " --kv-bits 4");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("compressed models only"), std::string::npos) << bad.err;
   std::filesystem::remove_all(out);
@@ -252,7 +272,7 @@ TEST_F(CompressCli, LatentCacheDecodeMatchesTheSimulation) {
   ASSERT_EQ(run(compress(out, "--ratio 0.5 --group-size 4 --search uniform --hadamard")).exit_code, 0);
   auto ppl_of = [&](const std::string& args) {
     CliRun r = run("palu-perplexity -q --model " + out + " --file " +
-                   palu::testing::shared_file("data/wikitext-2/wiki.test.raw") + " --ctx 256 --max-windows 4 --json " + args);
+                   wiki() + " --ctx 256 --max-windows 4 --json " + args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json_number(last_line(r.out), "ppl");
   };
@@ -267,14 +287,14 @@ TEST_F(CompressCli, LatentCacheDecodeMatchesTheSimulation) {
   EXPECT_NEAR(w, f16, 1e-6 * f16);  // a window as long as the context keeps every token in f16
   EXPECT_GT(q2, f16);
   // The cache flags are checked against the model.
-  const std::string wiki = " --file " + palu::testing::shared_file("data/wikitext-2/wiki.test.raw");
-  CliRun full = run("palu-perplexity --model " + out + wiki + " --kv full");
+  const std::string file = " --file " + wiki();
+  CliRun full = run("palu-perplexity --model " + out + file + " --kv full");
   EXPECT_EQ(full.exit_code, 1);
   EXPECT_NE(full.err.find("--kv full needs an uncompressed model"), std::string::npos) << full.err;
-  CliRun lat = run("palu-perplexity --model " + model("ref-mha") + wiki + " --kv latent");
+  CliRun lat = run("palu-perplexity --model " + model("ref-mha") + file + " --kv latent");
   EXPECT_EQ(lat.exit_code, 1);
   EXPECT_NE(lat.err.find("--kv latent needs a compressed model"), std::string::npos) << lat.err;
-  CliRun win = run("palu-perplexity --model " + out + wiki + " --kv-window 8");
+  CliRun win = run("palu-perplexity --model " + out + file + " --kv-window 8");
   EXPECT_EQ(win.exit_code, 1);
   EXPECT_NE(win.err.find("--kv-window needs --kv-bits"), std::string::npos) << win.err;
   std::filesystem::remove_all(out);
