@@ -361,7 +361,15 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     `PALU_CUDA_SM90_EARLYK=1` in that build, 45/45 attention tests): 398–404 / 548–569 / 406–419
     against 375–384 / 475–483 / 441 in the same binary, so slower for the 256/256 rows: with a
     3-buffer ring K(i + 1) can only load once V(i − 1) is released, and its TMA latency then lies
-    on the path the ping-pong hides. Not kept.
+    on the path the ping-pong hides. Not kept;
+  - how much the cos/sin cost (a measurement build only, not committed: `PALU_CUDA_SM90_DEC_ABLATE=3`
+    gave every thread cos = 1, sin = 0): its extra branch alone made ptxas spill 44–196 B in the
+    ring kernels and slowed them (64K: 408–419 / 630–638 / 563–565 µs with the branch present but
+    not taken), and skipping the sincos in that build gave 340–365 / 534–537 / 462–469, so the 32
+    range-reduced sincos per thread and tile are ~15% of the time. The ring kernels run at the
+    edge of their registers: the f16 block of 288 threads is allocated as 12 warps (warp
+    allocation granularity 4), so its consumers are capped at 168 registers; three full
+    warpgroups with `setmaxnreg` (producer 40, consumers 232) would lift that.
   The tile is latency-bound in each warpgroup's chain (scores → quad and warp shuffles → the
   warpgroup max through shared memory and a named barrier → exp → P → p·z^V), 2.25 warps per
   scheduler cannot hide it, and shared memory (M 128 KiB + a 96 KiB ring) leaves no room for a
