@@ -12,15 +12,6 @@
 
 namespace palu::backends::cpu {
 
-const char* cpu_isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar: return "scalar";
-    case CpuIsa::kAvx2: return "avx2";
-    case CpuIsa::kAvx512: return "avx512";
-  }
-  return "?";
-}
-
 #if defined(__x86_64__) || defined(__i386__)
 namespace {
 // F16C (CPUID leaf 1, ECX bit 29) straight from CPUID: clang's __builtin_cpu_supports does not

@@ -17,8 +17,15 @@ namespace palu::backends::cpu {
 // Ordered: each ISA includes what the ones before it need.
 enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// "scalar", "avx2", "avx512".
-const char* cpu_isa_name(CpuIsa isa);
+// "scalar", "avx2", "avx512" (inline: the fuzz build's cpu_isa_scalar.cc replaces cpu_isa.cc).
+inline const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return "scalar";
+    case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
+  }
+  return "?";
+}
 // What this CPU supports (CPUID), ignoring the environment override.
 CpuIsa detect_cpu_isa();
 // The ISA the kernels use: detect_cpu_isa() capped by PALU_CPU_ISA (read on every call; an

@@ -6,14 +6,6 @@
 
 namespace palu::backends::cpu {
 
-const char* cpu_isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar: return "scalar";
-    case CpuIsa::kAvx2: return "avx2";
-    case CpuIsa::kAvx512: return "avx512";
-  }
-  return "?";
-}
 CpuIsa detect_cpu_isa() { return CpuIsa::kScalar; }
 CpuIsa active_cpu_isa() { return CpuIsa::kScalar; }
 
