@@ -529,15 +529,22 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         for (int j = 0; j < 8; ++j) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            float av = d[4 * j + 2 * rh + c], bv = d[4 * (j + 8) + 2 * rh + c];
-            if (has_bias) {
-              const int f = 8 * j + 2 * (lane & 3) + c;
-              av += abh[f];
-              bv += abh[kHalf + f];
-            }
             const float cs = c ? tg[rh][j].z : tg[rh][j].x, sn = c ? tg[rh][j].w : tg[rh][j].y;
-            part += cs * av + sn * bv;
+            part += cs * d[4 * j + 2 * rh + c] + sn * d[4 * (j + 8) + 2 * rh + c];
           }
+        }
+        // the key-bias terms Σ cos·α + sin·β as their own sum behind a uniform branch (inside the
+        // loop above, predicated, their loads and adds took ~130 issue slots per tile without a bias)
+        if (has_bias) {
+          float bp = 0.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float2 al = *reinterpret_cast<const float2*>(abh + 8 * j + 2 * (lane & 3));
+            const float2 be = *reinterpret_cast<const float2*>(abh + kHalf + 8 * j + 2 * (lane & 3));
+            bp += tg[rh][j].x * al.x + tg[rh][j].y * be.x;
+            bp += tg[rh][j].z * al.y + tg[rh][j].w * be.y;
+          }
+          part += bp;
         }
       }
       part += __shfl_xor_sync(0xffffffffu, part, 1);

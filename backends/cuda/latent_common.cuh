@@ -70,7 +70,9 @@ __device__ __forceinline__ uint4 decode8_half(int stor, const uint8_t* row, int 
 // two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
 // The RoPE table kernel (sm_80 path) and the sm_90a kernel (in registers) share it: same bits.
 __device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
-  const float k = rintf(x * 0.159154943091895336f);
+  // k = rint(x / 2π) by the 1.5·2^23 shift (two adds on the FMA pipe: FRND runs on the quarter-rate
+  // pipe that MUFU.SIN / COS need too); the same value as rintf for |x / 2π| < 2^22 (x ≤ 2.6e7)
+  const float k = __fsub_rn(__fadd_rn(__fmul_rn(x, 0.159154943091895336f), 12582912.f), 12582912.f);
   float r = fmaf(-k, 6.28318548202514648f, x);
   r = fmaf(-k, -1.74845553146951720e-7f, r);
   __sincosf(r, s, c);
