@@ -375,6 +375,38 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   scheduler cannot hide it, and shared memory (M 128 KiB + a 96 KiB ring) leaves no room for a
   deeper ring, a second accumulator set's worth of registers (168 of 224 usable) or more warps.
 
+* round 8 (2026-11-24 18:30–19:05 UTC, session 11), the same profile on the round-7 code (ncu
+  `--page source --print-source sass`, f16 at 64K): 1118 SASS instructions per consumer warp and
+  tile (each executed 131072 times: 16384 block-tiles × 8 consumer warps). 128 of them (64 LDS,
+  64 FADD) were the key-bias terms, predicated off but still issued when there is no bias; and
+  ptxas had placed all but three of the 32 sincos after the wait for the key chain, on the
+  critical path, not under the chain as the source orders them. Steps (`palu-cuda-attention-bench
+  --T 4096,65536 --iters 20`, 64K µs f16 / q4 256/256 / q4 128/384):
+  - the bias terms summed apart, behind a uniform branch, and the 2π reduction's `rintf` (FRND, on
+    the quarter-rate pipe MUFU.SIN / COS use) done as the 1.5·2^23 shift (same k): kept (3e65d2c),
+    three interleaved runs 359–393 / 466–514 / 395–406 against 373–411 / 496–512 / 410–420 for
+    the round-7 binary, about 3–5%, inside the run-to-run spread;
+  - the f16 producer as a whole warpgroup (384 threads) with `setmaxnreg` 24 / 240: the consumers
+    then use up to R179, yet ptxas still sank the sincos (an empty `asm volatile` pinning them
+    before the wait changes nothing: it emits no instruction, ptxas schedules the SASS). Computing
+    the next tile's sincos between the issue of p·z^V and its wait moved them off the chain's
+    path (ncu: 907 instructions per warp and tile, the wait for the key chain now 14.8% of the
+    samples) without changing the time: f16 350–388 µs against 360–378 for the 288-thread launch
+    of the same binaries, in three builds (the q4 rows do not use it). Not kept;
+  - the o / l rescale only when the warpgroup's max moves (a uniform branch): q4 256/256 532–541
+    in every run against 491–501, not kept.
+  Ablations (measurement builds, not committed; three runs interleaved with the kept code, which
+  gave 359–393 / 466–514 / 395–406): the key chain cut to half its k-steps — an upper bound on
+  what a 2× tensor rate (an e4m3 key chain) could buy — 297–336 / 434–467 / 380–402; no p·z^V
+  wgmma 293–302 / 427–445 / 334–347; no sincos (finite stand-ins, no MUFU) 310–329 / 440–475 /
+  369–386. So the fp8 (e4m3) reconstruction path is not built: at most ~20% for f16 and ~5–10%
+  for the q4 rows even if it cost no accuracy, and e4m3 keeps 3 mantissa bits of M = q·B^K, far
+  below what the f16 path holds the scores to. p·z^V (16 m64n8k16 wgmmas per warpgroup and tile,
+  one useful column of 8) costs about as much as half the key chain; both heads in one
+  instruction (columns 0 and 1, issued by the warpgroup whose softmax finishes second) would halve
+  it, but needs a 1 KiB-aligned P atom and the block already uses all 227 KiB (M 128 KiB, ring
+  96 KiB, 3 KiB of tail).
+
 Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
