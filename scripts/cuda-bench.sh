@@ -402,10 +402,18 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   369–386. So the fp8 (e4m3) reconstruction path is not built: at most ~20% for f16 and ~5–10%
   for the q4 rows even if it cost no accuracy, and e4m3 keeps 3 mantissa bits of M = q·B^K, far
   below what the f16 path holds the scores to. p·z^V (16 m64n8k16 wgmmas per warpgroup and tile,
-  one useful column of 8) costs about as much as half the key chain; both heads in one
-  instruction (columns 0 and 1, issued by the warpgroup whose softmax finishes second) would halve
-  it, but needs a 1 KiB-aligned P atom and the block already uses all 227 KiB (M 128 KiB, ring
-  96 KiB, 3 KiB of tail).
+  one useful column of 8) costs about as much as half the key chain. So (kept, f16 rows, default;
+  `PALU_CUDA_SM90_SHAREPV=0` turns it off): one chain per tile for both heads, issued by
+  warpgroup 1 (whose softmax comes second in the ping-pong). B is the 8 × 64 atom at tail + 1024:
+  row 0 holds head 0's P (warpgroup 0 writes it and its softmax correction, then arrives on a
+  named barrier), row 6 head 1's; rows 1..5 lie over warpgroup 1's bias terms and the ring
+  barriers and only feed output columns that are never read — the block has no free 1 KiB
+  otherwise. Warpgroup 1 rescales column 0 with head 0's correction, releases the value buffer
+  for both (an mbarrier arrival of count 2) and writes both heads' accumulators at the end.
+  Same binary, 64K, three interleaved runs: f16 340.6 / 345.6 / 340.0 µs against 355.2 / 352.9 /
+  366.3 with it off (39/39 attention tests either way). For the q4 rows (decoding producers)
+  it was slower — q4 256/256 495–499 against 463–469, q4 128/384 422–433 against 394–398: there
+  warpgroup 1 then paces the block — so they keep a chain per warpgroup.
 
 Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
 

@@ -679,6 +679,18 @@ int sm90_dec_wgs() {
 }
 }  // namespace
 
+// PALU_CUDA_SM90_SHAREPV=0 (before/after comparisons): each warpgroup runs its head's p·z^V chain
+// instead of one chain for both heads. Read once.
+namespace {
+int sm90_share_pv() {
+  static const int v = [] {
+    const char* e = std::getenv("PALU_CUDA_SM90_SHAREPV");
+    return e != nullptr ? std::atoi(e) : 1;
+  }();
+  return v;
+}
+}  // namespace
+
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group) {
   LatentLaunchPlan p;
   auto lim = detail::device_limits();
@@ -917,6 +929,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.pingpong = ws_mode >= 2 ? 1 : 0;
       S.dec_ring = b.dec_ring ? 1 : 0;
       S.dec_wgs = sm90_dec_wgs();
+      S.share_pv = sm90_share_pv();
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

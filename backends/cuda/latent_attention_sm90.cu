@@ -191,6 +191,10 @@ __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
+// the arrival of two threads (a warpgroup releasing a buffer for both)
+__device__ __forceinline__ void mbar_arrive2(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], 2;\n" ::"r"(smem_u32(bar)) : "memory");
+}
 // waits until the phase of parity `parity` of `bar` has completed
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   asm volatile(
@@ -505,7 +509,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // ksz (KF): the key scale of this lane's rows lane/4 + 16·warp (+ 8), then their zeros.
   const float kNoScale[4] = {0.f, 0.f, 0.f, 0.f};
   auto scores_softmax = [&](float(&d)[64], const float4(&tg)[2][8], int nvalid, int par, float& p0, float& p1,
-                            const float(&ksz)[4]) {
+                            const float(&ksz)[4], float* corr_out = nullptr) {
     // d is only read here: in the pipelined schedule it is the operand of the next wgmma, and a
     // write (or a copy at a branch merge) would make ptxas serialize the chain
     float s[2];
@@ -575,6 +579,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     l_run = l_run * corr + sum;
     m_run = m_new;
     zacc *= corr;
+    if (corr_out != nullptr) {  // (shared p·z^V: the caller rescales o, per column)
+      *corr_out = corr;
+      return;
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -584,6 +592,22 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
   // vsz (DEC): the q4 value scale of this lane's rows lane/4 and lane/4 + 8, then their zeros
   // (the producer stores the exact codes, as the other schedules decode them)
+  // o += Z^V_tileᵀ · P (the value tile at a_addr as the transposed A operand, P through dp), queued
+  auto pv_issue = [&](uint32_t a_addr) {
+    fence_operands_o();
+    wgmma_fence();
+    const uint64_t dv = wgmma_desc_mn(a_addr, kTile * 128);
+#pragma unroll
+    for (int mt = 0; mt < 8; ++mt) {
+      if (mt * 64 < rv) {
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks)
+          wgmma_m64n8k16_ta(o[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048), desc_adv(dp, ks * 32));
+      }
+    }
+    wgmma_commit();
+    fence_operands_o();
+  };
   auto values = [&](int i, float p0, float p1, int nvalid, const float(&vsz)[4]) {
     uint8_t* vb = vbuf(i);
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
@@ -626,19 +650,21 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       named_barrier(1 + wgi, 128);
     else
       __syncthreads();  // the decoded tile is shared by both warpgroups
-    fence_operands_o();
-    wgmma_fence();
-    const uint64_t dv = wgmma_desc_mn(a_addr, kTile * 128);
+    pv_issue(a_addr);
+  };
+
+  // (shared p·z^V, f16 values) P of this lane's rows into row `row` of the atom at tail + 1024
+  // (swizzled: chunk c of row n at n·128 + ((c ^ n) << 4))
+  float* spv_corr = reinterpret_cast<float*>(tail + 1024 + 688);
+  auto write_p = [&](float p0, float p1, int row) {
+    if ((lane & 3) == 0) {
+      __half* at = reinterpret_cast<__half*>(tail + 1024 + row * 128);
 #pragma unroll
-    for (int mt = 0; mt < 8; ++mt) {
-      if (mt * 64 < rv) {
-#pragma unroll
-        for (int ks = 0; ks < kTile / 16; ++ks)
-          wgmma_m64n8k16_ta(o[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048), desc_adv(dp, ks * 32));
+      for (int rh = 0; rh < 2; ++rh) {
+        const int t = warp * 16 + (lane >> 2) + rh * 8;
+        at[((((t >> 3) ^ row) << 4) >> 1) + (t & 7)] = __float2half_rn(rh ? p1 : p0);
       }
     }
-    wgmma_commit();
-    fence_operands_o();
   };
 
   if constexpr (PIPE) {
@@ -836,6 +862,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       return;
     }
     const bool pp = P.pingpong != 0;
+    // Shared p·z^V (P.share_pv): one m64n8k16 chain per tile for both heads, issued by warpgroup
+    // 1: B = the 8 × 64 atom at tail + 1024 whose row 0 holds head 0's P (written by warpgroup 0)
+    // and row 6 head 1's (rows 1..5 overlap warpgroup 1's bias terms and the ring barriers, row 7
+    // is unused: output columns 1..5 and 7 are never read). Column 0 of O^T (lanes with lane % 4
+    // = 0) is head 0's output, column 6 (lane % 4 = 3) head 1's. Named barrier 5: head 0's P and
+    // its softmax correction are written; 6: the chain that read them is done.
+    // (f16 only: for the decoding schedules it was slower, q4 256/256 at 64K 495–499 against
+    // 463–469 µs, q4 128/384 422–433 against 394–398: warpgroup 1 then paces the block)
+    const bool spv = SCHED == kRingWs && P.share_pv != 0;
     const uint32_t hint_ns = DEC || P.wait_sleep ? 10000000u : 0u;  // (0: spin, the f16 comparison)
     if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
     for (int i = tile_begin; i < tile_end; ++i) {
@@ -874,6 +909,34 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       fence_operands(d);
       mbar_arrive(empty + nk % 3);
       float p0, p1;
+      if (spv) {
+        float corr;
+        scores_softmax(d, tg, nvalid, i, p0, p1, ksz, &corr);
+        if (wgi == 0) {  // head 0: P into row 0 of the shared atom, corr beside it
+          if (i > tile_begin) named_barrier(6, 2 * 128);  // warpgroup 1's p·z^V of tile i − 1 done: row 0 free
+          write_p(p0, p1, 0);
+          if (tid == 0) *spv_corr = corr;
+          fence_proxy_async();
+          named_arrive(5, 2 * 128);
+        } else {  // head 1 into row 6, then p·z^V of both heads
+          mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+          named_barrier(5, 2 * 128);  // head 0's P and corr written
+          const float cf = (lane & 3) == 0 ? *spv_corr : corr;  // column 0: head 0, column 6: head 1
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[j][e] *= cf;
+          write_p(p0, p1, 6);
+          fence_proxy_async();
+          named_barrier(2, 128);
+          pv_issue(smem_u32(vbuf(i)));
+          wgmma_wait0();
+          fence_operands_o();
+          mbar_arrive2(empty + nv % 3);  // (for both warpgroups: warpgroup 0 never reads V)
+          named_arrive(6, 2 * 128);
+        }
+        continue;
+      }
       scores_softmax(d, tg, nvalid, i, p0, p1, ksz);
       mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
       values(i, p0, p1, nvalid, vsz);
@@ -881,6 +944,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       fence_operands_o();
       mbar_arrive(empty + nv % 3);
     }
+    if (spv && wgi == 0 && tile_begin < tile_end) named_barrier(6, 2 * 128);  // the last p·z^V
     if (pp && wgi == 0) named_barrier(3, 2 * 128);  // warpgroup 1's last arrival
   } else if constexpr (SCHED == kRing) {
     // Commits in the order K(b), V(b), K(b + 1), V(b + 1), ... (b = tile_begin); K(i + 1) goes into
@@ -959,13 +1023,32 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     rl[warp] = l_run;
     rl[4 + warp] = zacc;
   }
-  named_barrier(1 + wgi, 128);
+  const bool spv_out = SCHED == kRingWs && P.share_pv != 0;
+  if (spv_out)
+    named_barrier(7, 2 * 128);  // (shared p·z^V) warpgroup 1 writes both heads' accumulators
+  else
+    named_barrier(1 + wgi, 128);
   const float l_sum = rl[0] + rl[1] + rl[2] + rl[3], z_sum = rl[4] + rl[5] + rl[6] + rl[7];
   const int split = blockIdx.x;
   const int head = head0 + wgi;
   if (tid % 128 == 0) {
     P.pm[(size_t)head * P.splits + split] = m_run;
     P.pl[(size_t)head * P.splits + split] = l_sum;
+  }
+  if (spv_out) {
+    if (wgi == 1 && ((lane & 3) == 0 || (lane & 3) == 3)) {
+      const int hh = (lane & 3) == 0 ? 0 : 1;
+      const float* rz = red + 16 + hh * 8 + 4;
+      const float zs = rz[0] + rz[1] + rz[2] + rz[3];
+      float* dh = P.pacc + ((size_t)G.out_off + (size_t)(chunk * 2 + hh) * rv) * P.splits + (size_t)split * rv;
+#pragma unroll
+      for (int mt = 0; mt < 8; ++mt) {
+        const int c = mt * 64 + warp * 16 + (lane >> 2);
+        if (c < rv) dh[c] = o[mt][0] + zs;
+        if (c + 8 < rv) dh[c + 8] = o[mt][2] + zs;
+      }
+    }
+    return;
   }
   const size_t out_off = (size_t)G.out_off + (size_t)(chunk * 2 + wgi) * rv;
   float* dst = P.pacc + out_off * P.splits + (size_t)split * rv;

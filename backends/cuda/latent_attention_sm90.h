@@ -51,6 +51,7 @@ struct Sm90Params {
   int dec_wgs;     // (with dec_ring) producer warpgroups: 1 (kSm90Threads + 128 threads) or 2 (+ 256)
   int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
+  int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
