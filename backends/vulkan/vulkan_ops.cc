@@ -409,13 +409,15 @@ std::string grouped_why(VulkanContext* ctx, const DecodeArgs& a, const LatentGro
     return "key rank " + std::to_string(g.zk.rank) + " with value rank " +
            std::to_string(g.zv.rank) + " does not fit shared memory";
   // 128 invocations (4 subgroups) per workgroup where the heads and value blocks fit, else 256.
-  // Default: 128 for f16 rows at 64-token tiles from 16K tokens on (H100, pairs on: 64K f16
-  // 711 vs 787 us; 4K 146 vs 120, q4 256/256 at 64K 1 013 vs 933, so those keep 256; see
-  // docs/perf/vulkan.md). Tuning bit 12 flips the choice where 128 fits.
+  // Default: 128 for f16 and q4 rows at 64-token tiles from 16K tokens on (H100, pairs on: 64K
+  // f16 711 vs 787 us, 4K 146 vs 120; q4 256/256 once 1 013 vs 933 at 64K, but with the current
+  // kernel, 2026-11-24, 863–872 vs 935–951 at 64K and 241–268 vs 260–263 at 16K, 4K 173–176 vs
+  // 135–137; see docs/perf/vulkan.md). Tuning bit 12 flips the choice where 128 fits.
   {
     const uint32_t hw = (uint32_t)HG / c->nhw;
     const bool fits = hw <= 4 && (hw * a.dh / 16) % 4 == 0 && c->rvb <= 16;
-    const bool want = g.zk.storage == RowStorage::kF16 && c->tt == 64 && a.T >= kGroupedWg128FromT;
+    const bool want = (g.zk.storage == RowStorage::kF16 || g.zk.storage == RowStorage::kQ4) && c->tt == 64 &&
+                      a.T >= kGroupedWg128FromT;
     c->wg = c->vspl == 1 && fits && (want != ((grouped_bits() & 4096u) != 0)) ? 128 : 256;
   }
   c->slot_halves = (16 * c->rkb * (uint32_t)HG * (uint32_t)a.dh + 7) / 8 * 8;
