@@ -147,7 +147,8 @@ each score with cos·(a·z) + sin·(b·z), and runs the online softmax in f32:
   the softmax max is common to the warpgroup (each warp's max through shared memory and a named
   barrier) and p·z^V runs on the tensor cores as wgmma.m64n8k16 chains, O^T[r_v × 8] +=
   Z^V_tileᵀ · P (A = the value tile read transposed, M-major, from the same swizzled layout;
-  B = P in f16, one useful column; 4 accumulators per thread per 64 value channels); f16 key and
+  B = P in f16, one useful column — for f16 rows, since round 8, two: one chain per tile serves
+  both heads of the block; 4 accumulators per thread per 64 value channels); f16 key and
   value tiles go straight into the swizzled layout through cp.async, other storages are decoded
   to f16 once per tile (q4 values: the exact codes, the scale multiplied into P and Σ p·zero added
   at the end); one split per block and head for the merge. Schedules: with ≥ 2 key and value
@@ -415,7 +416,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   it was slower — q4 256/256 495–499 against 463–469, q4 128/384 422–433 against 394–398: there
   warpgroup 1 then paces the block — so they keep a chain per warpgroup.
 
-Why it is still ~1.05–1.45× slower than SDPA at 64K instead of faster (before round 4: ~1.5–2.2×):
+Why the latent rows are only 0.78–1.07× SDPA at 64K (after round 8; before round 4 they were ~1.5–2.2× slower):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
   465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
