@@ -657,36 +657,32 @@ size_t latent_decode_scratch_bound(const CudaAttentionShape& sh, const CudaLaten
   return (part + 2 * stat + ab) * sizeof(float) + align16(m * 2) + align16((size_t)T * kHalf * sizeof(float2)) + 256;
 }
 
+// The sm_90a kernel's measurement settings, each read once by the function that caches it.
+namespace {
+int env_int_or(const char* name, int dflt) {
+  const char* e = std::getenv(name);
+  return e != nullptr ? std::atoi(e) : dflt;
+}
 // PALU_CUDA_SM90_WS (before/after comparisons): 0 the cp.async ring / pipelined schedule, 1 the
 // producer (TMA warp for f16, decoding warpgroup for q4 keys and values) without the ping-pong,
-// unset or 2 the producer with it. Read once.
-namespace {
+// unset or 2 the producer with it.
 int sm90_ws_setting() {
-  static const int ws = [] {
-    const char* e = std::getenv("PALU_CUDA_SM90_WS");
-    return e != nullptr ? std::atoi(e) : 2;
-  }();
+  static const int ws = env_int_or("PALU_CUDA_SM90_WS", 2);
   return ws;
 }
 // PALU_CUDA_SM90_DEC_WGS: producer warpgroups of the decoding schedule (q4 keys and values), 1, 2
-// (default) or 3 (measurements). Read once.
+// (default) or 3 (measurements).
 int sm90_dec_wgs() {
   static const int n = [] {
-    const char* e = std::getenv("PALU_CUDA_SM90_DEC_WGS");
-    return e != nullptr && std::atoi(e) >= 1 && std::atoi(e) <= 3 ? std::atoi(e) : 2;
+    const int v = env_int_or("PALU_CUDA_SM90_DEC_WGS", 2);
+    return v >= 1 && v <= 3 ? v : 2;
   }();
   return n;
 }
-}  // namespace
-
 // PALU_CUDA_SM90_SHAREPV=0 (before/after comparisons): each warpgroup runs its head's p·z^V chain
-// instead of one chain for both heads. Read once.
-namespace {
+// instead of one chain for both heads.
 int sm90_share_pv() {
-  static const int v = [] {
-    const char* e = std::getenv("PALU_CUDA_SM90_SHAREPV");
-    return e != nullptr ? std::atoi(e) : 1;
-  }();
+  static const int v = env_int_or("PALU_CUDA_SM90_SHAREPV", 1);
   return v;
 }
 }  // namespace

@@ -425,6 +425,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
       for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(o[j][e])::"memory");
   };
+  auto scale_o = [&](float f) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[j][e] *= f;
+  };
 #pragma unroll
   for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -579,19 +585,11 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     l_run = l_run * corr + sum;
     m_run = m_new;
     zacc *= corr;
-    if (corr_out != nullptr) {  // (shared p·z^V: the caller rescales o, per column)
+    if (corr_out != nullptr)  // (shared p·z^V: the caller rescales o, per column)
       *corr_out = corr;
-      return;
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[j][e] *= corr;
+    else
+      scale_o(corr);
   };
-  // ---- o += Z^V(i)ᵀ · P(i) on the tensor cores, queued (wgmma_wait0 collects it). V(i) landed
-  // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
-  // vsz (DEC): the q4 value scale of this lane's rows lane/4 and lane/4 + 8, then their zeros
-  // (the producer stores the exact codes, as the other schedules decode them)
   // o += Z^V_tileᵀ · P (the value tile at a_addr as the transposed A operand, P through dp), queued
   auto pv_issue = [&](uint32_t a_addr) {
     fence_operands_o();
@@ -608,6 +606,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     wgmma_commit();
     fence_operands_o();
   };
+  // ---- o += Z^V(i)ᵀ · P(i) on the tensor cores, queued (wgmma_wait0 collects it). V(i) landed
+  // and is visible; the previous p·z^V wgmma of this block is done (the caller's schedule).
+  // vsz (DEC): the q4 value scale of this lane's rows lane/4 and lane/4 + 8, then their zeros
+  // (the producer stores the exact codes, as the other schedules decode them)
   auto values = [&](int i, float p0, float p1, int nvalid, const float(&vsz)[4]) {
     uint8_t* vb = vbuf(i);
     const float* vsc = reinterpret_cast<const float*>(vb + L.vraw);
@@ -653,7 +655,11 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     pv_issue(a_addr);
   };
 
-  // (shared p·z^V, f16 values) P of this lane's rows into row `row` of the atom at tail + 1024
+  // Shared p·z^V (P.share_pv, the WS loop), f16 only: for the decoding schedules it was slower, q4
+  // 256/256 at 64K 495–499 against 463–469 µs, q4 128/384 422–433 against 394–398 (warpgroup 1
+  // then paces the block).
+  const bool spv = SCHED == kRingWs && P.share_pv != 0;
+  // (shared p·z^V) P of this lane's rows into row `row` of the atom at tail + 1024
   // (swizzled: chunk c of row n at n·128 + ((c ^ n) << 4))
   float* spv_corr = reinterpret_cast<float*>(tail + 1024 + 688);
   auto write_p = [&](float p0, float p1, int row) {
@@ -868,9 +874,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     // is unused: output columns 1..5 and 7 are never read). Column 0 of O^T (lanes with lane % 4
     // = 0) is head 0's output, column 6 (lane % 4 = 3) head 1's. Named barrier 5: head 0's P and
     // its softmax correction are written; 6: the chain that read them is done.
-    // (f16 only: for the decoding schedules it was slower, q4 256/256 at 64K 495–499 against
-    // 463–469 µs, q4 128/384 422–433 against 394–398: warpgroup 1 then paces the block)
-    const bool spv = SCHED == kRingWs && P.share_pv != 0;
+    // (f16 only, see spv)
     const uint32_t hint_ns = DEC || P.wait_sleep ? 10000000u : 0u;  // (0: spin, the f16 comparison)
     if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
     for (int i = tile_begin; i < tile_end; ++i) {
@@ -921,11 +925,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         } else {  // head 1 into row 6, then p·z^V of both heads
           mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
           named_barrier(5, 2 * 128);  // head 0's P and corr written
-          const float cf = (lane & 3) == 0 ? *spv_corr : corr;  // column 0: head 0, column 6: head 1
-#pragma unroll
-          for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o[j][e] *= cf;
+          scale_o((lane & 3) == 0 ? *spv_corr : corr);  // column 0: head 0, column 6: head 1
           write_p(p0, p1, 6);
           fence_proxy_async();
           named_barrier(2, 128);
@@ -1023,8 +1023,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     rl[warp] = l_run;
     rl[4 + warp] = zacc;
   }
-  const bool spv_out = SCHED == kRingWs && P.share_pv != 0;
-  if (spv_out)
+  if (spv)
     named_barrier(7, 2 * 128);  // (shared p·z^V) warpgroup 1 writes both heads' accumulators
   else
     named_barrier(1 + wgi, 128);
@@ -1035,29 +1034,20 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     P.pm[(size_t)head * P.splits + split] = m_run;
     P.pl[(size_t)head * P.splits + split] = l_sum;
   }
-  if (spv_out) {
-    if (wgi == 1 && ((lane & 3) == 0 || (lane & 3) == 3)) {
-      const int hh = (lane & 3) == 0 ? 0 : 1;
-      const float* rz = red + 16 + hh * 8 + 4;
-      const float zs = rz[0] + rz[1] + rz[2] + rz[3];
-      float* dh = P.pacc + ((size_t)G.out_off + (size_t)(chunk * 2 + hh) * rv) * P.splits + (size_t)split * rv;
-#pragma unroll
-      for (int mt = 0; mt < 8; ++mt) {
-        const int c = mt * 64 + warp * 16 + (lane >> 2);
-        if (c < rv) dh[c] = o[mt][0] + zs;
-        if (c + 8 < rv) dh[c + 8] = o[mt][2] + zs;
-      }
-    }
-    return;
-  }
-  const size_t out_off = (size_t)G.out_off + (size_t)(chunk * 2 + wgi) * rv;
-  float* dst = P.pacc + out_off * P.splits + (size_t)split * rv;
-  if ((lane & 3) == 0) {
+  // Column 0 of this lane's accumulators (lanes with lane % 4 = 0) holds this warpgroup's head;
+  // with the shared p·z^V warpgroup 1 holds both heads (column 6, lane % 4 = 3: head 1) and
+  // warpgroup 0 none, Σ zacc of head 0 coming from warpgroup 0's slots.
+  const bool writer = spv ? wgi == 1 && ((lane & 3) == 0 || (lane & 3) == 3) : (lane & 3) == 0;
+  if (writer) {
+    const int hh = spv ? ((lane & 3) == 0 ? 0 : 1) : wgi;
+    const float* rz = red + 16 + hh * 8 + 4;
+    const float zs = spv ? rz[0] + rz[1] + rz[2] + rz[3] : z_sum;
+    float* dst = P.pacc + ((size_t)G.out_off + (size_t)(chunk * 2 + hh) * rv) * P.splits + (size_t)split * rv;
 #pragma unroll
     for (int mt = 0; mt < 8; ++mt) {
       const int c = mt * 64 + warp * 16 + (lane >> 2);
-      if (c < rv) dst[c] = o[mt][0] + z_sum;
-      if (c + 8 < rv) dst[c + 8] = o[mt][2] + z_sum;
+      if (c < rv) dst[c] = o[mt][0] + zs;
+      if (c + 8 < rv) dst[c + 8] = o[mt][2] + zs;
     }
   }
 #endif  // PALU_SM90A_DEVICE
