@@ -4,7 +4,7 @@
 # not modified). Fails when any target crashes, leaks, times out on one input or breaks one of
 # its properties; prints target / execs / exec/s / result.
 #
-#   scripts/fuzz.sh                 20 s per target (the test command's step; ~5 min on 2 cores)
+#   scripts/fuzz.sh                 20 s per target, one per core at a time (the test command runs 10 s)
 #   scripts/fuzz.sh 600             10 minutes per target
 #   scripts/fuzz.sh 60 --only gguf,session_file
 #   scripts/fuzz.sh 20 --write-doc  also writes the table into docs/reliability.md
@@ -16,7 +16,8 @@
 # Crash inputs are kept in build-fuzz/fuzz-artifacts/<target>/; replay one with
 #   build-fuzz/tests/fuzz/fuzz_<target> build-fuzz/fuzz-artifacts/<target>/crash-...
 # Environment: PALU_FUZZ_BUILD_DIR (default build-fuzz), PALU_SHARED_DIR (shared/ folder),
-# PALU_FUZZ_JOBS (build parallelism, default 2).
+# PALU_FUZZ_JOBS (build parallelism, default 2), PALU_FUZZ_PARALLEL (targets run at once, default
+# one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -86,10 +87,9 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/palu-fuzz-run-XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 ARTIFACTS="$BUILD/fuzz-artifacts"
-failed=0
-rows=()
-for t in "${TARGETS[@]}"; do
-  bin="$BUILD/tests/fuzz/fuzz_$t"
+# run_target T: one libFuzzer run of target T; writes "T|execs|exec/s|result" to $WORK/T.row.
+run_target() {
+  local t=$1 bin="$BUILD/tests/fuzz/fuzz_$1" log rc execs speed result artifact
   mkdir -p "$WORK/$t" "$ARTIFACTS/$t"
   cp -r "tests/fuzz/corpus/$t/." "$WORK/$t/"
   log="$ARTIFACTS/$t/last-run.log"
@@ -106,13 +106,26 @@ for t in "${TARGETS[@]}"; do
   if [ $rc -eq 0 ] && [ -n "$execs" ]; then
     result="ok"
   else
-    failed=1
-    artifact=$(grep -o "Test unit written to [^ ]*" "$log" | tail -1 | sed 's/Test unit written to //')
+    artifact=$({ grep -o "Test unit written to [^ ]*" "$log" || true; } | tail -1 | sed 's/Test unit written to //')
     result="FAILED (rc $rc${artifact:+, input $artifact}; log $log)"
     grep -E "ERROR|SUMMARY|property violated|terminate|what\(\)" "$log" | head -5 >&2 || true
   fi
-  rows+=("$t|${execs:-?}|${speed:-?}|$result")
   printf '%-22s %12s execs %8s exec/s  %s\n' "$t" "${execs:-?}" "${speed:-?}" "$result"
+  echo "$t|${execs:-?}|${speed:-?}|$result" > "$WORK/$t.row"
+}
+# Targets run PALU_FUZZ_PARALLEL at a time (default: one per core; each fuzzer is one thread).
+PARALLEL=${PALU_FUZZ_PARALLEL:-$(nproc)}
+for t in "${TARGETS[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
+  run_target "$t" &
+done
+wait
+failed=0
+rows=()
+for t in "${TARGETS[@]}"; do
+  row=$(cat "$WORK/$t.row" 2> /dev/null || echo "$t|?|?|FAILED (no result)")
+  case "$row" in *"|ok") ;; *) failed=1 ;; esac
+  rows+=("$row")
 done
 end=$(date +%s)
 
@@ -123,14 +136,14 @@ for r in "${rows[@]}"; do
   IFS='|' read -r t e s res <<< "$r"
   printf '%-22s | %12s | %8s | %s\n' "$t" "$e" "$s" "$res"
 done
-echo "fuzz.sh: ${#TARGETS[@]} targets x ${SECONDS_PER_TARGET} s; build $((built - start)) s, total $((end - start)) s"
+echo "fuzz.sh: ${#TARGETS[@]} targets x ${SECONDS_PER_TARGET} s, $PARALLEL at a time; build $((built - start)) s, total $((end - start)) s"
 
 if [ $WRITE_DOC -eq 1 ]; then
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
   table="$WORK/table.md"
   {
     echo "<!-- fuzz-table:begin (written by scripts/fuzz.sh --write-doc) -->"
-    echo "Run of \`scripts/fuzz.sh ${SECONDS_PER_TARGET}\` on $(date -u +%Y-%m-%d), $(nproc) cores ($cpu);"
+    echo "Run of \`scripts/fuzz.sh ${SECONDS_PER_TARGET}\` on $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $PARALLEL targets at a time;"
     echo "build $((built - start)) s, whole script $((end - start)) s."
     echo
     echo "| target | execs | exec/s | result |"

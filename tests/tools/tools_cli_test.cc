@@ -272,7 +272,7 @@ TEST_F(CompressCli, LatentCacheDecodeMatchesTheSimulation) {
   ASSERT_EQ(run(compress(out, "--ratio 0.5 --group-size 4 --search uniform --hadamard")).exit_code, 0);
   auto ppl_of = [&](const std::string& args) {
     CliRun r = run("palu-perplexity -q --model " + out + " --file " +
-                   wiki() + " --ctx 256 --max-windows 4 --json " + args);
+                   wiki() + " --ctx 256 --max-windows 2 --json " + args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json_number(last_line(r.out), "ppl");
   };
