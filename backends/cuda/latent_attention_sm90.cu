@@ -319,7 +319,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   constexpr int kF16 = (int)RowStorage::kF16;
   const Sm90Layout L = DEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
                            : sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
-  const int tid = threadIdx.x, wgi = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  // wgi broadcast from lane 0: warp-uniform to ptxas, so the descriptors derived from it (M_h, P)
+  // live in uniform registers instead of being moved there (R2UR) before every wgmma
+  const int tid = threadIdx.x, wgi = __shfl_sync(0xffffffffu, tid >> 7, 0), warp = (tid >> 5) & 3, lane = tid & 31;
   const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   const Sm90Group& G = P.g[gl];
   const int head0 = G.first_head + chunk * 2;
