@@ -40,6 +40,9 @@
 #include <cstdlib>
 #include <type_traits>
 #include <utility>
+#ifdef PALU_SM90_TRACE
+#include <cstdio>
+#endif
 
 #include "backends/cuda/cuda_status.h"
 #include "backends/cuda/latent_common.cuh"
@@ -878,10 +881,29 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     // its softmax correction are written; 6: the chain that read them is done.
     // (f16 only, see spv)
     const uint32_t hint_ns = DEC || P.wait_sleep ? 10000000u : 0u;  // (0: spin, the f16 comparison)
+#ifdef PALU_SM90_TRACE
+    // (measurement builds: -DPALU_SM90_TRACE) SM clock stamps of the phases of tiles 8..11 of the
+    // split, warp 0 of each consumer warpgroup of block (0, 0), printed after the loop; the f16
+    // (shared p·z^V) path. Stamps: loop top, key tile landed, turn, key chain issued, trig, chain
+    // done, scores + softmax, then warpgroup 0: barrier 6, P written; warpgroup 1: value tile
+    // landed, barrier 5, P written, p·z^V issued, p·z^V done.
+    long long trs[4][12] = {};
+    const bool tron = blockIdx.x == 0 && blockIdx.y == 0 && (tid & 127) == 0;
+#define PALU_TR(k)                                                         \
+  do {                                                                     \
+    const int tt = i - tile_begin - 8;                                     \
+    if (tron && tt >= 0 && tt < 4) trs[tt][k] = clock64();                 \
+  } while (0)
+#else
+#define PALU_TR(k) \
+  do {             \
+  } while (0)
+#endif
     if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
     for (int i = tile_begin; i < tile_end; ++i) {
       const int j = i - tile_begin, nk = 2 * j, nv = 2 * j + 1;
       const int nvalid = min(kTile, T - i * kTile);
+      PALU_TR(0);
       float vsz[4] = {0.f, 0.f, 0.f, 0.f};  // (DEC) the value scale / zero of this lane's two rows
       if (DEC && (lane & 3) == 0) {
 #pragma unroll
@@ -905,35 +927,48 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
       }
       mbar_wait_sleep(full + nk % 3, (nk / 3) & 1, hint_ns);  // (TMA and wgmma: both the async proxy)
+      PALU_TR(1);
       if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
+      PALU_TR(2);
       float d[64];
       mma_issue(d, smem_u32(kbuf(i)));
+      PALU_TR(3);
       if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
       float4 tg[2][8];  // computed while the tensor cores run
       load_trig(tg, i * kTile, nvalid);
+      PALU_TR(4);
       wgmma_wait0();
       fence_operands(d);
+      PALU_TR(5);
       mbar_arrive(empty + nk % 3);
       float p0, p1;
       if (spv) {
         float corr;
         scores_softmax(d, tg, nvalid, i, p0, p1, ksz, &corr);
+        PALU_TR(6);
         if (wgi == 0) {  // head 0: P into row 0 of the shared atom, corr beside it
           if (i > tile_begin) named_barrier(6, 2 * 128);  // warpgroup 1's p·z^V of tile i − 1 done: row 0 free
+          PALU_TR(7);
           write_p(p0, p1, 0);
           if (tid == 0) *spv_corr = corr;
           fence_proxy_async();
           named_arrive(5, 2 * 128);
+          PALU_TR(8);
         } else {  // head 1 into row 6, then p·z^V of both heads
           mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+          PALU_TR(7);
           named_barrier(5, 2 * 128);  // head 0's P and corr written
+          PALU_TR(8);
           scale_o((lane & 3) == 0 ? *spv_corr : corr);  // column 0: head 0, column 6: head 1
           write_p(p0, p1, 6);
           fence_proxy_async();
           named_barrier(2, 128);
+          PALU_TR(9);
           pv_issue(smem_u32(vbuf(i)));
+          PALU_TR(10);
           wgmma_wait0();
           fence_operands_o();
+          PALU_TR(11);
           mbar_arrive2(empty + nv % 3);  // (for both warpgroups: warpgroup 0 never reads V)
           named_arrive(6, 2 * 128);
         }
@@ -946,6 +981,16 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       fence_operands_o();
       mbar_arrive(empty + nv % 3);
     }
+#ifdef PALU_SM90_TRACE
+    if (tron) {
+      const long long t0 = trs[0][0];
+      for (int a = 0; a < 4; ++a)
+        printf("trace wg%d tile+%d t0 %lld: %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n", wgi, a, t0,
+               trs[a][0] - t0, trs[a][1] - t0, trs[a][2] - t0, trs[a][3] - t0, trs[a][4] - t0, trs[a][5] - t0,
+               trs[a][6] - t0, trs[a][7] - t0, trs[a][8] - t0, trs[a][9] - t0, trs[a][10] - t0, trs[a][11] - t0);
+    }
+#endif
+#undef PALU_TR
     if (spv && wgi == 0 && tile_begin < tile_end) named_barrier(6, 2 * 128);  // the last p·z^V
     if (pp && wgi == 0) named_barrier(3, 2 * 128);  // warpgroup 1's last arrival
   } else if constexpr (SCHED == kRing) {
