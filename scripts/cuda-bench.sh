@@ -415,8 +415,30 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   366.3 with it off (39/39 attention tests either way). For the q4 rows (decoding producers)
   it was slower — q4 256/256 495–499 against 463–469, q4 128/384 422–433 against 394–398: there
   warpgroup 1 then paces the block — so they keep a chain per warpgroup.
+* round 9 (2026-11-24 22:05–22:30 UTC, session 12), static SASS first (`cuobjdump -sass` on the
+  GPU machine; kernel<256, kRingWs>'s consumer loop): every key-chain wgmma took 9 instructions —
+  4 R2UR moving its two descriptors into uniform registers, 2 adds, 2 MOVs of the constant high
+  word — 321 R2UR in the loop, because the descriptors of M_h derive from the warpgroup index
+  `threadIdx.x >> 7`, which ptxas cannot prove warp-uniform. Broadcasting it from lane 0
+  (`__shfl_sync`) leaves 64 R2UR (loop 2361 → 2075 instructions; the q4 schedules 97 → 1) and 5
+  uniform instructions per wgmma. Kept (03371c3); four interleaved runs, 64K µs f16 / q4 256/256 /
+  q4 128/384: 308–320 / 445–480 / 395–411 against 346–375 / 475–504 / 399–414.
+  Then a clock64 trace of the f16 loop (`-DPALU_SM90_TRACE`, 83c32e3: block (0, 0), tiles 8–11 of
+  its split, ~5600 SM cycles per tile in that build): issuing the key chain holds the warp for
+  1900–2700 cycles (a wgmma issue waits until the tensor pipe takes it, so the cos/sin written to
+  run under the chain run after it: 780–880 cycles), scores and softmax take 740–900, warpgroup 1's
+  p·z^V issue 1310 (16 m64n8k16, ~80 cycles each), and warpgroup 0 waits 1100–1500 cycles for its
+  key tile at the top of every tile (3-buffer ring: K(i + 1) goes into V(i − 1)'s buffer).
+  Warpgroup 1 is busy the whole tile, and the tensor pipe is too: the two key chains (~1930 and
+  ~2050 cycles, ~65% of the cuBLAS rate for one dependent m64n128k16 chain at a time) and p·z^V
+  (~1000–1300) fill ~5000 of the 5600 cycles. Tried and not kept (interleaved runs against the
+  kept binary): p·z^V's k-steps outermost (consecutive wgmma on independent accumulators) f16
+  319–324 against 308–319 µs, q4 256/256 492–501 against 453–466; p·z^V as warpgroup 1's
+  mma.sync m16n8k16 (A through ldmatrix.trans from the swizzled value tile, the same accumulator
+  layout; attention tests 38/38) f16 334–364 against 309–311; and without the ping-pong
+  (`PALU_CUDA_SM90_WS=1`) there is no difference any more (308–328 µs either way, three runs).
 
-Why the latent rows are only 0.78–1.07× SDPA at 64K (after round 8; before round 4 they were ~1.5–2.2× slower):
+Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before round 4 they were ~1.5–2.2× slower):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
   465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
@@ -429,7 +451,12 @@ Why the latent rows are only 0.78–1.07× SDPA at 64K (after round 8; before ro
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): every row now runs the producer / ping-pong consumers, whose
+What the targets need (not built): round 9's trace puts the f16 limit on the tensor pipe, which
+runs one m64n128k16 chain at a time at ~65% of the cuBLAS rate plus 16 small p·z^V wgmmas per tile.
+The next step there is one warpgroup per tile for both heads: m64n256k16 (B = both heads' M, half
+the wgmma count per head), the cos/sin computed once for both heads, the two warpgroups taking
+alternate tiles with their own softmax state and o for both heads (merged at the end), 128
+accumulator registers within the 224 the 288-thread launch allows. Before round 9: every row now runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
 holds a_i, b_i of 32 of the 64 frequencies for both heads, 64 KiB; the key tile multicast to both;
