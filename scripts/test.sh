@@ -5,7 +5,7 @@
 # tests again under AddressSanitizer + UBSan, then every parser's libFuzzer target for 10 s on
 # its seed corpus (scripts/fuzz.sh; scripts/tsan.sh runs the daemon's tests under ThreadSanitizer
 # separately, ~8 min).
-#   scripts/test.sh            the above (27.5 min on 2 cores without AVX-512 from a fresh clone)
+#   scripts/test.sh            the above (24.3 min on 2 cores without AVX-512 from a fresh clone)
 #   scripts/test.sh --fast     skip the slow perplexity run, the sanitizer pass and fuzzing
 #   scripts/test.sh --full     also ref-mha's whole-WikiText-2 perplexity (+3.5 min) and the
 #                              compressor's unit tests under ASan (+3 min)
@@ -59,6 +59,6 @@ cmake --build build-asan -j "$(nproc)" --target "${ASAN_TARGETS[@]}"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_WAIT_POLICY=PASSIVE \
   ctest --test-dir build-asan --output-on-failure -j 2 -L unit
 stage_done "ASan+UBSan build and unit tests"
-# Fuzz step: every parser's libFuzzer target for 10 s (clang; ~4 min on 2 cores with the build).
+# Fuzz step: every parser's libFuzzer target for 10 s (clang; two at a time; 168 s on 2 cores with the build).
 scripts/fuzz.sh 10
 stage_done "fuzzing"
