@@ -435,8 +435,11 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   kept binary): p·z^V's k-steps outermost (consecutive wgmma on independent accumulators) f16
   319–324 against 308–319 µs, q4 256/256 492–501 against 453–466; p·z^V as warpgroup 1's
   mma.sync m16n8k16 (A through ldmatrix.trans from the swizzled value tile, the same accumulator
-  layout; attention tests 38/38) f16 334–364 against 309–311; and without the ping-pong
-  (`PALU_CUDA_SM90_WS=1`) there is no difference any more (308–328 µs either way, three runs).
+  layout; attention tests 38/38) f16 334–364 against 309–311; the cos/sin computed between the
+  key chain's wgmma (element e gating wgmma e + 1 through its scale-d operand, so ptxas keeps them
+  there; 38/38) f16 316–330 against 306–308, q4 256/256 450–476 against 445–454 (23:05 UTC); and
+  without the ping-pong (`PALU_CUDA_SM90_WS=1`) there is no difference any more (308–328 µs either
+  way, three runs).
 
 Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before round 4 they were ~1.5–2.2× slower):
 
