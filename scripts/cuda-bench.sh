@@ -439,7 +439,13 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   key chain's wgmma (element e gating wgmma e + 1 through its scale-d operand, so ptxas keeps them
   there; 38/38) f16 316–330 against 306–308, q4 256/256 450–476 against 445–454 (23:05 UTC); and
   without the ping-pong (`PALU_CUDA_SM90_WS=1`) there is no difference any more (308–328 µs either
-  way, three runs).
+  way, three runs). The same trace of the q4 rows (no shared p·z^V; ~7600 and ~6300 cycles per
+  tile in that build): key tile wait 300–650, chain issue 1950–2100 (256/256) and 1000–1900
+  (128/384), then scores and softmax 2000–2950 cycles — ptxas sank the cos/sin into them, and
+  the folded key zero point adds Σ cos·m_a + sin·m_b with its loads to each row — value tile
+  wait ~90–180, and the warpgroup's own p·z^V (P written, barrier, 16 or 24 m64n8k16) 1700–2100.
+  So for q4 the consumers' scores are the largest part, not the decoding producers' tiles (the
+  waits for them are short).
 
 Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before round 4 they were ~1.5–2.2× slower):
 

@@ -886,7 +886,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     // split, warp 0 of each consumer warpgroup of block (0, 0), printed after the loop; the f16
     // (shared p·z^V) path. Stamps: loop top, key tile landed, turn, key chain issued, trig, chain
     // done, scores + softmax, then warpgroup 0: barrier 6, P written; warpgroup 1: value tile
-    // landed, barrier 5, P written, p·z^V issued, p·z^V done.
+    // landed, barrier 5, P written, p·z^V issued, p·z^V done. Without the shared p·z^V (q4): after
+    // the scores, value tile landed, p·z^V issued, p·z^V done.
     long long trs[4][12] = {};
     const bool tron = blockIdx.x == 0 && blockIdx.y == 0 && (tid & 127) == 0;
 #define PALU_TR(k)                                                         \
@@ -975,10 +976,14 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         continue;
       }
       scores_softmax(d, tg, nvalid, i, p0, p1, ksz);
+      PALU_TR(6);
       mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+      PALU_TR(7);
       values(i, p0, p1, nvalid, vsz);
+      PALU_TR(8);
       wgmma_wait0();
       fence_operands_o();
+      PALU_TR(9);
       mbar_arrive(empty + nv % 3);
     }
 #ifdef PALU_SM90_TRACE
