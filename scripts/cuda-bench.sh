@@ -445,7 +445,9 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   the folded key zero point adds Σ cos·m_a + sin·m_b with its loads to each row — value tile
   wait ~90–180, and the warpgroup's own p·z^V (P written, barrier, 16 or 24 m64n8k16) 1700–2100.
   So for q4 the consumers' scores are the largest part, not the decoding producers' tiles (the
-  waits for them are short).
+  waits for them are short). The q4 cos/sin computed before the key-tile wait instead (under it)
+  made no clear difference: four interleaved runs q4 256/256 452–466 against 453–464 µs, q4
+  128/384 390–400 against 395–409 (not kept).
 
 Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before round 4 they were ~1.5–2.2× slower):
 
