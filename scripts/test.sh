@@ -5,7 +5,7 @@
 # tests again under AddressSanitizer + UBSan, then every parser's libFuzzer target for 10 s on
 # its seed corpus (scripts/fuzz.sh; scripts/tsan.sh runs the daemon's tests under ThreadSanitizer
 # separately, ~8 min).
-#   scripts/test.sh            the above (24.3 min on 2 cores without AVX-512 from a fresh clone)
+#   scripts/test.sh            the above (22–24 min on 2 cores without AVX-512 from a fresh clone)
 #   scripts/test.sh --fast     skip the slow perplexity run, the sanitizer pass and fuzzing
 #   scripts/test.sh --full     also ref-mha's whole-WikiText-2 perplexity (+3.5 min) and the
 #                              compressor's unit tests under ASan (+3 min)
