@@ -467,7 +467,8 @@ runs one m64n128k16 chain at a time at ~65% of the cuBLAS rate plus 16 small p·
 The next step there is one warpgroup per tile for both heads: m64n256k16 (B = both heads' M, half
 the wgmma count per head), the cos/sin computed once for both heads, the two warpgroups taking
 alternate tiles with their own softmax state and o for both heads (merged at the end), 128
-accumulator registers within the 224 the 288-thread launch allows. Before round 9: every row now runs the producer / ping-pong consumers, whose
+accumulator registers within the 224 the 288-thread launch allows.
+Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
 holds a_i, b_i of 32 of the 64 frequencies for both heads, 64 KiB; the key tile multicast to both;
