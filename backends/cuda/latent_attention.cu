@@ -685,6 +685,19 @@ int sm90_share_pv() {
   static const int v = env_int_or("PALU_CUDA_SM90_SHAREPV", 1);
   return v;
 }
+// PALU_CUDA_SM90_PAIR=0 (before/after comparisons): f16 keys and values run the per-head ring
+// schedule instead of the pair schedule (one warpgroup per tile for both heads).
+int sm90_pair_setting() {
+  static const int v = env_int_or("PALU_CUDA_SM90_PAIR", 1);
+  return v;
+}
+// Whether the pair schedule runs these f16 groups: the producer's TMA needs the driver's tensor-map
+// entry point and 16-byte aligned rows.
+bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
+  return s9.ring && pipeline && sm90_ws_setting() >= 1 && sm90_pair_setting() != 0 &&
+         g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16 && g0.v.rank <= 256 &&
+         detail::sm90_tma_available();
+}
 }  // namespace
 
 LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaLatentGroup& group) {
@@ -703,7 +716,8 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       // (+ the TMA producer warp where the ring runs on f16 keys and values, + the decoding
       // producer warpgroup for q4 ones)
       const bool ws = sm90_ws_setting() >= 1;
-      p.threads = detail::kSm90Threads + (ws && s9.ring && group.k.storage == RowStorage::kF16 &&
+      p.threads = detail::kSm90Threads + (sm90_pair(s9, group, true) ? 128
+                                          : ws && s9.ring && group.k.storage == RowStorage::kF16 &&
                                                   group.v.storage == RowStorage::kF16
                                               ? 32
                                           : ws && s9.dec_ring ? 128 * sm90_dec_wgs()
@@ -763,6 +777,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     size_t smem = 0, part_off = 0, stat_off = 0, m_off = 0;
     detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks)
     bool dec_ring = false;  // sm90.dec_ring and every group's rows 16-byte aligned (16-byte code loads)
+    bool pair = false;      // the pair schedule (sm90_pair, every group's rows 16-byte aligned)
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -805,7 +820,13 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.smem = b.sm90.smem;
       b.tiles_per_split = (tiles64 + splits - 1) / splits;
       b.splits = (tiles64 + b.tiles_per_split - 1) / b.tiles_per_split;  // blocks along x
-      b.wgroups = 1;  // partial splits per block and head: one (its warpgroup)
+      b.pair = sm90_pair(b.sm90, g0, options.sm90_pipeline) && std::all_of(b.gs.begin(), b.gs.end(), [&](int g) {
+                 return reinterpret_cast<uintptr_t>(groups[g].k.rows) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(groups[g].v.rows) % 16 == 0;
+               });
+      // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
+      // warpgroups each take every other tile)
+      b.wgroups = b.pair ? 2 : 1;
       b.part_off = part_floats;
       b.stat_off = stat_floats;
       b.m_off = m_halves;
@@ -926,6 +947,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.dec_ring = b.dec_ring ? 1 : 0;
       S.dec_wgs = sm90_dec_wgs();
       S.share_pv = sm90_share_pv();
+      S.pair = b.pair ? 1 : 0;
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.m = P.m;
       S.ab = P.ab;

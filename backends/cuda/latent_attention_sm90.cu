@@ -148,6 +148,30 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
+// D[64 × 256] (+)= A[64 × 16] · B[16 × 256], both K-major from shared memory (the pair schedule)
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+      "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+      "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, "
+      "%128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+__device__ __forceinline__ void fence_operands128(float (&d)[128]) {
+#pragma unroll
+  for (int k = 0; k < 128; ++k) asm volatile("" : "+f"(d[k])::"memory");
+}
 // Matrix descriptor of an MN-major (transposed) operand in 128-byte-swizzled atoms of 64 halves
 // × 8 k-rows: k-row stride 128 B, 8 k-rows apart SBO = 1024 B, 64-element M blocks LBO apart.
 __device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t saddr, uint32_t lbo) {
@@ -295,12 +319,21 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // apply each row's key scale and zero to its score, s_t·Σ_f (cos·(c·M_a) + sin·(c·M_b)) +
 // z_t·Σ_f (cos·m_a + sin·m_b) with m = M·1 (RoPE is linear per token; m is computed per block
 // from M in shared memory into the key-bias slot), so the producers' key decode is the values'.
+// kPairWs (f16 keys and values, value rank ≤ 256): one warpgroup per tile for both heads, the two
+// warpgroups taking alternate tiles (each writes its own split: P.splits = 2 · gridDim.x). The
+// key chain is m64n256k16 with B = both heads' M ([k-atom][256 rows] in shared memory), the
+// cos/sin are computed once for both heads, p·z^V is one m64n8k16 chain per tile for both heads
+// (P rows 0 and 1), issued right after the warpgroup's own scores, while the other warpgroup's
+// chain has (mostly) left the tensor pipe: in the per-head schedules it ran beside the other
+// chain and each small wgmma waited behind a large one (16 × ~80 cycles, against ~21 alone). A
+// producer warpgroup (setmaxnreg 40; one lane issues TMA boxes) fills a ring of 3 buffers in the
+// order K(0), then K(j + 1), V(j) for j = 0, 1, ...; the consumers get 232 registers.
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
-              kRingDec2F = 7;
+              kRingDec2F = 7, kPairWs = 8;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
-                                  : SCHED == kRingDec ? kSm90Threads + 128
+                                  : SCHED == kRingDec || SCHED == kPairWs ? kSm90Threads + 128
                                   : SCHED == kRingDec2 || SCHED == kRingDec2F ? kSm90Threads + 256
                                   : SCHED == kRingDec3 ? kSm90Threads + 384
                                                       : kSm90Threads,
@@ -317,7 +350,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                  WS = SCHED == kRingWs || DEC;
   constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 || KF ? 256 : 128;  // (DEC) producer threads
   constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
-  constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS;
+  constexpr bool PAIR = SCHED == kPairWs;
+  constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS || PAIR;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
   constexpr int kF16 = (int)RowStorage::kF16;
   const Sm90Layout L = DEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
@@ -346,13 +380,14 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     const uint8_t* src = reinterpret_cast<const uint8_t*>(P.m + (size_t)head0 * kHD * rk);
     for (int i = tid; i < 2 * kHD * cpr && tid < kSm90Threads; i += kSm90Threads) {
       const int n = i / cpr, ch = i % cpr;  // row n of the two heads' stacked M
-      cp_async16(smem + L.ms + (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch), src + (size_t)i * 16);
+      cp_async16(smem + L.ms + (PAIR ? swz(2 * kHD, n, ch) : (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch)),
+                 src + (size_t)i * 16);
     }
     cp_async_commit();
     for (int i = tid; i < 2 * kHD; i += kSm90Threads)
-      reinterpret_cast<float*>(tail + (i >> 7) * 1024 + 128)[i & 127] =
+      reinterpret_cast<float*>(tail + (i >> 7) * 1024 + (PAIR ? 256 : 128))[i & 127] =
           P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
-    if (tid < kHalf) reinterpret_cast<float*>(tail + 768)[tid] = P.inv_freq[tid];
+    if (tid < kHalf) reinterpret_cast<float*>(tail + (PAIR ? 1792 : 768))[tid] = P.inv_freq[tid];
   }
 
   const int tiles_total = (T + kTile - 1) / kTile;
@@ -447,7 +482,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const uint32_t pb_addr = smem_u32(pb);
   const uint64_t dm = wgmma_desc(ms_addr), dp = wgmma_desc(pb_addr);  // M_h, P: fixed for the block
   float* red = reinterpret_cast<float*>(tail + 640);  // [2 parity][2 wg][4 warps] maxima, then l, zacc
-  const float* fr_s = reinterpret_cast<const float*>(tail + 768);  // [64] RoPE inverse frequencies
+  const float* fr_s = reinterpret_cast<const float*>(tail + (PAIR ? 1792 : 768));  // [64] RoPE inverse frequencies
 
   // The key tile of `tile` as the wgmma A operand: f16 keys in place, other storages decoded to
   // f16 into zf (the caller guarantees zf is free; ends with a block barrier).
@@ -678,6 +713,239 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     }
   };
 
+
+  if constexpr (PAIR) {
+    // tail: [w·1024, +256) warpgroup w's P atom rows 0 (head 0) and 1 (head 1) (rows 2..7 are
+    // whatever follows and only feed output columns 2..7, never read); [h·1024 + 256, +512) head
+    // h's key-bias terms; [768, 896) the maxima exchange, [896, 960) l, [960, 1008) the ring's
+    // barriers; [1792, 2048) the RoPE inverse frequencies.
+    uint64_t* full = reinterpret_cast<uint64_t*>(tail + 960);
+    uint64_t* empty = full + 3;
+    if (tid == 0) {
+      for (int b = 0; b < 3; ++b) {
+        mbar_init(full + b, 1);      // the producer's expect_tx, then the TMA bytes
+        mbar_init(empty + b, 128);   // every thread of the warpgroup that read it
+      }
+    }
+    cp_async_wait<0>();  // M
+    fence_proxy_async();
+    __syncthreads();  // M, the bias terms, the frequencies and the barriers visible
+    const int ntiles = max(0, tile_end - tile_begin);
+    // ring load index of K(j) and V(j) (j = tile − tile_begin): K(0), then K(j + 1), V(j), ...
+    auto kload = [&](int j) { return j == 0 ? 0 : 2 * j - 1; };
+    auto vload = [&](int j) { return j == ntiles - 1 ? 2 * j + 1 : 2 * j + 2; };
+    auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
+    if (wgi == 2) {  // the producer warpgroup: one lane issues every tile as TMA boxes
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+      if (warp == 0 && lane == 0) {
+        for (int n = 0; n < 2 * ntiles; ++n) {
+          int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
+          bool key = n == 0 || (n & 1);
+          if (key && j == ntiles) key = false, j = ntiles - 1;  // (the last tile's V follows its K(j) directly)
+          const int b = n % 3;
+          mbar_wait(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
+          uint8_t* dst = rbuf(n);
+          const int atoms = key ? rk / 64 : (rv + 63) / 64;
+          const CUtensorMap* map = key ? &TM.k[gl] : &TM.v[gl];
+          mbar_expect_tx(full + b, (uint32_t)atoms * kTile * 128);
+          for (int a = 0; a < atoms; ++a)
+            tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, (tile_begin + j) * kTile, full + b);
+        }
+      }
+      return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const bool pp = P.pingpong != 0;
+    const uint32_t hint_ns = P.wait_sleep ? 10000000u : 0u;
+    const uint64_t dmp = wgmma_desc(smem_u32(smem + L.ms));
+    uint8_t* patom = tail + wgi * 1024;
+    const uint64_t dpp = wgmma_desc(smem_u32(patom));
+    float* redp = reinterpret_cast<float*>(tail + 768);  // [2 parity][2 wg][2 heads][4 warps]
+    float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
+    float op[4][4];  // o as the m64n8 accumulators: value channel 64·mt + 16·warp + lane/4 (+8), heads in columns 0, 1
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
+    auto fence_op = [&] {
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(op[a][e])::"memory");
+    };
+    // cos/sin of row 16·warp + lane/4 + 8·rh of the tile at t0, frequencies 8j + 2(lane%4) + {0,1}
+    auto trig_row = [&](float4(&tg)[8], int t0, int rh) {
+      const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
+        float s0, c0, s1, c1;
+        rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
+        rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
+        tg[j] = make_float4(c0, s0, c1, s1);
+      }
+    };
+    // head h's score of row rh (this lane's quad completes it)
+    auto score = [&](const float(&d)[128], const float4(&tg)[8], int h, int rh, int nvalid) {
+      float part = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float cs = c ? tg[j].z : tg[j].x, sn = c ? tg[j].w : tg[j].y;
+          part += cs * d[64 * h + 4 * j + 2 * rh + c] + sn * d[64 * h + 4 * (j + 8) + 2 * rh + c];
+        }
+      }
+      if (has_bias) {
+        const float* ab = reinterpret_cast<const float*>(tail + h * 1024 + 256);
+        float bp = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 al = *reinterpret_cast<const float2*>(ab + 8 * j + 2 * (lane & 3));
+          const float2 be = *reinterpret_cast<const float2*>(ab + kHalf + 8 * j + 2 * (lane & 3));
+          bp += tg[j].x * al.x + tg[j].y * be.x;
+          bp += tg[j].z * al.y + tg[j].w * be.y;
+        }
+        part += bp;
+      }
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      part += __shfl_xor_sync(0xffffffffu, part, 2);
+      const int row = warp * 16 + (lane >> 2) + rh * 8;
+      return row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
+    };
+    if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
+    int cnt = 0;
+    for (int j = wgi; j < ntiles; j += 2, ++cnt) {
+      const int i = tile_begin + j, nk = kload(j), nv = vload(j);
+      const int nvalid = min(kTile, T - i * kTile);
+      mbar_wait_sleep(full + nk % 3, (nk / 3) & 1, hint_ns);
+      if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
+      float d[128];
+      fence_operands128(d);
+      wgmma_fence();
+      {
+        const uint64_t da = wgmma_desc(smem_u32(rbuf(nk)));
+#pragma unroll
+        for (int k0 = 0; k0 < rk; k0 += 16) {
+          const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
+          wgmma_m64n256k16(d, desc_adv(da, ko * (kTile * 128) + kin), desc_adv(dmp, ko * (2 * kHD * 128) + kin),
+                           k0 > 0 ? 1 : 0);
+        }
+      }
+      wgmma_commit();
+      fence_operands128(d);
+      if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
+      float4 tg[8];
+      trig_row(tg, i * kTile, 0);
+      wgmma_wait0();
+      fence_operands128(d);
+      mbar_arrive(empty + nk % 3);
+      float s[2][2];
+      s[0][0] = score(d, tg, 0, 0, nvalid);
+      s[1][0] = score(d, tg, 1, 0, nvalid);
+      trig_row(tg, i * kTile, 1);
+      s[0][1] = score(d, tg, 0, 1, nvalid);
+      s[1][1] = score(d, tg, 1, 1, nvalid);
+      // each head's max over the warpgroup's 64 rows (consecutive tiles of a warpgroup alternate slots)
+      float* rm = redp + (cnt & 1) * 16 + wgi * 8;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mt = fmaxf(s[h][0], s[h][1]);
+#pragma unroll
+        for (int k = 4; k < 32; k <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, k));
+        if (lane == 0) rm[h * 4 + warp] = mt;
+      }
+      named_barrier(1 + wgi, 128);
+      float pr[2][2], corr[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+        const float m_new = fmaxf(mr[h], mt);
+        corr[h] = 1.f;
+        pr[h][0] = pr[h][1] = 0.f;
+        if (m_new != -INFINITY) {
+          corr[h] = expf(mr[h] - m_new);
+          pr[h][0] = expf(s[h][0] - m_new);
+          pr[h][1] = expf(s[h][1] - m_new);
+        }
+        float sum = pr[h][0] + pr[h][1];
+#pragma unroll
+        for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+        lr[h] = lr[h] * corr[h] + sum;
+        mr[h] = m_new;
+      }
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        op[a][0] *= corr[0];
+        op[a][1] *= corr[1];
+        op[a][2] *= corr[0];
+        op[a][3] *= corr[1];
+      }
+      if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          __half* at = reinterpret_cast<__half*>(patom + h * 128);
+#pragma unroll
+          for (int rh = 0; rh < 2; ++rh) {
+            const int t = warp * 16 + (lane >> 2) + rh * 8;
+            at[((((t >> 3) ^ h) << 4) >> 1) + (t & 7)] = __float2half_rn(pr[h][rh]);
+          }
+        }
+      }
+      fence_proxy_async();
+      named_barrier(1 + wgi, 128);
+      mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+      fence_op();
+      wgmma_fence();
+      {
+        const uint64_t dv = wgmma_desc_mn(smem_u32(rbuf(nv)), kTile * 128);
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          if (mt * 64 < rv) {
+#pragma unroll
+            for (int ks = 0; ks < kTile / 16; ++ks)
+              wgmma_m64n8k16_ta(op[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048), desc_adv(dpp, ks * 32));
+          }
+        }
+      }
+      wgmma_commit();
+      fence_op();
+      wgmma_wait0();
+      fence_op();
+      mbar_arrive(empty + nv % 3);
+    }
+    if (pp) {  // the unmatched turn arrival: warpgroup 1's first (even count) or warpgroup 0's last (odd)
+      if ((ntiles & 1) == 0 && wgi == 0) named_barrier(3, 2 * 128);
+      if ((ntiles & 1) == 1 && wgi == 1) named_barrier(4, 2 * 128);
+    }
+    float* rl = reinterpret_cast<float*>(tail + 896) + wgi * 8;  // [2 heads][4 warps]
+    if (lane == 0) {
+      rl[warp] = lr[0];
+      rl[4 + warp] = lr[1];
+    }
+    named_barrier(1 + wgi, 128);
+    const int split = blockIdx.x * 2 + wgi;
+    if (tid % 128 == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        P.pm[(size_t)(head0 + h) * P.splits + split] = mr[h];
+        P.pl[(size_t)(head0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+      }
+    }
+    if ((lane & 3) == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float* dst = P.pacc + ((size_t)G.out_off + (size_t)(chunk * 2 + h) * rv) * P.splits + (size_t)split * rv;
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          const int c = mt * 64 + warp * 16 + (lane >> 2);
+          if (c < rv) dst[c] = op[mt][h];
+          if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
+        }
+      }
+    }
+    return;
+  }
   if constexpr (PIPE) {
     // Commit group G_j holds K(j + KS) and V(j + VS − 1); the prologue commits G_j for
     // j = tile_begin − max(KS, VS − 1) .. tile_begin − 1 (out-of-range tiles stay empty). Per
@@ -1140,6 +1408,22 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
   return p;
 }
 
+namespace {
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+}  // namespace
+
+bool sm90_tma_available() { return tensor_map_encoder() != nullptr; }
+
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
   // PALU_CUDA_SM90_KFOLD=0 (before/after comparisons): two decoding producer warpgroups dequantize
   // the keys (kRingDec2) instead of keeping their exact codes (kRingDec2F)
@@ -1173,16 +1457,15 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     }();
     q.wait_sleep = sleep;
   }
+  if (p.pair != 0) {
+    if (sched_ws != kRingWs || p.rv > 256)
+      return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values, the ring with its "
+                              "producer and a value rank ≤ 256");
+    sched_ws = kPairWs;
+  }
   Sm90Maps maps{};
-  if (sched_ws == kRingWs) {
-    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-      void* fn = nullptr;
-      cudaDriverEntryPointQueryResult q{};
-      if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-          q != cudaDriverEntryPointSuccess)
-        fn = nullptr;
-      return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-    }();
+  if (sched_ws == kRingWs || sched_ws == kPairWs) {
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
     const int groups = (int)grid.y / p.chunks;
     auto make = [&](CUtensorMap* m, const uint8_t* rows, int rank, int row_bytes) {
       if (encode == nullptr || reinterpret_cast<uintptr_t>(rows) % 16 != 0) return false;
@@ -1193,14 +1476,17 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
     };
-    for (int i = 0; i < groups && sched_ws == kRingWs; ++i)
-      if (!make(&maps.k[i], p.g[i].zk, p.rk, p.row_bytes_k) || !make(&maps.v[i], p.g[i].zv, p.rv, p.row_bytes_v))
+    for (int i = 0; i < groups && sched_ws != kRing; ++i)
+      if (!make(&maps.k[i], p.g[i].zk, p.rk, p.row_bytes_k) || !make(&maps.v[i], p.g[i].zv, p.rv, p.row_bytes_v)) {
+        // (the pair schedule's splits are laid out for it: the caller checked what it needs)
+        if (sched_ws == kPairWs) return internal_error("sm_90a latent kernel: a TMA descriptor could not be encoded");
         sched_ws = kRing;  // (no driver entry point or unaligned rows) the ring
+      }
   }
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
-                        : sched_ws == kRingDec  ? kSm90Threads + 128
+                        : sched_ws == kRingDec || sched_ws == kPairWs ? kSm90Threads + 128
                         : sched_ws == kRingDec2 || sched_ws == kRingDec2F ? kSm90Threads + 256
                         : sched_ws == kRingDec3 ? kSm90Threads + 384
                                                 : kSm90Threads;
@@ -1210,7 +1496,8 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
 
   auto pick = [&](auto rk_tag) {
     constexpr int R = decltype(rk_tag)::value;
-    return sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
+    return sched_ws == kPairWs    ? latent_sm90_kernel<R, kPairWs>
+           : sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
            : sched_ws == kRingDec2 ? latent_sm90_kernel<R, kRingDec2>
            : sched_ws == kRingDec2F ? latent_sm90_kernel<R, kRingDec2F>

@@ -52,6 +52,8 @@ struct Sm90Params {
   int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
+  int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x (see the
+                   // kernel; kSm90Threads + 128 threads)
   float inv_sqrt_d;
   const __half* m;        // [H, 128, rk] folded q·B^K (f16)
   const float* ab;        // [H, 128] key-bias terms, nullptr = none
@@ -81,5 +83,8 @@ Sm90Plan plan_latent_sm90(int hq, int rk, int rv, int stor_k, int stor_v, int ro
 // producer warp where `ws` applies to f16 keys and values; + 128: the decoding producer warpgroup
 // where `ws` and `dec_ring` apply), `smem` bytes.
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream);
+
+// Whether the driver's cuTensorMapEncodeTiled entry point is there (the TMA producers).
+bool sm90_tma_available();
 
 }  // namespace palu::backends::cuda::detail
