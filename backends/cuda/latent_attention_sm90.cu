@@ -1458,9 +1458,9 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     q.wait_sleep = sleep;
   }
   if (p.pair != 0) {
-    if (sched_ws != kRingWs || p.rv > 256)
+    if (sched_ws != kRingWs || p.rv > 256 || p.pingpong == 0)
       return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values, the ring with its "
-                              "producer and a value rank ≤ 256");
+                              "producer and the ping-pong, and a value rank ≤ 256");
     sched_ws = kPairWs;
   }
   Sm90Maps maps{};
