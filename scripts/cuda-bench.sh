@@ -448,8 +448,41 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   waits for them are short). The q4 cos/sin computed before the key-tile wait instead (under it)
   made no clear difference: four interleaved runs q4 256/256 452–466 against 453–464 µs, q4
   128/384 390–400 against 395–409 (not kept).
+* round 10 (2026-11-25 00:20–01:00 UTC, session 13), measurements first. A wgmma probe
+  (`tools/sm90_wgmma_probe.cu`, one block per SM, operands of zeros in shared memory, SM cycles by
+  clock64): 16 dependent m64n128k16 (K = 256) take 1080 cycles alone (67.5 each, 925 TFLOP/s over
+  the GPU), m64n256k16 132 each (no better per FLOP), two warpgroups side by side 975 TFLOP/s; the
+  p·z^V shape (16 m64n8k16, A transposed) 337 cycles alone (21 each). The same key chain while the
+  other warpgroup runs FFMA: 1931 cycles; shared-memory loads: 1795; MUFU 1090; shuffles 1115.
+  So the in-kernel ~80 cycles per p·z^V wgmma (round 9) is each small wgmma waiting behind one
+  large one of the other warpgroup's chain. Nsight Compute on kernel<256, kRingWs> (64K, clocks
+  locked at 1.41 GHz): 357 µs, tensor pipe active 55% of cycles, one instruction issued every 2.5
+  cycles per scheduler. Ablations (results wrong, timing only; three interleaved runs, µs):
+  every block loading half of each tile (L2 → SM traffic halved) 299–326 against 305–308; no
+  loads at all 290–338 against 307–338 — the loads are not what sets the pace.
+  **Kept: the pair schedule** (kPairWs, f16 keys and values, value rank ≤ 256, with the
+  ping-pong): one warpgroup per tile for both heads, the two warpgroups taking alternate tiles
+  (each writes its own split), m64n256k16 with B = both heads' M in a [k-atom][256 rows] layout,
+  the cos/sin once per tile, and p·z^V for both heads (P rows 0 and 1) issued right after the
+  warpgroup's own scores, when the other warpgroup's chain has mostly left the pipe; a TMA producer
+  warpgroup (setmaxnreg 40, consumers 232) fills the ring in the order K(0), then K(j + 1), V(j).
+  f16 256/256 at 64K: 259–268 against 306–310 µs (`PALU_CUDA_SM90_PAIR=1` / `0`, three interleaved
+  runs); Nsight Compute: 277 µs, tensor pipe active 72.6%. Tests: LatentAttentionCuda 38/38 with
+  it and without it, the whole `cuda_tests` 67 (ref-mha data). Without the ping-pong
+  (`PALU_CUDA_SM90_WS=1`) the pair kernel hung in about one launch in twenty at 64K (twice out of
+  two 21-launch runs; spinning instead of sleeping did not change it); not understood, so the
+  pair schedule runs only with the ping-pong (the default), where 900 launches in a row and the
+  test table ran clean. Tried and not kept (interleaved against the kept binary, 64K µs, f16 /
+  q4 256/256 / q4 128/384): p·z^V on the CUDA cores for the producer schedules (warp-local over
+  its 16 rows, p by shuffles; 38/38) 389–422 / 578–605 / 561–566 against 308–325 / 455–473 /
+  393–405 (FFMA beside the other warpgroup's chain slows it, above); the f16 producer prefetching
+  tile i + 2, 4 or 8 into L2 321–326, 335–337 and 390–393 against 311–341; row t + 8's cos/sin
+  by turning row t's by 8·f (half the MUFU; the angle's rounding ε corrected so both rows follow
+  fl(t·f); 38/38) 321–323 / 489–492 / 448–455 against 308–333 / 451–488 / 391–413; the RoPE table
+  read instead of computed in the ring 380–392 / 632–655 / 574–578 against 312–324 / 456–488 /
+  391–410.
 
-Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before round 4 they were ~1.5–2.2× slower):
+Why the latent rows are only 0.82–1.4× SDPA at 64K (after round 10; before round 4 they were ~1.5–2.2× slower):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
   465 / 412 / 372 µs — the skeleton of loads, barriers, the wgmma chain, scores and softmax.
@@ -462,12 +495,12 @@ Why the latent rows are only 0.82–1.18× SDPA at 64K (after round 9; before ro
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): round 9's trace puts the f16 limit on the tensor pipe, which
-runs one m64n128k16 chain at a time at ~65% of the cuBLAS rate plus 16 small p·z^V wgmmas per tile.
-The next step there is one warpgroup per tile for both heads: m64n256k16 (B = both heads' M, half
-the wgmma count per head), the cos/sin computed once for both heads, the two warpgroups taking
-alternate tiles with their own softmax state and o for both heads (merged at the end), 128
-accumulator registers within the 224 the 288-thread launch allows.
+What the targets need (not built): for f16 the pair schedule leaves the tensor pipe ~73% busy;
+1.5× SDPA needs ~8% more, most likely by taking the FFMA work (cos/sin and scores, which slow the
+other warpgroup's chain by up to ~1.8×, round 10's probe) off the FMA pipe or out from beside the
+chains. For the q4 rows the same pair schedule with the decoding producers: the consumers need
+~200 registers for the m64n256 accumulators (128) and the rest, while the 512-thread launch gives
+them 168 with the two producer warpgroups at 88; the producers would have to decode in ~56.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
