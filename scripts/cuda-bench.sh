@@ -468,11 +468,13 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   warpgroup (setmaxnreg 40, consumers 232) fills the ring in the order K(0), then K(j + 1), V(j).
   f16 256/256 at 64K: 259–268 against 306–310 µs (`PALU_CUDA_SM90_PAIR=1` / `0`, three interleaved
   runs); Nsight Compute: 277 µs, tensor pipe active 72.6%. Tests: LatentAttentionCuda 38/38 with
-  it and without it, the whole `cuda_tests` 67 (ref-mha data). Without the ping-pong
-  (`PALU_CUDA_SM90_WS=1`) the pair kernel hung in about one launch in twenty at 64K (twice out of
-  two 21-launch runs; spinning instead of sleeping did not change it); not understood, so the
-  pair schedule runs only with the ping-pong (the default), where 900 launches in a row and the
-  test table ran clean. Tried and not kept (interleaved against the kept binary, 64K µs, f16 /
+  it and without it, the whole `cuda_tests` 67 (ref-mha data); the table then gained f16 128/384
+  (the per-head ring) and 300 repeated launches of the 64K f16 case (100 of q4 128/384), each
+  bit-identical to the first: 39/39. Without the ping-pong (`PALU_CUDA_SM90_WS=1`) the pair
+  kernel hung at 64K in each of 8 runs of 21 or 101 launches (with the consumers spinning
+  instead of sleeping, and with the ring's mbarriers moved out of the P atoms, too; a run of 3
+  launches finished); not understood, so the pair schedule runs only with the ping-pong (the default), where 6900
+  launches in a row ran clean. Tried and not kept (interleaved against the kept binary, 64K µs, f16 /
   q4 256/256 / q4 128/384): p·z^V on the CUDA cores for the producer schedules (warp-local over
   its 16 rows, p by shuffles; 38/38) 389–422 / 578–605 / 561–566 against 308–325 / 455–473 /
   393–405 (FFMA beside the other warpgroup's chain slows it, above); the f16 producer prefetching

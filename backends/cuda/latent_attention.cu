@@ -693,9 +693,11 @@ int sm90_pair_setting() {
 }
 // Whether the pair schedule runs these f16 groups: the producer's TMA needs the driver's tensor-map
 // entry point and 16-byte aligned rows. Only with the ping-pong (the default): without it (the
-// warpgroups' key chains free to overlap) the kernel hung in about one launch in twenty at 64K on
-// the H100 (PALU_CUDA_SM90_WS=1, 2026-11-25), not understood; with it, 900 launches in a row and
-// the test table ran clean. PALU_CUDA_SM90_WS=1 therefore runs the per-head ring.
+// warpgroups' key chains free to overlap) the kernel hung at 64K on the H100 in each of 8 runs of
+// 21 or 101 launches (PALU_CUDA_SM90_WS=1, 2026-11-25; also with the consumers spinning, and with
+// the ring's mbarriers moved out of the P atoms; a run of 3 launches finished); not understood. With it, 6900 launches in a
+// row and the test table (which repeats the 64K case 300 times, bit-identical) ran clean.
+// PALU_CUDA_SM90_WS=1 therefore runs the per-head ring.
 bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
   return s9.ring && pipeline && sm90_ws_setting() >= 2 && sm90_pair_setting() != 0 &&
          g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16 && g0.v.rank <= 256 &&
