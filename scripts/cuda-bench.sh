@@ -482,7 +482,9 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   by turning row t's by 8·f (half the MUFU; the angle's rounding ε corrected so both rows follow
   fl(t·f); 38/38) 321–323 / 489–492 / 448–455 against 308–333 / 451–488 / 391–413; the RoPE table
   read instead of computed in the ring 380–392 / 632–655 / 574–578 against 312–324 / 456–488 /
-  391–410.
+  391–410; the pair and per-head p·z^V chains as one shared template function (the same wgmma
+  sequence; 39/39) 266 / 466–484 / 412–429 against 257–258 / 445–452 / 395–397 (two interleaved
+  runs; not understood, the two copies stay).
 
 Why the latent rows are only 0.82–1.4× SDPA at 64K (after round 10; before round 4 they were ~1.5–2.2× slower):
 
