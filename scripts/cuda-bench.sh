@@ -158,7 +158,9 @@ each score with cos·(a·z) + sin·(b·z), and runs the online softmax in f32:
   `PALU_CUDA_SM90_WS=0` for the above) the ring is filled by producers behind mbarriers and the
   two warpgroups ping-pong: f16 keys and values by a TMA producer warp, q4 keys and values
   (value rank ≤ 384) by two producer warpgroups that decode into the same f16 ring layout, so
-  every row in the tables runs the same consumer code; `sm90_pipeline = false`
+  the q4 rows run the same consumer code; since round 10, f16 keys and values with a value rank
+  ≤ 256 run the pair schedule instead (one warpgroup per tile for both heads, m64n256k16, the
+  two warpgroups on alternate tiles; `PALU_CUDA_SM90_PAIR=0` for the per-head one); `sm90_pipeline = false`
   (`PALU_BENCH_SM90_SERIAL=1`) the serial schedule. Taken for an even number of query heads per
   group and a key rank that is a multiple of 64 and ≤ 256; compiled for sm_90a only and launched
   only on compute capability 9.0.
