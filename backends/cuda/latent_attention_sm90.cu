@@ -29,6 +29,9 @@
 //   the value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4
 //   256/256 789 → 514–538 µs, q4 128/384 722 → 443–463 µs; waits sleep (try_wait's suspend-time
 //   hint) instead of spinning, which the decoding warps need (and f16 256/256: ~404 → ~380 µs).
+// * f16 keys and values with a value rank ≤ 256 (with the producer and the ping-pong) run the pair
+//   schedule instead (kPairWs, below): one warpgroup per tile for both heads, alternate tiles per
+//   warpgroup; f16 256/256 at 64K 306–310 → 259–268 µs.
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
