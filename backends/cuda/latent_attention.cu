@@ -691,13 +691,14 @@ int sm90_pair_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR", 1);
   return v;
 }
-// Whether the pair schedule runs these f16 groups: the producer's TMA needs the driver's tensor-map
-// entry point and 16-byte aligned rows. Only with the ping-pong (the default): without it (the
-// warpgroups' key chains free to overlap) the kernel hung at 64K on the H100 in each of 8 runs of
-// 21 or 101 launches (PALU_CUDA_SM90_WS=1, 2026-11-25; also with the consumers spinning, and with
-// the ring's mbarriers moved out of the P atoms; a run of 3 launches finished); not understood. With it, 6900 launches in a
-// row and the test table (which repeats the 64K case 300 times, bit-identical) ran clean.
-// PALU_CUDA_SM90_WS=1 therefore runs the per-head ring.
+// Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
+// the producer's TMA needs the driver's tensor-map entry point. Only with the ping-pong (the
+// default): without it (the warpgroups' key chains free to overlap) the kernel hung at 64K on the
+// H100 in each of 8 runs of 21 or 101 launches (PALU_CUDA_SM90_WS=1, 2026-11-25; also with the
+// consumers spinning, and with the ring's mbarriers moved out of the P atoms; a run of 3 launches
+// finished); not understood. With it, 6900 launches in a row and the test table (which repeats
+// the 64K case 300 times, bit-identical) ran clean. PALU_CUDA_SM90_WS=1 therefore runs the
+// per-head ring.
 bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
   return s9.ring && pipeline && sm90_ws_setting() >= 2 && sm90_pair_setting() != 0 &&
          g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16 && g0.v.rank <= 256 &&
@@ -813,10 +814,13 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
                                         (int)row_storage_bytes(g0.k.storage, g0.k.rank),
                                         (int)row_storage_bytes(g0.v.storage, g0.v.rank), lim.max_smem_optin);
     if (b.sm90.ok) {
-      b.dec_ring = b.sm90.dec_ring && std::all_of(b.gs.begin(), b.gs.end(), [&](int g) {
-                     return reinterpret_cast<uintptr_t>(groups[g].k.rows) % 16 == 0 &&
-                            reinterpret_cast<uintptr_t>(groups[g].v.rows) % 16 == 0;
-                   });
+      // every group's rows 16-byte aligned: the decoding producers' 16-byte code loads, the pair
+      // schedule's TMA boxes
+      const bool aligned16 = std::all_of(b.gs.begin(), b.gs.end(), [&](int g) {
+        return reinterpret_cast<uintptr_t>(groups[g].k.rows) % 16 == 0 &&
+               reinterpret_cast<uintptr_t>(groups[g].v.rows) % 16 == 0;
+      });
+      b.dec_ring = b.sm90.dec_ring && aligned16;
       const int tiles64 = (T + detail::kSm90Tile - 1) / detail::kSm90Tile;
       const int blocks_y = (int)b.gs.size() * (hq / 2);
       int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms / blocks_y);
@@ -825,10 +829,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.smem = b.sm90.smem;
       b.tiles_per_split = (tiles64 + splits - 1) / splits;
       b.splits = (tiles64 + b.tiles_per_split - 1) / b.tiles_per_split;  // blocks along x
-      b.pair = sm90_pair(b.sm90, g0, options.sm90_pipeline) && std::all_of(b.gs.begin(), b.gs.end(), [&](int g) {
-                 return reinterpret_cast<uintptr_t>(groups[g].k.rows) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(groups[g].v.rows) % 16 == 0;
-               });
+      b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
       b.wgroups = b.pair ? 2 : 1;
