@@ -17,8 +17,10 @@ Result<DeviceLimits> device_limits();
 
 // Queues the merge of the token splits of `heads` query heads (global heads first_head + i)
 // whose outputs (rv floats each) start at out_off0 + i·rv. Partials: pm/pl [H, splits], and
-// pacc at (out offset)·splits + s·rv.
+// pacc at (out offset)·splits + s·rv. pdl (compute capability ≥ 9.0 only): launched as a
+// programmatic dependent of the kernel before it (which may trigger it early; the merge waits for
+// that kernel's completion and memory either way).
 Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
-                           int heads, int out_off0, int rv, float* out, cudaStream_t stream);
+                           int heads, int out_off0, int rv, float* out, cudaStream_t stream, bool pdl);
 
 }  // namespace palu::backends::cuda::detail

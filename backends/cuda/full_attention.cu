@@ -218,7 +218,8 @@ Status full_attention_decode_cuda(const CudaAttentionShape& sh, const uint16_t* 
     default: full_decode_kernel<8><<<grid, kWarps * 32, 0, st>>>(P); break;
   }
   PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, splits, 0, sh.num_heads, 0, kHD, out, st));
+  PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, splits, 0, sh.num_heads, 0, kHD, out, st,
+                                                   lim.cc_major >= 9));
   if (options.scratch == nullptr) PALU_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(st));
   return Status::ok();
 }

@@ -562,14 +562,26 @@ BlockShape pick_shape(const CudaAttentionShape& sh, const CudaLatentGroup& g, in
 
 namespace detail {
 namespace {
-// One block per query head: warp 0 turns the splits' (max, sum) into weights w_s = e^{m_s−M}
-// and 1 / Σ_s w_s l_s (double, in shared memory), then every thread sums its
-// columns' partials with independent loads (one exp per split instead of one per element).
+// One block per (query head, 128 value channels). Every thread first loads its channel's partials
+// of the first kPre splits (independent loads, in flight while warp 0 turns the splits' (max, sum)
+// into weights w_s = e^{m_s−M} and 1 / Σ_s w_s l_s, double, in shared memory), then sums them in
+// split order (one exp per split instead of one per element). Launched as a programmatic
+// dependent of the attention kernel on sm_90 (griddepcontrol): its blocks wait on the SMs the
+// attention kernel leaves free instead of being launched after it ends.
 __global__ void merge_splits_kernel(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
                                     int out_off0, int rv, float* out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the attention kernel's partials (no-op without PDL)
+#endif
   extern __shared__ double w[];  // [splits]
   const int h = first_head + blockIdx.x;
   const size_t off = (size_t)out_off0 + (size_t)blockIdx.x * rv;
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  const float* src = pacc + off * splits;
+  constexpr int kPre = 16;
+  float pre[kPre];
+#pragma unroll
+  for (int s = 0; s < kPre; ++s) pre[s] = s < splits && c < rv ? src[(size_t)s * rv + c] : 0.f;
   __shared__ double inv_l;
   if (threadIdx.x < 32) {  // warp 0: max, weights and their sum over the splits, lanes in parallel
     const int lane = threadIdx.x;
@@ -588,24 +600,34 @@ __global__ void merge_splits_kernel(const float* pm, const float* pl, const floa
     if (lane == 0) inv_l = 1.0 / l;
   }
   __syncthreads();
-  const float* src = pacc + off * splits;
-  for (int c = threadIdx.x; c < rv; c += blockDim.x) {
-    double o = 0.0;
+  if (c >= rv) return;
+  double o = 0.0;
+#pragma unroll
+  for (int s = 0; s < kPre; ++s)
+    if (s < splits && w[s] != 0.0) o += w[s] * pre[s];
 #pragma unroll 8
-    for (int s = 0; s < splits; ++s)
-      if (w[s] != 0.0) o += w[s] * src[(size_t)s * rv + c];
-    out[off + c] = (float)(o * inv_l);
-  }
+  for (int s = kPre; s < splits; ++s)
+    if (w[s] != 0.0) o += w[s] * src[(size_t)s * rv + c];
+  out[off + c] = (float)(o * inv_l);
 }
 }  // namespace
 
 Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
-                           int heads, int out_off0, int rv, float* out, cudaStream_t stream) {
+                           int heads, int out_off0, int rv, float* out, cudaStream_t stream, bool pdl) {
   const size_t smem = (size_t)splits * sizeof(double);
   if (smem > 48 * 1024)
     return unimplemented("cuda decode attention: " + std::to_string(splits) + " token splits exceed the merge's 6144");
-  merge_splits_kernel<<<heads, 128, smem, stream>>>(pm, pl, pacc, splits, first_head, out_off0, rv, out);
-  PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)heads, (unsigned)((rv + 127) / 128));
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  PALU_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, merge_splits_kernel, pm, pl, pacc, splits, first_head, out_off0, rv, out));
   return Status::ok();
 }
 
@@ -683,6 +705,12 @@ int sm90_dec_wgs() {
 // instead of one chain for both heads.
 int sm90_share_pv() {
   static const int v = env_int_or("PALU_CUDA_SM90_SHAREPV", 1);
+  return v;
+}
+// PALU_CUDA_SM90_SPLITS (measurements): blocks along the tokens per (group, head pair) for the
+// sm_90a kernel instead of the default.
+int sm90_splits_setting() {
+  static const int v = env_int_or("PALU_CUDA_SM90_SPLITS", 0);
   return v;
 }
 // PALU_CUDA_SM90_PAIR=0 (before/after comparisons): f16 keys and values run the per-head ring
@@ -823,12 +851,15 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.dec_ring = b.sm90.dec_ring && aligned16;
       const int tiles64 = (T + detail::kSm90Tile - 1) / detail::kSm90Tile;
       const int blocks_y = (int)b.gs.size() * (hq / 2);
-      int splits = options.splits > 0 ? options.splits : std::max(1, lim.sms / blocks_y);
+      const int env_splits = sm90_splits_setting();
+      int splits = options.splits > 0 ? options.splits
+                   : env_splits > 0   ? env_splits
+                                      : std::max(1, lim.sms / blocks_y);
       splits = std::min(splits, tiles64);
       b.qpc = 2;
       b.smem = b.sm90.smem;
-      b.tiles_per_split = (tiles64 + splits - 1) / splits;
-      b.splits = (tiles64 + b.tiles_per_split - 1) / b.tiles_per_split;  // blocks along x
+      b.tiles_per_split = (tiles64 + splits - 1) / splits;  // (at most; the kernel spreads the tiles evenly)
+      b.splits = splits;  // blocks along x
       b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
@@ -886,6 +917,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
   float* fbase = reinterpret_cast<float*>(base + align16(m_halves * 2) + trig_bytes);
   float* ab = any_bias ? fbase + part_floats + 2 * stat_floats : nullptr;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const bool pdl = lim.cc_major >= 9;  // the merges as programmatic dependents (griddepcontrol)
   // The RoPE table for every kernel but the sm_90a ring schedules (which compute the same cos/sin).
   const int ws_mode = sm90_ws_setting();
   if (std::any_of(batches.begin(), batches.end(), [&](const Batch& b) {
@@ -926,13 +958,15 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     P.pm = fbase + part_floats + b.stat_off;
     P.pl = fbase + part_floats + stat_floats + b.stat_off;
     P.pacc = fbase + b.part_off;
-    fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size(), 8), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
-    PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (!b.sm90.ok) {  // (the sm_90a kernel folds q into B^K in each block itself)
+      fold_q_kernel<<<dim3(hq, (unsigned)b.gs.size(), 8), 256, 0, st>>>(P, n_rep, mbase + b.m_off, ab);
+      PALU_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
     if (b.sm90.ok) {
       detail::Sm90Params S{};
       for (size_t i = 0; i < b.gs.size(); ++i) {
         const GroupPtrs& x = P.g[i];
-        S.g[i] = detail::Sm90Group{x.zk, x.zv, x.sk, x.zrk, x.sv, x.zrv, x.first_head, x.out_off};
+        S.g[i] = detail::Sm90Group{x.zk, x.zv, x.sk, x.zrk, x.sv, x.zrv, x.first_head, x.out_off, x.bk, x.kbias};
       }
       S.T = T;
       S.rk = P.rk;
@@ -955,8 +989,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.share_pv = sm90_share_pv();
       S.pair = b.pair ? 1 : 0;
       S.inv_sqrt_d = P.inv_sqrt_d;
-      S.m = P.m;
-      S.ab = P.ab;
+      S.q = q;
+      S.n_rep = n_rep;
+      S.any_bias = any_bias ? 1 : 0;
       S.trig = P.trig;
       S.inv_freq = inv_freq;
       S.pm = P.pm;
@@ -975,10 +1010,10 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     if (consecutive) {  // one launch: the groups' heads and outputs follow each other
       const int g = b.gs.front();
       PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, P.splits, g * hq, hq * (int)b.gs.size(),
-                                                       out_off[g], groups[g].v.rank, out, st));
+                                                       out_off[g], groups[g].v.rank, out, st, pdl));
     } else for (int g : b.gs) {
       PALU_RETURN_IF_ERROR(detail::launch_merge_splits(P.pm, P.pl, P.pacc, P.splits, g * hq, hq, out_off[g],
-                                                       groups[g].v.rank, out, st));
+                                                       groups[g].v.rank, out, st, pdl));
     }
   }
   // The partials must outlive the kernels before the buffer goes back to the allocator.

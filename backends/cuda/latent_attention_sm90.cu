@@ -343,6 +343,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                   1)
     latent_sm90_kernel(const __grid_constant__ Sm90Params P, const __grid_constant__ Sm90Maps TM) {
 #ifdef PALU_SM90A_DEVICE
+  // the merge kernel (a programmatic dependent) may be scheduled now: its blocks wait on the SMs
+  // this grid leaves free until it completes, instead of being launched after it
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   extern __shared__ __align__(16) uint8_t smem_raw[];
   // aligned by offset arithmetic on the shared pointer (a cast through an integer would turn
   // every shared access into a generic one)
@@ -378,24 +381,64 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const int cpv = rv / 8, vr_first = tid / cpv, vc_first = tid % cpv, vr_step = kSm90Threads / cpv,
             vc_step = kSm90Threads % cpv;
 
-  // ---- once per block: M of both heads (swizzled), bias terms
+  // ---- once per block: M of both heads (q folded into B^K, f16, swizzled), bias terms. Row n of
+  // the stacked M: head n / 128, then a_i (rows 0..63) and b_i (64..127) of frequency i:
+  // a_i = q_i·B[i] + q_{i+64}·B[i+64], b_i = q_{i+64}·B[i] − q_i·B[i+64] (B = the head's kv head's
+  // rows of B^K), rounded as fold_q_kernel rounds them.
   {
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(P.m + (size_t)head0 * kHD * rk);
-    for (int i = tid; i < 2 * kHD * cpr && tid < kSm90Threads; i += kSm90Threads) {
-      const int n = i / cpr, ch = i % cpr;  // row n of the two heads' stacked M
-      cp_async16(smem + L.ms + (PAIR ? swz(2 * kHD, n, ch) : (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch)),
-                 src + (size_t)i * 16);
+    auto m_at = [&](int n, int ch) -> uint8_t* {
+      return smem + L.ms + (PAIR ? swz(2 * kHD, n, ch) : (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch));
+    };
+    constexpr int cpr_k = RK / 8;  // 16-byte chunks per row of B^K
+    if (tid < kSm90Threads) {
+#pragma unroll 4
+      for (int it = tid; it < 2 * kHalf * cpr_k; it += kSm90Threads) {
+        const int hh = it / (kHalf * cpr_k), i = (it / cpr_k) % kHalf, ch = it % cpr_k;
+        const int lh = head0 + hh - G.first_head;  // query head inside the group
+        const float* qh = P.q + (size_t)(head0 + hh) * kHD;
+        const __half* B = G.bk + (size_t)(lh / P.n_rep) * kHD * rk;
+        const uint4 r0 = __ldg(reinterpret_cast<const uint4*>(B + (size_t)i * rk) + ch);
+        const uint4 r1 = __ldg(reinterpret_cast<const uint4*>(B + (size_t)(i + kHalf) * rk) + ch);
+        const float q0 = __ldg(qh + i), q1 = __ldg(qh + i + kHalf);
+        const __half* h0 = reinterpret_cast<const __half*>(&r0);
+        const __half* h1 = reinterpret_cast<const __half*>(&r1);
+        uint4 oa, ob;
+        __half* a = reinterpret_cast<__half*>(&oa);
+        __half* b = reinterpret_cast<__half*>(&ob);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float b0 = __half2float(h0[e]), b1 = __half2float(h1[e]);
+          a[e] = __float2half_rn(q0 * b0 + q1 * b1);
+          b[e] = __float2half_rn(q1 * b0 - q0 * b1);
+        }
+        *reinterpret_cast<uint4*>(m_at(hh * kHD + i, ch)) = oa;
+        *reinterpret_cast<uint4*>(m_at(hh * kHD + kHalf + i, ch)) = ob;
+      }
     }
-    cp_async_commit();
-    for (int i = tid; i < 2 * kHD; i += kSm90Threads)
-      reinterpret_cast<float*>(tail + (i >> 7) * 1024 + (PAIR ? 256 : 128))[i & 127] =
-          P.ab != nullptr ? P.ab[(size_t)head0 * kHD + i] : 0.f;
+    cp_async_commit();    // (an empty group where M's cp.async was: the schedules count groups as before)
+    fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy) after the barrier
+    if (tid < 2 * kHalf) {  // α_i, β_i of head tid / 64
+      const int hh = tid >> 6, i = tid & 63, lh = head0 + hh - G.first_head;
+      const float* qh = P.q + (size_t)(head0 + hh) * kHD;
+      float a = 0.f, b = 0.f;
+      if (G.kbias != nullptr) {
+        const float* bias = G.kbias + (size_t)(lh / P.n_rep) * kHD;
+        const float b0 = bias[i], b1 = bias[i + kHalf], q0 = qh[i], q1 = qh[i + kHalf];
+        a = q0 * b0 + q1 * b1;
+        b = q1 * b0 - q0 * b1;
+      }
+      float* dst = reinterpret_cast<float*>(tail + hh * 1024 + (PAIR ? 256 : 128));
+      dst[i] = a;
+      dst[kHalf + i] = b;
+    }
     if (tid < kHalf) reinterpret_cast<float*>(tail + (PAIR ? 1792 : 768))[tid] = P.inv_freq[tid];
   }
 
   const int tiles_total = (T + kTile - 1) / kTile;
-  const int tile_begin = blockIdx.x * P.tiles_per_split;
-  const int tile_end = min(tiles_total, tile_begin + P.tiles_per_split);
+  // the tiles split evenly over the blocks along x (ranges differ by at most one tile)
+  // the tiles split evenly over the blocks along x (ranges differ by at most one tile)
+  const int tile_begin = (int)((long long)blockIdx.x * tiles_total / gridDim.x);
+  const int tile_end = (int)((long long)(blockIdx.x + 1) * tiles_total / gridDim.x);
 
   // K(tile) and V(tile): stage (tile − tile_begin) mod KS / VS, or ring buffers 2j and 2j + 1 mod 3
   auto kbuf = [&](int tile) -> uint8_t* {
@@ -478,7 +521,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   for (int j = 0; j < 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
-  const bool has_bias = P.ab != nullptr;
+  const bool has_bias = P.any_bias != 0;
   const uint32_t ms_addr = smem_u32(smem + L.ms + (size_t)wgi * kHD * rk * 2);
   const float* abh = reinterpret_cast<const float*>(tail + wgi * 1024 + 128);
   __half* pb = reinterpret_cast<__half*>(tail + wgi * 1024);  // [64] P (·scale for q4 values)
@@ -720,15 +763,25 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   if constexpr (PAIR) {
     // tail: [w·1024, +256) warpgroup w's P atom rows 0 (head 0) and 1 (head 1) (rows 2..7 are
     // whatever follows and only feed output columns 2..7, never read); [h·1024 + 256, +512) head
-    // h's key-bias terms; [768, 896) the maxima exchange, [896, 960) l, [960, 1008) the ring's
-    // barriers; [1792, 2048) the RoPE inverse frequencies.
-    uint64_t* full = reinterpret_cast<uint64_t*>(tail + 960);
-    uint64_t* empty = full + 3;
+    // h's key-bias terms; [768, 896) the maxima exchange, [896, 960) l; [1792, 2048) the RoPE
+    // inverse frequencies. The ring's barriers sit in the 1024 B the layout reserves for aligning
+    // the base (before it or after the tail), outside every wgmma operand.
+    //
+    // Full barriers per (buffer, warpgroup): a buffer's consecutive loads can belong to different
+    // warpgroups (buffer 0: K(0), K(2), V(2) for warpgroup 0, then K(5), V(5) for warpgroup 1, ...),
+    // and TMA loads land in any order. With one full barrier per buffer, warpgroup 1 waiting for
+    // K(5) (its phase parity 1) while V(2) had not landed (phase 2, parity 0, pending) read the
+    // phase as done: it computed on the buffer as V(2) landed in it and released it early; on the
+    // H100 about one 64K bench run in 30 (L2 flushed before each call, which spreads the loads'
+    // latencies) ended in an unspecified launch failure. Each warpgroup now waits only on its own
+    // loads' barrier of the buffer: its previous one there it consumed itself, so the phase it
+    // waits for is the pending one or just done, never two behind.
+    const uint32_t slack = (uint32_t)(smem - smem_raw);
+    uint64_t* full = reinterpret_cast<uint64_t*>(slack >= 128 ? smem_raw : tail + 2048);  // [3 buffers][2 wg]
+    uint64_t* empty = full + 6;
     if (tid == 0) {
-      for (int b = 0; b < 3; ++b) {
-        mbar_init(full + b, 1);      // the producer's expect_tx, then the TMA bytes
-        mbar_init(empty + b, 128);   // every thread of the warpgroup that read it
-      }
+      for (int b = 0; b < 6; ++b) mbar_init(full + b, 1);  // the producer's expect_tx, then the TMA bytes
+      for (int b = 0; b < 3; ++b) mbar_init(empty + b, 128);  // every thread of the warpgroup that read it
     }
     cp_async_wait<0>();  // M
     fence_proxy_async();
@@ -750,9 +803,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           uint8_t* dst = rbuf(n);
           const int atoms = key ? rk / 64 : (rv + 63) / 64;
           const CUtensorMap* map = key ? &TM.k[gl] : &TM.v[gl];
-          mbar_expect_tx(full + b, (uint32_t)atoms * kTile * 128);
+          uint64_t* fb = full + b * 2 + (j & 1);  // warpgroup j % 2 takes tile j
+          mbar_expect_tx(fb, (uint32_t)atoms * kTile * 128);
           for (int a = 0; a < atoms; ++a)
-            tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, (tile_begin + j) * kTile, full + b);
+            tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, (tile_begin + j) * kTile, fb);
         }
       }
       return;
@@ -817,11 +871,13 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       return row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
     };
     if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
+    uint32_t fpar = 0;  // bit b: the phase parity of this warpgroup's next load into buffer b
     int cnt = 0;
     for (int j = wgi; j < ntiles; j += 2, ++cnt) {
       const int i = tile_begin + j, nk = kload(j), nv = vload(j);
       const int nvalid = min(kTile, T - i * kTile);
-      mbar_wait_sleep(full + nk % 3, (nk / 3) & 1, hint_ns);
+      mbar_wait_sleep(full + (nk % 3) * 2 + wgi, (fpar >> (nk % 3)) & 1u, hint_ns);
+      fpar ^= 1u << (nk % 3);
       if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
       float d[128];
       fence_operands128(d);
@@ -897,7 +953,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       }
       fence_proxy_async();
       named_barrier(1 + wgi, 128);
-      mbar_wait_sleep(full + nv % 3, (nv / 3) & 1, hint_ns);
+      mbar_wait_sleep(full + (nv % 3) * 2 + wgi, (fpar >> (nv % 3)) & 1u, hint_ns);
+      fpar ^= 1u << (nv % 3);
       fence_op();
       wgmma_fence();
       {
@@ -1443,7 +1500,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
                      ? kRingWs
                  : p.pipeline != 0 && p.ws != 0 && p.dec_ring != 0
                      ? (p.dec_wgs >= 3    ? kRingDec3
-                        : p.dec_wgs == 2 ? (k_fold != 0 && p.ab == nullptr ? kRingDec2F : kRingDec2)
+                        : p.dec_wgs == 2 ? (k_fold != 0 && p.any_bias == 0 ? kRingDec2F : kRingDec2)
                                          : kRingDec)
                                                                     : sched;
   Sm90Params q = p;

@@ -26,8 +26,10 @@ struct Sm90Group {
   const float* zrk;
   const float* sv;  // [T] value scale / zero (packed storage), else nullptr
   const float* zrv;
-  int first_head;  // global index of the group's first query head
-  int out_off;     // float offset of the group's first head in the output
+  int first_head;      // global index of the group's first query head
+  int out_off;         // float offset of the group's first head in the output
+  const __half* bk;    // [kv heads of the group, 128, rk] the key up-projection B^K (f16)
+  const float* kbias;  // [kv heads of the group, 128] key bias, nullptr = none
 };
 
 struct Sm90Params {
@@ -37,7 +39,7 @@ struct Sm90Params {
   int stor_k, stor_v;  // RowStorage values
   int row_bytes_k, row_bytes_v;
   int chunks;           // query heads per group / 2 (blockIdx.y = group · chunks + chunk)
-  int tiles_per_split;  // 64-token tiles per block
+  int tiles_per_split;  // at most this many 64-token tiles per block (the kernel splits them evenly over gridDim.x)
   int splits;           // partial splits per head: gridDim.x (one per block)
   int k_stages, v_stages;
   int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2),
@@ -55,8 +57,11 @@ struct Sm90Params {
   int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x (see the
                    // kernel; kSm90Threads + 128 threads)
   float inv_sqrt_d;
-  const __half* m;        // [H, 128, rk] folded q·B^K (f16)
-  const float* ab;        // [H, 128] key-bias terms, nullptr = none
+  // Each block folds its two heads' q into B^K itself (M_h = [a; b], the same f16 values as the
+  // sm_80 path's fold_q_kernel) and the key bias into α, β.
+  const float* q;  // [H, 128] queries (f32)
+  int n_rep;       // query heads per kv head
+  int any_bias;    // 1: some group has a key bias (the scores add Σ cos·α + sin·β)
   const float4* trig;     // [T, 64] (cos, sin) pairs as float2, read two at a time (not the ring)
   const float* inv_freq;  // [64] RoPE inverse frequencies (the ring computes cos/sin itself)
   float* pm;              // [H, splits]
