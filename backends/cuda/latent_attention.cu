@@ -713,22 +713,21 @@ int sm90_splits_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_SPLITS", 0);
   return v;
 }
-// PALU_CUDA_SM90_PAIR=0 (before/after comparisons): f16 keys and values run the per-head ring
-// schedule instead of the pair schedule (one warpgroup per tile for both heads).
+// PALU_CUDA_SM90_PAIR: 1 (default) f16 keys and values run the pair schedule (one warpgroup per
+// tile for both heads) with the two warpgroups' key chains free to overlap; 2 the same with the
+// ping-pong (the warpgroups take turns issuing them; 1–2% slower on the H100 at 16K–128K, four
+// interleaved runs, 2026-11-25); 0 the per-head ring schedule (before/after comparisons).
 int sm90_pair_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR", 1);
   return v;
 }
 // Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
-// the producer's TMA needs the driver's tensor-map entry point. Only with the ping-pong (the
-// default): without it (the warpgroups' key chains free to overlap) the kernel hung at 64K on the
-// H100 in each of 8 runs of 21 or 101 launches (PALU_CUDA_SM90_WS=1, 2026-11-25; also with the
-// consumers spinning, and with the ring's mbarriers moved out of the P atoms; a run of 3 launches
-// finished); not understood. With it, 6900 launches in a row and the test table (which repeats
-// the 64K case 300 times, bit-identical) ran clean. PALU_CUDA_SM90_WS=1 therefore runs the
-// per-head ring.
+// it needs the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry point.
+// (Until the ring race fixed on 2026-11-25, one full barrier per buffer, it hung at 64K without
+// the ping-pong in each of 8 runs, and failed about one 64K bench run in 30 with it; since then
+// neither in 30+ runs each, latent_attention_sm90.cu.)
 bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
-  return s9.ring && pipeline && sm90_ws_setting() >= 2 && sm90_pair_setting() != 0 &&
+  return s9.ring && pipeline && sm90_ws_setting() >= 1 && sm90_pair_setting() != 0 &&
          g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16 && g0.v.rank <= 256 &&
          detail::sm90_tma_available();
 }
@@ -983,7 +982,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.pipeline = options.sm90_pipeline ? 1 : 0;
       S.ring = b.sm90.ring ? 1 : 0;
       S.ws = ws_mode >= 1 ? 1 : 0;
-      S.pingpong = ws_mode >= 2 ? 1 : 0;
+      S.pingpong = b.pair ? (sm90_pair_setting() == 2 ? 1 : 0) : ws_mode >= 2 ? 1 : 0;
       S.dec_ring = b.dec_ring ? 1 : 0;
       S.dec_wgs = sm90_dec_wgs();
       S.share_pv = sm90_share_pv();

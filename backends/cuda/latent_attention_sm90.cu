@@ -29,9 +29,10 @@
 //   the value scale / zero of their rows), so the q4 rows run the same consumers: at 64K q4
 //   256/256 789 → 514–538 µs, q4 128/384 722 → 443–463 µs; waits sleep (try_wait's suspend-time
 //   hint) instead of spinning, which the decoding warps need (and f16 256/256: ~404 → ~380 µs).
-// * f16 keys and values with a value rank ≤ 256 (with the producer and the ping-pong) run the pair
-//   schedule instead (kPairWs, below): one warpgroup per tile for both heads, alternate tiles per
-//   warpgroup; f16 256/256 at 64K 306–310 → 259–268 µs.
+// * f16 keys and values with a value rank ≤ 256 (with the producer) run the pair schedule
+//   instead (kPairWs, below): one warpgroup per tile for both heads, alternate tiles per
+//   warpgroup; f16 256/256 at 64K 306–310 → 259–268 µs (with the ping-pong; since the ring race
+//   was fixed, its chains may overlap: 1–2% faster).
 #include "backends/cuda/latent_attention_sm90.h"
 
 #include <cuda.h>  // CUtensorMap (encoded through the runtime's driver entry point; no libcuda link)
@@ -330,7 +331,8 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // chain has (mostly) left the tensor pipe: in the per-head schedules it ran beside the other
 // chain and each small wgmma waited behind a large one (16 × ~80 cycles, against ~21 alone). A
 // producer warpgroup (setmaxnreg 40; one lane issues TMA boxes) fills a ring of 3 buffers in the
-// order K(0), then K(j + 1), V(j) for j = 0, 1, ...; the consumers get 232 registers.
+// order K(0), then K(j + 1), V(j) for j = 0, 1, ...; the consumers get 232 registers. The
+// warpgroups take turns issuing their chains only with P.pingpong (PALU_CUDA_SM90_PAIR=2).
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
               kRingDec2F = 7, kPairWs = 8;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
@@ -1518,9 +1520,9 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     q.wait_sleep = sleep;
   }
   if (p.pair != 0) {
-    if (sched_ws != kRingWs || p.rv > 256 || p.pingpong == 0)
+    if (sched_ws != kRingWs || p.rv > 256)
       return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values, the ring with its "
-                              "producer and the ping-pong, and a value rank ≤ 256");
+                              "producer, and a value rank ≤ 256");
     sched_ws = kPairWs;
   }
   Sm90Maps maps{};
