@@ -230,21 +230,18 @@ __global__ void fold_q_kernel(const __grid_constant__ LatentParams P, int n_rep,
   const int i_per = (kHalf + gridDim.z - 1) / gridDim.z, i_lo = blockIdx.z * i_per, i_hi = min(kHalf, i_lo + i_per);
   for (int idx = i_lo * rk + threadIdx.x; idx < i_hi * rk; idx += blockDim.x) {
     const int i = idx / rk, k = idx % rk;
-    const float b0 = __half2float(B[(size_t)i * rk + k]), b1 = __half2float(B[(size_t)(i + kHalf) * rk + k]);
-    M[(size_t)i * rk + k] = __float2half_rn(qh[i] * b0 + qh[i + kHalf] * b1);
-    M[(size_t)(i + kHalf) * rk + k] = __float2half_rn(qh[i + kHalf] * b0 - qh[i] * b1);
+    const float2 f = fold_q_pair(qh[i], qh[i + kHalf], __half2float(B[(size_t)i * rk + k]),
+                                 __half2float(B[(size_t)(i + kHalf) * rk + k]));
+    M[(size_t)i * rk + k] = __float2half_rn(f.x);
+    M[(size_t)(i + kHalf) * rk + k] = __float2half_rn(f.y);
   }
   if (ab != nullptr && blockIdx.z == 0 && threadIdx.x < kHalf) {
     const int i = threadIdx.x;
     const float* bias = P.g[gl].kbias;
-    float a = 0.f, b = 0.f;
-    if (bias != nullptr) {
-      const float b0 = bias[u * kHD + i], b1 = bias[u * kHD + i + kHalf];
-      a = qh[i] * b0 + qh[i + kHalf] * b1;
-      b = qh[i + kHalf] * b0 - qh[i] * b1;
-    }
-    ab[(size_t)h * kHD + i] = a;
-    ab[(size_t)h * kHD + i + kHalf] = b;
+    const float2 f = bias != nullptr ? fold_q_pair(qh[i], qh[i + kHalf], bias[u * kHD + i], bias[u * kHD + i + kHalf])
+                                     : make_float2(0.f, 0.f);
+    ab[(size_t)h * kHD + i] = f.x;
+    ab[(size_t)h * kHD + i + kHalf] = f.y;
   }
 }
 
@@ -857,8 +854,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       splits = std::min(splits, tiles64);
       b.qpc = 2;
       b.smem = b.sm90.smem;
-      b.tiles_per_split = (tiles64 + splits - 1) / splits;  // (at most; the kernel spreads the tiles evenly)
-      b.splits = splits;  // blocks along x
+      b.splits = splits;  // blocks along x (the kernel spreads the tiles evenly over them)
       b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
@@ -975,7 +971,6 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.row_bytes_k = P.row_bytes_k;
       S.row_bytes_v = P.row_bytes_v;
       S.chunks = hq / 2;
-      S.tiles_per_split = b.tiles_per_split;
       S.splits = P.splits;
       S.k_stages = b.sm90.k_stages;
       S.v_stages = b.sm90.v_stages;

@@ -409,29 +409,26 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         __half* b = reinterpret_cast<__half*>(&ob);
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const float b0 = __half2float(h0[e]), b1 = __half2float(h1[e]);
-          a[e] = __float2half_rn(q0 * b0 + q1 * b1);
-          b[e] = __float2half_rn(q1 * b0 - q0 * b1);
+          const float2 f = fold_q_pair(q0, q1, __half2float(h0[e]), __half2float(h1[e]));
+          a[e] = __float2half_rn(f.x);
+          b[e] = __float2half_rn(f.y);
         }
         *reinterpret_cast<uint4*>(m_at(hh * kHD + i, ch)) = oa;
         *reinterpret_cast<uint4*>(m_at(hh * kHD + kHalf + i, ch)) = ob;
       }
     }
-    cp_async_commit();    // (an empty group where M's cp.async was: the schedules count groups as before)
     fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy) after the barrier
     if (tid < 2 * kHalf) {  // α_i, β_i of head tid / 64
       const int hh = tid >> 6, i = tid & 63, lh = head0 + hh - G.first_head;
       const float* qh = P.q + (size_t)(head0 + hh) * kHD;
-      float a = 0.f, b = 0.f;
+      float2 f = make_float2(0.f, 0.f);
       if (G.kbias != nullptr) {
         const float* bias = G.kbias + (size_t)(lh / P.n_rep) * kHD;
-        const float b0 = bias[i], b1 = bias[i + kHalf], q0 = qh[i], q1 = qh[i + kHalf];
-        a = q0 * b0 + q1 * b1;
-        b = q1 * b0 - q0 * b1;
+        f = fold_q_pair(qh[i], qh[i + kHalf], bias[i], bias[i + kHalf]);
       }
       float* dst = reinterpret_cast<float*>(tail + hh * 1024 + (PAIR ? 256 : 128));
-      dst[i] = a;
-      dst[kHalf + i] = b;
+      dst[i] = f.x;
+      dst[kHalf + i] = f.y;
     }
     if (tid < kHalf) reinterpret_cast<float*>(tail + (PAIR ? 1792 : 768))[tid] = P.inv_freq[tid];
   }
@@ -785,7 +782,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       for (int b = 0; b < 6; ++b) mbar_init(full + b, 1);  // the producer's expect_tx, then the TMA bytes
       for (int b = 0; b < 3; ++b) mbar_init(empty + b, 128);  // every thread of the warpgroup that read it
     }
-    cp_async_wait<0>();  // M
     fence_proxy_async();
     __syncthreads();  // M, the bias terms, the frequencies and the barriers visible
     const int ntiles = max(0, tile_end - tile_begin);
@@ -1026,7 +1022,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
     for (int k = 0; k < 64; ++k) d[k] = 0.f;
     if (tile_begin < tile_end) {
-      cp_async_wait_n(KS - 1);  // M and K(tile_begin) landed
+      cp_async_wait_n(KS - 1);  // K(tile_begin) landed
       fence_proxy_async();
       __syncthreads();
       mma_issue(d, key_operand(tile_begin));
@@ -1064,7 +1060,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         mbar_init(empty + b, kSm90Threads);  // every consumer thread
       }
     }
-    cp_async_wait<0>();  // M
     fence_proxy_async();
     __syncthreads();  // M, the bias terms and the barriers visible
     if constexpr (KF) {  // m = M·1 per head into the key-bias slot (no key bias here): row n of M per thread
@@ -1338,7 +1333,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     cp_async_commit();
     for (int i = tile_begin; i < tile_end; ++i) {
       const int nvalid = min(kTile, T - i * kTile);
-      cp_async_wait<1>();  // K(i) (and M) landed, V(i) may be in flight
+      cp_async_wait<1>();  // K(i) landed, V(i) may be in flight
       fence_proxy_async();
       __syncthreads();  // K(i) visible; p·z^V of tile i − 1 done everywhere
       issue_k(i + 1);
@@ -1373,7 +1368,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         cp_async_commit();
         continue;
       }
-      cp_async_wait_n(2 * (KS - 1));  // K(i) (and M) landed
+      cp_async_wait_n(2 * (KS - 1));  // K(i) landed
       fence_proxy_async();
       __syncthreads();
       issue_v(i + VS - 1);

@@ -39,7 +39,6 @@ struct Sm90Params {
   int stor_k, stor_v;  // RowStorage values
   int row_bytes_k, row_bytes_v;
   int chunks;           // query heads per group / 2 (blockIdx.y = group · chunks + chunk)
-  int tiles_per_split;  // at most this many 64-token tiles per block (the kernel splits them evenly over gridDim.x)
   int splits;           // partial splits per head: gridDim.x (one per block)
   int k_stages, v_stages;
   int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2),
