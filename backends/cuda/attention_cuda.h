@@ -86,6 +86,10 @@ struct CudaDecodeOptions {
   // 256/256 (2 key + 1 value stage in 227 KB) keeps the serial schedule. false: the serial
   // schedule everywhere (before/after comparisons).
   bool sm90_pipeline = true;
+  // sm_90a pair schedule (f16 keys and values): blocks per head pair when they take equal shares
+  // of all the groups' tiles, a share spanning two or more groups where it falls so (used when
+  // `splits` is 0); 0 = the SMs shared out over the head pairs. For tests of odd partitions.
+  int sm90_blocks = 0;
 };
 
 // q: [H, d_h] f32 (RoPE applied), inv_freq: [d_h/2] f32, out: [Σ_h r_v,g(h)] f32 (head h's

@@ -583,7 +583,8 @@ __global__ void merge_splits_kernel(const float* pm, const float* pl, const floa
   if (threadIdx.x < 32) {  // warp 0: max, weights and their sum over the splits, lanes in parallel
     const int lane = threadIdx.x;
     float M = -INFINITY;
-    for (int s = lane; s < splits; s += 32) M = fmaxf(M, pm[(size_t)h * splits + s]);
+    for (int s = lane; s < splits; s += 32)  // (a split of l = 0 saw no token: its m and acc are not read)
+      if (pl[(size_t)h * splits + s] != 0.f) M = fmaxf(M, pm[(size_t)h * splits + s]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     double l = 0.0;
@@ -718,6 +719,67 @@ int sm90_pair_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR", 1);
   return v;
 }
+// PALU_CUDA_SM90_SEG: 1 (default) the pair schedule's blocks take equal shares of all the
+// batch's tiles, a share spanning (group, head pair) combos where it falls so, one block per SM;
+// 0 a whole number of blocks per combo (before/after comparisons).
+int sm90_seg_setting() {
+  static const int v = env_int_or("PALU_CUDA_SM90_SEG", 1);
+  return v;
+}
+// PALU_CUDA_SM90_SEG_COST (measurements): what a change of group inside a block costs, in tiles,
+// for the segmented partition (its consumers drain, refold M and ramp up again: ~8 µs on the H100,
+// about 4 tiles at 64K, 2026-11-25).
+int sm90_seg_cost() {
+  static const int v = env_int_or("PALU_CUDA_SM90_SEG_COST", 4);
+  return v;
+}
+// The pair schedule's segmented partition: W = groups · tiles flattened tiles (group g's tile t at
+// g · tiles + t) over at most nb blocks (per head pair), each block a run of consecutive tiles
+// whose load — its tiles plus `cost` per change of group inside it — is at most R, for the least
+// such R (binary search over R; a block moves on to the next group only while more than `cost`
+// of its load is left). lo gets the blocks' first tiles and then W; first[g] the block holding
+// group g's first tile; returns the splits per head (2 per block a group's tiles fall in).
+int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first) {
+  const long long W = (long long)groups * tiles;
+  auto fill = [&](long long R, std::vector<int>* out) {
+    long long pos = 0;
+    int n = 0;
+    while (pos < W) {
+      if (out != nullptr) out->push_back((int)pos);
+      ++n;
+      long long cap = R;
+      for (;;) {
+        const long long g_end = (pos / tiles + 1) * tiles, take = std::min(cap, g_end - pos);
+        pos += take;
+        cap -= take;
+        if (pos >= W || pos < g_end || cap <= cost) break;
+        cap -= cost;
+      }
+    }
+    if (out != nullptr) out->push_back((int)W);
+    return n;
+  };
+  long long a = (W + nb - 1) / nb, b = W + (long long)groups * cost;  // fill(b) = 1 block
+  while (a < b) {
+    const long long m = (a + b) / 2;
+    if (fill(m, nullptr) <= nb) b = m;
+    else a = m + 1;
+  }
+  lo.clear();
+  fill(a, &lo);
+  first.assign(groups, 0);
+  int most = 0;
+  for (int g = 0; g < groups; ++g) {
+    const long long g0 = (long long)g * tiles, g1 = g0 + tiles;
+    int n = 0;
+    for (size_t y = 0; y + 1 < lo.size(); ++y)
+      if (lo[y] < g1 && lo[y + 1] > g0) {
+        if (n++ == 0) first[g] = (int)y;
+      }
+    most = std::max(most, n);
+  }
+  return 2 * most;
+}
 // Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
 // it needs the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry point.
 // (Until the ring race fixed on 2026-11-25, one full barrier per buffer, it hung at 64K without
@@ -808,6 +870,8 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
     detail::Sm90Plan sm90;  // .ok: this batch runs the sm_90a kernel (splits = blocks)
     bool dec_ring = false;  // sm90.dec_ring and every group's rows 16-byte aligned (16-byte code loads)
     bool pair = false;      // the pair schedule (sm90_pair, every group's rows 16-byte aligned)
+    int seg_blocks = 0;     // (pair) > 0: the segmented grid, this many blocks per head pair (splits: the most per group)
+    std::vector<int> seg_lo, seg_first;  // (seg_blocks > 0) seg_partition's
   };
   std::vector<Batch> batches;
   auto same = [&](int a, int b) {
@@ -859,6 +923,19 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
       b.wgroups = b.pair ? 2 : 1;
+      // The pair schedule's segments (no split count asked for): per head pair at most `blocks`
+      // blocks (the SMs shared out, or options.sm90_blocks), each a run of the groups' tiles
+      // flattened (seg_partition); the splits per head are 2 per block a group's tiles fall in.
+      if (b.pair && options.splits <= 0 && env_splits <= 0 && sm90_seg_setting() != 0) {
+        static const int env_blocks = env_int_or("PALU_CUDA_SM90_BLOCKS", 0);  // (measurements)
+        const int nb = std::min(detail::kSm90MaxSegBlocks,
+                                std::max(1, options.sm90_blocks > 0 ? options.sm90_blocks
+                                            : env_blocks > 0       ? env_blocks
+                                                                   : lim.sms / (hq / 2)));
+        const int splits2 = seg_partition((int)b.gs.size(), tiles64, nb, sm90_seg_cost(), b.seg_lo, b.seg_first);
+        b.seg_blocks = (int)b.seg_lo.size() - 1;
+        b.splits = splits2 / 2;
+      }
       b.part_off = part_floats;
       b.stat_off = stat_floats;
       b.m_off = m_halves;
@@ -982,6 +1059,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.dec_wgs = sm90_dec_wgs();
       S.share_pv = sm90_share_pv();
       S.pair = b.pair ? 1 : 0;
+      S.seg_groups = b.seg_blocks > 0 ? (int)b.gs.size() : 0;
+      std::copy(b.seg_lo.begin(), b.seg_lo.end(), S.seg_lo);
+      std::copy(b.seg_first.begin(), b.seg_first.end(), S.seg_first);
       S.inv_sqrt_d = P.inv_sqrt_d;
       S.q = q;
       S.n_rep = n_rep;
@@ -992,7 +1072,10 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.pl = P.pl;
       S.pacc = P.pacc;
       PALU_RETURN_IF_ERROR(
-          detail::launch_latent_sm90(S, dim3(b.splits, (unsigned)b.gs.size() * S.chunks), b.smem, st));
+          detail::launch_latent_sm90(S,
+                                     b.seg_blocks > 0 ? dim3((unsigned)S.chunks, (unsigned)b.seg_blocks)
+                                                      : dim3(b.splits, (unsigned)b.gs.size() * S.chunks),
+                                     b.smem, st));
     } else {
       PALU_CUDA_RETURN_IF_ERROR(
           cudaFuncSetAttribute(latent_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)b.smem));

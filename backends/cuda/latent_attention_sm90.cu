@@ -367,7 +367,24 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // wgi broadcast from lane 0: warp-uniform to ptxas, so the descriptors derived from it (M_h, P)
   // live in uniform registers instead of being moved there (R2UR) before every wgmma
   const int tid = threadIdx.x, wgi = __shfl_sync(0xffffffffu, tid >> 7, 0), warp = (tid >> 5) & 3, lane = tid & 31;
-  const int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
+  const int tiles_total = (P.T + kTile - 1) / kTile;
+  // The pair schedule's segments (P.seg_groups > 0, grid (chunks, blocks)): the groups' tiles
+  // flattened, group g's tile t at g · tiles_total + t, and block (chunk, y) taking
+  // [seg_lo[y], seg_lo[y + 1]) of them for its head pair, which may span groups (one segment each;
+  // the host gives such blocks fewer tiles for the refold of M). The head pairs of a group read the same latents: their
+  // blocks (neighbours in launch order) take the same tiles at the same time, so one of them
+  // mostly reads them from L2 (with
+  // the (group, head pair) combos flattened instead, partners ran ~24 tiles apart at 131 blocks
+  // and the 64K call took 385 µs against 257). Otherwise block (x, y) takes combo y's tiles
+  // split evenly along x.
+  long long seg_lo = 0, seg_hi = 0;
+  int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
+  if (PAIR && P.seg_groups > 0) {
+    seg_lo = P.seg_lo[blockIdx.y];
+    seg_hi = P.seg_lo[blockIdx.y + 1];
+    gl = (int)(seg_lo / tiles_total);
+    chunk = blockIdx.x;
+  }
   const Sm90Group& G = P.g[gl];
   const int head0 = G.first_head + chunk * 2;
   constexpr int rk = RK;
@@ -387,18 +404,25 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // the stacked M: head n / 128, then a_i (rows 0..63) and b_i (64..127) of frequency i:
   // a_i = q_i·B[i] + q_{i+64}·B[i+64], b_i = q_{i+64}·B[i] − q_i·B[i+64] (B = the head's kv head's
   // rows of B^K), rounded as fold_q_kernel rounds them.
-  {
+  // (M by threads [0, nthr): the consumers, or in the pair schedule's prologue every thread, its
+  // producer too (the fold is on the critical path there; its first loads wait for the barrier
+  // after it either way); the bias terms by consumer threads. The pair schedule calls it again,
+  // consumers only, for each further segment of its block, with the segment's group and first head.)
+  auto fold = [&](const Sm90Group& fg, int fh0, int nthr) {
     auto m_at = [&](int n, int ch) -> uint8_t* {
       return smem + L.ms + (PAIR ? swz(2 * kHD, n, ch) : (size_t)(n >> 7) * kHD * rk * 2 + swz(kHD, n & 127, ch));
     };
     constexpr int cpr_k = RK / 8;  // 16-byte chunks per row of B^K
-    if (tid < kSm90Threads) {
-#pragma unroll 4
-      for (int it = tid; it < 2 * kHalf * cpr_k; it += kSm90Threads) {
+    // (the pair schedule: 8 items' loads in flight, the fold at a segment switch being on the
+    // critical path; 4 elsewhere, where 8 made the 640-thread schedule spill)
+    constexpr int kFoldUnroll = PAIR ? 8 : 4;
+    if (tid < nthr) {
+#pragma unroll kFoldUnroll
+      for (int it = tid; it < 2 * kHalf * cpr_k; it += nthr) {
         const int hh = it / (kHalf * cpr_k), i = (it / cpr_k) % kHalf, ch = it % cpr_k;
-        const int lh = head0 + hh - G.first_head;  // query head inside the group
-        const float* qh = P.q + (size_t)(head0 + hh) * kHD;
-        const __half* B = G.bk + (size_t)(lh / P.n_rep) * kHD * rk;
+        const int lh = fh0 + hh - fg.first_head;  // query head inside the group
+        const float* qh = P.q + (size_t)(fh0 + hh) * kHD;
+        const __half* B = fg.bk + (size_t)(lh / P.n_rep) * kHD * rk;
         const uint4 r0 = __ldg(reinterpret_cast<const uint4*>(B + (size_t)i * rk) + ch);
         const uint4 r1 = __ldg(reinterpret_cast<const uint4*>(B + (size_t)(i + kHalf) * rk) + ch);
         const float q0 = __ldg(qh + i), q1 = __ldg(qh + i + kHalf);
@@ -419,22 +443,21 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     }
     fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy) after the barrier
     if (tid < 2 * kHalf) {  // α_i, β_i of head tid / 64
-      const int hh = tid >> 6, i = tid & 63, lh = head0 + hh - G.first_head;
-      const float* qh = P.q + (size_t)(head0 + hh) * kHD;
+      const int hh = tid >> 6, i = tid & 63, lh = fh0 + hh - fg.first_head;
+      const float* qh = P.q + (size_t)(fh0 + hh) * kHD;
       float2 f = make_float2(0.f, 0.f);
-      if (G.kbias != nullptr) {
-        const float* bias = G.kbias + (size_t)(lh / P.n_rep) * kHD;
+      if (fg.kbias != nullptr) {
+        const float* bias = fg.kbias + (size_t)(lh / P.n_rep) * kHD;
         f = fold_q_pair(qh[i], qh[i + kHalf], bias[i], bias[i + kHalf]);
       }
       float* dst = reinterpret_cast<float*>(tail + hh * 1024 + (PAIR ? 256 : 128));
       dst[i] = f.x;
       dst[kHalf + i] = f.y;
     }
-    if (tid < kHalf) reinterpret_cast<float*>(tail + (PAIR ? 1792 : 768))[tid] = P.inv_freq[tid];
-  }
+  };
+  fold(G, head0, PAIR && P.fold_all ? (int)blockDim.x : kSm90Threads);
+  if (tid < kHalf) reinterpret_cast<float*>(tail + (PAIR ? 1792 : 768))[tid] = P.inv_freq[tid];
 
-  const int tiles_total = (T + kTile - 1) / kTile;
-  // the tiles split evenly over the blocks along x (ranges differ by at most one tile)
   // the tiles split evenly over the blocks along x (ranges differ by at most one tile)
   const int tile_begin = (int)((long long)blockIdx.x * tiles_total / gridDim.x);
   const int tile_end = (int)((long long)(blockIdx.x + 1) * tiles_total / gridDim.x);
@@ -784,27 +807,51 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     }
     fence_proxy_async();
     __syncthreads();  // M, the bias terms, the frequencies and the barriers visible
-    const int ntiles = max(0, tile_end - tile_begin);
-    // ring load index of K(j) and V(j) (j = tile − tile_begin): K(0), then K(j + 1), V(j), ...
+    // The block's segments: [lo, hi) of the flattened (group, tile) positions (one group's
+    // [tile_begin, tile_end) without P.seg_groups), cut at the groups' ends. The first is the
+    // group the prologue folded M for; an empty range is one segment of no tiles (its splits
+    // then read as empty: l = 0). The producer and the consumers walk the same segments, and
+    // the ring's load index n runs on across them (base: the loads of the earlier segments).
+    const bool seg = P.seg_groups > 0;
+    const long long lo = seg ? seg_lo : (long long)gl * tiles_total + tile_begin;
+    const long long hi = seg ? seg_hi : (long long)gl * tiles_total + max(tile_begin, tile_end);
+    // ring load index of K(j) and V(j) (j = tile − t0 inside a segment of nt tiles): K(0), then K(j + 1), V(j), ...
     auto kload = [&](int j) { return j == 0 ? 0 : 2 * j - 1; };
-    auto vload = [&](int j) { return j == ntiles - 1 ? 2 * j + 1 : 2 * j + 2; };
+    auto vload = [&](int j, int nt) { return j == nt - 1 ? 2 * j + 1 : 2 * j + 2; };
     auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
     if (wgi == 2) {  // the producer warpgroup: one lane issues every tile as TMA boxes
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
       if (warp == 0 && lane == 0) {
-        for (int n = 0; n < 2 * ntiles; ++n) {
-          int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
-          bool key = n == 0 || (n & 1);
-          if (key && j == ntiles) key = false, j = ntiles - 1;  // (the last tile's V follows its K(j) directly)
-          const int b = n % 3;
-          mbar_wait(empty + b, ((n / 3) & 1) ^ 1);  // use −1 counts as released
-          uint8_t* dst = rbuf(n);
-          const int atoms = key ? rk / 64 : (rv + 63) / 64;
-          const CUtensorMap* map = key ? &TM.k[gl] : &TM.v[gl];
-          uint64_t* fb = full + b * 2 + (j & 1);  // warpgroup j % 2 takes tile j
-          mbar_expect_tx(fb, (uint32_t)atoms * kTile * 128);
-          for (int a = 0; a < atoms; ++a)
-            tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, (tile_begin + j) * kTile, fb);
+        long long pos = lo;
+        for (int sgl = gl, base = 0;; ++sgl) {
+          const int t0 = (int)(pos - (long long)sgl * tiles_total);
+          const int nt = (int)min((long long)tiles_total - t0, hi - pos);
+          for (int n = 0; n < 2 * nt; ++n) {
+            int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
+            bool key = n == 0 || (n & 1);
+            if (key && j == nt) key = false, j = nt - 1;  // (the last tile's V follows its K(j) directly)
+            const int ng = base + n, b = ng % 3;
+            mbar_wait(empty + b, ((ng / 3) & 1) ^ 1);  // use −1 counts as released
+            uint8_t* dst = rbuf(ng);
+            const int atoms = key ? rk / 64 : (rv + 63) / 64;
+            const CUtensorMap* map = key ? &TM.k[sgl] : &TM.v[sgl];
+            uint64_t* fb = full + b * 2 + (j & 1);  // warpgroup j % 2 takes tile j
+            if (n == max(0, 2 * nt - 8) && pos + nt < hi) {
+              // ~4 tiles before this segment ends, the next group's B^K rows of the block's heads
+              // into L2: the consumers' fold for it then reads them from there (from memory, the
+              // fold at a segment switch had cost ~10 µs)
+              const Sm90Group& ng = P.g[sgl + 1];
+              const int kv0 = (chunk * 2) / P.n_rep, kv1 = (chunk * 2 + 1) / P.n_rep;
+              prefetch_l2(ng.bk + (size_t)kv0 * kHD * rk, (uint32_t)(kHD * rk * 2));
+              if (kv1 != kv0) prefetch_l2(ng.bk + (size_t)kv1 * kHD * rk, (uint32_t)(kHD * rk * 2));
+            }
+            mbar_expect_tx(fb, (uint32_t)atoms * kTile * 128);
+            for (int a = 0; a < atoms; ++a)
+              tma_load_box(dst + (size_t)a * kTile * 128, map, 64 * a, (t0 + j) * kTile, fb);
+          }
+          base += 2 * nt;
+          pos += nt;
+          if (pos >= hi) break;
         }
       }
       return;
@@ -816,12 +863,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     uint8_t* patom = tail + wgi * 1024;
     const uint64_t dpp = wgmma_desc(smem_u32(patom));
     float* redp = reinterpret_cast<float*>(tail + 768);  // [2 parity][2 wg][2 heads][4 warps]
-    float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
     float op[4][4];  // o as the m64n8 accumulators: value channel 64·mt + 16·warp + lane/4 (+8), heads in columns 0, 1
-#pragma unroll
-    for (int a = 0; a < 4; ++a)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
     auto fence_op = [&] {
 #pragma unroll
       for (int a = 0; a < 4; ++a)
@@ -868,140 +910,174 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       const int row = warp * 16 + (lane >> 2) + rh * 8;
       return row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
     };
-    if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
-    uint32_t fpar = 0;  // bit b: the phase parity of this warpgroup's next load into buffer b
+    uint32_t fpar = 0;  // bit b: the phase parity of this warpgroup's next load into buffer b (across segments)
     int cnt = 0;
-    for (int j = wgi; j < ntiles; j += 2, ++cnt) {
-      const int i = tile_begin + j, nk = kload(j), nv = vload(j);
-      const int nvalid = min(kTile, T - i * kTile);
-      mbar_wait_sleep(full + (nk % 3) * 2 + wgi, (fpar >> (nk % 3)) & 1u, hint_ns);
-      fpar ^= 1u << (nk % 3);
-      if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
-      float d[128];
-      fence_operands128(d);
-      wgmma_fence();
-      {
-        const uint64_t da = wgmma_desc(smem_u32(rbuf(nk)));
+    long long pos = lo;
+    for (int sgl = gl, base = 0, si = 0;; ++sgl, ++si) {
+      const int t0 = (int)(pos - (long long)sgl * tiles_total);
+      const int ntiles = (int)min((long long)tiles_total - t0, hi - pos);
+      const int sch = chunk;
+      const Sm90Group& SG = P.g[sgl];
+      const int sh0 = SG.first_head + sch * 2;
+      if (si > 0) {  // a further segment: both warpgroups are done with M and the bias terms of the last
+        named_barrier(5, 2 * 128);
+        fold(SG, sh0, kSm90Threads);
+        named_barrier(5, 2 * 128);
+      }
+      float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
 #pragma unroll
-        for (int k0 = 0; k0 < rk; k0 += 16) {
-          const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
-          wgmma_m64n256k16(d, desc_adv(da, ko * (kTile * 128) + kin), desc_adv(dmp, ko * (2 * kHD * 128) + kin),
-                           k0 > 0 ? 1 : 0);
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
+      if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
+      for (int j = wgi; j < ntiles; j += 2, ++cnt) {
+        const int i = t0 + j, nk = base + kload(j), nv = base + vload(j, ntiles);
+        const int nvalid = min(kTile, T - i * kTile);
+        mbar_wait_sleep(full + (nk % 3) * 2 + wgi, (fpar >> (nk % 3)) & 1u, hint_ns);
+        fpar ^= 1u << (nk % 3);
+        if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
+        float d[128];
+        fence_operands128(d);
+        wgmma_fence();
+        {
+          const uint64_t da = wgmma_desc(smem_u32(rbuf(nk)));
+#pragma unroll
+          for (int k0 = 0; k0 < rk; k0 += 16) {
+            const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
+            wgmma_m64n256k16(d, desc_adv(da, ko * (kTile * 128) + kin),
+                           desc_adv(dmp, ko * (2 * kHD * 128) + kin), k0 > 0 ? 1 : 0);
+          }
         }
-      }
-      wgmma_commit();
-      fence_operands128(d);
-      if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
-      float4 tg[8];
-      trig_row(tg, i * kTile, 0);
-      wgmma_wait0();
-      fence_operands128(d);
-      mbar_arrive(empty + nk % 3);
-      float s[2][2];
-      s[0][0] = score(d, tg, 0, 0, nvalid);
-      s[1][0] = score(d, tg, 1, 0, nvalid);
-      trig_row(tg, i * kTile, 1);
-      s[0][1] = score(d, tg, 0, 1, nvalid);
-      s[1][1] = score(d, tg, 1, 1, nvalid);
-      // each head's max over the warpgroup's 64 rows (consecutive tiles of a warpgroup alternate slots)
-      float* rm = redp + (cnt & 1) * 16 + wgi * 8;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mt = fmaxf(s[h][0], s[h][1]);
-#pragma unroll
-        for (int k = 4; k < 32; k <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, k));
-        if (lane == 0) rm[h * 4 + warp] = mt;
-      }
-      named_barrier(1 + wgi, 128);
-      float pr[2][2], corr[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
-        const float m_new = fmaxf(mr[h], mt);
-        corr[h] = 1.f;
-        pr[h][0] = pr[h][1] = 0.f;
-        if (m_new != -INFINITY) {
-          corr[h] = expf(mr[h] - m_new);
-          pr[h][0] = expf(s[h][0] - m_new);
-          pr[h][1] = expf(s[h][1] - m_new);
-        }
-        float sum = pr[h][0] + pr[h][1];
-#pragma unroll
-        for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
-        lr[h] = lr[h] * corr[h] + sum;
-        mr[h] = m_new;
-      }
-#pragma unroll
-      for (int a = 0; a < 4; ++a) {
-        op[a][0] *= corr[0];
-        op[a][1] *= corr[1];
-        op[a][2] *= corr[0];
-        op[a][3] *= corr[1];
-      }
-      if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+        wgmma_commit();
+        fence_operands128(d);
+        if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
+        float4 tg[8];
+        trig_row(tg, i * kTile, 0);
+        wgmma_wait0();
+        fence_operands128(d);
+        mbar_arrive(empty + nk % 3);
+        float s[2][2];
+        s[0][0] = score(d, tg, 0, 0, nvalid);
+        s[1][0] = score(d, tg, 1, 0, nvalid);
+        trig_row(tg, i * kTile, 1);
+        s[0][1] = score(d, tg, 0, 1, nvalid);
+        s[1][1] = score(d, tg, 1, 1, nvalid);
+        // each head's max over the warpgroup's 64 rows (consecutive tiles of a warpgroup alternate slots)
+        float* rm = redp + (cnt & 1) * 16 + wgi * 8;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          __half* at = reinterpret_cast<__half*>(patom + h * 128);
+          float mt = fmaxf(s[h][0], s[h][1]);
 #pragma unroll
-          for (int rh = 0; rh < 2; ++rh) {
-            const int t = warp * 16 + (lane >> 2) + rh * 8;
-            at[((((t >> 3) ^ h) << 4) >> 1) + (t & 7)] = __float2half_rn(pr[h][rh]);
+          for (int k = 4; k < 32; k <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, k));
+          if (lane == 0) rm[h * 4 + warp] = mt;
+        }
+        named_barrier(1 + wgi, 128);
+        float pr[2][2], corr[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+          const float m_new = fmaxf(mr[h], mt);
+          corr[h] = 1.f;
+          pr[h][0] = pr[h][1] = 0.f;
+          if (m_new != -INFINITY) {
+            corr[h] = expf(mr[h] - m_new);
+            pr[h][0] = expf(s[h][0] - m_new);
+            pr[h][1] = expf(s[h][1] - m_new);
+          }
+          float sum = pr[h][0] + pr[h][1];
+#pragma unroll
+          for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+          lr[h] = lr[h] * corr[h] + sum;
+          mr[h] = m_new;
+        }
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          op[a][0] *= corr[0];
+          op[a][1] *= corr[1];
+          op[a][2] *= corr[0];
+          op[a][3] *= corr[1];
+        }
+        if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            __half* at = reinterpret_cast<__half*>(patom + h * 128);
+#pragma unroll
+            for (int rh = 0; rh < 2; ++rh) {
+              const int t = warp * 16 + (lane >> 2) + rh * 8;
+              at[((((t >> 3) ^ h) << 4) >> 1) + (t & 7)] = __float2half_rn(pr[h][rh]);
+            }
           }
         }
+        fence_proxy_async();
+        named_barrier(1 + wgi, 128);
+        mbar_wait_sleep(full + (nv % 3) * 2 + wgi, (fpar >> (nv % 3)) & 1u, hint_ns);
+        fpar ^= 1u << (nv % 3);
+        fence_op();
+        wgmma_fence();
+        {
+          const uint64_t dv = wgmma_desc_mn(smem_u32(rbuf(nv)), kTile * 128);
+#pragma unroll
+          for (int mt = 0; mt < 4; ++mt) {
+            if (mt * 64 < rv) {
+#pragma unroll
+              for (int ks = 0; ks < kTile / 16; ++ks)
+                wgmma_m64n8k16_ta(op[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048),
+                                desc_adv(dpp, ks * 32));
+            }
+          }
+        }
+        wgmma_commit();
+        fence_op();
+        wgmma_wait0();
+        fence_op();
+        mbar_arrive(empty + nv % 3);
       }
-      fence_proxy_async();
+      if (pp) {  // the unmatched turn arrival: warpgroup 1's first (even count) or warpgroup 0's last (odd)
+        if ((ntiles & 1) == 0 && wgi == 0) named_barrier(3, 2 * 128);
+        if ((ntiles & 1) == 1 && wgi == 1) named_barrier(4, 2 * 128);
+      }
+      float* rl = reinterpret_cast<float*>(tail + 896) + wgi * 8;  // [2 heads][4 warps]
+      if (lane == 0) {
+        rl[warp] = lr[0];
+        rl[4 + warp] = lr[1];
+      }
       named_barrier(1 + wgi, 128);
-      mbar_wait_sleep(full + (nv % 3) * 2 + wgi, (fpar >> (nv % 3)) & 1u, hint_ns);
-      fpar ^= 1u << (nv % 3);
-      fence_op();
-      wgmma_fence();
-      {
-        const uint64_t dv = wgmma_desc_mn(smem_u32(rbuf(nv)), kTile * 128);
+      // split slot: 2 · (block − the group's first block) + warpgroup with segments
+      int split = blockIdx.x * 2 + wgi;
+      if (seg) {
+        split = 2 * ((int)blockIdx.y - P.seg_first[sgl]) + wgi;
+        // the group's last block marks its slots past the used ones empty (l = 0: the merge skips them)
+        if (t0 + ntiles == tiles_total && tid == 0)
+          for (int u = split + 2; u < P.splits; ++u)
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          if (mt * 64 < rv) {
+            for (int h = 0; h < 2; ++h) {
+              P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
+              P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
+            }
+      }
+      if (tid % 128 == 0) {
 #pragma unroll
-            for (int ks = 0; ks < kTile / 16; ++ks)
-              wgmma_m64n8k16_ta(op[mt], desc_adv(dv, mt * (kTile * 128) + ks * 2048), desc_adv(dpp, ks * 32));
+        for (int h = 0; h < 2; ++h) {
+          P.pm[(size_t)(sh0 + h) * P.splits + split] = mr[h];
+          P.pl[(size_t)(sh0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+        }
+      }
+      if ((lane & 3) == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
+#pragma unroll
+          for (int mt = 0; mt < 4; ++mt) {
+            const int c = mt * 64 + warp * 16 + (lane >> 2);
+            if (c < rv) dst[c] = op[mt][h];
+            if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
           }
         }
       }
-      wgmma_commit();
-      fence_op();
-      wgmma_wait0();
-      fence_op();
-      mbar_arrive(empty + nv % 3);
-    }
-    if (pp) {  // the unmatched turn arrival: warpgroup 1's first (even count) or warpgroup 0's last (odd)
-      if ((ntiles & 1) == 0 && wgi == 0) named_barrier(3, 2 * 128);
-      if ((ntiles & 1) == 1 && wgi == 1) named_barrier(4, 2 * 128);
-    }
-    float* rl = reinterpret_cast<float*>(tail + 896) + wgi * 8;  // [2 heads][4 warps]
-    if (lane == 0) {
-      rl[warp] = lr[0];
-      rl[4 + warp] = lr[1];
-    }
-    named_barrier(1 + wgi, 128);
-    const int split = blockIdx.x * 2 + wgi;
-    if (tid % 128 == 0) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        P.pm[(size_t)(head0 + h) * P.splits + split] = mr[h];
-        P.pl[(size_t)(head0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
-      }
-    }
-    if ((lane & 3) == 0) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float* dst = P.pacc + ((size_t)G.out_off + (size_t)(chunk * 2 + h) * rv) * P.splits + (size_t)split * rv;
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          const int c = mt * 64 + warp * 16 + (lane >> 2);
-          if (c < rv) dst[c] = op[mt][h];
-          if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
-        }
-      }
-    }
+      base += 2 * ntiles;
+      pos += ntiles;
+      if (pos >= hi) break;
+    }  // segments
     return;
   }
   if constexpr (PIPE) {
@@ -1513,17 +1589,25 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
       return e != nullptr ? std::atoi(e) : 1;
     }();
     q.wait_sleep = sleep;
+    // PALU_CUDA_SM90_FOLD_ALL=0: the pair schedule's prologue fold by the consumers only (comparisons)
+    static const int fold_all = [] {
+      const char* e = std::getenv("PALU_CUDA_SM90_FOLD_ALL");
+      return e != nullptr ? std::atoi(e) : 1;
+    }();
+    q.fold_all = fold_all;
   }
   if (p.pair != 0) {
     if (sched_ws != kRingWs || p.rv > 256)
       return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values, the ring with its "
                               "producer, and a value rank ≤ 256");
     sched_ws = kPairWs;
+  } else if (p.seg_groups > 0) {
+    return invalid_argument("sm_90a latent kernel: segments are a pair-schedule grid");
   }
   Sm90Maps maps{};
   if (sched_ws == kRingWs || sched_ws == kPairWs) {
     const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-    const int groups = (int)grid.y / p.chunks;
+    const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
     auto make = [&](CUtensorMap* m, const uint8_t* rows, int rank, int row_bytes) {
       if (encode == nullptr || reinterpret_cast<uintptr_t>(rows) % 16 != 0) return false;
       const cuuint64_t dims[2] = {(cuuint64_t)rank, (cuuint64_t)p.T};

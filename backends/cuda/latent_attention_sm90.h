@@ -18,6 +18,7 @@ namespace palu::backends::cuda::detail {
 constexpr int kSm90MaxBatch = 16;  // groups per launch
 constexpr int kSm90Tile = 64;      // tokens per tile (the wgmma M dimension)
 constexpr int kSm90Threads = 256;  // two warpgroups, one query head each
+constexpr int kSm90MaxSegBlocks = 256;  // the pair schedule's segmented grid: blocks per head pair
 
 struct Sm90Group {
   const uint8_t* zk;  // [T, row_bytes_k] key latents
@@ -51,10 +52,17 @@ struct Sm90Params {
                  // ring the f16 schedule reads (kSm90Threads + 128 threads; plan: Sm90Plan::dec_ring)
   int dec_wgs;     // (with dec_ring) producer warpgroups: 1 (kSm90Threads + 128 threads) or 2 (+ 256)
   int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
+  int fold_all;    // 1: (pair) every thread, the producer warpgroup's too, folds M in the prologue
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
   int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x (see the
                    // kernel; kSm90Threads + 128 threads)
+  int seg_groups;  // (pair) > 0: grid (chunks, blocks), the groups' tiles flattened (group g's tile t at
+                   // g · tiles + t) and block (chunk, y) taking [seg_lo[y], seg_lo[y + 1]) of them, a range
+                   // spanning groups where it falls so (see the kernel); splits = 2 · the most blocks any
+                   // group's tiles fall in. 0: grid (splits, groups · chunks)
+  int seg_lo[kSm90MaxSegBlocks + 1];
+  int seg_first[kSm90MaxBatch];  // the block holding group g's first tile
   float inv_sqrt_d;
   // Each block folds its two heads' q into B^K itself (M_h = [a; b], the same f16 values as the
   // sm_80 path's fold_q_kernel) and the key bias into α, β.

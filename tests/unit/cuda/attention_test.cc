@@ -47,6 +47,7 @@ struct LatentCase {
   bool force_sm80 = false;  // the sm_80 kernel even where the sm_90a one would run (H100)
   bool sm90_serial = false;  // the sm_90a kernel without the wgmma / p·z^V overlap
   int repeats = 0;  // then this many more launches, each output bit-identical to the first (no race, no hang)
+  int sm90_blocks = 0;  // CudaDecodeOptions::sm90_blocks (the pair schedule's segmented grid)
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -200,6 +201,7 @@ void run_latent_case(const LatentCase& c) {
   opt.splits = c.splits;
   opt.force_sm80 = c.force_sm80;
   opt.sm90_pipeline = !c.sm90_serial;
+  opt.sm90_blocks = c.sm90_blocks;
   const LatentLaunchPlan plan = plan_latent_launch(gs, gg[0]);
   const bool sm90 = plan.sm90 && !c.force_sm80;
   st = latent_attention_decode_cuda(gs, gg.data(), c.T, c.T, dq.as<float>(), dinv.as<float>(), dout->as<float>(),
@@ -269,6 +271,14 @@ std::vector<LatentCase> latent_cases() {
       {"7b f16 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, false, 0, false, false, 1000},
       {"7b q4 128/384 long", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 300},
       {"7b q4 256/256 splits=5", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 5},
+      // the pair schedule's segmented grid with block counts (per head pair) that cut the 8 groups'
+      // tile ranges unevenly: 3 blocks (each spanning 3–4 groups), 5 at T = 65 (2 tiles per group:
+      // segments of one or two tiles), 37 over one group's 65 tiles, more blocks than tiles (one
+      // tile each)
+      {"7b f16 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, true, 0, false, false, 0, 3},
+      {"7b f16 256/256 5 blocks", 65, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 5},
+      {"gqa4 f16 64/96 bias 37 blocks", 4099, 8, 2, 2, {64}, {96}, S::kF16, S::kF16, true, 0, false, false, 0, 37},
+      {"7b f16 128/256 200 blocks", 1000, 32, 32, 4, {128}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 200},
       // the pipelined sm_90a schedule (≥ 2 key and value stages: the q4 shapes) at 64K, and the
       // serial schedule on shapes that would run pipelined
       {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4},
