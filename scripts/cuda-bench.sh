@@ -523,6 +523,63 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   (`scripts/gpu-compare.sh`, 03:38 UTC): f16 at 64K 249.1 µs, 1.48× SDPA (an earlier run of the
   same kernels with the ping-pong, 03:31 UTC: 245.8 µs, 1.49×).
 
+* round 12 (2026-11-25 05:40–06:40 UTC, session 15): the SMs the 8 × 16 grid left idle.
+  Expected, written first: blocks that take equal shares of all the tiles, a share crossing a
+  range boundary refolding M, ~124 instead of 128 tiles per block: ~3% at 64K. Each step measured
+  with `palu-cuda-attention-bench --T 4096,16384,65536 --iters 20` (µs), the settings interleaved
+  in one binary on the H100:
+  - first, the 16 (group, head pair) ranges flattened and cut into 132 shares: 382–383 at 64K
+    against 251–255 with the 8 × 16 grid (4K 46–51 against 36–37). `PALU_CUDA_SM90_BLOCKS`
+    (measurements): 128 shares (each one range's eighth, none crossing) 257, 131 shares 385, 64
+    shares 415 (the 8 × 4 grid: 415). The two head pairs of a group read the same latents; in the
+    8 × 16 grid their blocks walk the same tiles at the same time and the second read mostly hits
+    L2, while with shares cut across the flattened ranges the partners ran ~24 tiles apart;
+  - so the groups' tiles are flattened per head pair instead, grid (head pairs, blocks), the
+    partners neighbours in launch order and holding the same tile ranges; the next group's B^K
+    rows prefetched to L2 four tiles before a block changes group: 64K 246 against 243–244, but
+    4K 44 against 35.5 and 16K 87–88 against 77: the change of group (both warpgroups drain, the
+    consumers refold M, the pipeline ramps up again) costs ~8 µs, about 4 tiles at 64K;
+  - (an ablation that skipped writing M read 218–227 against 252–253 at 64K, far more than a
+    fold can cost: M left as zeros or stale values makes the wgmma draw less power — not a
+    measurement of the fold);
+  - **kept:** the host's partition (`seg_partition`) charges 4 tiles for each change of group
+    inside a block and takes the least per-block load that covers all tiles with at most
+    SMs ÷ head pairs blocks per head pair: at 64K 125 tiles (the 8 × 16 grid: 128), a block that
+    crosses into the next group takes 121 + the refold; at 4K and 16K it gives the 8 × 16
+    partition (8 and 32 tiles, no crossings). Three interleaved runs: 64K 246–248 against 250–253
+    (`PALU_CUDA_SM90_SEG=0`: the 8 × 16 grid), 128K 467–468 against 480–486, 4K 38.0–38.6
+    against 38.2–41.4, 16K 79.4–80.4 against 80.4–82.9; charging nothing for a change of group
+    (`PALU_CUDA_SM90_SEG_COST=0`) 253.8–254.7 at 64K. The splits per head are 2 per block a
+    group's tiles fall in (20 at 64K); a group's last block marks the slots past the used ones
+    empty (l = 0), and the merge now leaves l = 0 splits out of its max;
+  - **kept:** the prologue's fold of q into B^K by all 384 threads, the producer warpgroup's too
+    (its first loads waited for the barrier after the fold anyway): three interleaved runs of
+    each (fold by all / by the consumers) × (segments / 8 × 16 grid): 4K 38.1–40.9 / 41.4–42.5
+    and 38.4–40.1 / 40.9–42.3, 64K 248.5–251.8 / 251.8–253.7 and 253.5–254.6 / 256.4–259.6;
+  - tried and not kept (interleaved against the kept code, 64K): the producer's empty-buffer
+    waits sleeping 248–250 against 245–247.5; the merge kernel with each thread forming its own
+    weights in one round of loads: latent rows unchanged (246.4–248.6 against 245.9–246.6), full
+    f16 at 4K 39.3–39.5 against 36.3; its first 32 splits' partials preloaded instead of 16
+    (20 splits at 64K): 243–246 against 244–247, 4K 38.9–41.0 against 37.7–38.7; the merge inside
+    the attention kernel (the last block of a group's blocks per head pair, found by an
+    acquire-release counter per (group, head pair), merges them): with a loop of predicated loads
+    and double math +15–22 µs, with unconditional float loads equal (252 against 250.5–251.7),
+    with (m, l) staged in shared memory +5 µs. For scale: the counter and barriers without the
+    merge (output wrong) 245–249 against 250.5–251.7, no merge at all 244–247: the merge costs
+    5–8 µs of every call, in its own kernel or inside this one.
+  Tests (H100): LatentAttentionCuda 43/43 with four new partitions (3 blocks per head pair at
+  4099 tokens, each crossing 2–3 groups; 5 at 65 tokens, segments of one or two tiles; 37 over
+  one group; 200 over 128 tiles, one each), also with `PALU_CUDA_SM90_PAIR=2` and
+  `PALU_CUDA_SM90_SEG=0`; with FullAttentionCuda 49/49 (the 1000 L2-flushed 64K launches
+  bit-identical); the whole `cuda_tests` with the ref-mha data 72 (RefGqa lacks its data); 25
+  runs of `palu-cuda-attention-bench --T 65536 --iters 30`, no failure. The table above is from
+  this build (`scripts/gpu-compare.sh`, 06:07 UTC): f16 at 64K 246.4 µs against SDPA's 366.0,
+  1.49× (128K 1.49×, 16K 1.33×, 4K 1.02×: that machine's 4K rows ran ~3 µs slower than the
+  interleaved runs above). End to end (the table below, `scripts/cuda-bench.sh --model`, 06:34
+  UTC): llama7b latent f16 75.07 tok/s (74.63 before), full f16 72.78, latent q4 56.68 (58.11
+  before; its kernels did not change); ref-mha latent f16 read 156.74 tok/s in that run and
+  222.7–228.8 in three runs of `palu-cuda-model-bench --models ref-mha` right after (the generic
+  cuBLAS attention, unchanged; 221.83 before).
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -536,14 +593,15 @@ Why the latent rows are still short of their targets at 64K (the table above; be
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): for f16 1–2% more after round 11. The grid of 8 × 16
-blocks leaves 4 of the 132 SMs idle (3%): blocks that may span two (group, head pair) ranges, each
-taking 1/132 of all tiles (its second range refolds M and writes a second split), would use them
-(more, shorter blocks do not: round 11). Beyond that the pair schedule leaves the tensor pipe ~30%
+What the targets need (not built): for f16 ~1% more after round 12 (246.4 µs; 1.5× SDPA is
+~244). The partition is at its limit (8192 tiles per head pair over 66 blocks: 124.1, and a
+warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
+every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
-round 10's probe). For the q4 rows the same pair schedule with the decoding producers: the consumers need
-~200 registers for the m64n256 accumulators (128) and the rest, while the 512-thread launch gives
-them 168 with the two producer warpgroups at 88; the producers would have to decode in ~56.
+round 10's probe). For the q4 rows the same pair schedule with the decoding producers: the
+consumers need ~200 registers for the m64n256 accumulators (128) and the rest, while the
+512-thread launch gives them 168 with the two producer warpgroups at 88; the producers would have
+to decode in ~56.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
