@@ -719,9 +719,9 @@ int sm90_pair_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR", 1);
   return v;
 }
-// PALU_CUDA_SM90_SEG: 1 (default) the pair schedule's blocks take equal shares of all the
-// batch's tiles, a share spanning (group, head pair) combos where it falls so, one block per SM;
-// 0 a whole number of blocks per combo (before/after comparisons).
+// PALU_CUDA_SM90_SEG: 1 (default) the pair schedule's blocks (SMs ÷ head pairs per head pair)
+// take runs of all the batch's groups' tiles (seg_partition), a run crossing into the next group
+// where that pays; 0 a whole number of blocks per (group, head pair) (before/after comparisons).
 int sm90_seg_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_SEG", 1);
   return v;

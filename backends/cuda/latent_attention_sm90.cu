@@ -324,7 +324,8 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // z_t·Σ_f (cos·m_a + sin·m_b) with m = M·1 (RoPE is linear per token; m is computed per block
 // from M in shared memory into the key-bias slot), so the producers' key decode is the values'.
 // kPairWs (f16 keys and values, value rank ≤ 256): one warpgroup per tile for both heads, the two
-// warpgroups taking alternate tiles (each writes its own split: P.splits = 2 · gridDim.x). The
+// warpgroups taking alternate tiles (each writes its own split: P.splits = 2 · gridDim.x, or with
+// segments 2 · the most blocks a group's tiles fall in). The
 // key chain is m64n256k16 with B = both heads' M ([k-atom][256 rows] in shared memory), the
 // cos/sin are computed once for both heads, p·z^V is one m64n8k16 chain per tile for both heads
 // (P rows 0 and 1), issued right after the warpgroup's own scores, while the other warpgroup's
@@ -370,13 +371,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const int tiles_total = (P.T + kTile - 1) / kTile;
   // The pair schedule's segments (P.seg_groups > 0, grid (chunks, blocks)): the groups' tiles
   // flattened, group g's tile t at g · tiles_total + t, and block (chunk, y) taking
-  // [seg_lo[y], seg_lo[y + 1]) of them for its head pair, which may span groups (one segment each;
-  // the host gives such blocks fewer tiles for the refold of M). The head pairs of a group read the same latents: their
-  // blocks (neighbours in launch order) take the same tiles at the same time, so one of them
-  // mostly reads them from L2 (with
-  // the (group, head pair) combos flattened instead, partners ran ~24 tiles apart at 131 blocks
-  // and the 64K call took 385 µs against 257). Otherwise block (x, y) takes combo y's tiles
-  // split evenly along x.
+  // [seg_lo[y], seg_lo[y + 1]) of them for its head pair, which may span groups (one segment
+  // each; the host gives such blocks fewer tiles for the refold of M). The head pairs of a group
+  // read the same latents: their blocks (neighbours in launch order) take the same tiles at the
+  // same time, so one of them mostly reads them from L2 (with the (group, head pair) ranges
+  // flattened instead, partners ran ~24 tiles apart at 131 blocks and the 64K call took 385 µs
+  // against 257). Otherwise block (x, y) takes combo y's tiles split evenly along x.
   long long seg_lo = 0, seg_hi = 0;
   int gl = blockIdx.y / P.chunks, chunk = blockIdx.y % P.chunks;
   if (PAIR && P.seg_groups > 0) {
@@ -838,12 +838,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             uint64_t* fb = full + b * 2 + (j & 1);  // warpgroup j % 2 takes tile j
             if (n == max(0, 2 * nt - 8) && pos + nt < hi) {
               // ~4 tiles before this segment ends, the next group's B^K rows of the block's heads
-              // into L2: the consumers' fold for it then reads them from there (from memory, the
-              // fold at a segment switch had cost ~10 µs)
-              const Sm90Group& ng = P.g[sgl + 1];
+              // into L2, for the consumers' refold (it came with other changes of round 12 and
+              // was not measured apart)
+              const Sm90Group& nxt = P.g[sgl + 1];
               const int kv0 = (chunk * 2) / P.n_rep, kv1 = (chunk * 2 + 1) / P.n_rep;
-              prefetch_l2(ng.bk + (size_t)kv0 * kHD * rk, (uint32_t)(kHD * rk * 2));
-              if (kv1 != kv0) prefetch_l2(ng.bk + (size_t)kv1 * kHD * rk, (uint32_t)(kHD * rk * 2));
+              prefetch_l2(nxt.bk + (size_t)kv0 * kHD * rk, (uint32_t)(kHD * rk * 2));
+              if (kv1 != kv0) prefetch_l2(nxt.bk + (size_t)kv1 * kHD * rk, (uint32_t)(kHD * rk * 2));
             }
             mbar_expect_tx(fb, (uint32_t)atoms * kTile * 128);
             for (int a = 0; a < atoms; ++a)

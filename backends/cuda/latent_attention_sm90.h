@@ -40,7 +40,7 @@ struct Sm90Params {
   int stor_k, stor_v;  // RowStorage values
   int row_bytes_k, row_bytes_v;
   int chunks;           // query heads per group / 2 (blockIdx.y = group · chunks + chunk)
-  int splits;           // partial splits per head: gridDim.x (one per block)
+  int splits;           // partial splits per head: gridDim.x (one per block; the pair schedule: see pair)
   int k_stages, v_stages;
   int pipeline;  // 1: the wgmma of tile i+1 is issued before p·z^V of tile i (k_stages, v_stages ≥ 2),
                  // else the ring where planned; 0: the serial schedule with k_stages / v_stages
@@ -55,8 +55,9 @@ struct Sm90Params {
   int fold_all;    // 1: (pair) every thread, the producer warpgroup's too, folds M in the prologue
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
-  int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x (see the
-                   // kernel; kSm90Threads + 128 threads)
+  int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x or, with
+                   // segments, 2 · the most blocks a group's tiles fall in (see the kernel; kSm90Threads + 128
+                   // threads)
   int seg_groups;  // (pair) > 0: grid (chunks, blocks), the groups' tiles flattened (group g's tile t at
                    // g · tiles + t) and block (chunk, y) taking [seg_lo[y], seg_lo[y + 1]) of them, a range
                    // spanning groups where it falls so (see the kernel); splits = 2 · the most blocks any
