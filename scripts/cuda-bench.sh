@@ -575,7 +575,10 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   runs of `palu-cuda-attention-bench --T 65536 --iters 30`, no failure. The table above is from
   this build (`scripts/gpu-compare.sh`, 06:07 UTC): f16 at 64K 246.4 µs against SDPA's 366.0,
   1.49× (128K 1.49×, 16K 1.33×, 4K 1.02×: that machine's 4K rows ran ~3 µs slower than the
-  interleaved runs above). End to end (the table below, `scripts/cuda-bench.sh --model`, 06:34
+  interleaved runs above); a second run of the final build (06:39 UTC, after a review commit that
+  changed only comments and a name) read 245.5 µs against SDPA's 364.6, 1.48× (128K 464.0 µs,
+  1.53×; 16K 1.29×; 4K 0.99×), Vulkan 702 / 864 / 783 µs against 246 / 435 / 387 (2.86 / 1.99 /
+  2.02×). End to end (the table below, `scripts/cuda-bench.sh --model`, 06:34
   UTC): llama7b latent f16 75.07 tok/s (74.63 before), full f16 72.78, latent q4 56.68 (58.11
   before; its kernels did not change); ref-mha latent f16 read 156.74 tok/s in that run and
   222.7–228.8 in three runs of `palu-cuda-model-bench --models ref-mha` right after (the generic
