@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "backends/base/status.h"
 
 namespace palu::backends::cuda::detail {
@@ -22,5 +24,13 @@ Result<DeviceLimits> device_limits();
 // that kernel's completion and memory either way).
 Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, int splits, int first_head,
                            int heads, int out_off0, int rv, float* out, cudaStream_t stream, bool pdl);
+
+// The sm_90a pair schedule's segmented partition (host code; latent_attention.cu says how):
+// W = groups · tiles flattened tiles over at most nb blocks per head pair, `cost` tiles charged
+// per change of group inside a block. lo: the blocks' first tiles, then W; first[g]: the block
+// holding group g's first tile; count[g]: the blocks group g's tiles fall in. Returns the splits
+// per head (2 · the largest count).
+int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first,
+                  std::vector<int>& count);
 
 }  // namespace palu::backends::cuda::detail

@@ -639,6 +639,57 @@ Result<DeviceLimits> device_limits() {
   return d;
 }
 
+// (attention_cuda_internal.h) The pair schedule's segmented partition: W = groups · tiles
+// flattened tiles (group g's tile t at g · tiles + t) over at most nb blocks (per head pair), each
+// block a run of consecutive tiles whose load — its tiles plus `cost` per change of group inside
+// it — is at most R, for the least such R (binary search over R; a block moves on to the next
+// group only while more than `cost` of its load is left). lo gets the blocks' first tiles and
+// then W; first[g] the block holding group g's first tile, count[g] the blocks group g's tiles
+// fall in; returns the splits per head (2 per block a group's tiles fall in).
+int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first,
+                  std::vector<int>& count) {
+  const long long W = (long long)groups * tiles;
+  auto fill = [&](long long R, std::vector<int>* out) {
+    long long pos = 0;
+    int n = 0;
+    while (pos < W) {
+      if (out != nullptr) out->push_back((int)pos);
+      ++n;
+      long long cap = R;
+      for (;;) {
+        const long long g_end = (pos / tiles + 1) * tiles, take = std::min(cap, g_end - pos);
+        pos += take;
+        cap -= take;
+        if (pos >= W || pos < g_end || cap <= cost) break;
+        cap -= cost;
+      }
+    }
+    if (out != nullptr) out->push_back((int)W);
+    return n;
+  };
+  long long a = (W + nb - 1) / nb, b = W + (long long)groups * cost;  // fill(b) = 1 block
+  while (a < b) {
+    const long long m = (a + b) / 2;
+    if (fill(m, nullptr) <= nb) b = m;
+    else a = m + 1;
+  }
+  lo.clear();
+  fill(a, &lo);
+  first.assign(groups, 0);
+  count.assign(groups, 0);
+  int most = 0;
+  for (int g = 0; g < groups; ++g) {
+    const long long g0 = (long long)g * tiles, g1 = g0 + tiles;
+    int n = 0;
+    for (size_t y = 0; y + 1 < lo.size(); ++y)
+      if (lo[y] < g1 && lo[y + 1] > g0) {
+        if (n++ == 0) first[g] = (int)y;
+      }
+    count[g] = n;
+    most = std::max(most, n);
+  }
+  return 2 * most;
+}
 }  // namespace detail
 
 size_t latent_decode_scratch_bound(const CudaAttentionShape& sh, const CudaLatentGroup* groups, int T) {
@@ -732,53 +783,6 @@ int sm90_seg_setting() {
 int sm90_seg_cost() {
   static const int v = env_int_or("PALU_CUDA_SM90_SEG_COST", 4);
   return v;
-}
-// The pair schedule's segmented partition: W = groups · tiles flattened tiles (group g's tile t at
-// g · tiles + t) over at most nb blocks (per head pair), each block a run of consecutive tiles
-// whose load — its tiles plus `cost` per change of group inside it — is at most R, for the least
-// such R (binary search over R; a block moves on to the next group only while more than `cost`
-// of its load is left). lo gets the blocks' first tiles and then W; first[g] the block holding
-// group g's first tile; returns the splits per head (2 per block a group's tiles fall in).
-int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first) {
-  const long long W = (long long)groups * tiles;
-  auto fill = [&](long long R, std::vector<int>* out) {
-    long long pos = 0;
-    int n = 0;
-    while (pos < W) {
-      if (out != nullptr) out->push_back((int)pos);
-      ++n;
-      long long cap = R;
-      for (;;) {
-        const long long g_end = (pos / tiles + 1) * tiles, take = std::min(cap, g_end - pos);
-        pos += take;
-        cap -= take;
-        if (pos >= W || pos < g_end || cap <= cost) break;
-        cap -= cost;
-      }
-    }
-    if (out != nullptr) out->push_back((int)W);
-    return n;
-  };
-  long long a = (W + nb - 1) / nb, b = W + (long long)groups * cost;  // fill(b) = 1 block
-  while (a < b) {
-    const long long m = (a + b) / 2;
-    if (fill(m, nullptr) <= nb) b = m;
-    else a = m + 1;
-  }
-  lo.clear();
-  fill(a, &lo);
-  first.assign(groups, 0);
-  int most = 0;
-  for (int g = 0; g < groups; ++g) {
-    const long long g0 = (long long)g * tiles, g1 = g0 + tiles;
-    int n = 0;
-    for (size_t y = 0; y + 1 < lo.size(); ++y)
-      if (lo[y] < g1 && lo[y + 1] > g0) {
-        if (n++ == 0) first[g] = (int)y;
-      }
-    most = std::max(most, n);
-  }
-  return 2 * most;
 }
 // Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
 // it needs the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry point.
@@ -932,7 +936,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
                                 std::max(1, options.sm90_blocks > 0 ? options.sm90_blocks
                                             : env_blocks > 0       ? env_blocks
                                                                    : lim.sms / (hq / 2)));
-        const int splits2 = seg_partition((int)b.gs.size(), tiles64, nb, sm90_seg_cost(), b.seg_lo, b.seg_first);
+        std::vector<int> per_group;
+        const int splits2 = detail::seg_partition((int)b.gs.size(), tiles64, nb, sm90_seg_cost(), b.seg_lo,
+                                                  b.seg_first, per_group);
         b.seg_blocks = (int)b.seg_lo.size() - 1;
         b.splits = splits2 / 2;
       }
