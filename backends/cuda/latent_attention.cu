@@ -784,6 +784,12 @@ int sm90_seg_cost() {
   static const int v = env_int_or("PALU_CUDA_SM90_SEG_COST", 4);
   return v;
 }
+// PALU_CUDA_SM90_COMBINE=0 (before/after comparisons): the pair schedule's two warpgroups write
+// a split each instead of combining them in the block into one.
+int sm90_combine_setting() {
+  static const int v = env_int_or("PALU_CUDA_SM90_COMBINE", 1);
+  return v;
+}
 // Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
 // it needs the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry point.
 // (Until the ring race fixed on 2026-11-25, one full barrier per buffer, it hung at 64K without
@@ -926,7 +932,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
-      b.wgroups = b.pair ? 2 : 1;
+      b.wgroups = b.pair && sm90_combine_setting() == 0 ? 2 : 1;
       // The pair schedule's segments (no split count asked for): per head pair at most `blocks`
       // blocks (the SMs shared out, or options.sm90_blocks), each a run of the groups' tiles
       // flattened (seg_partition); the splits per head are 2 per block a group's tiles fall in.
@@ -1065,6 +1071,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.dec_wgs = sm90_dec_wgs();
       S.share_pv = sm90_share_pv();
       S.pair = b.pair ? 1 : 0;
+      S.wg_combine = b.pair && sm90_combine_setting() != 0 ? 1 : 0;
       S.seg_groups = b.seg_blocks > 0 ? (int)b.gs.size() : 0;
       std::copy(b.seg_lo.begin(), b.seg_lo.end(), S.seg_lo);
       std::copy(b.seg_first.begin(), b.seg_first.end(), S.seg_first);

@@ -1042,35 +1042,99 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         rl[4 + warp] = lr[1];
       }
       named_barrier(1 + wgi, 128);
-      // split slot: 2 · (block − the group's first block) + warpgroup with segments
-      int split = blockIdx.x * 2 + wgi;
-      if (seg) {
-        split = 2 * ((int)blockIdx.y - P.seg_first[sgl]) + wgi;
-        // the group's last block marks its slots past the used ones empty (l = 0: the merge skips them)
-        if (t0 + ntiles == tiles_total && tid == 0)
-          for (int u = split + 2; u < P.splits; ++u)
+      if (P.wg_combine) {
+        // The two warpgroups' partials combined in the block into one split: warpgroup 1 hands
+        // its (m, l, o) to warpgroup 0 through M's buffer once both are done with this segment's
+        // chains (a next segment refolds M only after the barrier that begins it, which
+        // warpgroup 0 reaches after reading them). Slot: block − the group's first block (with
+        // segments), else blockIdx.x.
+        float* xo = reinterpret_cast<float*>(smem + L.ms);  // [2 heads][256] o, [512, 514) m, [514, 516) l
+        named_barrier(5, 2 * 128);  // (warpgroup 0's last key chain may still be reading M)
+        if (wgi == 1) {
+          if ((lane & 3) == 0) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int mt = 0; mt < 4; ++mt) {
+                const int c = mt * 64 + warp * 16 + (lane >> 2);
+                xo[h * 256 + c] = op[mt][h];
+                xo[h * 256 + c + 8] = op[mt][2 + h];
+              }
+          }
+          if (tid == 128) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
-              P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
+              xo[512 + h] = mr[h];
+              xo[514 + h] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
             }
-      }
-      if (tid % 128 == 0) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          P.pm[(size_t)(sh0 + h) * P.splits + split] = mr[h];
-          P.pl[(size_t)(sh0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+          }
         }
-      }
-      if ((lane & 3) == 0) {
+        named_barrier(5, 2 * 128);
+        if (wgi == 0) {
+          const int split = seg ? (int)blockIdx.y - P.seg_first[sgl] : (int)blockIdx.x;
+          if (seg && t0 + ntiles == tiles_total && tid == 0)  // the group's last block: slots past the used ones empty
+            for (int u = split + 1; u < P.splits; ++u)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
+              for (int h = 0; h < 2; ++h) {
+                P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
+                P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
+              }
+          float w0[2], w1[2];
 #pragma unroll
-          for (int mt = 0; mt < 4; ++mt) {
-            const int c = mt * 64 + warp * 16 + (lane >> 2);
-            if (c < rv) dst[c] = op[mt][h];
-            if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
+          for (int h = 0; h < 2; ++h) {
+            const float m0 = mr[h], m1 = xo[512 + h], m = fmaxf(m0, m1);
+            w0[h] = m0 == -INFINITY ? 0.f : expf(m0 - m);
+            w1[h] = m1 == -INFINITY ? 0.f : expf(m1 - m);
+            if (tid == 0) {
+              const float l0 = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+              P.pm[(size_t)(sh0 + h) * P.splits + split] = m;
+              P.pl[(size_t)(sh0 + h) * P.splits + split] = w0[h] * l0 + w1[h] * xo[514 + h];
+            }
+          }
+          if ((lane & 3) == 0) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
+#pragma unroll
+              for (int mt = 0; mt < 4; ++mt) {
+                const int c = mt * 64 + warp * 16 + (lane >> 2);
+                if (c < rv) dst[c] = w0[h] * op[mt][h] + w1[h] * xo[h * 256 + c];
+                if (c + 8 < rv) dst[c + 8] = w0[h] * op[mt][2 + h] + w1[h] * xo[h * 256 + c + 8];
+              }
+            }
+          }
+        }
+      } else {
+        // split slot: 2 · (block − the group's first block) + warpgroup with segments
+        int split = blockIdx.x * 2 + wgi;
+        if (seg) {
+          split = 2 * ((int)blockIdx.y - P.seg_first[sgl]) + wgi;
+          // the group's last block marks its slots past the used ones empty (l = 0: the merge skips them)
+          if (t0 + ntiles == tiles_total && tid == 0)
+            for (int u = split + 2; u < P.splits; ++u)
+  #pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
+                P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
+              }
+        }
+        if (tid % 128 == 0) {
+  #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            P.pm[(size_t)(sh0 + h) * P.splits + split] = mr[h];
+            P.pl[(size_t)(sh0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+          }
+        }
+        if ((lane & 3) == 0) {
+  #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
+  #pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+              const int c = mt * 64 + warp * 16 + (lane >> 2);
+              if (c < rv) dst[c] = op[mt][h];
+              if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
+            }
           }
         }
       }

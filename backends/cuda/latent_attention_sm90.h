@@ -52,6 +52,7 @@ struct Sm90Params {
                  // ring the f16 schedule reads (kSm90Threads + 128 threads; plan: Sm90Plan::dec_ring)
   int dec_wgs;     // (with dec_ring) producer warpgroups: 1 (kSm90Threads + 128 threads) or 2 (+ 256)
   int dec_ablate;  // (measurements) the decoding producer skips 1: its stores, 2: its global loads
+  int wg_combine;  // 1: (pair) the block's two warpgroups combine their partials into one split per block
   int fold_all;    // 1: (pair) every thread, the producer warpgroup's too, folds M in the prologue
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
