@@ -556,6 +556,11 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     (its first loads waited for the barrier after the fold anyway): three interleaved runs of
     each (fold by all / by the consumers) × (segments / 8 × 16 grid): 4K 38.1–40.9 / 41.4–42.5
     and 38.4–40.1 / 40.9–42.3, 64K 248.5–251.8 / 251.8–253.7 and 253.5–254.6 / 256.4–259.6;
+  - **kept:** the block's two warpgroups combine their partials into one split (warpgroup 1
+    hands (m, l, o) over through M's buffer after a block barrier; 10 splits per head at 64K
+    instead of 20, all inside the merge's 16 preloaded ones): three interleaved runs
+    (`PALU_CUDA_SM90_COMBINE=0` the other way) 4K 38.0–38.7 against 36.9–38.4, 16K 79.7–81.0
+    against 80.1–80.9, 64K 246.0–246.7 against 246.6–249.4;
   - tried and not kept (interleaved against the kept code, 64K): the producer's empty-buffer
     waits sleeping 248–250 against 245–247.5; the merge kernel with each thread forming its own
     weights in one round of loads: latent rows unchanged (246.4–248.6 against 245.9–246.6), full
@@ -573,16 +578,16 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   `PALU_CUDA_SM90_SEG=0`; with FullAttentionCuda 49/49 (the 1000 L2-flushed 64K launches
   bit-identical); the whole `cuda_tests` with the ref-mha data 72 (RefGqa lacks its data); 25
   runs of `palu-cuda-attention-bench --T 65536 --iters 30`, no failure. The table above is from
-  this build (`scripts/gpu-compare.sh`, 06:07 UTC): f16 at 64K 246.4 µs against SDPA's 366.0,
-  1.49× (128K 1.49×, 16K 1.33×, 4K 1.02×: that machine's 4K rows ran ~3 µs slower than the
-  interleaved runs above); a second run of the final build (06:39 UTC, after a review commit that
-  changed only comments and a name) read 245.5 µs against SDPA's 364.6, 1.48× (128K 464.0 µs,
-  1.53×; 16K 1.29×; 4K 0.99×), Vulkan 702 / 864 / 783 µs against 246 / 435 / 387 (2.86 / 1.99 /
-  2.02×). End to end (the table below, `scripts/cuda-bench.sh --model`, 06:34
-  UTC): llama7b latent f16 75.07 tok/s (74.63 before), full f16 72.78, latent q4 56.68 (58.11
-  before; its kernels did not change); ref-mha latent f16 read 156.74 tok/s in that run and
-  222.7–228.8 in three runs of `palu-cuda-model-bench --models ref-mha` right after (the generic
-  cuBLAS attention, unchanged; 221.83 before).
+  the final build (`scripts/gpu-compare.sh`, 07:10 UTC): f16 at 64K 246.6 µs against SDPA's
+  364.7, 1.48× (128K 471.0 µs, 1.50×; 16K 1.34×; 4K 1.04×). Two runs of the build before the
+  combined splits: 06:07 UTC 246.4 µs against 366.0, 1.49× (128K 1.49×, 16K 1.33×, 4K 1.02×);
+  06:39 UTC 245.5 µs against 364.6, 1.48× (128K 1.53×). The q4 rows did not change (435.6 /
+  386.3 µs at 64K). End to end (the table below, `scripts/cuda-bench.sh --model`, 06:34 UTC,
+  the build before the combined splits): llama7b latent f16 75.07 tok/s (74.63 before), full
+  f16 72.78, latent q4 56.68 (58.11 before; its kernels did not change); ref-mha latent f16 read
+  156.74 tok/s in that run and 222.7–228.8 in three runs of `palu-cuda-model-bench --models
+  ref-mha` right after (the generic cuBLAS attention, unchanged; 221.83 before).
+
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -596,8 +601,8 @@ Why the latent rows are still short of their targets at 64K (the table above; be
   cores (round 3) bought only 30–160 µs: removing work from one phase shortens the tile only by
   that phase's latency, not by its instruction count.
 
-What the targets need (not built): for f16 ~1% more after round 12 (246.4 µs; 1.5× SDPA is
-~244). The partition is at its limit (8192 tiles per head pair over 66 blocks: 124.1, and a
+What the targets need (not built): for f16 ~1–2% more after round 12 (246.6 µs; 1.5× SDPA
+is ~243). The partition is at its limit (8192 tiles per head pair over 66 blocks: 124.1, and a
 warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
 every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
