@@ -935,7 +935,8 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.wgroups = b.pair && sm90_combine_setting() == 0 ? 2 : 1;
       // The pair schedule's segments (no split count asked for): per head pair at most `blocks`
       // blocks (the SMs shared out, or options.sm90_blocks), each a run of the groups' tiles
-      // flattened (seg_partition); the splits per head are 2 per block a group's tiles fall in.
+      // flattened (seg_partition); the splits per head are 1 per block a group's tiles fall in (2
+      // with PALU_CUDA_SM90_COMBINE=0: b.wgroups).
       if (b.pair && options.splits <= 0 && env_splits <= 0 && sm90_seg_setting() != 0) {
         static const int env_blocks = env_int_or("PALU_CUDA_SM90_BLOCKS", 0);  // (measurements)
         const int nb = std::min(detail::kSm90MaxSegBlocks,

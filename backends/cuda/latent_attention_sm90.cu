@@ -324,8 +324,8 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // z_t·Σ_f (cos·m_a + sin·m_b) with m = M·1 (RoPE is linear per token; m is computed per block
 // from M in shared memory into the key-bias slot), so the producers' key decode is the values'.
 // kPairWs (f16 keys and values, value rank ≤ 256): one warpgroup per tile for both heads, the two
-// warpgroups taking alternate tiles (each writes its own split: P.splits = 2 · gridDim.x, or with
-// segments 2 · the most blocks a group's tiles fall in). The
+// warpgroups taking alternate tiles (P.wg_combine: the block combines their partials into one
+// split, else each writes its own; see Sm90Params::pair for the split counts). The
 // key chain is m64n256k16 with B = both heads' M ([k-atom][256 rows] in shared memory), the
 // cos/sin are computed once for both heads, p·z^V is one m64n8k16 chain per tile for both heads
 // (P rows 0 and 1), issued right after the warpgroup's own scores, while the other warpgroup's

@@ -56,13 +56,13 @@ struct Sm90Params {
   int fold_all;    // 1: (pair) every thread, the producer warpgroup's too, folds M in the prologue
   int wait_sleep;  // 1: the consumers' full-barrier waits carry a suspend-time hint (sleep, not spin)
   int share_pv;    // 1 (the producer schedules): one p·z^V chain per tile for both heads, see the kernel
-  int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = 2 · gridDim.x or, with
-                   // segments, 2 · the most blocks a group's tiles fall in (see the kernel; kSm90Threads + 128
-                   // threads)
+  int pair;        // 1 (f16, ring, ws; value rank ≤ 256): the pair schedule, splits = gridDim.x or, with
+                   // segments, the most blocks a group's tiles fall in (twice that without wg_combine; see the
+                   // kernel; kSm90Threads + 128 threads)
   int seg_groups;  // (pair) > 0: grid (chunks, blocks), the groups' tiles flattened (group g's tile t at
                    // g · tiles + t) and block (chunk, y) taking [seg_lo[y], seg_lo[y + 1]) of them, a range
-                   // spanning groups where it falls so (see the kernel); splits = 2 · the most blocks any
-                   // group's tiles fall in. 0: grid (splits, groups · chunks)
+                   // spanning groups where it falls so (see the kernel; splits: see pair). 0: grid (splits,
+                   // groups · chunks)
   int seg_lo[kSm90MaxSegBlocks + 1];
   int seg_first[kSm90MaxBatch];  // the block holding group g's first tile
   float inv_sqrt_d;
