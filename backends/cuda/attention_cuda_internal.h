@@ -28,8 +28,8 @@ Status launch_merge_splits(const float* pm, const float* pl, const float* pacc, 
 // The sm_90a pair schedule's segmented partition (host code; latent_attention.cu says how):
 // W = groups · tiles flattened tiles over at most nb blocks per head pair, `cost` tiles charged
 // per change of group inside a block. lo: the blocks' first tiles, then W; first[g]: the block
-// holding group g's first tile; count[g]: the blocks group g's tiles fall in. Returns the splits
-// per head (2 · the largest count).
+// holding group g's first tile; count[g]: the blocks group g's tiles fall in. Returns the largest
+// count: the splits per head with one split per block (twice that with one per warpgroup).
 int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first,
                   std::vector<int>& count);
 

@@ -645,7 +645,7 @@ Result<DeviceLimits> device_limits() {
 // it — is at most R, for the least such R (binary search over R; a block moves on to the next
 // group only while more than `cost` of its load is left). lo gets the blocks' first tiles and
 // then W; first[g] the block holding group g's first tile, count[g] the blocks group g's tiles
-// fall in; returns the splits per head (2 per block a group's tiles fall in).
+// fall in; returns the largest count.
 int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo, std::vector<int>& first,
                   std::vector<int>& count) {
   const long long W = (long long)groups * tiles;
@@ -688,7 +688,7 @@ int seg_partition(int groups, int tiles, int nb, int cost, std::vector<int>& lo,
     count[g] = n;
     most = std::max(most, n);
   }
-  return 2 * most;
+  return most;
 }
 }  // namespace detail
 
@@ -944,10 +944,9 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
                                             : env_blocks > 0       ? env_blocks
                                                                    : lim.sms / (hq / 2)));
         std::vector<int> per_group;
-        const int splits2 = detail::seg_partition((int)b.gs.size(), tiles64, nb, sm90_seg_cost(), b.seg_lo,
-                                                  b.seg_first, per_group);
+        b.splits = detail::seg_partition((int)b.gs.size(), tiles64, nb, sm90_seg_cost(), b.seg_lo, b.seg_first,
+                                         per_group);
         b.seg_blocks = (int)b.seg_lo.size() - 1;
-        b.splits = splits2 / 2;
       }
       b.part_off = part_floats;
       b.stat_off = stat_floats;

@@ -1042,13 +1042,21 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         rl[4 + warp] = lr[1];
       }
       named_barrier(1 + wgi, 128);
-      if (P.wg_combine) {
-        // The two warpgroups' partials combined in the block into one split: warpgroup 1 hands
-        // its (m, l, o) to warpgroup 0 through M's buffer once both are done with this segment's
-        // chains (a next segment refolds M only after the barrier that begins it, which
-        // warpgroup 0 reaches after reading them). Slot: block − the group's first block (with
-        // segments), else blockIdx.x.
-        float* xo = reinterpret_cast<float*>(smem + L.ms);  // [2 heads][256] o, [512, 514) m, [514, 516) l
+      // The block's partials: with P.wg_combine the two warpgroups' (m, l, o) combined into one
+      // split — warpgroup 1 hands its over through M's buffer once both are done with this
+      // segment's chains (a next segment refolds M only after the barrier that begins it, which
+      // warpgroup 0 reaches after reading them) — else one split per warpgroup. Slot: (block −
+      // the group's first block with segments, else blockIdx.x) · splits per block + warpgroup.
+      const bool comb = P.wg_combine != 0;
+      const int per = comb ? 1 : 2, bslot = seg ? (int)blockIdx.y - P.seg_first[sgl] : (int)blockIdx.x;
+      float* xo = reinterpret_cast<float*>(smem + L.ms);  // [2 heads][256] o, [512, 514) m, [514, 516) l
+      float mw[2], lw[2], w0[2] = {1.f, 1.f}, w1[2] = {0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mw[h] = mr[h];
+        lw[h] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+      }
+      if (comb) {
         named_barrier(5, 2 * 128);  // (warpgroup 0's last key chain may still be reading M)
         if (wgi == 1) {
           if ((lane & 3) == 0) {
@@ -1064,76 +1072,49 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           if (tid == 128) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              xo[512 + h] = mr[h];
-              xo[514 + h] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+              xo[512 + h] = mw[h];
+              xo[514 + h] = lw[h];
             }
           }
         }
         named_barrier(5, 2 * 128);
         if (wgi == 0) {
-          const int split = seg ? (int)blockIdx.y - P.seg_first[sgl] : (int)blockIdx.x;
-          if (seg && t0 + ntiles == tiles_total && tid == 0)  // the group's last block: slots past the used ones empty
-            for (int u = split + 1; u < P.splits; ++u)
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
-                P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
-              }
-          float w0[2], w1[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const float m0 = mr[h], m1 = xo[512 + h], m = fmaxf(m0, m1);
+            const float m0 = mw[h], m1 = xo[512 + h], m = fmaxf(m0, m1);
             w0[h] = m0 == -INFINITY ? 0.f : expf(m0 - m);
             w1[h] = m1 == -INFINITY ? 0.f : expf(m1 - m);
-            if (tid == 0) {
-              const float l0 = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
-              P.pm[(size_t)(sh0 + h) * P.splits + split] = m;
-              P.pl[(size_t)(sh0 + h) * P.splits + split] = w0[h] * l0 + w1[h] * xo[514 + h];
-            }
+            mw[h] = m;
+            lw[h] = w0[h] * lw[h] + w1[h] * xo[514 + h];
           }
-          if ((lane & 3) == 0) {
+        }
+      }
+      if (!comb || wgi == 0) {
+        const int split = bslot * per + (comb ? 0 : wgi);
+        // the group's last block marks its slots past the used ones empty (l = 0: the merge skips them)
+        if (seg && t0 + ntiles == tiles_total && tid == 0)
+          for (int u = (bslot + 1) * per; u < P.splits; ++u)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
-#pragma unroll
-              for (int mt = 0; mt < 4; ++mt) {
-                const int c = mt * 64 + warp * 16 + (lane >> 2);
-                if (c < rv) dst[c] = w0[h] * op[mt][h] + w1[h] * xo[h * 256 + c];
-                if (c + 8 < rv) dst[c + 8] = w0[h] * op[mt][2 + h] + w1[h] * xo[h * 256 + c + 8];
-              }
+              P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
+              P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
             }
-          }
-        }
-      } else {
-        // split slot: 2 · (block − the group's first block) + warpgroup with segments
-        int split = blockIdx.x * 2 + wgi;
-        if (seg) {
-          split = 2 * ((int)blockIdx.y - P.seg_first[sgl]) + wgi;
-          // the group's last block marks its slots past the used ones empty (l = 0: the merge skips them)
-          if (t0 + ntiles == tiles_total && tid == 0)
-            for (int u = split + 2; u < P.splits; ++u)
-  #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                P.pm[(size_t)(sh0 + h) * P.splits + u] = -INFINITY;
-                P.pl[(size_t)(sh0 + h) * P.splits + u] = 0.f;
-              }
-        }
         if (tid % 128 == 0) {
-  #pragma unroll
+#pragma unroll
           for (int h = 0; h < 2; ++h) {
-            P.pm[(size_t)(sh0 + h) * P.splits + split] = mr[h];
-            P.pl[(size_t)(sh0 + h) * P.splits + split] = rl[h * 4] + rl[h * 4 + 1] + rl[h * 4 + 2] + rl[h * 4 + 3];
+            P.pm[(size_t)(sh0 + h) * P.splits + split] = mw[h];
+            P.pl[(size_t)(sh0 + h) * P.splits + split] = lw[h];
           }
         }
         if ((lane & 3) == 0) {
-  #pragma unroll
+#pragma unroll
           for (int h = 0; h < 2; ++h) {
             float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
-  #pragma unroll
+#pragma unroll
             for (int mt = 0; mt < 4; ++mt) {
               const int c = mt * 64 + warp * 16 + (lane >> 2);
-              if (c < rv) dst[c] = op[mt][h];
-              if (c + 8 < rv) dst[c + 8] = op[mt][2 + h];
+              if (c < rv) dst[c] = comb ? w0[h] * op[mt][h] + w1[h] * xo[h * 256 + c] : op[mt][h];
+              if (c + 8 < rv) dst[c + 8] = comb ? w0[h] * op[mt][2 + h] + w1[h] * xo[h * 256 + c + 8] : op[mt][2 + h];
             }
           }
         }

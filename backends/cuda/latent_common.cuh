@@ -66,9 +66,6 @@ __device__ __forceinline__ uint4 decode8_half(int stor, const uint8_t* row, int 
   return out;
 }
 
-// cos/sin of a non-negative f32 angle (the reference's rounded fl(t·inv_freq)): reduce by 2π in
-// two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
-// The RoPE table kernel (sm_80 path) and the sm_90a kernel (in registers) share it: same bits.
 // q folded into one pair of B^K rows (or key-bias entries) of frequency i: a = q_i·b_i +
 // q_{i+64}·b_{i+64}, b = q_{i+64}·b_i − q_i·b_{i+64} (fold_q_kernel and the sm_90a kernel's
 // per-block fold compute M and α, β with it, so both give the same values).
@@ -76,6 +73,9 @@ __device__ __forceinline__ float2 fold_q_pair(float q0, float q1, float b0, floa
   return make_float2(q0 * b0 + q1 * b1, q1 * b0 - q0 * b1);
 }
 
+// cos/sin of a non-negative f32 angle (the reference's rounded fl(t·inv_freq)): reduce by 2π in
+// two FMA steps (|error| ≲ 2.5e-7), then the hardware sin/cos on [−π, π] (|error| ≤ 2^-21.4).
+// The RoPE table kernel (sm_80 path) and the sm_90a kernel (in registers) share it: same bits.
 __device__ __forceinline__ void rope_sincos(float x, float* s, float* c) {
   // k = rint(x / 2π) by the 1.5·2^23 shift (two adds on the FMA pipe: FRND runs on the quarter-rate
   // pipe that MUFU.SIN / COS need too); the same value as rintf for |x / 2π| < 2^22 (x ≤ 2.6e7)
