@@ -790,15 +790,25 @@ int sm90_combine_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_COMBINE", 1);
   return v;
 }
-// Whether the pair schedule runs these f16 groups (the caller also needs 16-byte aligned rows):
-// it needs the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry point.
+// PALU_CUDA_SM90_PAIR_DEC=0 (before/after comparisons): q4 keys and values run the per-head ring
+// with the decoding producer warpgroups (PALU_CUDA_SM90_DEC_WGS) instead of the pair schedule.
+int sm90_pair_dec_setting() {
+  static const int v = env_int_or("PALU_CUDA_SM90_PAIR_DEC", 1);
+  return v;
+}
+// Whether the pair schedule runs these groups (the caller also needs 16-byte aligned rows): f16
+// keys and values with the TMA producer (PALU_CUDA_SM90_WS ≥ 1) and the driver's tensor-map entry
+// point, or q4 ones with the decoding producer (key rank 128 or 256).
 // (Until the ring race fixed on 2026-11-25, one full barrier per buffer, it hung at 64K without
 // the ping-pong in each of 8 runs, and failed about one 64K bench run in 30 with it; since then
 // neither in 30+ runs each, latent_attention_sm90.cu.)
 bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
-  return s9.ring && pipeline && sm90_ws_setting() >= 1 && sm90_pair_setting() != 0 &&
-         g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16 && g0.v.rank <= 256 &&
-         detail::sm90_tma_available();
+  if (!pipeline || sm90_ws_setting() < 1 || sm90_pair_setting() == 0) return false;
+  if (g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16)
+    return s9.ring && g0.v.rank <= 256 && detail::sm90_tma_available();
+  // q4 keys and values: the decoding producer's ring (s9.dec_ring: q4 both), key rank 128 or 256
+  return s9.dec_ring && sm90_pair_dec_setting() != 0 && (g0.k.rank == 128 || g0.k.rank == 256) &&
+         g0.v.rank <= (g0.k.rank <= 128 ? 384 : 256);
 }
 }  // namespace
 
@@ -818,7 +828,9 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       // (+ the TMA producer warp where the ring runs on f16 keys and values, + the decoding
       // producer warpgroup for q4 ones)
       const bool ws = sm90_ws_setting() >= 1;
-      p.threads = detail::kSm90Threads + (sm90_pair(s9, group, true) ? 128
+      const bool pair = sm90_pair(s9, group, true);
+      p.threads = detail::kSm90Threads + (pair && group.k.storage != RowStorage::kF16 ? 128 * detail::kSm90PairDecWgs
+                                          : pair                                      ? 128
                                           : ws && s9.ring && group.k.storage == RowStorage::kF16 &&
                                                   group.v.storage == RowStorage::kF16
                                               ? 32

@@ -283,6 +283,23 @@ __device__ __forceinline__ uint4 dq4x8_half(uint32_t w, float scale, float zero)
   return make_uint4(dq4x8_word(lo, hi, 0, scale, zero), dq4x8_word(lo, hi, 1, scale, zero),
                     dq4x8_word(lo, hi, 2, scale, zero), dq4x8_word(lo, hi, 3, scale, zero));
 }
+// 8 q4 codes (code e in bits 4e..4e+3) → 8 halves q·scale + zero in f16 arithmetic, in the order
+// of codes 0 4 1 5 2 6 3 7 (half2 k holds codes k and k + 4: one shift and one LOP3 each, no byte
+// permutes), within an f16 rounding or two of dq4x8_half:
+// the pair schedule's decoding producer, whose budget per tile the f32 path exceeded (its
+// consumers see M's k and the value channels in the same order)
+__device__ __forceinline__ uint4 dq4x8_half2_perm(uint32_t w, __half2 scale, __half2 zero) {
+  const __half2 k1024 = __float2half2_rn(1024.f);
+  uint4 out;
+  uint32_t* o = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t x = ((w >> (4 * k)) & 0x000F000Fu) | 0x64006400u;  // 1024 + code k, 1024 + code k + 4
+    const __half2 h = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&x), k1024), scale, zero);
+    o[k] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return out;
+}
 __device__ __forceinline__ void cp_async_wait_n(int n) {
   switch (n) {
     case 0: cp_async_wait<0>(); break;
@@ -334,11 +351,18 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // producer warpgroup (setmaxnreg 40; one lane issues TMA boxes) fills a ring of 3 buffers in the
 // order K(0), then K(j + 1), V(j) for j = 0, 1, ...; the consumers get 232 registers. The
 // warpgroups take turns issuing their chains only with P.pingpong (PALU_CUDA_SM90_PAIR=2).
+// kPairDec (q4 keys and values; key rank 128 or 256, value rank ≤ 384 or 256): the same
+// consumers, the ring filled by a decoding producer warpgroup (setmaxnreg 56, consumers 224):
+// each thread holds half a row's codes a load ahead in registers and writes them as f16 into the
+// buffer once it is free, in a channel order that needs no byte permutes (M and the output
+// channels follow it). At 64K q4 256/256 ~415 µs against ~446 for kRingDec2, 128/384 ~386
+// against ~394 (H100, 2026-11-25); without the decoding (results wrong) ~256 / ~229.
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
-              kRingDec2F = 7, kPairWs = 8;
+              kRingDec2F = 7, kPairWs = 8, kPairDec = 9;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
+                                  : SCHED == kPairDec ? kSm90Threads + 128 * kSm90PairDecWgs
                                   : SCHED == kRingDec || SCHED == kPairWs ? kSm90Threads + 128
                                   : SCHED == kRingDec2 || SCHED == kRingDec2F ? kSm90Threads + 256
                                   : SCHED == kRingDec3 ? kSm90Threads + 384
@@ -359,11 +383,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                  WS = SCHED == kRingWs || DEC;
   constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 || KF ? 256 : 128;  // (DEC) producer threads
   constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
-  constexpr bool PAIR = SCHED == kPairWs;
+  constexpr bool PDEC = SCHED == kPairDec;  // the pair schedule on q4 keys and values (a decoding producer)
+  constexpr bool PAIR = SCHED == kPairWs || PDEC;
+  // (pair) value accumulators: 64 channels each (rank ≤ 384 with the decoding producer where the
+  // ring fits it: key rank ≤ 128)
+  constexpr int kOpA = PDEC && RK <= 128 ? 6 : 4;
   constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS || PAIR;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
   constexpr int kF16 = (int)RowStorage::kF16;
-  const Sm90Layout L = DEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
+  const Sm90Layout L = DEC || PDEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
                            : sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
   // wgi broadcast from lane 0: warp-uniform to ptxas, so the descriptors derived from it (M_h, P)
   // live in uniform registers instead of being moved there (R2UR) before every wgmma
@@ -389,10 +417,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const int head0 = G.first_head + chunk * 2;
   constexpr int rk = RK;
   const int rv = P.rv, rbk = P.row_bytes_k, rbv = P.row_bytes_v, T = P.T;
-  const bool k_f16 = DEC || P.stor_k == kF16;  // (the operand in shared memory)
+  const bool k_f16 = DEC || PDEC || P.stor_k == kF16;  // (the operand in shared memory)
   const bool k_packed = P.stor_k >= (int)RowStorage::kQ8, v_packed = P.stor_v >= (int)RowStorage::kQ8;
   uint8_t* tail = smem + L.tail;
-  const bool v_f16 = DEC || P.stor_v == kF16, v_q4 = !DEC && P.stor_v == (int)RowStorage::kQ4;
+  const bool v_f16 = DEC || PDEC || P.stor_v == kF16, v_q4 = !DEC && P.stor_v == (int)RowStorage::kQ4;
   // (row, 16-byte chunk) walks of a [64, rk] f16 tile by 256 threads without a division per step
   const int cpr = rk / 8, r_first = tid / cpr, c_first = tid % cpr, r_step = kSm90Threads / cpr,
             c_step = kSm90Threads % cpr;
@@ -434,8 +462,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const float2 f = fold_q_pair(q0, q1, __half2float(h0[e]), __half2float(h1[e]));
-          a[e] = __float2half_rn(f.x);
-          b[e] = __float2half_rn(f.y);
+          // (PDEC: the key tiles hold each 8 channels in the order 0 4 1 5 2 6 3 7, M's k too)
+          const int pe = PDEC ? ((e & 3) << 1) | (e >> 2) : e;
+          a[pe] = __float2half_rn(f.x);
+          b[pe] = __float2half_rn(f.y);
         }
         *reinterpret_cast<uint4*>(m_at(hh * kHD + i, ch)) = oa;
         *reinterpret_cast<uint4*>(m_at(hh * kHD + kHalf + i, ch)) = ob;
@@ -802,7 +832,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     uint64_t* full = reinterpret_cast<uint64_t*>(slack >= 128 ? smem_raw : tail + 2048);  // [3 buffers][2 wg]
     uint64_t* empty = full + 6;
     if (tid == 0) {
-      for (int b = 0; b < 6; ++b) mbar_init(full + b, 1);  // the producer's expect_tx, then the TMA bytes
+      // the producer's expect_tx, then the TMA bytes; (PDEC) its 4 warps, each after its stores
+      for (int b = 0; b < 6; ++b) mbar_init(full + b, PDEC ? 4 : 1);
       for (int b = 0; b < 3; ++b) mbar_init(empty + b, 128);  // every thread of the warpgroup that read it
     }
     fence_proxy_async();
@@ -819,6 +850,99 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     auto kload = [&](int j) { return j == 0 ? 0 : 2 * j - 1; };
     auto vload = [&](int j, int nt) { return j == nt - 1 ? 2 * j + 1 : 2 * j + 2; };
     auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
+    if (PDEC && wgi >= 2) {  // the decoding producer warpgroups: q4 codes → the f16 ring
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+      // Load ng of the ring's order (across the segments as the consumers walk them): thread pt
+      // holds half pt % 2 of row pt / 2's codes and the row's scale and zero in registers, loaded
+      // while it waits for the buffer (one load ahead), and writes them decoded into the
+      // swizzled f16 tile once the buffer is free (q·s + z in f16 arithmetic; keys and values
+      // alike, so the consumers run the f16 code), each 8 channels in the order 0 4 1 5 2 6 3 7
+      // (M's k and the output channels follow); each warp then arrives on the full barrier of
+      // the tile's warpgroup. (P.dec_ablate, measurements: 1 no decoding, 2 no loads)
+      struct Ld {
+        int g, tile, wg, key;
+      };
+      auto locate = [&](int ng) {
+        Ld x{gl, 0, 0, 1};
+        long long p = lo;
+        for (int sgl = gl, base = 0;; ++sgl) {
+          const int t0 = (int)(p - (long long)sgl * tiles_total);
+          const int nt = (int)min((long long)tiles_total - t0, hi - p);
+          if (ng < base + 2 * nt) {
+            const int n = ng - base;
+            int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
+            int key = n == 0 || (n & 1);
+            if (key && j == nt) key = 0, j = nt - 1;  // (the last tile's V follows its K directly)
+            x = Ld{sgl, t0 + j, j & 1, key};
+            break;
+          }
+          base += 2 * nt;
+          p += nt;
+          if (p >= hi) break;
+        }
+        return x;
+      };
+      // (producer warpgroup pw takes loads pw, pw + kSm90PairDecWgs, ...)
+      const int pw = wgi - 2, total = (int)(2 * (hi - lo)), pt = tid - kSm90Threads - 128 * pw, pr = pt >> 1,
+                ph = pt & 1;
+      uint4 w[6];
+      float sc = 0.f, zr = 0.f;
+      Ld x{};
+      auto fetch = [&](int ng) {  // load ng's codes, scale and zero of this thread's row into registers
+        x = locate(ng);
+        const Sm90Group& SG = P.g[x.g];
+        const int rb = x.key ? rbk : rbv, u2 = rb / 32, r = x.tile * kTile + pr;
+        const uint8_t* src = (x.key ? SG.zk : SG.zv) + (size_t)r * rb + ph * 16;
+#pragma unroll
+        for (int k = 0; k < 6; ++k)
+          if (k < u2 && r < T && P.dec_ablate != 2) w[k] = ldg_nc16(src + 32 * k);
+        if (r < T && P.dec_ablate != 2) {
+          sc = __ldg((x.key ? SG.sk : SG.sv) + r);
+          zr = __ldg((x.key ? SG.zrk : SG.zrv) + r);
+        }
+      };
+      if (pw < total) fetch(pw);
+      for (int ng = pw; ng < total; ng += kSm90PairDecWgs) {
+        const int b = ng % 3, rb = x.key ? rbk : rbv, u2 = rb / 32;
+        const bool ok = x.tile * kTile + pr < T;  // rows past T: zeros (p = 0 there, but 0·NaN)
+        const __half2 s2 = __float2half2_rn(sc), z2 = __float2half2_rn(zr);
+        uint8_t* buf = rbuf(ng);
+        mbar_wait(empty + b, ((uint32_t)(ng / 3) & 1u) ^ 1u);  // use −1 counts as released
+#pragma unroll
+        for (int k = 0; k < 6; ++k) {
+          if (k < u2 && P.dec_ablate != 1) {
+            // 16-byte item 2k + ph of the row (32 codes): f16 chunks 4ph .. 4ph + 3 of atom k, so
+            // the 8 lanes of a store phase (rows 4i .. 4i + 3, both halves) hit 8 distinct
+            // 16-byte bank groups (with the halves' items contiguous, 2 lanes shared each)
+            const uint32_t wd[4] = {w[k].x, w[k].y, w[k].z, w[k].w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              uint4 v = make_uint4(0, 0, 0, 0);
+              if (ok) v = dq4x8_half2_perm(wd[e], s2, z2);
+              *reinterpret_cast<uint4*>(buf + k * (kTile * 128) + pr * 128 + ((((ph << 2) | e) ^ (pr & 7)) << 4)) = v;
+            }
+          }
+        }
+        fence_proxy_async();  // the generic stores → wgmma (async proxy)
+        __syncwarp();
+        if (lane == 0) mbar_arrive(full + b * 2 + x.wg);
+        if (ng + kSm90PairDecWgs < total) fetch(ng + kSm90PairDecWgs);
+        if (pt == 0 && ng + 3 * kSm90PairDecWgs < total) {  // three loads ahead into L2
+          const Ld y = locate(ng + 3 * kSm90PairDecWgs);
+          const Sm90Group& SG = P.g[y.g];
+          const int rb = y.key ? rbk : rbv, nv = min(kTile, T - y.tile * kTile);
+          prefetch_l2((y.key ? SG.zk : SG.zv) + (size_t)y.tile * kTile * rb, (uint32_t)(nv * rb));
+          const float* sp = (y.key ? SG.sk : SG.sv) + (size_t)y.tile * kTile;
+          const float* zp = (y.key ? SG.zrk : SG.zrv) + (size_t)y.tile * kTile;
+          const uint32_t sb = (uint32_t)(nv * 4) & ~15u;
+          if (sb != 0 && (reinterpret_cast<uintptr_t>(sp) & 15) == 0 && (reinterpret_cast<uintptr_t>(zp) & 15) == 0) {
+            prefetch_l2(sp, sb);
+            prefetch_l2(zp, sb);
+          }
+        }
+      }
+      return;
+    }
     if (wgi == 2) {  // the producer warpgroup: one lane issues every tile as TMA boxes
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
       if (warp == 0 && lane == 0) {
@@ -856,17 +980,19 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       }
       return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    // (the decoding producer keeps 56: 128 · 56 + 256 · 224 ≤ 64 Ki)
+    if constexpr (PDEC) asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+    else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const bool pp = P.pingpong != 0;
     const uint32_t hint_ns = P.wait_sleep ? 10000000u : 0u;
     const uint64_t dmp = wgmma_desc(smem_u32(smem + L.ms));
     uint8_t* patom = tail + wgi * 1024;
     const uint64_t dpp = wgmma_desc(smem_u32(patom));
     float* redp = reinterpret_cast<float*>(tail + 768);  // [2 parity][2 wg][2 heads][4 warps]
-    float op[4][4];  // o as the m64n8 accumulators: value channel 64·mt + 16·warp + lane/4 (+8), heads in columns 0, 1
+    float op[kOpA][4];  // o as the m64n8 accumulators: value channel 64·mt + 16·warp + lane/4 (+8), heads in columns 0, 1
     auto fence_op = [&] {
 #pragma unroll
-      for (int a = 0; a < 4; ++a)
+      for (int a = 0; a < kOpA; ++a)
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(op[a][e])::"memory");
     };
@@ -926,7 +1052,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       }
       float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
 #pragma unroll
-      for (int a = 0; a < 4; ++a)
+      for (int a = 0; a < kOpA; ++a)
 #pragma unroll
         for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
       if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
@@ -991,7 +1117,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           mr[h] = m_new;
         }
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {
+        for (int a = 0; a < kOpA; ++a) {
           op[a][0] *= corr[0];
           op[a][1] *= corr[1];
           op[a][2] *= corr[0];
@@ -1017,7 +1143,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         {
           const uint64_t dv = wgmma_desc_mn(smem_u32(rbuf(nv)), kTile * 128);
 #pragma unroll
-          for (int mt = 0; mt < 4; ++mt) {
+          for (int mt = 0; mt < kOpA; ++mt) {
             if (mt * 64 < rv) {
 #pragma unroll
               for (int ks = 0; ks < kTile / 16; ++ks)
@@ -1049,7 +1175,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       // the group's first block with segments, else blockIdx.x) · splits per block + warpgroup.
       const bool comb = P.wg_combine != 0;
       const int per = comb ? 1 : 2, bslot = seg ? (int)blockIdx.y - P.seg_first[sgl] : (int)blockIdx.x;
-      float* xo = reinterpret_cast<float*>(smem + L.ms);  // [2 heads][256] o, [512, 514) m, [514, 516) l
+      constexpr int kXo = kOpA * 64;  // channels of o per head
+      float* xo = reinterpret_cast<float*>(smem + L.ms);  // [2 heads][kXo] o, then [2] m, [2] l
       float mw[2], lw[2], w0[2] = {1.f, 1.f}, w1[2] = {0.f, 0.f};
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -1063,17 +1190,17 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
             for (int h = 0; h < 2; ++h)
 #pragma unroll
-              for (int mt = 0; mt < 4; ++mt) {
+              for (int mt = 0; mt < kOpA; ++mt) {
                 const int c = mt * 64 + warp * 16 + (lane >> 2);
-                xo[h * 256 + c] = op[mt][h];
-                xo[h * 256 + c + 8] = op[mt][2 + h];
+                xo[h * kXo + c] = op[mt][h];
+                xo[h * kXo + c + 8] = op[mt][2 + h];
               }
           }
           if (tid == 128) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              xo[512 + h] = mw[h];
-              xo[514 + h] = lw[h];
+              xo[2 * kXo + h] = mw[h];
+              xo[2 * kXo + 2 + h] = lw[h];
             }
           }
         }
@@ -1081,11 +1208,11 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         if (wgi == 0) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const float m0 = mw[h], m1 = xo[512 + h], m = fmaxf(m0, m1);
+            const float m0 = mw[h], m1 = xo[2 * kXo + h], m = fmaxf(m0, m1);
             w0[h] = m0 == -INFINITY ? 0.f : expf(m0 - m);
             w1[h] = m1 == -INFINITY ? 0.f : expf(m1 - m);
             mw[h] = m;
-            lw[h] = w0[h] * lw[h] + w1[h] * xo[514 + h];
+            lw[h] = w0[h] * lw[h] + w1[h] * xo[2 * kXo + 2 + h];
           }
         }
       }
@@ -1111,10 +1238,13 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           for (int h = 0; h < 2; ++h) {
             float* dst = P.pacc + ((size_t)SG.out_off + (size_t)(sch * 2 + h) * rv) * P.splits + (size_t)split * rv;
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
+            for (int mt = 0; mt < kOpA; ++mt) {
               const int c = mt * 64 + warp * 16 + (lane >> 2);
-              if (c < rv) dst[c] = comb ? w0[h] * op[mt][h] + w1[h] * xo[h * 256 + c] : op[mt][h];
-              if (c + 8 < rv) dst[c + 8] = comb ? w0[h] * op[mt][2 + h] + w1[h] * xo[h * 256 + c + 8] : op[mt][2 + h];
+              // (PDEC: position p of each 8 value channels holds channel 4·(p % 2) + p / 2)
+              const int c0 = PDEC ? (c & ~7) | ((c & 1) << 2) | ((c & 7) >> 1) : c;
+              const int c8 = c0 + 8;
+              if (c < rv) dst[c0] = comb ? w0[h] * op[mt][h] + w1[h] * xo[h * kXo + c] : op[mt][h];
+              if (c + 8 < rv) dst[c8] = comb ? w0[h] * op[mt][2 + h] + w1[h] * xo[h * kXo + c + 8] : op[mt][2 + h];
             }
           }
         }
@@ -1642,10 +1772,16 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     q.fold_all = fold_all;
   }
   if (p.pair != 0) {
-    if (sched_ws != kRingWs || p.rv > 256)
-      return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values, the ring with its "
-                              "producer, and a value rank ≤ 256");
-    sched_ws = kPairWs;
+    const bool dec = sched_ws == kRingDec || sched_ws == kRingDec2 || sched_ws == kRingDec2F || sched_ws == kRingDec3;
+    if (sched_ws == kRingWs && p.rv <= 256) {
+      sched_ws = kPairWs;
+    } else if (dec && (p.rk == 128 || p.rk == 256) && p.rv <= (p.rk <= 128 ? 384 : 256)) {
+      sched_ws = kPairDec;
+    } else {
+      return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values (value rank ≤ 256) "
+                              "with the TMA producer, or q4 ones (key rank 128 or 256, value rank ≤ 384 or 256) with "
+                              "the decoding ring");
+    }
   } else if (p.seg_groups > 0) {
     return invalid_argument("sm_90a latent kernel: segments are a pair-schedule grid");
   }
@@ -1672,6 +1808,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
+                        : sched_ws == kPairDec ? kSm90Threads + 128 * kSm90PairDecWgs
                         : sched_ws == kRingDec || sched_ws == kPairWs ? kSm90Threads + 128
                         : sched_ws == kRingDec2 || sched_ws == kRingDec2F ? kSm90Threads + 256
                         : sched_ws == kRingDec3 ? kSm90Threads + 384
@@ -1682,7 +1819,10 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
 
   auto pick = [&](auto rk_tag) {
     constexpr int R = decltype(rk_tag)::value;
-    return sched_ws == kPairWs    ? latent_sm90_kernel<R, kPairWs>
+    // (the decoding pair schedule is built for key ranks 128 and 256 only: the host asks for no other)
+    constexpr int kPD = R == 128 || R == 256 ? kPairDec : kPairWs;
+    return sched_ws == kPairDec ? latent_sm90_kernel<R, kPD>
+           : sched_ws == kPairWs    ? latent_sm90_kernel<R, kPairWs>
            : sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>
            : sched_ws == kRingDec2 ? latent_sm90_kernel<R, kRingDec2>

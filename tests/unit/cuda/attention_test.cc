@@ -279,9 +279,14 @@ std::vector<LatentCase> latent_cases() {
       {"7b f16 256/256 5 blocks", 65, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 5},
       {"gqa4 f16 64/96 bias 37 blocks", 4099, 8, 2, 2, {64}, {96}, S::kF16, S::kF16, true, 0, false, false, 0, 37},
       {"7b f16 128/256 200 blocks", 1000, 32, 32, 4, {128}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 200},
-      // the pipelined sm_90a schedule (≥ 2 key and value stages: the q4 shapes) at 64K, and the
-      // serial schedule on shapes that would run pipelined
-      {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4},
+      // the same for q4 keys and values (the pair schedule with the decoding producer)
+      {"7b q4 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 3},
+      {"7b q4 128/384 5 blocks", 65, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 5},
+      {"gqa4 q4 128/320 bias 37 blocks", 4099, 8, 2, 2, {128}, {320}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37},
+      {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200},
+      // q4 at 64K (the pair schedule with the decoding producer; 300 more launches as above), and
+      // the serial schedule on shapes that would run pipelined
+      {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 300},
       {"7b q4 256/256 serial", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, true},
       {"gqa4 q8 64/96 bias serial", 65, 8, 2, 2, {64}, {96}, S::kQ8, S::kQ8, true, 0, false, true},
   };
