@@ -1775,11 +1775,12 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     const bool dec = sched_ws == kRingDec || sched_ws == kRingDec2 || sched_ws == kRingDec2F || sched_ws == kRingDec3;
     if (sched_ws == kRingWs && p.rv <= 256) {
       sched_ws = kPairWs;
-    } else if (dec && (p.rk == 128 || p.rk == 256) && p.rv <= (p.rk <= 128 ? 384 : 256)) {
+    } else if (dec && (p.rk == 128 || p.rk == 256) && p.rv % 64 == 0 && p.rv <= (p.rk <= 128 ? 384 : 256)) {
       sched_ws = kPairDec;
     } else {
       return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values (value rank ≤ 256) "
-                              "with the TMA producer, or q4 ones (key rank 128 or 256, value rank ≤ 384 or 256) with "
+                              "with the TMA producer, or q4 ones (key rank 128 or 256, value rank a multiple of 64, "
+                              "≤ 384 or 256) with "
                               "the decoding ring");
     }
   } else if (p.seg_groups > 0) {

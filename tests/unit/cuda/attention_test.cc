@@ -282,6 +282,7 @@ std::vector<LatentCase> latent_cases() {
       // the same for q4 keys and values (the pair schedule with the decoding producer)
       {"7b q4 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 3},
       {"7b q4 128/384 5 blocks", 65, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 5},
+      {"q4 128/96 (per-head ring: value rank not a multiple of 64)", 4099, 8, 8, 2, {128}, {96}, S::kQ4, S::kQ4},
       {"gqa4 q4 128/320 bias 37 blocks", 4099, 8, 2, 2, {128}, {320}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37},
       {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200},
       // q4 at 64K (the pair schedule with the decoding producer; 300 more launches as above), and
