@@ -90,6 +90,10 @@ struct CudaDecodeOptions {
   // of all the groups' tiles, a share spanning two or more groups where it falls so (used when
   // `splits` is 0); 0 = the SMs shared out over the head pairs. For tests of odd partitions.
   int sm90_blocks = 0;
+  // sm_90a pair schedule on q4 keys and values (the decoding producer): 1 always where it
+  // applies, 0 never, −1 (default) from T and PALU_CUDA_SM90_PAIR_DEC (see latent_attention.cu).
+  // For tests of short sequences.
+  int sm90_pair_dec = -1;
 };
 
 // q: [H, d_h] f32 (RoPE applied), inv_freq: [d_h/2] f32, out: [Σ_h r_v,g(h)] f32 (head h's

@@ -790,8 +790,14 @@ int sm90_combine_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_COMBINE", 1);
   return v;
 }
-// PALU_CUDA_SM90_PAIR_DEC=0 (before/after comparisons): q4 keys and values run the per-head ring
-// with the decoding producer warpgroups (PALU_CUDA_SM90_DEC_WGS) instead of the pair schedule.
+// PALU_CUDA_SM90_PAIR_DEC: q4 keys and values run the pair schedule with its decoding producer
+// (1, default) from kPairDecMinT tokens on, (2) at every T, (0) never: the per-head ring with
+// the decoding producer warpgroups (PALU_CUDA_SM90_DEC_WGS) instead. H100, 2026-11-25
+// (scripts/cuda-bench.sh, µs, pair against per-head ring): q4 256/256 49.3 / 44.2 at 4K, 125.6 /
+// 122.7 at 16K, 415.5 / 435.6 at 64K, 824.5 / 861.5 at 128K; q4 128/384 44.6 / 38.2, 113.6 /
+// 107.4, 385.8 / 386.3, 757.4 / 766.2 (its producer's decode sits on the ring's critical path,
+// which the longer splits amortise). The crossover between 16K and 64K was not measured finer.
+constexpr int kPairDecMinT = 32768;
 int sm90_pair_dec_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR_DEC", 1);
   return v;
@@ -802,14 +808,17 @@ int sm90_pair_dec_setting() {
 // (Until the ring race fixed on 2026-11-25, one full barrier per buffer, it hung at 64K without
 // the ping-pong in each of 8 runs, and failed about one 64K bench run in 30 with it; since then
 // neither in 30+ runs each, latent_attention_sm90.cu.)
-bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline) {
+// T: the context length (0 = long: the launch plan's report); force_dec: CudaDecodeOptions::sm90_pair_dec.
+bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline, int T = 0, int force_dec = -1) {
   if (!pipeline || sm90_ws_setting() < 1 || sm90_pair_setting() == 0) return false;
   if (g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16)
     return s9.ring && g0.v.rank <= 256 && detail::sm90_tma_available();
   // q4 keys and values: the decoding producer's ring (s9.dec_ring: q4 both), key rank 128 or 256,
   // value rank a multiple of 64 (two threads per row take whole 64-channel atoms)
-  return s9.dec_ring && sm90_pair_dec_setting() != 0 && (g0.k.rank == 128 || g0.k.rank == 256) &&
-         g0.v.rank % 64 == 0 && g0.v.rank <= (g0.k.rank <= 128 ? 384 : 256);
+  const int dec = force_dec >= 0 ? force_dec : sm90_pair_dec_setting();
+  return s9.dec_ring && (dec == 2 || (dec == 1 && (force_dec == 1 || T == 0 || T >= kPairDecMinT))) &&
+         (g0.k.rank == 128 || g0.k.rank == 256) && g0.v.rank % 64 == 0 &&
+         g0.v.rank <= (g0.k.rank <= 128 ? 384 : 256);
 }
 }  // namespace
 
@@ -827,7 +836,7 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       p.heads_per_block = 2;
       p.smem_bytes = s9.smem;
       // (+ the TMA producer warp where the ring runs on f16 keys and values, + the decoding
-      // producer warpgroup for q4 ones)
+      // producer warpgroup(s) for q4 ones: the pair schedule's at long context, kPairDecMinT)
       const bool ws = sm90_ws_setting() >= 1;
       const bool pair = sm90_pair(s9, group, true);
       p.threads = detail::kSm90Threads + (pair && group.k.storage != RowStorage::kF16 ? 128 * detail::kSm90PairDecWgs
@@ -942,7 +951,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.qpc = 2;
       b.smem = b.sm90.smem;
       b.splits = splits;  // blocks along x (the kernel spreads the tiles evenly over them)
-      b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline);
+      b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline, T, options.sm90_pair_dec);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
       b.wgroups = b.pair && sm90_combine_setting() == 0 ? 2 : 1;

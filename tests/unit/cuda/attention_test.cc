@@ -48,6 +48,7 @@ struct LatentCase {
   bool sm90_serial = false;  // the sm_90a kernel without the wgmma / p·z^V overlap
   int repeats = 0;  // then this many more launches, each output bit-identical to the first (no race, no hang)
   int sm90_blocks = 0;  // CudaDecodeOptions::sm90_blocks (the pair schedule's segmented grid)
+  int pair_dec = -1;    // CudaDecodeOptions::sm90_pair_dec (1: q4 on the pair schedule at any T)
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -202,6 +203,7 @@ void run_latent_case(const LatentCase& c) {
   opt.force_sm80 = c.force_sm80;
   opt.sm90_pipeline = !c.sm90_serial;
   opt.sm90_blocks = c.sm90_blocks;
+  opt.sm90_pair_dec = c.pair_dec;
   const LatentLaunchPlan plan = plan_latent_launch(gs, gg[0]);
   const bool sm90 = plan.sm90 && !c.force_sm80;
   st = latent_attention_decode_cuda(gs, gg.data(), c.T, c.T, dq.as<float>(), dinv.as<float>(), dout->as<float>(),
@@ -279,12 +281,14 @@ std::vector<LatentCase> latent_cases() {
       {"7b f16 256/256 5 blocks", 65, 32, 32, 4, {256}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 5},
       {"gqa4 f16 64/96 bias 37 blocks", 4099, 8, 2, 2, {64}, {96}, S::kF16, S::kF16, true, 0, false, false, 0, 37},
       {"7b f16 128/256 200 blocks", 1000, 32, 32, 4, {128}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 200},
-      // the same for q4 keys and values (the pair schedule with the decoding producer)
-      {"7b q4 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 3},
-      {"7b q4 128/384 5 blocks", 65, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 5},
+      // the same for q4 keys and values (the pair schedule with the decoding producer, which by
+      // default runs from 32K tokens on: asked for here)
+      {"7b q4 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 3, 1},
+      {"7b q4 128/384 5 blocks", 65, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 5, 1},
       {"q4 128/96 (per-head ring: value rank not a multiple of 64)", 4099, 8, 8, 2, {128}, {96}, S::kQ4, S::kQ4},
-      {"gqa4 q4 128/320 bias 37 blocks", 4099, 8, 2, 2, {128}, {320}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37},
-      {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200},
+      {"gqa4 q4 128/320 bias 37 blocks", 4099, 8, 2, 2, {128}, {320}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37, 1},
+      {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200, 1},
+      {"7b q4 256/256 pair 4K", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1},
       // q4 at 64K (the pair schedule with the decoding producer; 300 more launches as above), and
       // the serial schedule on shapes that would run pipelined
       {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 300},
