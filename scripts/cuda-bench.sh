@@ -588,6 +588,56 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   156.74 tok/s in that run and 222.7–228.8 in three runs of `palu-cuda-model-bench --models
   ref-mha` right after (the generic cuBLAS attention, unchanged; 221.83 before).
 
+* round 13 (2026-11-25 08:40–09:35 UTC, session 16): the pair schedule on q4 keys and values
+  (kPairDec). Expected, written first: the q4 rows run the same consumers as f16 once a producer
+  decodes into the f16 ring fast enough, so ~250 µs at 64K for 256/256 (1.45× SDPA) — still
+  short of the 1.7× target, which asks for ~214 µs, below what the same consumers need on f16.
+  Measured (`palu-cuda-attention-bench --T 4096,65536 --iters 20`, H100, µs at 64K, q4 256/256 /
+  128/384, against the per-head ring kRingDec2 at 436–446 / 387–394 in the same runs):
+  - the codes as one bulk copy (`cp.async.bulk`) into the end of the buffer, then decoded in
+    place by the producer warpgroup (every thread reads its codes before any writes, barrier 7),
+    f32 arithmetic as `decode8_half` (dq4x8_half): 688–700 / 683–701; without the decoding
+    (`PALU_CUDA_SM90_DEC_ABLATE=1`, results wrong) 322 / 282, without the loads 675 / 686: the
+    decoding, not the loads, set the pace;
+  - the codes in registers a load ahead instead (`ld.global.nc`, no barrier 7) and q·s + z in
+    f16 arithmetic (q4x8_half then HFMA2): 520 / 470 (no decoding 274 / 258, no loads 423 / 408);
+  - each 8 channels in the order 0 4 1 5 2 6 3 7 (one shift and one LOP3 per pair of codes, no
+    byte permutes; the fold permutes M's k, the epilogue the value channels) and an L2 prefetch
+    three loads ahead: 450 / 420 (no decoding 256 / 229);
+  - a row's two threads taking interleaved 16-byte items (atom k, half ph) instead of contiguous
+    halves, so a store phase hits 8 distinct bank groups instead of 4: **415 / 386, kept**
+    (f01cdcf);
+  - tried and not kept: values as 1024 + code with the scale in P and Σ p·zero − 1024·[p·s] in a
+    register (the producer's value decode halved): 476 / 453 and the 64K tests failed (relative
+    error 2.4e-3 against 2e-3: the f32 sums of ~1024·[p·s] terms in the tensor core lose more
+    than their cancellation leaves); a full barrier per half tile so the chain and p·z^V start on
+    the first two atoms: 428 / 400 against 415 / 386; two producer warpgroups: not buildable (a
+    512-thread launch leaves 128 registers a thread and the m64n256k16 chain needs ≥ 154:
+    ptxas fails); the codes two loads ahead and the tile decoded into registers one load ahead
+    (producer 104 / 136 registers, consumers 200 / 184): 438 / 446, and 359 / 361 without the
+    decoding — the consumers want their 224–232 registers; the producer at 40 registers
+    (consumers 232) for 256/256: 475–487 against 423–440 (its loop spills).
+  - At 4K and 16K the per-head ring stays faster (4K 44.2 / 38.2 against 49.3 / 44.6, 16K
+    122.7 / 107.4 against 125.6 / 113.6), at 32K they are level (three interleaved runs: 221–235
+    / 203–210 against 227–229 / 200–203), at 48K the pair schedule is ahead for 256/256 (316–324
+    against 331–334) and level for 128/384 (293–300 against 293–296). So by default it takes q4
+    at key rank 256 from 32K tokens on (`PALU_CUDA_SM90_PAIR_DEC`: 2 wherever it applies, key
+    rank 128 and every T too; 0 never; `CudaDecodeOptions::sm90_pair_dec` for tests). It runs
+    key rank 128 or 256 and value ranks that are multiples of 64 (≤ 384 with key rank 128).
+  - The table above (09:35 UTC, the build before that last choice, which still ran 128/384 on
+    the pair schedule at 64K and 128K): f16 241.6 µs against SDPA's 364.4 at 64K, 1.51× (an
+    earlier run of the same kernels, 09:21 UTC: 246.1 against 371.3, 1.51×; session 15's runs
+    read 1.48–1.49×: SDPA's own time moves 364–378 µs between runs); q4 256/256 418.9 µs, 0.87×
+    (0.84× before); q4 128/384 388.9, 0.94× (the per-head ring it runs now: 386–397 in this
+    session's runs). End to end (the table below, 09:37 UTC): llama7b latent q4 55.54 tok/s at
+    32K (56.68 in session 15; at 32K the two q4 schedules are level), latent f16 74.53, full f16
+    72.41.
+  Tests (H100): LatentAttentionCuda 49/49 (new: q4 on the segmented grid at 3, 5, 37 and 200
+  blocks, at 4K forced, 300 L2-flushed 64K launches of 256/256 bit-identical, a value rank of 96
+  on the per-head ring), also with `PALU_CUDA_SM90_PAIR=2`, `PALU_CUDA_SM90_PAIR_DEC=0` and
+  `PALU_CUDA_SM90_SEG=0`; the rest of `cuda_tests` with the ref-mha data 32/33 (RefGqa lacks
+  its data).
+
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -606,10 +656,12 @@ is ~243). The partition is at its limit (8192 tiles per head pair over 66 blocks
 warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
 every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
-round 10's probe). For the q4 rows the same pair schedule with the decoding producers: the
-consumers need ~200 registers for the m64n256 accumulators (128) and the rest, while the
-512-thread launch gives them 168 with the two producer warpgroups at 88; the producers would have
-to decode in ~56.
+round 10's probe). For the q4 rows (round 13): the pair schedule with its decoding producer is
+at 415 / 386 µs against 256 / 229 without the decoding; its one producer warpgroup (56
+registers: the consumers need their 224) decodes each tile after the buffer frees, on the ring's
+critical path. Even with the decoding free, 256/256 would be ~1.45× SDPA: the 1.7× target needs
+the key chain itself cheaper (the fp8 path of round 8: at most ~20%), and 128/384's 3.0× (~124
+µs) about half its 229 µs without decoding.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA

@@ -791,12 +791,14 @@ int sm90_combine_setting() {
   return v;
 }
 // PALU_CUDA_SM90_PAIR_DEC: q4 keys and values run the pair schedule with its decoding producer
-// (1, default) from kPairDecMinT tokens on, (2) at every T, (0) never: the per-head ring with
-// the decoding producer warpgroups (PALU_CUDA_SM90_DEC_WGS) instead. H100, 2026-11-25
-// (scripts/cuda-bench.sh, µs, pair against per-head ring): q4 256/256 49.3 / 44.2 at 4K, 125.6 /
-// 122.7 at 16K, 415.5 / 435.6 at 64K, 824.5 / 861.5 at 128K; q4 128/384 44.6 / 38.2, 113.6 /
-// 107.4, 385.8 / 386.3, 757.4 / 766.2 (its producer's decode sits on the ring's critical path,
-// which the longer splits amortise). The crossover between 16K and 64K was not measured finer.
+// (1, default) at key rank 256 from kPairDecMinT tokens on, (2) wherever it applies (key rank
+// 128 too, every T), (0) never: the per-head ring with the decoding producer warpgroups
+// (PALU_CUDA_SM90_DEC_WGS) instead. H100, 2026-11-25 (scripts/cuda-bench.sh, µs, pair against
+// per-head ring): q4 256/256 49.3 / 44.2 at 4K, 125.6 / 122.7 at 16K, 415.5 / 435.6 at 64K,
+// 824.5 / 861.5 at 128K; q4 128/384 44.6 / 38.2, 113.6 / 107.4, 385.8 / 386.3, 757.4 / 766.2
+// (its producer's decode sits on the ring's critical path, which the longer splits amortise).
+// Three interleaved runs at 32K: 256/256 221–235 against 227–229, 128/384 203–210 against
+// 200–203; at 48K 316–324 against 331–334 and 293–300 against 293–296.
 constexpr int kPairDecMinT = 32768;
 int sm90_pair_dec_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR_DEC", 1);
@@ -816,7 +818,8 @@ bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipel
   // q4 keys and values: the decoding producer's ring (s9.dec_ring: q4 both), key rank 128 or 256,
   // value rank a multiple of 64 (two threads per row take whole 64-channel atoms)
   const int dec = force_dec >= 0 ? force_dec : sm90_pair_dec_setting();
-  return s9.dec_ring && (dec == 2 || (dec == 1 && (force_dec == 1 || T == 0 || T >= kPairDecMinT))) &&
+  const bool by_default = g0.k.rank == 256 && (T == 0 || T >= kPairDecMinT);
+  return s9.dec_ring && (dec == 2 || (dec == 1 && (force_dec == 1 || by_default))) &&
          (g0.k.rank == 128 || g0.k.rank == 256) && g0.v.rank % 64 == 0 &&
          g0.v.rank <= (g0.k.rank <= 128 ? 384 : 256);
 }
@@ -836,7 +839,8 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       p.heads_per_block = 2;
       p.smem_bytes = s9.smem;
       // (+ the TMA producer warp where the ring runs on f16 keys and values, + the decoding
-      // producer warpgroup(s) for q4 ones: the pair schedule's at long context, kPairDecMinT)
+      // producer warpgroup(s) for q4 ones: the pair schedule's at key rank 256 and long context,
+      // kPairDecMinT)
       const bool ws = sm90_ws_setting() >= 1;
       const bool pair = sm90_pair(s9, group, true);
       p.threads = detail::kSm90Threads + (pair && group.k.storage != RowStorage::kF16 ? 128 * detail::kSm90PairDecWgs

@@ -282,13 +282,14 @@ std::vector<LatentCase> latent_cases() {
       {"gqa4 f16 64/96 bias 37 blocks", 4099, 8, 2, 2, {64}, {96}, S::kF16, S::kF16, true, 0, false, false, 0, 37},
       {"7b f16 128/256 200 blocks", 1000, 32, 32, 4, {128}, {256}, S::kF16, S::kF16, false, 0, false, false, 0, 200},
       // the same for q4 keys and values (the pair schedule with the decoding producer, which by
-      // default runs from 32K tokens on: asked for here)
+      // default runs at key rank 256 from 32K tokens on: asked for here)
       {"7b q4 256/256 3 blocks", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 3, 1},
       {"7b q4 128/384 5 blocks", 65, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 5, 1},
       {"q4 128/96 (per-head ring: value rank not a multiple of 64)", 4099, 8, 8, 2, {128}, {96}, S::kQ4, S::kQ4},
       {"gqa4 q4 128/320 bias 37 blocks", 4099, 8, 2, 2, {128}, {320}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37, 1},
       {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200, 1},
       {"7b q4 256/256 pair 4K", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1},
+      {"7b q4 128/384 long pair", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 30, 0, 1},
       // q4 at 64K (the pair schedule with the decoding producer; 300 more launches as above), and
       // the serial schedule on shapes that would run pipelined
       {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 300},
