@@ -843,8 +843,7 @@ LatentLaunchPlan plan_latent_launch(const CudaAttentionShape& shape, const CudaL
       // kPairDecMinT)
       const bool ws = sm90_ws_setting() >= 1;
       const bool pair = sm90_pair(s9, group, true);
-      p.threads = detail::kSm90Threads + (pair && group.k.storage != RowStorage::kF16 ? 128 * detail::kSm90PairDecWgs
-                                          : pair                                      ? 128
+      p.threads = detail::kSm90Threads + (pair ? 128
                                           : ws && s9.ring && group.k.storage == RowStorage::kF16 &&
                                                   group.v.storage == RowStorage::kF16
                                               ? 32

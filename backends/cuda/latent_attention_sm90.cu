@@ -362,8 +362,7 @@ constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRin
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
-                                  : SCHED == kPairDec ? kSm90Threads + 128 * kSm90PairDecWgs
-                                  : SCHED == kRingDec || SCHED == kPairWs ? kSm90Threads + 128
+                                  : SCHED == kRingDec || SCHED == kPairWs || SCHED == kPairDec ? kSm90Threads + 128
                                   : SCHED == kRingDec2 || SCHED == kRingDec2F ? kSm90Threads + 256
                                   : SCHED == kRingDec3 ? kSm90Threads + 384
                                                       : kSm90Threads,
@@ -850,7 +849,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     auto kload = [&](int j) { return j == 0 ? 0 : 2 * j - 1; };
     auto vload = [&](int j, int nt) { return j == nt - 1 ? 2 * j + 1 : 2 * j + 2; };
     auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
-    if (PDEC && wgi >= 2) {  // the decoding producer warpgroups: q4 codes → the f16 ring
+    if (PDEC && wgi == 2) {  // the decoding producer warpgroup: q4 codes → the f16 ring
       asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
       // Load ng of the ring's order (across the segments as the consumers walk them): thread pt
       // holds half pt % 2 of row pt / 2's codes and the row's scale and zero in registers, loaded
@@ -882,9 +881,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
         return x;
       };
-      // (producer warpgroup pw takes loads pw, pw + kSm90PairDecWgs, ...)
-      const int pw = wgi - 2, total = (int)(2 * (hi - lo)), pt = tid - kSm90Threads - 128 * pw, pr = pt >> 1,
-                ph = pt & 1;
+      // (one warpgroup: a second would leave the 512-thread launch 128 registers a thread, and the
+      // m64n256k16 key chain needs ≥ 154 — ptxas fails)
+      const int total = (int)(2 * (hi - lo)), pt = tid - kSm90Threads, pr = pt >> 1, ph = pt & 1;
       uint4 w[6];
       float sc = 0.f, zr = 0.f;
       Ld x{};
@@ -901,8 +900,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           zr = __ldg((x.key ? SG.zrk : SG.zrv) + r);
         }
       };
-      if (pw < total) fetch(pw);
-      for (int ng = pw; ng < total; ng += kSm90PairDecWgs) {
+      if (total > 0) fetch(0);
+      for (int ng = 0; ng < total; ++ng) {
         const int b = ng % 3, rb = x.key ? rbk : rbv, u2 = rb / 32;
         const bool ok = x.tile * kTile + pr < T;  // rows past T: zeros (p = 0 there, but 0·NaN)
         const __half2 s2 = __float2half2_rn(sc), z2 = __float2half2_rn(zr);
@@ -926,9 +925,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         fence_proxy_async();  // the generic stores → wgmma (async proxy)
         __syncwarp();
         if (lane == 0) mbar_arrive(full + b * 2 + x.wg);
-        if (ng + kSm90PairDecWgs < total) fetch(ng + kSm90PairDecWgs);
-        if (pt == 0 && ng + 3 * kSm90PairDecWgs < total) {  // three loads ahead into L2
-          const Ld y = locate(ng + 3 * kSm90PairDecWgs);
+        if (ng + 1 < total) fetch(ng + 1);
+        if (pt == 0 && ng + 3 < total) {  // three loads ahead into L2
+          const Ld y = locate(ng + 3);
           const Sm90Group& SG = P.g[y.g];
           const int rb = y.key ? rbk : rbv, nv = min(kTile, T - y.tile * kTile);
           prefetch_l2((y.key ? SG.zk : SG.zv) + (size_t)y.tile * kTile * rb, (uint32_t)(nv * rb));
@@ -1809,8 +1808,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
-                        : sched_ws == kPairDec ? kSm90Threads + 128 * kSm90PairDecWgs
-                        : sched_ws == kRingDec || sched_ws == kPairWs ? kSm90Threads + 128
+                        : sched_ws == kRingDec || sched_ws == kPairWs || sched_ws == kPairDec ? kSm90Threads + 128
                         : sched_ws == kRingDec2 || sched_ws == kRingDec2F ? kSm90Threads + 256
                         : sched_ws == kRingDec3 ? kSm90Threads + 384
                                                 : kSm90Threads;

@@ -19,10 +19,6 @@ constexpr int kSm90MaxBatch = 16;  // groups per launch
 constexpr int kSm90Tile = 64;      // tokens per tile (the wgmma M dimension)
 constexpr int kSm90Threads = 256;  // two warpgroups, one query head each
 constexpr int kSm90MaxSegBlocks = 256;  // the pair schedule's segmented grid: blocks per head pair
-// decoding producer warpgroups of the pair schedule on q4 latents (2 would leave the launch 128
-// registers a thread, and the m64n256k16 key chain needs ≥ 154: ptxas allocates the whole kernel
-// within the launch's count, setmaxnreg notwithstanding)
-constexpr int kSm90PairDecWgs = 1;
 
 struct Sm90Group {
   const uint8_t* zk;  // [T, row_bytes_k] key latents
