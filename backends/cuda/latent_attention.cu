@@ -815,13 +815,11 @@ bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipel
   if (!pipeline || sm90_ws_setting() < 1 || sm90_pair_setting() == 0) return false;
   if (g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16)
     return s9.ring && g0.v.rank <= 256 && detail::sm90_tma_available();
-  // q4 keys and values: the decoding producer's ring (s9.dec_ring: q4 both), key rank 128 or 256,
-  // value rank a multiple of 64 (two threads per row take whole 64-channel atoms)
-  const int dec = force_dec >= 0 ? force_dec : sm90_pair_dec_setting();
-  const bool by_default = g0.k.rank == 256 && (T == 0 || T >= kPairDecMinT);
-  return s9.dec_ring && (dec == 2 || (dec == 1 && (force_dec == 1 || by_default))) &&
-         (g0.k.rank == 128 || g0.k.rank == 256) && g0.v.rank % 64 == 0 &&
-         g0.v.rank <= (g0.k.rank <= 128 ? 384 : 256);
+  // q4 keys and values: the decoding producer's ring (s9.dec_ring: q4 both) and ranks it takes
+  if (!s9.dec_ring || !detail::sm90_pair_dec_shape(g0.k.rank, g0.v.rank)) return false;
+  if (force_dec >= 0) return force_dec == 1 || force_dec == 2;
+  const int dec = sm90_pair_dec_setting();
+  return dec == 2 || (dec == 1 && g0.k.rank == 256 && (T == 0 || T >= kPairDecMinT));
 }
 }  // namespace
 

@@ -262,6 +262,17 @@ __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, 
 __device__ __forceinline__ void prefetch_l2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 }
+// The L2 prefetch of a packed tile: its `bytes` of codes and its rows' scales and zeros (when
+// 16-byte aligned; whole 16-byte chunks of them), for the decoding producers.
+__device__ __forceinline__ void prefetch_tile_l2(const uint8_t* rows, uint32_t bytes, const float* sc, const float* zr,
+                                                 int nvalid) {
+  prefetch_l2(rows, bytes);
+  const uint32_t sb = (uint32_t)(nvalid * 4) & ~15u;
+  if (sb != 0 && (reinterpret_cast<uintptr_t>(sc) & 15) == 0 && (reinterpret_cast<uintptr_t>(zr) & 15) == 0) {
+    prefetch_l2(sc, sb);
+    prefetch_l2(zr, sb);
+  }
+}
 __device__ __forceinline__ uint4 ldg_nc16(const void* p) {
   uint4 v;
   asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -848,6 +859,13 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     // ring load index of K(j) and V(j) (j = tile − t0 inside a segment of nt tiles): K(0), then K(j + 1), V(j), ...
     auto kload = [&](int j) { return j == 0 ? 0 : 2 * j - 1; };
     auto vload = [&](int j, int nt) { return j == nt - 1 ? 2 * j + 1 : 2 * j + 2; };
+    // the other way: load n of a segment of nt tiles → (j, 1 for K(j) / 0 for V(j))
+    auto load_at = [&](int n, int nt) {
+      int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
+      int key = n == 0 || (n & 1);
+      if (key && j == nt) key = 0, j = nt - 1;  // (the last tile's V follows its K(j) directly)
+      return make_int2(j, key);
+    };
     auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
     if (PDEC && wgi == 2) {  // the decoding producer warpgroup: q4 codes → the f16 ring
       asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
@@ -868,11 +886,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const int t0 = (int)(p - (long long)sgl * tiles_total);
           const int nt = (int)min((long long)tiles_total - t0, hi - p);
           if (ng < base + 2 * nt) {
-            const int n = ng - base;
-            int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
-            int key = n == 0 || (n & 1);
-            if (key && j == nt) key = 0, j = nt - 1;  // (the last tile's V follows its K directly)
-            x = Ld{sgl, t0 + j, j & 1, key};
+            const int2 jk = load_at(ng - base, nt);
+            x = Ld{sgl, t0 + jk.x, jk.x & 1, jk.y};
             break;
           }
           base += 2 * nt;
@@ -930,14 +945,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const Ld y = locate(ng + 3);
           const Sm90Group& SG = P.g[y.g];
           const int rb = y.key ? rbk : rbv, nv = min(kTile, T - y.tile * kTile);
-          prefetch_l2((y.key ? SG.zk : SG.zv) + (size_t)y.tile * kTile * rb, (uint32_t)(nv * rb));
-          const float* sp = (y.key ? SG.sk : SG.sv) + (size_t)y.tile * kTile;
-          const float* zp = (y.key ? SG.zrk : SG.zrv) + (size_t)y.tile * kTile;
-          const uint32_t sb = (uint32_t)(nv * 4) & ~15u;
-          if (sb != 0 && (reinterpret_cast<uintptr_t>(sp) & 15) == 0 && (reinterpret_cast<uintptr_t>(zp) & 15) == 0) {
-            prefetch_l2(sp, sb);
-            prefetch_l2(zp, sb);
-          }
+          const size_t t0 = (size_t)y.tile * kTile;
+          prefetch_tile_l2((y.key ? SG.zk : SG.zv) + t0 * rb, (uint32_t)(nv * rb), (y.key ? SG.sk : SG.sv) + t0,
+                           (y.key ? SG.zrk : SG.zrv) + t0, nv);
         }
       }
       return;
@@ -950,9 +960,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const int t0 = (int)(pos - (long long)sgl * tiles_total);
           const int nt = (int)min((long long)tiles_total - t0, hi - pos);
           for (int n = 0; n < 2 * nt; ++n) {
-            int j = n == 0 ? 0 : (n & 1) ? (n + 1) / 2 : n / 2 - 1;
-            bool key = n == 0 || (n & 1);
-            if (key && j == nt) key = false, j = nt - 1;  // (the last tile's V follows its K(j) directly)
+            const int2 jk = load_at(n, nt);
+            const int j = jk.x;
+            const bool key = jk.y != 0;
             const int ng = base + n, b = ng % 3;
             mbar_wait(empty + b, ((ng / 3) & 1) ^ 1);  // use −1 counts as released
             uint8_t* dst = rbuf(ng);
@@ -1382,12 +1392,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         const float *sc, *zr;
         int u, nvalid;
         shape(n, rows, sc, zr, u, nvalid);
-        prefetch_l2(rows, (uint32_t)(nvalid * u * 16));
-        const uint32_t sb = (uint32_t)(nvalid * 4) & ~15u;
-        if (sb != 0 && (reinterpret_cast<uintptr_t>(sc) & 15) == 0 && (reinterpret_cast<uintptr_t>(zr) & 15) == 0) {
-          prefetch_l2(sc, sb);
-          prefetch_l2(zr, sb);
-        }
+        prefetch_tile_l2(rows, (uint32_t)(nvalid * u * 16), sc, zr, nvalid);
       };
       // decode load n (items in x) into its ring buffer once both warpgroups released it
       auto step = [&](auto kt, int n, Raw& x, Raw& next) {
@@ -1731,6 +1736,12 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 bool sm90_tma_available() { return tensor_map_encoder() != nullptr; }
 
+bool sm90_pair_dec_shape(int rk, int rv) {
+  // key rank 128 or 256 (the instantiations), value ranks in whole 64-channel atoms (a row's two
+  // producer threads take whole atoms), at most 6 atoms with key rank 128 (op[6]) and 4 with 256
+  return (rk == 128 || rk == 256) && rv % 64 == 0 && rv <= (rk <= 128 ? 384 : 256);
+}
+
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
   // PALU_CUDA_SM90_KFOLD=0 (before/after comparisons): two decoding producer warpgroups dequantize
   // the keys (kRingDec2) instead of keeping their exact codes (kRingDec2F)
@@ -1774,7 +1785,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     const bool dec = sched_ws == kRingDec || sched_ws == kRingDec2 || sched_ws == kRingDec2F || sched_ws == kRingDec3;
     if (sched_ws == kRingWs && p.rv <= 256) {
       sched_ws = kPairWs;
-    } else if (dec && (p.rk == 128 || p.rk == 256) && p.rv % 64 == 0 && p.rv <= (p.rk <= 128 ? 384 : 256)) {
+    } else if (dec && sm90_pair_dec_shape(p.rk, p.rv)) {
       sched_ws = kPairDec;
     } else {
       return invalid_argument("sm_90a latent kernel: the pair schedule needs f16 keys and values (value rank ≤ 256) "

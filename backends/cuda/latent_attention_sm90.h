@@ -101,4 +101,7 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
 // Whether the driver's cuTensorMapEncodeTiled entry point is there (the TMA producers).
 bool sm90_tma_available();
 
+// Whether the pair schedule on q4 keys and values (its decoding producer) takes these ranks.
+bool sm90_pair_dec_shape(int rk, int rv);
+
 }  // namespace palu::backends::cuda::detail
