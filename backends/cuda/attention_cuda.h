@@ -94,6 +94,10 @@ struct CudaDecodeOptions {
   // applies, 0 never, −1 (default) from T and PALU_CUDA_SM90_PAIR_DEC (see latent_attention.cu).
   // For tests of short sequences.
   int sm90_pair_dec = -1;
+  // That schedule's register-operand form (the consumers decode the codes into the wgmma A
+  // fragments; value ranks a multiple of 128): 1 where it applies, 0 never (the decoding producer
+  // warpgroup instead), −1 (default) PALU_CUDA_SM90_PAIR_REG (default 1).
+  int sm90_pair_reg = -1;
 };
 
 // q: [H, d_h] f32 (RoPE applied), inv_freq: [d_h/2] f32, out: [Σ_h r_v,g(h)] f32 (head h's

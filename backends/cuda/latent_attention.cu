@@ -799,6 +799,11 @@ int sm90_combine_setting() {
 // (its producer's decode sits on the ring's critical path, which the longer splits amortise).
 // Three interleaved runs at 32K: 256/256 221–235 against 227–229, 128/384 203–210 against
 // 200–203; at 48K 316–324 against 331–334 and 293–300 against 293–296.
+// With the register-operand form (sm90_pair_reg_enabled, value ranks a multiple of 128) the pair
+// schedule runs at every T: H100, 2026-11-25 (palu-cuda-attention-bench, two runs, µs, pair
+// against per-head ring): q4 256/256 44.3 / 44.6–48.8 at 4K, 105–108 / 125–128 at 16K, 179–185 /
+// 228–231 at 32K, 639–656 / 868–870 at 128K; q4 128/384 38.6 / 38.9–40.6, 90–92 / 108–109,
+// 158–162 / 200–204, 573 / 774.
 constexpr int kPairDecMinT = 32768;
 int sm90_pair_dec_setting() {
   static const int v = env_int_or("PALU_CUDA_SM90_PAIR_DEC", 1);
@@ -811,7 +816,9 @@ int sm90_pair_dec_setting() {
 // the ping-pong in each of 8 runs, and failed about one 64K bench run in 30 with it; since then
 // neither in 30+ runs each, latent_attention_sm90.cu.)
 // T: the context length (0 = long: the launch plan's report); force_dec: CudaDecodeOptions::sm90_pair_dec.
-bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline, int T = 0, int force_dec = -1) {
+// force_reg: CudaDecodeOptions::sm90_pair_reg.
+bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipeline, int T = 0, int force_dec = -1,
+               int force_reg = -1) {
   if (!pipeline || sm90_ws_setting() < 1 || sm90_pair_setting() == 0) return false;
   if (g0.k.storage == RowStorage::kF16 && g0.v.storage == RowStorage::kF16)
     return s9.ring && g0.v.rank <= 256 && detail::sm90_tma_available();
@@ -819,7 +826,8 @@ bool sm90_pair(const detail::Sm90Plan& s9, const CudaLatentGroup& g0, bool pipel
   if (!s9.dec_ring || !detail::sm90_pair_dec_shape(g0.k.rank, g0.v.rank)) return false;
   if (force_dec >= 0) return force_dec == 1 || force_dec == 2;
   const int dec = sm90_pair_dec_setting();
-  return dec == 2 || (dec == 1 && g0.k.rank == 256 && (T == 0 || T >= kPairDecMinT));
+  const bool reg = detail::sm90_pair_reg_shape(g0.k.rank, g0.v.rank) && detail::sm90_pair_reg_enabled(force_reg);
+  return dec == 2 || (dec == 1 && (reg || (g0.k.rank == 256 && (T == 0 || T >= kPairDecMinT))));
 }
 }  // namespace
 
@@ -952,7 +960,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       b.qpc = 2;
       b.smem = b.sm90.smem;
       b.splits = splits;  // blocks along x (the kernel spreads the tiles evenly over them)
-      b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline, T, options.sm90_pair_dec);
+      b.pair = aligned16 && sm90_pair(b.sm90, g0, options.sm90_pipeline, T, options.sm90_pair_dec, options.sm90_pair_reg);
       // partial splits per block and head: one (its warpgroup), or two (the pair schedule's
       // warpgroups each take every other tile)
       b.wgroups = b.pair && sm90_combine_setting() == 0 ? 2 : 1;
@@ -1091,6 +1099,7 @@ Status latent_attention_decode_cuda(const CudaAttentionShape& sh, const CudaLate
       S.ws = ws_mode >= 1 ? 1 : 0;
       S.pingpong = b.pair ? (sm90_pair_setting() == 2 ? 1 : 0) : ws_mode >= 2 ? 1 : 0;
       S.dec_ring = b.dec_ring ? 1 : 0;
+      S.pair_reg = options.sm90_pair_reg;
       S.dec_wgs = sm90_dec_wgs();
       S.share_pv = sm90_share_pv();
       S.pair = b.pair ? 1 : 0;

@@ -112,6 +112,24 @@ __host__ __device__ inline Sm90Layout sm90_layout(int rk, int rv, int stor_k, in
   return L;
 }
 
+// kPairReg: M of both heads, then a ring of nb buffers, each one raw q4 tile (keys or values: 64
+// rows of codes as 64-byte-swizzled TMA boxes of 64 rows × 64 bytes, then the rows' 64 scales and
+// 64 zeros as f32), then the pair schedule's tail.
+__host__ __device__ inline Sm90Layout sm90_reg_layout(int rk, int rv, int nb) {
+  Sm90Layout L{};
+  L.ms = 0;
+  size_t o = (size_t)2 * kHD * rk * 2;
+  L.kst = L.vst = o;
+  // (kraw = vraw: where a buffer's scales begin, past the larger of the two tiles' codes)
+  L.kraw = L.vraw = (size_t)kTile * (rk > rv ? rk : rv) / 2;
+  L.kstage = L.vstage = align_up(L.kraw + 2 * kTile * 4, 1024);
+  o += (size_t)nb * L.kstage;
+  L.tail = align_up(o, 1024);
+  L.total = L.tail + 2048 + 1024;
+  return L;
+}
+constexpr int kRegMaxBufs = 8;
+
 // Byte offset of 16-byte chunk ch of row r in a K-major operand of `rows` rows stored as
 // 128-byte-swizzled atoms of 64 halves (the layout TMA's SWIZZLE_128B writes and wgmma reads).
 __host__ __device__ inline uint32_t swz(int rows, int r, int ch) {
@@ -194,6 +212,62 @@ __device__ __forceinline__ void wgmma_m64n8k16_ta(float (&d)[4], uint64_t desc_a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
+// The register-operand forms (kPairReg): A[64 × 16] from registers, the fragment of mma.m16n8k16
+// per warp (warp w: rows 16w + lane/4 (+8), columns 2·(lane%4) (+1) (+8)), B K-major from shared memory.
+__device__ __forceinline__ void wgmma_m64n8k16_ra(float (&d)[4], const uint32_t (&a)[4], uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
+}
+__device__ __forceinline__ void wgmma_m64n256k16_ra(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b,
+                                                    int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+      "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+      "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, "
+      "{%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// ldmatrix: four 8 × 8 b16 matrices (lane l gives row l % 8 of matrix l / 8); register i holds
+// matrix i's row lane/4, elements 2·(lane%4) and + 1 (.trans: rows 2·(lane%4) and + 1 of column lane/4)
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x2_trans(uint32_t& r0, uint32_t& r1, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr) : "memory");
+}
+// codes n of the two 16-bit halves of x (bits 4n..4n+3 of each) → the half2 q·scale + zero (f16
+// arithmetic, the bits of dq4x8_half2_perm). Codes 0 and 2 go under the exponent of 1024 (the
+// f16 spacing 1 there), codes 1 and 3 in place under that of 64 (spacing 1/16: 64 + q): one shift
+// per four pairs instead of three.
+__device__ __forceinline__ uint32_t dq4_pair(uint32_t x, int n, __half2 scale, __half2 zero) {
+  const uint32_t xs = n >= 2 ? x >> 8 : x;
+  const bool odd = (n & 1) != 0;
+  const uint32_t y = (xs & (odd ? 0x00F000F0u : 0x000F000Fu)) | (odd ? 0x54005400u : 0x64006400u);
+  const __half2 h = __hfma2(__hsub2(*reinterpret_cast<const __half2*>(&y), __float2half2_rn(odd ? 64.f : 1024.f)),
+                            scale, zero);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -256,6 +330,14 @@ __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, 
           smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(t0), "r"(smem_u32(bar))
       : "memory");
+}
+// `bytes` (a multiple of 16) from global `src` to shared `dst` (both 16-byte aligned) by the
+// bulk-copy engine, completing on `bar`'s transaction count
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
 }
 // The L2 prefetch of `bytes` (a multiple of 16) at `src` (16-byte aligned): the decoding producer
 // asks for its tiles two tiles ahead of its own loads.
@@ -368,12 +450,22 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // buffer once it is free, in a channel order that needs no byte permutes (M and the output
 // channels follow it). At 64K q4 256/256 ~415 µs against ~446 for kRingDec2, 128/384 ~386
 // against ~394 (H100, 2026-11-25); without the decoding (results wrong) ~256 / ~229.
+// kPairReg (q4 keys and values; key rank 128 or 256, value rank a multiple of 128, ≤ 384 or 256;
+// the default where it applies): the pair schedule with register operands. One producer lane
+// issues each load's raw codes as 64 × 64-byte TMA boxes (64-byte swizzle) and its scales and
+// zeros as bulk copies into a ring of up to kRegMaxBufs small buffers (sm90_reg_layout); each
+// consumer warpgroup decodes its own tile into the wgmma A fragments (keys: ldmatrix.x4, the
+// m64n256k16 chain with A in registers, two fragment sets a chunk apart; values: ldmatrix.x2.trans,
+// m64n8k16 with the value channels as rows), so no thread waits for another's decode. At 64K q4
+// 256/256 ~333–341 µs against ~415–444 for kPairDec, 128/384 ~291–298 against ~392 (H100,
+// 2026-11-25; decode and p·z^V ablated: level — the pace is the warpgroups' per-tile latency).
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
-              kRingDec2F = 7, kPairWs = 8, kPairDec = 9;
+              kRingDec2F = 7, kPairWs = 8, kPairDec = 9, kPairReg = 10;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
 template <int RK, int SCHED>
 __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
-                                  : SCHED == kRingDec || SCHED == kPairWs || SCHED == kPairDec ? kSm90Threads + 128
+                                  : SCHED == kRingDec || SCHED == kPairWs || SCHED == kPairDec || SCHED == kPairReg
+                                      ? kSm90Threads + 128
                                   : SCHED == kRingDec2 || SCHED == kRingDec2F ? kSm90Threads + 256
                                   : SCHED == kRingDec3 ? kSm90Threads + 384
                                                       : kSm90Threads,
@@ -394,15 +486,19 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   constexpr int kProd = SCHED == kRingDec3 ? 384 : SCHED == kRingDec2 || KF ? 256 : 128;  // (DEC) producer threads
   constexpr int KI = (kDecItems * 128 + kProd - 1) / kProd;  // (DEC) items per producer thread
   constexpr bool PDEC = SCHED == kPairDec;  // the pair schedule on q4 keys and values (a decoding producer)
-  constexpr bool PAIR = SCHED == kPairWs || PDEC;
+  // the pair schedule on q4 keys and values, the consumers decoding the raw code tiles (TMA) into
+  // the wgmma A fragments in registers
+  constexpr bool REG = SCHED == kPairReg;
+  constexpr bool PAIR = SCHED == kPairWs || PDEC || REG;
   // (pair) value accumulators: 64 channels each (rank ≤ 384 with the decoding producer where the
   // ring fits it: key rank ≤ 128)
-  constexpr int kOpA = PDEC && RK <= 128 ? 6 : 4;
+  constexpr int kOpA = (PDEC || REG) && RK <= 128 ? 6 : 4;
   constexpr bool PIPE = SCHED == kPipe, RING = SCHED == kRing || WS || PAIR;
   // (DEC: the consumers see f16 tiles: the f16 ring's layout)
   constexpr int kF16 = (int)RowStorage::kF16;
-  const Sm90Layout L = DEC || PDEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
-                           : sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
+  const Sm90Layout L = REG             ? sm90_reg_layout(P.rk, P.rv, P.reg_bufs)
+                       : DEC || PDEC ? sm90_layout(P.rk, P.rv, kF16, kF16, 2 * P.rk, 2 * P.rv, 0, 0, true)
+                                     : sm90_layout(P.rk, P.rv, P.stor_k, P.stor_v, P.row_bytes_k, P.row_bytes_v, KS, VS, RING);
   // wgi broadcast from lane 0: warp-uniform to ptxas, so the descriptors derived from it (M_h, P)
   // live in uniform registers instead of being moved there (R2UR) before every wgmma
   const int tid = threadIdx.x, wgi = __shfl_sync(0xffffffffu, tid >> 7, 0), warp = (tid >> 5) & 3, lane = tid & 31;
@@ -427,10 +523,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   const int head0 = G.first_head + chunk * 2;
   constexpr int rk = RK;
   const int rv = P.rv, rbk = P.row_bytes_k, rbv = P.row_bytes_v, T = P.T;
-  const bool k_f16 = DEC || PDEC || P.stor_k == kF16;  // (the operand in shared memory)
+  const bool k_f16 = DEC || PDEC || REG || P.stor_k == kF16;  // (the operand in shared memory)
   const bool k_packed = P.stor_k >= (int)RowStorage::kQ8, v_packed = P.stor_v >= (int)RowStorage::kQ8;
   uint8_t* tail = smem + L.tail;
-  const bool v_f16 = DEC || PDEC || P.stor_v == kF16, v_q4 = !DEC && P.stor_v == (int)RowStorage::kQ4;
+  const bool v_f16 = DEC || PDEC || REG || P.stor_v == kF16, v_q4 = !DEC && P.stor_v == (int)RowStorage::kQ4;
   // (row, 16-byte chunk) walks of a [64, rk] f16 tile by 256 threads without a division per step
   const int cpr = rk / 8, r_first = tid / cpr, c_first = tid % cpr, r_step = kSm90Threads / cpr,
             c_step = kSm90Threads % cpr;
@@ -469,16 +565,30 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         uint4 oa, ob;
         __half* a = reinterpret_cast<__half*>(&oa);
         __half* b = reinterpret_cast<__half*>(&ob);
+        if constexpr (REG) {
+          // channels 8·ch + e: the key fragments' k order (see the key chain): channels e and e + 4
+          // side by side at chunk (ch & ~3) + e, element 2·(ch & 3)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float2 f = fold_q_pair(q0, q1, __half2float(h0[e]), __half2float(h1[e]));
-          // (PDEC: the key tiles hold each 8 channels in the order 0 4 1 5 2 6 3 7, M's k too)
-          const int pe = PDEC ? ((e & 3) << 1) | (e >> 2) : e;
-          a[pe] = __float2half_rn(f.x);
-          b[pe] = __float2half_rn(f.y);
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = fold_q_pair(q0, q1, __half2float(h0[e]), __half2float(h1[e]));
+            const float2 g = fold_q_pair(q0, q1, __half2float(h0[e + 4]), __half2float(h1[e + 4]));
+            const __half2 ha = __halves2half2(__float2half_rn(f.x), __float2half_rn(g.x));
+            const __half2 hb = __halves2half2(__float2half_rn(f.y), __float2half_rn(g.y));
+            *reinterpret_cast<__half2*>(m_at(hh * kHD + i, (ch & ~3) + e) + 4 * (ch & 3)) = ha;
+            *reinterpret_cast<__half2*>(m_at(hh * kHD + kHalf + i, (ch & ~3) + e) + 4 * (ch & 3)) = hb;
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const float2 f = fold_q_pair(q0, q1, __half2float(h0[e]), __half2float(h1[e]));
+            // (PDEC: the key tiles hold each 8 channels in the order 0 4 1 5 2 6 3 7, M's k too)
+            const int pe = PDEC ? ((e & 3) << 1) | (e >> 2) : e;
+            a[pe] = __float2half_rn(f.x);
+            b[pe] = __float2half_rn(f.y);
+          }
+          *reinterpret_cast<uint4*>(m_at(hh * kHD + i, ch)) = oa;
+          *reinterpret_cast<uint4*>(m_at(hh * kHD + kHalf + i, ch)) = ob;
         }
-        *reinterpret_cast<uint4*>(m_at(hh * kHD + i, ch)) = oa;
-        *reinterpret_cast<uint4*>(m_at(hh * kHD + kHalf + i, ch)) = ob;
       }
     }
     fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy) after the barrier
@@ -839,12 +949,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     // loads' barrier of the buffer: its previous one there it consumed itself, so the phase it
     // waits for is the pending one or just done, never two behind.
     const uint32_t slack = (uint32_t)(smem - smem_raw);
-    uint64_t* full = reinterpret_cast<uint64_t*>(slack >= 128 ? smem_raw : tail + 2048);  // [3 buffers][2 wg]
-    uint64_t* empty = full + 6;
+    // (NB: the ring's buffers, 3 but for the register-operand form's raw tiles)
+    const int NB = REG ? P.reg_bufs : 3;
+    uint64_t* full = reinterpret_cast<uint64_t*>(slack >= 24u * kRegMaxBufs ? smem_raw : tail + 2048);  // [NB][2 wg]
+    uint64_t* empty = full + 2 * NB;
     if (tid == 0) {
-      // the producer's expect_tx, then the TMA bytes; (PDEC) its 4 warps, each after its stores
-      for (int b = 0; b < 6; ++b) mbar_init(full + b, PDEC ? 4 : 1);
-      for (int b = 0; b < 3; ++b) mbar_init(empty + b, 128);  // every thread of the warpgroup that read it
+      // the producer's expect_tx, then the TMA bytes; (PDEC) its 4 warps, each after its stores;
+      // (REG) the expect_tx and the 32 lanes of the producer warp, each after its scale stores
+      for (int b = 0; b < 2 * NB; ++b) mbar_init(full + b, PDEC ? 4 : REG ? 33 : 1);
+      for (int b = 0; b < NB; ++b) mbar_init(empty + b, 128);  // every thread of the warpgroup that read it
     }
     fence_proxy_async();
     __syncthreads();  // M, the bias terms, the frequencies and the barriers visible
@@ -866,7 +979,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       if (key && j == nt) key = 0, j = nt - 1;  // (the last tile's V follows its K(j) directly)
       return make_int2(j, key);
     };
-    auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % 3) * L.kstage; };
+    auto rbuf = [&](int n) { return smem + L.kst + (size_t)(n % NB) * L.kstage; };
     if (PDEC && wgi == 2) {  // the decoding producer warpgroup: q4 codes → the f16 ring
       asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
       // Load ng of the ring's order (across the segments as the consumers walk them): thread pt
@@ -953,8 +1066,11 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       return;
     }
     if (wgi == 2) {  // the producer warpgroup: one lane issues every tile as TMA boxes
+      // (REG: the raw codes as 64-byte boxes; the warp's 32 lanes copy the rows' scales and zeros)
+      // (a 288-thread launch (REG's producer needs one warp) gives no more registers: ptxas
+      // allocates for whole warpgroups, 168 a thread, and only setmaxnreg lends the consumers more)
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-      if (warp == 0 && lane == 0) {
+      if (warp == 0 && (REG || lane == 0)) {
         long long pos = lo;
         for (int sgl = gl, base = 0;; ++sgl) {
           const int t0 = (int)(pos - (long long)sgl * tiles_total);
@@ -963,12 +1079,43 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             const int2 jk = load_at(n, nt);
             const int j = jk.x;
             const bool key = jk.y != 0;
-            const int ng = base + n, b = ng % 3;
-            mbar_wait(empty + b, ((ng / 3) & 1) ^ 1);  // use −1 counts as released
+            const int ng = base + n, b = ng % NB;
+            mbar_wait(empty + b, ((ng / NB) & 1) ^ 1);  // use −1 counts as released
             uint8_t* dst = rbuf(ng);
-            const int atoms = key ? rk / 64 : (rv + 63) / 64;
+            // boxes: 64 channels of f16 (8 KiB), or (REG) 64 bytes of codes (4 KiB)
+            const int atoms = REG ? (key ? rbk : rbv) / 64 : key ? rk / 64 : (rv + 63) / 64;
+            const uint32_t box_bytes = REG ? kTile * 64 : kTile * 128;
             const CUtensorMap* map = key ? &TM.k[sgl] : &TM.v[sgl];
             uint64_t* fb = full + b * 2 + (j & 1);  // warpgroup j % 2 takes tile j
+            if constexpr (REG) {
+              // a whole tile's scales and zeros by the bulk-copy engine too (the host checked their
+              // 16-byte alignment); the last, partial tile's by the lanes (rows past T: 0 · code + 0).
+              // (Measured level with the lanes loading every tile's: ~333 µs at 64K, q4 256/256.)
+              const Sm90Group& SG = P.g[sgl];
+              float* sc = reinterpret_cast<float*>(dst + L.kraw);
+              const float* gs = (key ? SG.sk : SG.sv) + (size_t)(t0 + j) * kTile;
+              const float* gz = (key ? SG.zrk : SG.zrv) + (size_t)(t0 + j) * kTile;
+              const int nvalid = min(kTile, T - (t0 + j) * kTile);
+              if (nvalid < kTile) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int r = lane + 32 * h;
+                  sc[r] = r < nvalid ? __ldg(gs + r) : 0.f;
+                  sc[kTile + r] = r < nvalid ? __ldg(gz + r) : 0.f;
+                }
+              }
+              if (lane == 0) {
+                mbar_expect_tx(fb, (uint32_t)atoms * box_bytes + (nvalid == kTile ? 2 * kTile * 4 : 0));
+                for (int a = 0; a < atoms; ++a)
+                  tma_load_box(dst + (size_t)a * box_bytes, map, 64 * a, (t0 + j) * kTile, fb);
+                if (nvalid == kTile) {
+                  bulk_copy(sc, gs, kTile * 4, fb);
+                  bulk_copy(sc + kTile, gz, kTile * 4, fb);
+                }
+              }
+              mbar_arrive(fb);
+              continue;
+            }
             if (n == max(0, 2 * nt - 8) && pos + nt < hi) {
               // ~4 tiles before this segment ends, the next group's B^K rows of the block's heads
               // into L2, for the consumers' refold (it came with other changes of round 12 and
@@ -1006,16 +1153,17 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(op[a][e])::"memory");
     };
     // cos/sin of row 16·warp + lane/4 + 8·rh of the tile at t0, frequencies 8j + 2(lane%4) + {0,1}
-    auto trig_row = [&](float4(&tg)[8], int t0, int rh) {
+    auto trig_one = [&](float4(&tg)[8], int t0, int rh, int j) {
       const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
+      const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
+      float s0, c0, s1, c1;
+      rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
+      rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
+      tg[j] = make_float4(c0, s0, c1, s1);
+    };
+    auto trig_row = [&](float4(&tg)[8], int t0, int rh) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
-        float s0, c0, s1, c1;
-        rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
-        rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
-        tg[j] = make_float4(c0, s0, c1, s1);
-      }
+      for (int j = 0; j < 8; ++j) trig_one(tg, t0, rh, j);
     };
     // head h's score of row rh (this lane's quad completes it)
     auto score = [&](const float(&d)[128], const float4(&tg)[8], int h, int rh, int nvalid) {
@@ -1068,13 +1216,54 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       for (int j = wgi; j < ntiles; j += 2, ++cnt) {
         const int i = t0 + j, nk = base + kload(j), nv = base + vload(j, ntiles);
         const int nvalid = min(kTile, T - i * kTile);
-        mbar_wait_sleep(full + (nk % 3) * 2 + wgi, (fpar >> (nk % 3)) & 1u, hint_ns);
-        fpar ^= 1u << (nk % 3);
+        mbar_wait_sleep(full + (nk % NB) * 2 + wgi, (fpar >> (nk % NB)) & 1u, hint_ns);
+        fpar ^= 1u << (nk % NB);
         if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
         float d[128];
+        float4 tg[8];
         fence_operands128(d);
-        wgmma_fence();
-        {
+        if constexpr (REG) {
+          // The key tile's codes → the A fragments, one 16-byte code chunk (32 channels, two k
+          // steps) at a time, decoded while the chain's earlier wgmma run (two fragment sets:
+          // chunk G's waits for chunk G − 2's wgmma). ldmatrix.x4 of chunks G, G + 1: register
+          // 2u + h = row 16·warp + lane/4 + 8h of chunk G + u, codes 8·(lane%4) .. + 7 (bytes
+          // 4·(lane%4) ..); its half2 kk (codes kk, kk + 4) is k step 2G + kk/2, columns
+          // 2·(lane%4) + 8·(kk%2) (+1): the channel order the fold gave M.
+          const uint8_t* kb = rbuf(nk);
+          const float* ksc = reinterpret_cast<const float*>(kb + L.kraw);
+          const int r0 = warp * 16 + (lane >> 2);
+          const __half2 ks0 = __float2half2_rn(ksc[r0]), kz0 = __float2half2_rn(ksc[kTile + r0]);
+          const __half2 ks1 = __float2half2_rn(ksc[r0 + 8]), kz1 = __float2half2_rn(ksc[kTile + r0 + 8]);
+          const int lr = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lu = lane >> 4;
+          const uint32_t kb_addr = smem_u32(kb);
+          uint32_t cr[4];
+          uint32_t fa[2][2][4];
+#pragma unroll
+          for (int G = 0; G < RK / 32; ++G) {
+            if ((G & 1) == 0) {
+              const int jc = G + lu;  // (16-byte chunk jc of row lr in the 64-byte-swizzled boxes)
+              ldsm_x4(cr, kb_addr + (uint32_t)((jc >> 2) * (kTile * 64) + lr * 64 + (((jc & 3) ^ ((lr >> 1) & 3)) << 4)));
+            }
+            if (G >= 2) wgmma_wait<1>();
+            const uint32_t x0 = cr[2 * (G & 1)], x1 = cr[2 * (G & 1) + 1];
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              fa[G & 1][u][0] = dq4_pair(x0, 2 * u, ks0, kz0);
+              fa[G & 1][u][1] = dq4_pair(x1, 2 * u, ks1, kz1);
+              fa[G & 1][u][2] = dq4_pair(x0, 2 * u + 1, ks0, kz0);
+              fa[G & 1][u][3] = dq4_pair(x1, 2 * u + 1, ks1, kz1);
+            }
+            wgmma_fence();
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int k0 = 32 * G + 16 * u;
+              const uint32_t ko = (uint32_t)(k0 >> 6), kin = (uint32_t)(k0 & 63) * 2;
+              wgmma_m64n256k16_ra(d, fa[G & 1][u], desc_adv(dmp, ko * (2 * kHD * 128) + kin), k0 > 0 ? 1 : 0);
+            }
+            wgmma_commit();
+          }
+        } else {
+          wgmma_fence();
           const uint64_t da = wgmma_desc(smem_u32(rbuf(nk)));
 #pragma unroll
           for (int k0 = 0; k0 < rk; k0 += 16) {
@@ -1082,15 +1271,14 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             wgmma_m64n256k16(d, desc_adv(da, ko * (kTile * 128) + kin),
                            desc_adv(dmp, ko * (2 * kHD * 128) + kin), k0 > 0 ? 1 : 0);
           }
+          wgmma_commit();
         }
-        wgmma_commit();
         fence_operands128(d);
         if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
-        float4 tg[8];
         trig_row(tg, i * kTile, 0);
         wgmma_wait0();
         fence_operands128(d);
-        mbar_arrive(empty + nk % 3);
+        mbar_arrive(empty + nk % NB);
         float s[2][2];
         s[0][0] = score(d, tg, 0, 0, nvalid);
         s[1][0] = score(d, tg, 1, 0, nvalid);
@@ -1145,11 +1333,62 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
         fence_proxy_async();
         named_barrier(1 + wgi, 128);
-        mbar_wait_sleep(full + (nv % 3) * 2 + wgi, (fpar >> (nv % 3)) & 1u, hint_ns);
-        fpar ^= 1u << (nv % 3);
+        mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
+        fpar ^= 1u << (nv % NB);
         fence_op();
-        wgmma_fence();
-        {
+        if constexpr (REG) {
+          // The value tile's codes → the transposed A fragments (rows: value channels, k: tokens),
+          // per k step of 16 tokens: ldmatrix.x2.trans of 16-byte chunk J = warp·cw + cj (the
+          // warp's cw = rv / 128 chunks) over the step's tokens: register lo / hi holds b16 lane/4
+          // (channels 32J + 4·(lane/4) + n, n = 0..3, code n in bits 4n of each half) of tokens
+          // 2·(lane%4) and + 1 (+ 8 for hi). Channel n of chunk cj is row 16·warp + lane/4 + 8·(n%2)
+          // of the 64-channel block 2cj + n/2 (the epilogue writes it back to channel 32J + 4·(lane/4) + n).
+          const uint8_t* vb = rbuf(nv);
+          const float* vsc = reinterpret_cast<const float*>(vb + L.kraw);
+          const uint32_t vb_addr = smem_u32(vb);
+          const int cw = rv / 128, c2 = 2 * (lane & 3), lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+          // (one commit group per k step and chunk pair, empty where the chunk is past rv: the
+          // groups count as the compile-time g = st · kOpA / 2 + cj, and set g % 2 is reused once
+          // group g − 2 is done)
+          uint32_t fv[2][2][4];
+#pragma unroll
+          for (int st = 0; st < kTile / 16; ++st) {
+            const int row = 16 * st + lrow;
+            uint32_t lo[kOpA / 2], hi[kOpA / 2];
+#pragma unroll
+            for (int cj = 0; cj < kOpA / 2; ++cj) {
+              if (cj < cw) {
+                const int J = warp * cw + cj;
+                ldsm_x2_trans(lo[cj], hi[cj],
+                              vb_addr + (uint32_t)((J >> 2) * (kTile * 64) + row * 64 + (((J & 3) ^ ((row >> 1) & 3)) << 4)));
+              }
+            }
+            const __half2 sl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + c2));
+            const __half2 sh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + 8 + c2));
+            const __half2 zl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + c2));
+            const __half2 zh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + 8 + c2));
+#pragma unroll
+            for (int cj = 0; cj < kOpA / 2; ++cj) {
+              constexpr int kPer = kOpA / 2;
+              const int g = st * kPer + cj;
+              if (g >= 2) wgmma_wait<1>();
+              if (cj < cw) {
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {  // blocks mt = 2cj + u: nibbles 2u, 2u + 1
+                  fv[g & 1][u][0] = dq4_pair(lo[cj], 2 * u, sl, zl);
+                  fv[g & 1][u][1] = dq4_pair(lo[cj], 2 * u + 1, sl, zl);
+                  fv[g & 1][u][2] = dq4_pair(hi[cj], 2 * u, sh, zh);
+                  fv[g & 1][u][3] = dq4_pair(hi[cj], 2 * u + 1, sh, zh);
+                }
+                wgmma_fence();
+                wgmma_m64n8k16_ra(op[2 * cj], fv[g & 1][0], desc_adv(dpp, st * 32));
+                wgmma_m64n8k16_ra(op[2 * cj + 1], fv[g & 1][1], desc_adv(dpp, st * 32));
+              }
+              wgmma_commit();
+            }
+          }
+        } else {
+          wgmma_fence();
           const uint64_t dv = wgmma_desc_mn(smem_u32(rbuf(nv)), kTile * 128);
 #pragma unroll
           for (int mt = 0; mt < kOpA; ++mt) {
@@ -1160,12 +1399,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                                 desc_adv(dpp, ks * 32));
             }
           }
+          wgmma_commit();
         }
-        wgmma_commit();
         fence_op();
         wgmma_wait0();
         fence_op();
-        mbar_arrive(empty + nv % 3);
+        mbar_arrive(empty + nv % NB);
       }
       if (pp) {  // the unmatched turn arrival: warpgroup 1's first (even count) or warpgroup 0's last (odd)
         if ((ntiles & 1) == 0 && wgi == 0) named_barrier(3, 2 * 128);
@@ -1250,8 +1489,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             for (int mt = 0; mt < kOpA; ++mt) {
               const int c = mt * 64 + warp * 16 + (lane >> 2);
               // (PDEC: position p of each 8 value channels holds channel 4·(p % 2) + p / 2)
-              const int c0 = PDEC ? (c & ~7) | ((c & 1) << 2) | ((c & 7) >> 1) : c;
-              const int c8 = c0 + 8;
+              // (REG: row 16·warp + lane/4 (+8) of block mt holds channel 32·(warp·rv/128 + mt/2) +
+              // 4·(lane/4) + 2·(mt%2) (+1))
+              const int c0 = PDEC  ? (c & ~7) | ((c & 1) << 2) | ((c & 7) >> 1)
+                             : REG ? 32 * (warp * (rv / 128) + (mt >> 1)) + 4 * (lane >> 2) + 2 * (mt & 1)
+                                   : c;
+              const int c8 = REG ? c0 + 1 : c0 + 8;
               if (c < rv) dst[c0] = comb ? w0[h] * op[mt][h] + w1[h] * xo[h * kXo + c] : op[mt][h];
               if (c + 8 < rv) dst[c8] = comb ? w0[h] * op[mt][2 + h] + w1[h] * xo[h * kXo + c + 8] : op[mt][2 + h];
             }
@@ -1742,6 +1985,22 @@ bool sm90_pair_dec_shape(int rk, int rv) {
   return (rk == 128 || rk == 256) && rv % 64 == 0 && rv <= (rk <= 128 ? 384 : 256);
 }
 
+bool sm90_pair_reg_shape(int rk, int rv) {
+  // key rank 128 or 256 (whole x4 code loads: 64 channels), value rank in whole 16-byte code
+  // chunks per warp (128 channels), at most 6 value blocks with key rank 128 and 4 with 256
+  return (rk == 128 || rk == 256) && rv % 128 == 0 && rv <= (rk <= 128 ? 384 : 256);
+}
+
+// PALU_CUDA_SM90_PAIR_REG: where the q4 pair schedule runs, its register-operand form (1, the
+// default) or the decoding producer's (0)
+bool sm90_pair_reg_enabled(int force) {
+  static const int v = [] {
+    const char* e = std::getenv("PALU_CUDA_SM90_PAIR_REG");
+    return e != nullptr ? std::atoi(e) : 1;
+  }();
+  return (force >= 0 ? force != 0 : v != 0) && tensor_map_encoder() != nullptr;
+}
+
 Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStream_t stream) {
   // PALU_CUDA_SM90_KFOLD=0 (before/after comparisons): two decoding producer warpgroups dequantize
   // the keys (kRingDec2) instead of keeping their exact codes (kRingDec2F)
@@ -1797,6 +2056,33 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     return invalid_argument("sm_90a latent kernel: segments are a pair-schedule grid");
   }
   Sm90Maps maps{};
+  if (sched_ws == kPairDec && sm90_pair_reg_enabled(p.pair_reg) && sm90_pair_reg_shape(p.rk, p.rv)) {
+    // the register-operand form: as many raw tile buffers as the shared memory takes (≤ 8, ≥ 3)
+    int nb = kRegMaxBufs;
+    while (nb >= 3 && sm90_reg_layout(p.rk, p.rv, nb).total > smem) --nb;
+    if (nb >= 3) {
+      const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+      const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
+      auto make = [&](CUtensorMap* m, const uint8_t* rows, int row_bytes) {
+        if (reinterpret_cast<uintptr_t>(rows) % 16 != 0 || row_bytes % 64 != 0) return false;
+        const cuuint64_t dims[2] = {(cuuint64_t)row_bytes, (cuuint64_t)p.T};
+        const cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
+        const cuuint32_t box[2] = {64, (cuuint32_t)kTile}, estr[2] = {1, 1};
+        return encode(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(rows), dims, strides, box, estr,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+      };
+      auto al16 = [](const float* f) { return reinterpret_cast<uintptr_t>(f) % 16 == 0; };
+      bool ok = true;
+      for (int i = 0; i < groups && ok; ++i)  // (scales and zeros: bulk copies of whole tiles)
+        ok = make(&maps.k[i], p.g[i].zk, p.row_bytes_k) && make(&maps.v[i], p.g[i].zv, p.row_bytes_v) &&
+             al16(p.g[i].sk) && al16(p.g[i].zrk) && al16(p.g[i].sv) && al16(p.g[i].zrv);
+      if (ok) {
+        sched_ws = kPairReg;
+        q.reg_bufs = nb;
+      }
+    }
+  }
   if (sched_ws == kRingWs || sched_ws == kPairWs) {
     const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
     const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
@@ -1818,8 +2104,9 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
   }
   auto launch = [&](auto kernel) -> Status {
     PALU_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const int threads = sched_ws == kRingWs     ? kSm90Threads + 32
-                        : sched_ws == kRingDec || sched_ws == kPairWs || sched_ws == kPairDec ? kSm90Threads + 128
+    const int threads = sched_ws == kRingWs ? kSm90Threads + 32
+                        : sched_ws == kRingDec || sched_ws == kPairWs || sched_ws == kPairDec || sched_ws == kPairReg
+                            ? kSm90Threads + 128
                         : sched_ws == kRingDec2 || sched_ws == kRingDec2F ? kSm90Threads + 256
                         : sched_ws == kRingDec3 ? kSm90Threads + 384
                                                 : kSm90Threads;
@@ -1831,7 +2118,9 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     constexpr int R = decltype(rk_tag)::value;
     // (the decoding pair schedule is built for key ranks 128 and 256 only: the host asks for no other)
     constexpr int kPD = R == 128 || R == 256 ? kPairDec : kPairWs;
-    return sched_ws == kPairDec ? latent_sm90_kernel<R, kPD>
+    constexpr int kPR = R == 128 || R == 256 ? kPairReg : kPairWs;
+    return sched_ws == kPairReg   ? latent_sm90_kernel<R, kPR>
+           : sched_ws == kPairDec ? latent_sm90_kernel<R, kPD>
            : sched_ws == kPairWs    ? latent_sm90_kernel<R, kPairWs>
            : sched_ws == kRingWs    ? latent_sm90_kernel<R, kRingWs>
            : sched_ws == kRingDec ? latent_sm90_kernel<R, kRingDec>

@@ -63,6 +63,9 @@ struct Sm90Params {
                    // g · tiles + t) and block (chunk, y) taking [seg_lo[y], seg_lo[y + 1]) of them, a range
                    // spanning groups where it falls so (see the kernel; splits: see pair). 0: grid (splits,
                    // groups · chunks)
+  int pair_reg;    // (the q4 pair schedule) its register-operand form: 1 where it applies, 0 never, −1 the
+                   // environment's setting (sm90_pair_reg_enabled)
+  int reg_bufs;    // (the q4 pair schedule with register operands, kPairReg) ring buffers of raw code tiles
   int seg_lo[kSm90MaxSegBlocks + 1];
   int seg_first[kSm90MaxBatch];  // the block holding group g's first tile
   float inv_sqrt_d;
@@ -103,5 +106,13 @@ bool sm90_tma_available();
 
 // Whether the pair schedule on q4 keys and values (its decoding producer) takes these ranks.
 bool sm90_pair_dec_shape(int rk, int rv);
+
+// Whether the q4 pair schedule's register-operand form (the consumers decode the codes into the
+// wgmma A fragments; a TMA producer) takes these ranks.
+bool sm90_pair_reg_shape(int rk, int rv);
+
+// Whether that form runs where it applies: `force` 1 / 0, or (−1) PALU_CUDA_SM90_PAIR_REG (default
+// 1) and the driver's tensor-map entry point.
+bool sm90_pair_reg_enabled(int force);
 
 }  // namespace palu::backends::cuda::detail

@@ -49,6 +49,7 @@ struct LatentCase {
   int repeats = 0;  // then this many more launches, each output bit-identical to the first (no race, no hang)
   int sm90_blocks = 0;  // CudaDecodeOptions::sm90_blocks (the pair schedule's segmented grid)
   int pair_dec = -1;    // CudaDecodeOptions::sm90_pair_dec (1: q4 on the pair schedule at any T)
+  int pair_reg = -1;    // CudaDecodeOptions::sm90_pair_reg (0: that schedule's decoding producer instead)
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -204,6 +205,7 @@ void run_latent_case(const LatentCase& c) {
   opt.sm90_pipeline = !c.sm90_serial;
   opt.sm90_blocks = c.sm90_blocks;
   opt.sm90_pair_dec = c.pair_dec;
+  opt.sm90_pair_reg = c.pair_reg;
   const LatentLaunchPlan plan = plan_latent_launch(gs, gg[0]);
   const bool sm90 = plan.sm90 && !c.force_sm80;
   st = latent_attention_decode_cuda(gs, gg.data(), c.T, c.T, dq.as<float>(), dinv.as<float>(), dout->as<float>(),
@@ -290,6 +292,13 @@ std::vector<LatentCase> latent_cases() {
       {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200, 1},
       {"7b q4 256/256 pair 4K", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1},
       {"7b q4 128/384 long pair", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 30, 0, 1},
+      // the pair schedule's two q4 forms: the decoding producer (register operands off) and the
+      // register operands on partial tiles, key rank 128 with value rank 128, a GQA group with a bias
+      {"7b q4 256/256 pair 4K decoding producer", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, 0},
+      {"7b q4 128/384 long pair decoding producer", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, 0},
+      {"7b q4 256/256 pair reg 63", 63, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, 1},
+      {"q4 128/128 pair reg", 4097, 8, 8, 2, {128}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, 1},
+      {"gqa4 q4 128/256 bias pair reg 37 blocks", 4099, 8, 2, 2, {128}, {256}, S::kQ4, S::kQ4, true, 0, false, false, 0, 37, 1, 1},
       // q4 at 64K (the pair schedule with the decoding producer; 300 more launches as above), and
       // the serial schedule on shapes that would run pipelined
       {"7b q4 256/256 long", 65536, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 300},
