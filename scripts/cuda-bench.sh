@@ -638,6 +638,54 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   `PALU_CUDA_SM90_SEG=0`; the rest of `cuda_tests` with the ref-mha data 32/33 (RefGqa lacks
   its data).
 
+* round 14 (2026-11-25 10:41–11:55 UTC, session 17): the q4 pair schedule with register
+  operands (kPairReg, the default for q4 keys and values with key rank 128 or 256 and a value
+  rank that is a multiple of 128, ≤ 384 / 256). No producer decodes any more: one producer lane
+  issues each tile's raw codes as TMA boxes (64 rows × 64 bytes, 64-byte swizzle) and its 64
+  scales and zeros as bulk copies into a ring of up to 8 small buffers (9 KiB for 256/256, 13
+  KiB for 128/384, against 32–48 KiB f16 tiles), and each consumer warpgroup decodes its own
+  tile straight into the wgmma A fragments: the keys by ldmatrix.x4 (16-byte code chunk → two k
+  steps; M's k order follows, set by the fold), wgmma.m64n256k16 with A in registers, two
+  fragment sets so the decode of chunk G + 1 runs under the wgmma of chunk G; the values
+  transposed by ldmatrix.x2.trans (b16 = 4 channels of two tokens), wgmma.m64n8k16 with A in
+  registers (value channels as rows, tokens as k), the output channels put back in the
+  epilogue. The decode is q·s + z in f16 as before (HSUB2 + HFMA2 per pair, codes 1 and 3 of a
+  b16 in place under the exponent of 64: one shift per four pairs). Expected, written first: the
+  decode moves off the producer's critical path onto 8 warps that otherwise wait on the tensor
+  pipe, and the A operand no longer passes through shared memory, so ~250 µs at 64K for 256/256
+  (the f16 pair schedule's pace). Measured (`palu-cuda-attention-bench --T 65536 --iters 20`,
+  `PALU_CUDA_SM90_PAIR_DEC=2`, H100, µs, 256/256 / 128/384):
+  - first version: 332–365 / 287–304 against the decoding producer's 424–444 / 392–397 in the
+    same runs (the run-to-run spread of one binary is ±5%);
+  - ablations, all level within that spread: no decode arithmetic (raw codes as A, results
+    wrong) 333–365 / 292–321; the cos/sin of the tile computed between the chain's groups instead
+    of after it 330–334 / 290–292; groups of four k steps instead of two 328–333 / 288–292; no
+    p·z^V at all (results wrong) 325–338 / 287–303; scales and zeros by bulk copy instead of by
+    the producer's lanes (kept: it frees the producer from the global latency) 334–358 / 291–304;
+  - not buildable without spills: all of a tile's value fragments decoded before one batch of
+    p·z^V wgmma (64–96 registers), or two batches; a 288-thread launch (one producer warp) gives
+    no more registers: ptxas allocates for whole warpgroups, 168 a thread, and only setmaxnreg
+    lends the consumers their 232;
+  - Nsight Compute at 64K (clocks locked, 1.41 GHz): 402.6 µs against 265.8 for the f16 pair
+    schedule; tensor pipe 44.5% against 69.9% busy (the same ~180 µs of tensor work), issue
+    slots 38.9% against 36.2% (120.8 M instructions against 71.7 M); stall per issued
+    instruction: barrier 1.54 against 0.75, wait 1.13 against 1.42. The SASS is as written
+    (WARPGROUP.DEPBAR.LE 1 between the chain's groups, no serialisation warning). So the pace
+    is set by the per-warpgroup latency of a tile (two consumer warpgroups only), not by the
+    decode's instruction count; why the register-operand chain leaves the tensor pipe idler than
+    the shared-memory one is not yet understood.
+  - Every T (two runs each, µs, against the per-head ring): 256/256 44.3 / 44.6–48.8 at 4K,
+    105–108 / 125–128 at 16K, 179–185 / 228–231 at 32K, 639–656 / 868–870 at 128K; 128/384
+    38.6 / 38.9–40.6, 90–92 / 108–109, 158–162 / 200–204, 573 / 774. So it runs at every T.
+  - The table above (11:54 UTC on the device's clock): q4 256/256 341.3 µs at 64K, 1.07× SDPA
+    (0.87× in round 13), ÷ bound 1.84 (2.30); q4 128/384 298.1, 1.22× (0.94×), ÷ bound 3.15
+    (4.20); at 128K 1.10× and 1.26×. f16 246.1 µs, 1.48× (kernel unchanged; 1.51× in round 13's
+    two runs). End to end (the table below): llama7b latent q4 65.00 tok/s at 32K (55.54 in
+    round 13), latent f16 70.52 (74.53; unchanged kernels), full f16 73.46 (72.41).
+  Tests (H100): LatentAttentionCuda 55/55 (new: the decoding producer form at 4K and 64K, the
+  register form at T = 63, value rank 128, and a GQA group with a bias on 37 blocks); all of
+  `cuda_tests` with the ref-mha data 87/88 (RefGqa lacks its data).
+
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
 * Ablation (after the second step): skipping the cos/sin loads, p·z^V and the key decoding left
@@ -656,12 +704,12 @@ is ~243). The partition is at its limit (8192 tiles per head pair over 66 blocks
 warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
 every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
-round 10's probe). For the q4 rows (round 13): the pair schedule with its decoding producer is
-at 415 / 386 µs against 256 / 229 without the decoding; its one producer warpgroup (56
-registers: the consumers need their 224) decodes each tile after the buffer frees, on the ring's
-critical path. Even with the decoding free, 256/256 would be ~1.45× SDPA: the 1.7× target needs
-the key chain itself cheaper (the fp8 path of round 8: at most ~20%), and 128/384's 3.0× (~124
-µs) about half its 229 µs without decoding.
+round 10's probe). For the q4 rows (round 14): the register-operand pair schedule is at ~333–341 /
+~291–298 µs, and neither its decode nor its p·z^V sets that pace (ablations level); its tensor
+pipe is ~45% busy against ~70% for the f16 pair schedule on the same tensor work. Even at the
+f16 schedule's pace (~246 µs), 256/256 would be ~1.5× SDPA: the 1.7× target needs the key chain
+itself cheaper (the fp8 path of round 8: at most ~20%), and 128/384's 3.0× (~124 µs) more than
+half of its time gone.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
