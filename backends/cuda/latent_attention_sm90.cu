@@ -456,9 +456,11 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // zeros as bulk copies into a ring of up to kRegMaxBufs small buffers (sm90_reg_layout); each
 // consumer warpgroup decodes its own tile into the wgmma A fragments (keys: ldmatrix.x4, the
 // m64n256k16 chain with A in registers, two fragment sets a chunk apart; values: ldmatrix.x2.trans,
-// m64n8k16 with the value channels as rows), so no thread waits for another's decode. At 64K q4
-// 256/256 ~333–341 µs against ~415–444 for kPairDec, 128/384 ~291–298 against ~392 (H100,
-// 2026-11-25; decode and p·z^V ablated: level — the pace is the warpgroups' per-tile latency).
+// m64n8k16 with the value channels as rows), so no thread waits for another's decode; the
+// warpgroups take turns issuing their key chains (P.pingpong, set by the launcher). At 64K q4
+// 256/256 ~297–303 µs (~333–341 without the ping-pong) against ~415–444 for kPairDec, 128/384
+// ~273–278 (~291–298) against ~392 (H100, 2026-11-25; without the ping-pong, the decode and
+// p·z^V ablated read level: the pace is the warpgroups' per-tile latency).
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
               kRingDec2F = 7, kPairWs = 8, kPairDec = 9, kPairReg = 10;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
@@ -2080,6 +2082,15 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
       if (ok) {
         sched_ws = kPairReg;
         q.reg_bufs = nb;
+        // the warpgroups take turns issuing their key chains (the f16 pair schedule's ping-pong,
+        // 1–2% slower there): at 64K q4 256/256 311–324 µs against 350–360 without, 128/384
+        // 274–278 against 290–302 (H100, 2026-11-25, two interleaved runs). PALU_CUDA_SM90_REG_PINGPONG=0:
+        // without (comparisons).
+        static const int reg_pp = [] {
+          const char* e = std::getenv("PALU_CUDA_SM90_REG_PINGPONG");
+          return e != nullptr ? std::atoi(e) : 1;
+        }();
+        if (reg_pp != 0) q.pingpong = 1;
       }
     }
   }
