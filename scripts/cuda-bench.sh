@@ -638,7 +638,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   `PALU_CUDA_SM90_SEG=0`; the rest of `cuda_tests` with the ref-mha data 32/33 (RefGqa lacks
   its data).
 
-* round 14 (2026-11-25 10:41–11:55 UTC, session 17): the q4 pair schedule with register
+* round 14 (2026-11-25 10:41–12:06 UTC, session 17): the q4 pair schedule with register
   operands (kPairReg, the default for q4 keys and values with key rank 128 or 256 and a value
   rank that is a multiple of 128, ≤ 384 / 256). No producer decodes any more: one producer lane
   issues each tile's raw codes as TMA boxes (64 rows × 64 bytes, 64-byte swizzle) and its 64
@@ -674,17 +674,26 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     is set by the per-warpgroup latency of a tile (two consumer warpgroups only), not by the
     decode's instruction count; why the register-operand chain leaves the tensor pipe idler than
     the shared-memory one is not yet understood.
-  - Every T (two runs each, µs, against the per-head ring): 256/256 44.3 / 44.6–48.8 at 4K,
+  - the two warpgroups taking turns issuing their key chains (the f16 pair schedule's ping-pong,
+    1–2% slower there; `PALU_CUDA_SM90_REG_PINGPONG=0` turns it off): 296–303 / 273–278 against
+    332–333 / 290 without (two interleaved runs, every T faster: 4K 38.5–38.8 / 34.9 against
+    40.6–42.7 / 35.6–36.6, 16K 92–93 / 85–87 against 100–102 / 89, 128K 583–612 / 529–531
+    against 639–641 / 556–562): **kept**, the default;
+  - Every T before the ping-pong (two runs each, µs, against the per-head ring): 256/256 44.3 / 44.6–48.8 at 4K,
     105–108 / 125–128 at 16K, 179–185 / 228–231 at 32K, 639–656 / 868–870 at 128K; 128/384
     38.6 / 38.9–40.6, 90–92 / 108–109, 158–162 / 200–204, 573 / 774. So it runs at every T.
-  - The table above (11:54 UTC on the device's clock): q4 256/256 341.3 µs at 64K, 1.07× SDPA
-    (0.87× in round 13), ÷ bound 1.84 (2.30); q4 128/384 298.1, 1.22× (0.94×), ÷ bound 3.15
-    (4.20); at 128K 1.10× and 1.26×. f16 246.1 µs, 1.48× (kernel unchanged; 1.51× in round 13's
-    two runs). End to end (the table below): llama7b latent q4 65.00 tok/s at 32K (55.54 in
-    round 13), latent f16 70.52 (74.53; unchanged kernels), full f16 73.46 (72.41).
+  - The table above (with the ping-pong): q4 256/256 296.9 µs at 64K, 1.23× SDPA (0.87× in
+    round 13), ÷ bound 1.60 (2.30: the bound target, ≤ 1.6, met on the line); q4 128/384 273.3,
+    1.33× (0.94×), ÷ bound 2.88 (4.20); at 128K 1.24× and 1.36×, at 16K 1.08× and 1.20×. f16
+    247.0 µs, 1.47× (kernel unchanged; 1.51× in round 13's two runs, 1.48× in this session's run
+    before the ping-pong). A run before the ping-pong: 341.3 / 298.1 µs, 1.07× / 1.22×. End to
+    end (the table below): llama7b latent q4 61.26 tok/s at 32K (65.00 in the run before the
+    ping-pong; 55.54 in round 13), latent f16 70.22, full f16 67.41 (the same kernels read
+    70.52 / 73.46 in that earlier run: ±5% between runs on this machine).
   Tests (H100): LatentAttentionCuda 55/55 (new: the decoding producer form at 4K and 64K, the
-  register form at T = 63, value rank 128, and a GQA group with a bias on 37 blocks); all of
-  `cuda_tests` with the ref-mha data 87/88 (RefGqa lacks its data).
+  register form at T = 63, value rank 128, and a GQA group with a bias on 37 blocks), with
+  SegPartition 58/58 after the ping-pong; all of `cuda_tests` with the ref-mha data 87/88 before
+  it (RefGqa lacks its data).
 
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
@@ -704,10 +713,10 @@ is ~243). The partition is at its limit (8192 tiles per head pair over 66 blocks
 warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
 every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
-round 10's probe). For the q4 rows (round 14): the register-operand pair schedule is at ~333–341 /
-~291–298 µs, and neither its decode nor its p·z^V sets that pace (ablations level); its tensor
-pipe is ~45% busy against ~70% for the f16 pair schedule on the same tensor work. Even at the
-f16 schedule's pace (~246 µs), 256/256 would be ~1.5× SDPA: the 1.7× target needs the key chain
+round 10's probe). For the q4 rows (round 14): the register-operand pair schedule is at ~297–303 /
+~273–278 µs, and neither its decode nor its p·z^V set its pace before the ping-pong (ablations
+level); its tensor pipe was ~45% busy against ~70% for the f16 pair schedule on the same tensor
+work. Even at the f16 schedule's pace (~246 µs), 256/256 would be ~1.5× SDPA: the 1.7× target needs the key chain
 itself cheaper (the fp8 path of round 8: at most ~20%), and 128/384's 3.0× (~124 µs) more than
 half of its time gone.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
