@@ -679,6 +679,10 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     332–333 / 290 without (two interleaved runs, every T faster: 4K 38.5–38.8 / 34.9 against
     40.6–42.7 / 35.6–36.6, 16K 92–93 / 85–87 against 100–102 / 89, 128K 583–612 / 529–531
     against 639–641 / 556–562): **kept**, the default;
+  - with the ping-pong, also level (three interleaved runs): three or four key fragment sets
+    instead of two (301–306 / 273–279 and 300–316 / 275–292 against 303–320 / 278–288);
+    `PALU_CUDA_SM90_COMBINE=0`, `PALU_CUDA_SM90_WAIT_SLEEP=0` level, `PALU_CUDA_SM90_SEG=0`
+    2–3% slower;
   - Every T before the ping-pong (two runs each, µs, against the per-head ring): 256/256 44.3 / 44.6–48.8 at 4K,
     105–108 / 125–128 at 16K, 179–185 / 228–231 at 32K, 639–656 / 868–870 at 128K; 128/384
     38.6 / 38.9–40.6, 90–92 / 108–109, 158–162 / 200–204, 573 / 774. So it runs at every T.
