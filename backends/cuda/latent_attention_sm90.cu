@@ -136,6 +136,12 @@ __host__ __device__ inline uint32_t swz(int rows, int r, int ch) {
   return (uint32_t)((ch >> 3) * rows * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
 }
 
+// Byte offset of 16-byte chunk ch of row r in a tile of kTile rows of q4 codes as TMA
+// SWIZZLE_64B boxes of 64 bytes (kPairReg's raw tiles: box ch / 4, chunk ch % 4 XOR (r / 2) % 4).
+__host__ __device__ inline uint32_t swz64(int r, int ch) {
+  return (uint32_t)((ch >> 2) * (kTile * 64) + r * 64 + (((ch & 3) ^ ((r >> 1) & 3)) << 4));
+}
+
 #ifdef PALU_SM90A_DEVICE
 __device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr) {
   uint64_t d = 0;
@@ -170,24 +176,30 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
+// The 128 accumulator operands of an m64n256 wgmma (f32 D): the register list %0..%127 of its
+// PTX and the matching constraints.
+#define PALU_WGMMA_D128_REGS \
+  "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"  \
+  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"  \
+  "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"  \
+  "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+#define PALU_WGMMA_D128_OUT(d) \
+  "+f"((d)[0]), "+f"((d)[1]), "+f"((d)[2]), "+f"((d)[3]), "+f"((d)[4]), "+f"((d)[5]), "+f"((d)[6]), "+f"((d)[7]), "+f"((d)[8]), "+f"((d)[9]), "+f"((d)[10]), "+f"((d)[11]), "+f"((d)[12]), "+f"((d)[13]), "+f"((d)[14]), "+f"((d)[15]), \
+  "+f"((d)[16]), "+f"((d)[17]), "+f"((d)[18]), "+f"((d)[19]), "+f"((d)[20]), "+f"((d)[21]), "+f"((d)[22]), "+f"((d)[23]), "+f"((d)[24]), "+f"((d)[25]), "+f"((d)[26]), "+f"((d)[27]), "+f"((d)[28]), "+f"((d)[29]), "+f"((d)[30]), "+f"((d)[31]), \
+  "+f"((d)[32]), "+f"((d)[33]), "+f"((d)[34]), "+f"((d)[35]), "+f"((d)[36]), "+f"((d)[37]), "+f"((d)[38]), "+f"((d)[39]), "+f"((d)[40]), "+f"((d)[41]), "+f"((d)[42]), "+f"((d)[43]), "+f"((d)[44]), "+f"((d)[45]), "+f"((d)[46]), "+f"((d)[47]), \
+  "+f"((d)[48]), "+f"((d)[49]), "+f"((d)[50]), "+f"((d)[51]), "+f"((d)[52]), "+f"((d)[53]), "+f"((d)[54]), "+f"((d)[55]), "+f"((d)[56]), "+f"((d)[57]), "+f"((d)[58]), "+f"((d)[59]), "+f"((d)[60]), "+f"((d)[61]), "+f"((d)[62]), "+f"((d)[63]), \
+  "+f"((d)[64]), "+f"((d)[65]), "+f"((d)[66]), "+f"((d)[67]), "+f"((d)[68]), "+f"((d)[69]), "+f"((d)[70]), "+f"((d)[71]), "+f"((d)[72]), "+f"((d)[73]), "+f"((d)[74]), "+f"((d)[75]), "+f"((d)[76]), "+f"((d)[77]), "+f"((d)[78]), "+f"((d)[79]), \
+  "+f"((d)[80]), "+f"((d)[81]), "+f"((d)[82]), "+f"((d)[83]), "+f"((d)[84]), "+f"((d)[85]), "+f"((d)[86]), "+f"((d)[87]), "+f"((d)[88]), "+f"((d)[89]), "+f"((d)[90]), "+f"((d)[91]), "+f"((d)[92]), "+f"((d)[93]), "+f"((d)[94]), "+f"((d)[95]), \
+  "+f"((d)[96]), "+f"((d)[97]), "+f"((d)[98]), "+f"((d)[99]), "+f"((d)[100]), "+f"((d)[101]), "+f"((d)[102]), "+f"((d)[103]), "+f"((d)[104]), "+f"((d)[105]), "+f"((d)[106]), "+f"((d)[107]), "+f"((d)[108]), "+f"((d)[109]), "+f"((d)[110]), "+f"((d)[111]), \
+  "+f"((d)[112]), "+f"((d)[113]), "+f"((d)[114]), "+f"((d)[115]), "+f"((d)[116]), "+f"((d)[117]), "+f"((d)[118]), "+f"((d)[119]), "+f"((d)[120]), "+f"((d)[121]), "+f"((d)[122]), "+f"((d)[123]), "+f"((d)[124]), "+f"((d)[125]), "+f"((d)[126]), "+f"((d)[127])
 // D[64 × 256] (+)= A[64 × 16] · B[16 × 256], both K-major from shared memory (the pair schedule)
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-      "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
-      "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, "
+      PALU_WGMMA_D128_REGS "}, "
       "%128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : PALU_WGMMA_D128_OUT(d)
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 __device__ __forceinline__ void fence_operands128(float (&d)[128]) {
@@ -226,19 +238,9 @@ __device__ __forceinline__ void wgmma_m64n256k16_ra(float (&d)[128], const uint3
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-      "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
-      "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, "
+      PALU_WGMMA_D128_REGS "}, "
       "{%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : PALU_WGMMA_D128_OUT(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
 template <int N>
@@ -1068,7 +1070,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       return;
     }
     if (wgi == 2) {  // the producer warpgroup: one lane issues every tile as TMA boxes
-      // (REG: the raw codes as 64-byte boxes; the warp's 32 lanes copy the rows' scales and zeros)
+      // (REG: the raw codes as 64-byte boxes, the scales and zeros as bulk copies; the warp's 32
+      // lanes copy those of a partial last tile)
       // (a 288-thread launch (REG's producer needs one warp) gives no more registers: ptxas
       // allocates for whole warpgroups, 168 a thread, and only setmaxnreg lends the consumers more)
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -1155,17 +1158,16 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(op[a][e])::"memory");
     };
     // cos/sin of row 16·warp + lane/4 + 8·rh of the tile at t0, frequencies 8j + 2(lane%4) + {0,1}
-    auto trig_one = [&](float4(&tg)[8], int t0, int rh, int j) {
-      const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
-      const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
-      float s0, c0, s1, c1;
-      rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
-      rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
-      tg[j] = make_float4(c0, s0, c1, s1);
-    };
     auto trig_row = [&](float4(&tg)[8], int t0, int rh) {
+      const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) trig_one(tg, t0, rh, j);
+      for (int j = 0; j < 8; ++j) {
+        const float2 f = *reinterpret_cast<const float2*>(fr_s + 8 * j + 2 * (lane & 3));
+        float s0, c0, s1, c1;
+        rope_sincos(__fmul_rn(t, f.x), &s0, &c0);
+        rope_sincos(__fmul_rn(t, f.y), &s1, &c1);
+        tg[j] = make_float4(c0, s0, c1, s1);
+      }
     };
     // head h's score of row rh (this lane's quad completes it)
     auto score = [&](const float(&d)[128], const float4(&tg)[8], int h, int rh, int nvalid) {
@@ -1222,7 +1224,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         fpar ^= 1u << (nk % NB);
         if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
         float d[128];
-        float4 tg[8];
         fence_operands128(d);
         if constexpr (REG) {
           // The key tile's codes → the A fragments, one 16-byte code chunk (32 channels, two k
@@ -1242,10 +1243,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           uint32_t fa[2][2][4];
 #pragma unroll
           for (int G = 0; G < RK / 32; ++G) {
-            if ((G & 1) == 0) {
-              const int jc = G + lu;  // (16-byte chunk jc of row lr in the 64-byte-swizzled boxes)
-              ldsm_x4(cr, kb_addr + (uint32_t)((jc >> 2) * (kTile * 64) + lr * 64 + (((jc & 3) ^ ((lr >> 1) & 3)) << 4)));
-            }
+            if ((G & 1) == 0) ldsm_x4(cr, kb_addr + swz64(lr, G + lu));
             if (G >= 2) wgmma_wait<1>();
             const uint32_t x0 = cr[2 * (G & 1)], x1 = cr[2 * (G & 1) + 1];
 #pragma unroll
@@ -1277,6 +1275,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
         fence_operands128(d);
         if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
+        float4 tg[8];
         trig_row(tg, i * kTile, 0);
         wgmma_wait0();
         fence_operands128(d);
@@ -1361,8 +1360,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             for (int cj = 0; cj < kOpA / 2; ++cj) {
               if (cj < cw) {
                 const int J = warp * cw + cj;
-                ldsm_x2_trans(lo[cj], hi[cj],
-                              vb_addr + (uint32_t)((J >> 2) * (kTile * 64) + row * 64 + (((J & 3) ^ ((row >> 1) & 3)) << 4)));
+                ldsm_x2_trans(lo[cj], hi[cj], vb_addr + swz64(row, J));
               }
             }
             const __half2 sl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + c2));
@@ -1981,6 +1979,24 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 bool sm90_tma_available() { return tensor_map_encoder() != nullptr; }
 
+namespace {
+// The TMA map of a group's [T, row_bytes] latent rows, boxes of 64 tokens: f16 rows (`elems`
+// halves a row, boxes of 64 halves, 128-byte swizzle: one atom of the wgmma operand layout), or
+// (q4) the raw code bytes (boxes of 64 bytes, 64-byte swizzle: kPairReg's swz64). false where the
+// driver's entry point is missing or the rows are not 16-byte aligned.
+bool encode_rows_map(CUtensorMap* m, const uint8_t* rows, int elems, int row_bytes, int T, bool q4_codes) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(rows) % 16 != 0) return false;
+  const cuuint64_t dims[2] = {(cuuint64_t)elems, (cuuint64_t)T};
+  const cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
+  const cuuint32_t box[2] = {64, (cuuint32_t)kTile}, estr[2] = {1, 1};
+  return encode(m, q4_codes ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                const_cast<uint8_t*>(rows), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                q4_codes ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+}  // namespace
+
 bool sm90_pair_dec_shape(int rk, int rv) {
   // key rank 128 or 256 (the instantiations), value ranks in whole 64-channel atoms (a row's two
   // producer threads take whole atoms), at most 6 atoms with key rank 128 (op[6]) and 4 with 256
@@ -2058,21 +2074,15 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     return invalid_argument("sm_90a latent kernel: segments are a pair-schedule grid");
   }
   Sm90Maps maps{};
+  const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
   if (sched_ws == kPairDec && sm90_pair_reg_enabled(p.pair_reg) && sm90_pair_reg_shape(p.rk, p.rv)) {
     // the register-operand form: as many raw tile buffers as the shared memory takes (≤ 8, ≥ 3)
     int nb = kRegMaxBufs;
     while (nb >= 3 && sm90_reg_layout(p.rk, p.rv, nb).total > smem) --nb;
     if (nb >= 3) {
-      const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-      const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
+      // (whole 64-byte boxes: the row bytes of the ranks sm90_pair_reg_shape takes)
       auto make = [&](CUtensorMap* m, const uint8_t* rows, int row_bytes) {
-        if (reinterpret_cast<uintptr_t>(rows) % 16 != 0 || row_bytes % 64 != 0) return false;
-        const cuuint64_t dims[2] = {(cuuint64_t)row_bytes, (cuuint64_t)p.T};
-        const cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
-        const cuuint32_t box[2] = {64, (cuuint32_t)kTile}, estr[2] = {1, 1};
-        return encode(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(rows), dims, strides, box, estr,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+        return row_bytes % 64 == 0 && encode_rows_map(m, rows, row_bytes, row_bytes, p.T, true);
       };
       auto al16 = [](const float* f) { return reinterpret_cast<uintptr_t>(f) % 16 == 0; };
       bool ok = true;
@@ -2095,16 +2105,8 @@ Status launch_latent_sm90(const Sm90Params& p, dim3 grid, size_t smem, cudaStrea
     }
   }
   if (sched_ws == kRingWs || sched_ws == kPairWs) {
-    const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-    const int groups = p.seg_groups > 0 ? p.seg_groups : (int)grid.y / p.chunks;
     auto make = [&](CUtensorMap* m, const uint8_t* rows, int rank, int row_bytes) {
-      if (encode == nullptr || reinterpret_cast<uintptr_t>(rows) % 16 != 0) return false;
-      const cuuint64_t dims[2] = {(cuuint64_t)rank, (cuuint64_t)p.T};
-      const cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
-      const cuuint32_t box[2] = {64, (cuuint32_t)kTile}, estr[2] = {1, 1};
-      return encode(m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<uint8_t*>(rows), dims, strides, box, estr,
-                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+      return encode_rows_map(m, rows, rank, row_bytes, p.T, false);
     };
     for (int i = 0; i < groups && sched_ws != kRing; ++i)
       if (!make(&maps.k[i], p.g[i].zk, p.rk, p.row_bytes_k) || !make(&maps.v[i], p.g[i].zv, p.rv, p.row_bytes_v)) {
