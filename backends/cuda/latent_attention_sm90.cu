@@ -255,6 +255,15 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr)
                : "memory");
 }
+// mma.sync m16n8k16 (f16 in, f32 accumulators): A (row) the fragment wgmma_m64n8k16_ra takes for
+// one warp's 16 rows, B (col) two registers: k 2·(lane%4) + {0, 1} (+ 8) of column lane/4, D += A·B
+// in the layout of the m64n8 accumulators' rows of that warp.
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 __device__ __forceinline__ void ldsm_x2_trans(uint32_t& r0, uint32_t& r1, uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr) : "memory");
 }
@@ -493,6 +502,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
   // the pair schedule on q4 keys and values, the consumers decoding the raw code tiles (TMA) into
   // the wgmma A fragments in registers
   constexpr bool REG = SCHED == kPairReg;
+  // (REG) p·z^V by mma.sync per warp at key rank 128 (value rank up to 384), else by m64n8k16 wgmma:
+  // at 64K, 128/384 258–268 µs against 274–279, 256/256 306–324 against 299–305 (H100, three
+  // interleaved runs, 2026-11-25)
+  constexpr bool kMmaV = REG && RK < 256;
   constexpr bool PAIR = SCHED == kPairWs || PDEC || REG;
   // (pair) value accumulators: 64 channels each (rank ≤ 384 with the decoding producer where the
   // ring fits it: key rank ≤ 128)
@@ -1095,7 +1108,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             if constexpr (REG) {
               // a whole tile's scales and zeros by the bulk-copy engine too (the host checked their
               // 16-byte alignment); the last, partial tile's by the lanes (rows past T: 0 · code + 0).
-              // (Measured level with the lanes loading every tile's: ~333 µs at 64K, q4 256/256.)
+              // (Against the lanes loading every tile's: not validly measured, docs/perf/cuda.md round 15.)
               const Sm90Group& SG = P.g[sgl];
               float* sc = reinterpret_cast<float*>(dst + L.kraw);
               const float* gs = (key ? SG.sk : SG.sv) + (size_t)(t0 + j) * kTile;
@@ -1321,7 +1334,14 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           op[a][2] *= corr[0];
           op[a][3] *= corr[1];
         }
-        if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+        if (kMmaV && (lane & 3) == 0) {  // (kMmaV) P as [2 heads][64 tokens] f16: the mma.sync B fragments
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            __half* at = reinterpret_cast<__half*>(patom) + h * kTile;
+#pragma unroll
+            for (int rh = 0; rh < 2; ++rh) at[warp * 16 + (lane >> 2) + rh * 8] = __float2half_rn(pr[h][rh]);
+          }
+        } else if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             __half* at = reinterpret_cast<__half*>(patom + h * 128);
@@ -1337,7 +1357,42 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
         fpar ^= 1u << (nv % NB);
         fence_op();
-        if constexpr (REG) {
+        if constexpr (kMmaV) {
+          // The value tile's codes → the same A fragments as the wgmma form below (its comment has
+          // the layout), each warp's 16 rows of them into mma.sync m16n8k16 (B: P, heads as
+          // columns 0 and 1, the other six zero), no commit groups or waits.
+          const uint8_t* vb = rbuf(nv);
+          const float* vsc = reinterpret_cast<const float*>(vb + L.kraw);
+          const uint32_t vb_addr = smem_u32(vb);
+          const __half* pb = reinterpret_cast<const __half*>(patom);
+          const int cw = rv / 128, c2 = 2 * (lane & 3), lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+          for (int st = 0; st < kTile / 16; ++st) {
+            const int row = 16 * st + lrow;
+            uint32_t b0 = 0u, b1 = 0u;
+            if (lane < 8) {  // column lane/4: head 0 or 1 (the other six columns zero)
+              b0 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + c2);
+              b1 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + 8 + c2);
+            }
+            const __half2 sl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + c2));
+            const __half2 sh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + 8 + c2));
+            const __half2 zl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + c2));
+            const __half2 zh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + 8 + c2));
+#pragma unroll
+            for (int cj = 0; cj < kOpA / 2; ++cj) {
+              if (cj < cw) {
+                uint32_t lo, hi;
+                ldsm_x2_trans(lo, hi, vb_addr + swz64(row, warp * cw + cj));
+#pragma unroll
+                for (int u = 0; u < 2; ++u) {  // blocks mt = 2cj + u: nibbles 2u, 2u + 1
+                  const uint32_t fv[4] = {dq4_pair(lo, 2 * u, sl, zl), dq4_pair(lo, 2 * u + 1, sl, zl),
+                                          dq4_pair(hi, 2 * u, sh, zh), dq4_pair(hi, 2 * u + 1, sh, zh)};
+                  mma_m16n8k16(op[2 * cj + u], fv, b0, b1);
+                }
+              }
+            }
+          }
+        } else if constexpr (REG) {
           // The value tile's codes → the transposed A fragments (rows: value channels, k: tokens),
           // per k step of 16 tokens: ldmatrix.x2.trans of 16-byte chunk J = warp·cw + cj (the
           // warp's cw = rv / 128 chunks) over the step's tokens: register lo / hi holds b16 lane/4
