@@ -657,7 +657,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   `PALU_CUDA_SM90_PAIR_DEC=2`, H100, µs, 256/256 / 128/384):
   - first version: 332–365 / 287–304 against the decoding producer's 424–444 / 392–397 in the
     same runs (the run-to-run spread of one binary is ±5%);
-  - ablations, all level within that spread: no decode arithmetic (raw codes as A, results
+  - (void, round 15: these compile-time variants ran the default kernel) ablations, all level within that spread: no decode arithmetic (raw codes as A, results
     wrong) 333–365 / 292–321; the cos/sin of the tile computed between the chain's groups instead
     of after it 330–334 / 290–292; groups of four k steps instead of two 328–333 / 288–292; no
     p·z^V at all (results wrong) 325–338 / 287–303; scales and zeros by bulk copy instead of by
@@ -679,7 +679,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     332–333 / 290 without (two interleaved runs, every T faster: 4K 38.5–38.8 / 34.9 against
     40.6–42.7 / 35.6–36.6, 16K 92–93 / 85–87 against 100–102 / 89, 128K 583–612 / 529–531
     against 639–641 / 556–562): **kept**, the default;
-  - with the ping-pong, also level (three interleaved runs): three or four key fragment sets
+  - with the ping-pong, also level (three interleaved runs; the fragment-set variants void, round 15): three or four key fragment sets
     instead of two (301–306 / 273–279 and 300–316 / 275–292 against 303–320 / 278–288);
     `PALU_CUDA_SM90_COMBINE=0`, `PALU_CUDA_SM90_WAIT_SLEEP=0` level, `PALU_CUDA_SM90_SEG=0`
     2–3% slower;
@@ -698,6 +698,52 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   register form at T = 63, value rank 128, and a GQA group with a bias on 37 blocks), with
   SegPartition 58/58 after the ping-pong; all of `cuda_tests` with the ref-mha data 87/88 before
   it (RefGqa lacks its data).
+* round 15 (2026-11-25 13:12–14:05 UTC, session 18), measurements first.
+  **Correction: round 14's compile-time ablations measured the default kernel.** Those variant
+  binaries were built by running ninja's nvcc command with an extra `-D`, then `ninja` to link;
+  ninja found the object's stored dependency info out of date and recompiled it with its own
+  flags before linking. Nsight Compute's SASS of a "no loads, no chains" variant was identical
+  to the default's. So these round-14 results are void: no decode arithmetic, no p·z^V, cos/sin
+  between the chain's groups, groups of four k steps, three or four key fragment sets, and the
+  scales by the lanes. ("Level" was the default measured against itself.) The environment
+  switches stand: the ping-pong, `PALU_CUDA_SM90_COMBINE`, `_WAIT_SLEEP`, `_SEG`, `_PAIR_REG`.
+  Variants are now compiled with the `-D`, then archived and linked by hand. Each object's
+  checksum differs from the default's.
+  Valid ablations of the register-operand pair schedule (`palu-cuda-attention-bench --T 65536
+  --iters 20`, H100, two interleaved runs, µs, q4 256/256 / 128/384; results wrong where parts
+  are skipped):
+  | variant | 256/256 | 128/384 |
+  |---|---:|---:|
+  | the kernel (round 14) | 297–321 | 274–287 |
+  | no p·z^V | 233–240 | 186 |
+  | no key chain | 194–195 | 223–225 |
+  | no key chain, no p·z^V (loads, scores, softmax, barriers) | 139–144 | 135–140 |
+  | also no scores or softmax (loads and the barrier hand-offs only) | 112–121 | 106–112 |
+  | that, with up to 16 ring buffers (10 / 12 fit) | 113–114 | 106–107 |
+  | that, with the second head pair's blocks loading nothing | 117–120 | 110–112 |
+  | that, with 128-byte TMA boxes for 128-byte rows | 117–119 | (64-byte rows) |
+  | no scores (the chain kept) | 269 | 222 |
+  The parts add up: 139 + 95 (key chain) + 56 (p·z^V) ≈ 290, and 135 + 50 + 89 ≈ 274. Each
+  consumer warpgroup walks its tile serially, and the two warpgroups do not hide each other's
+  phases. The skeleton alone, loads and barrier hand-offs with no arithmetic, takes 112–121 µs.
+  The memory bound for these bytes is ~50 µs. More buffers did not move it. Neither did half of
+  the traffic, wider boxes, `PALU_CUDA_SM90_WAIT_SLEEP=0`, `_REG_PINGPONG=0` or `_SEG=0`, all
+  level on that skeleton. So the skeleton is a serial cost of ~0.9 µs per block and tile, and
+  what sets it is not yet known.
+  Tried, measured, not kept:
+  - p·z^V of tile i run inside tile i + 2's key chain (its units in the chain's commit groups, one
+    or two per group): 360–376 µs for 256/256, against 297–310. With one fragment set, and
+    `wgmma.wait_group 0` after each group's key wgmma: 396–405 / 375–383. So the wait also took
+    the group's uncommitted key wgmma.
+  - key rank 128's chain in commit groups of one k step (for the registers of the above): level
+    (271–276 against 274–282).
+  Kept: **p·z^V by `mma.sync.m16n8k16` per warp at key rank 128** (`kMmaV`). It uses the same A
+  fragments and P as B (heads in columns 0 and 1), with no commit groups or waits, in place of
+  the m64n8k16 wgmma. Three interleaved runs: 128/384 258–268 µs against 274–279 (4K: 32.7–36.2
+  against 35.0–36.0). 256/256 306–324 against 299–305, so key rank 256 keeps the wgmma.
+  LatentAttentionCuda and SegPartition: 58/58 on the H100. The table above is from the run
+  after it: q4 128/384 258.5 µs, **1.41× SDPA** (1.33×), ÷ bound 2.70 (2.88). q4 256/256 is
+  unchanged at 297.3 µs, 1.23×, ÷ 1.59. f16 is 244.5 µs, 1.49×.
 
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
@@ -717,12 +763,14 @@ is ~243). The partition is at its limit (8192 tiles per head pair over 66 blocks
 warpgroup's share of 125 is 63 tiles against 64 before), and the split merge costs 5–8 µs of
 every call wherever it runs (round 12). Beyond that the pair schedule leaves the tensor pipe ~30%
 idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (up to ~1.8×,
-round 10's probe). For the q4 rows (round 14): the register-operand pair schedule is at ~297–303 /
-~273–278 µs, and neither its decode nor its p·z^V set its pace before the ping-pong (ablations
-level); its tensor pipe was ~45% busy against ~70% for the f16 pair schedule on the same tensor
-work. Even at the f16 schedule's pace (~246 µs), 256/256 would be ~1.5× SDPA: the 1.7× target needs the key chain
-itself cheaper (the fp8 path of round 8: at most ~20%), and 128/384's 3.0× (~124 µs) more than
-half of its time gone.
+round 10's probe). For the q4 rows (round 15's valid ablations): the register-operand pair
+schedule's time is the sum of its skeleton (loads and barrier hand-offs, 112–121 µs with no
+arithmetic at all, against ~50 µs of memory bound), the key chain (+95 / +50 µs) and p·z^V
+(+56 / +89 before `kMmaV`). The parts add instead of overlapping. The first step is the
+skeleton's ~0.9 µs per block and tile, whose cause is not yet found. 128/384's 3.0× (~124 µs)
+is about that skeleton plus the scores. 256/256's 1.7× (~214 µs) needs the phases overlapped
+on top of that, and the key chain's ~185 µs of tensor work at the measured f16 rate puts it
+near the fp8 path of round 8.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
