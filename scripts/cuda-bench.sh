@@ -698,7 +698,7 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   register form at T = 63, value rank 128, and a GQA group with a bias on 37 blocks), with
   SegPartition 58/58 after the ping-pong; all of `cuda_tests` with the ref-mha data 87/88 before
   it (RefGqa lacks its data).
-* round 15 (2026-11-25 13:12–14:05 UTC, session 18), measurements first.
+* round 15 (2026-11-25 13:12–14:15 UTC, session 18), measurements first.
   **Correction: round 14's compile-time ablations measured the default kernel.** Those variant
   binaries were built by running ninja's nvcc command with an extra `-D`, then `ninja` to link;
   ninja found the object's stored dependency info out of date and recompiled it with its own
@@ -728,8 +728,16 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   phases. The skeleton alone, loads and barrier hand-offs with no arithmetic, takes 112–121 µs.
   The memory bound for these bytes is ~50 µs. More buffers did not move it. Neither did half of
   the traffic, wider boxes, `PALU_CUDA_SM90_WAIT_SLEEP=0`, `_REG_PINGPONG=0` or `_SEG=0`, all
-  level on that skeleton. So the skeleton is a serial cost of ~0.9 µs per block and tile, and
-  what sets it is not yet known.
+  level on that skeleton. Nsight Compute's stall sampling of the skeleton explains it. The
+  consumers wait at their full barriers (10.9K of 13.2K samples). The producer warp almost never
+  waits at its empty barrier (55 samples); it spends its time issuing, ~150 instructions a load
+  (integer divisions by the ring size, the elected-lane loops around each TMA). 248 loads a
+  block at ~700 cycles each is ≈ 100 µs. So the skeleton is the issue rate of one producer warp.
+  That is not the full kernel's pace: with four producer warps (warp w issuing the loads ≡ w
+  mod 4) the full kernel was level, 299–305 / 263–267 against 297–307 / 261–262, and two warps
+  were level too. (The skeleton itself was not re-measured with them.)
+  Without the scales' bulk copies (results wrong), the skeleton ran 107–109 / 98 against
+  116–118 / 109, and the full kernel 296–300 / 259 against 300–303 / 261–263: level.
   Tried, measured, not kept:
   - p·z^V of tile i run inside tile i + 2's key chain (its units in the chain's commit groups, one
     or two per group): 360–376 µs for 256/256, against 297–310. With one fragment set, and
@@ -737,6 +745,10 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
     the group's uncommitted key wgmma.
   - key rank 128's chain in commit groups of one k step (for the registers of the above): level
     (271–276 against 274–282).
+  - after `kMmaV`: p·z^V by mma.sync inside the next key chain, after each commit group, with no
+    fragment sets needed: 301–302 / 273 against 297–310 / 258–265 (two interleaved runs). The
+    waits in the chain were not idle time that the value work could fill.
+  - the four producer warps above.
   Kept: **p·z^V by `mma.sync.m16n8k16` per warp at key rank 128** (`kMmaV`). It uses the same A
   fragments and P as B (heads in columns 0 and 1), with no commit groups or waits, in place of
   the m64n8k16 wgmma. Three interleaved runs: 128/384 258–268 µs against 274–279 (4K: 32.7–36.2
@@ -766,11 +778,13 @@ idle, and the FFMA work (cos/sin and scores) slows the other warpgroup's chain (
 round 10's probe). For the q4 rows (round 15's valid ablations): the register-operand pair
 schedule's time is the sum of its skeleton (loads and barrier hand-offs, 112–121 µs with no
 arithmetic at all, against ~50 µs of memory bound), the key chain (+95 / +50 µs) and p·z^V
-(+56 / +89 before `kMmaV`). The parts add instead of overlapping. The first step is the
-skeleton's ~0.9 µs per block and tile, whose cause is not yet found. 128/384's 3.0× (~124 µs)
-is about that skeleton plus the scores. 256/256's 1.7× (~214 µs) needs the phases overlapped
-on top of that, and the key chain's ~185 µs of tensor work at the measured f16 rate puts it
-near the fp8 path of round 8.
+(+56 / +89 before `kMmaV`). The parts add instead of overlapping. The skeleton alone is the
+one producer warp's issue rate, but more producer warps leave the full kernel level. Moving
+p·z^V into the key chain's waits did not shorten it either. So what paces the consumers, with
+every part present, is still not understood. 128/384's 3.0× (~124 µs) is about that skeleton
+plus the scores. 256/256's 1.7× (~214 µs) needs the phases overlapped on top of that, and the
+key chain's ~185 µs of tensor work at the measured f16 rate puts it near the fp8 path of round
+8.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
