@@ -707,8 +707,8 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   between the chain's groups, groups of four k steps, three or four key fragment sets, and the
   scales by the lanes. ("Level" was the default measured against itself.) The environment
   switches stand: the ping-pong, `PALU_CUDA_SM90_COMBINE`, `_WAIT_SLEEP`, `_SEG`, `_PAIR_REG`.
-  Variants are now compiled with the `-D`, then archived and linked by hand. Each object's
-  checksum differs from the default's.
+  Variants are now compiled with the `-D`, then archived into a copy of the library and linked
+  by hand (`scripts/cuda-variant.sh BUILD_DIR OUT -DNAME=1`; the build directory is untouched).
   Valid ablations of the register-operand pair schedule (`palu-cuda-attention-bench --T 65536
   --iters 20`, H100, two interleaved runs, µs, q4 256/256 / 128/384; results wrong where parts
   are skipped):

@@ -1210,6 +1210,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       const int row = warp * 16 + (lane >> 2) + rh * 8;
       return row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
     };
+    // (REG) the value scales (or zeros) of this lane's tokens 2·(lane%4) (+1) (+ r) of k step st, as a half2
+    auto step_sz = [&](const float* v, int st, int r) {
+      return __float22half2_rn(*reinterpret_cast<const float2*>(v + 16 * st + r + 2 * (lane & 3)));
+    };
     uint32_t fpar = 0;  // bit b: the phase parity of this warpgroup's next load into buffer b (across segments)
     int cnt = 0;
     long long pos = lo;
@@ -1374,10 +1378,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
               b0 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + c2);
               b1 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + 8 + c2);
             }
-            const __half2 sl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + c2));
-            const __half2 sh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + 8 + c2));
-            const __half2 zl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + c2));
-            const __half2 zh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + 8 + c2));
+            const __half2 sl = step_sz(vsc, st, 0), sh = step_sz(vsc, st, 8);
+            const __half2 zl = step_sz(vsc + kTile, st, 0), zh = step_sz(vsc + kTile, st, 8);
 #pragma unroll
             for (int cj = 0; cj < kOpA / 2; ++cj) {
               if (cj < cw) {
@@ -1402,7 +1404,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const uint8_t* vb = rbuf(nv);
           const float* vsc = reinterpret_cast<const float*>(vb + L.kraw);
           const uint32_t vb_addr = smem_u32(vb);
-          const int cw = rv / 128, c2 = 2 * (lane & 3), lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+          const int cw = rv / 128, lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
           // (one commit group per k step and chunk pair, empty where the chunk is past rv: the
           // groups count as the compile-time g = st · kOpA / 2 + cj, and set g % 2 is reused once
           // group g − 2 is done)
@@ -1418,10 +1420,8 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
                 ldsm_x2_trans(lo[cj], hi[cj], vb_addr + swz64(row, J));
               }
             }
-            const __half2 sl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + c2));
-            const __half2 sh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + 16 * st + 8 + c2));
-            const __half2 zl = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + c2));
-            const __half2 zh = __float22half2_rn(*reinterpret_cast<const float2*>(vsc + kTile + 16 * st + 8 + c2));
+            const __half2 sl = step_sz(vsc, st, 0), sh = step_sz(vsc, st, 8);
+            const __half2 zl = step_sz(vsc + kTile, st, 0), zh = step_sz(vsc + kTile, st, 8);
 #pragma unroll
             for (int cj = 0; cj < kOpA / 2; ++cj) {
               constexpr int kPer = kOpA / 2;
