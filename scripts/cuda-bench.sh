@@ -781,7 +781,11 @@ arithmetic at all, against ~50 µs of memory bound), the key chain (+95 / +50 µ
 (+56 / +89 before `kMmaV`). The parts add instead of overlapping. The skeleton alone is the
 one producer warp's issue rate, but more producer warps leave the full kernel level. Moving
 p·z^V into the key chain's waits did not shorten it either. So what paces the consumers, with
-every part present, is still not understood. 128/384's 3.0× (~124 µs) is about that skeleton
+every part present, is still not understood. The next measurement is built but not yet run:
+`scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_PHASES`. Its kernel prints, for block (0, 0),
+each consumer warpgroup's clock cycles per phase: the key load's wait, the turn, the chain's
+issue, its wait, the scores, the softmax, the value load's wait and p·z^V. (It spills 60 bytes
+at key rank 128.) 128/384's 3.0× (~124 µs) is about that skeleton
 plus the scores. 256/256's 1.7× (~214 µs) needs the phases overlapped on top of that, and the
 key chain's ~185 µs of tensor work at the measured f16 rate puts it near the fp8 path of round
 8.

@@ -1234,12 +1234,32 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
         for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
       if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
+#ifdef PALU_SM90_PHASES
+      // (measurement builds only: scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_PHASES) the clock
+      // cycles of each phase of a warpgroup's tiles, summed over the segment, printed by the first
+      // thread of each consumer warpgroup of block (0, 0): the key load's wait, the turn, the key
+      // chain's issue, its wait (with the cos/sin), the scores and the max barrier, the softmax and
+      // the P barrier, the value load's wait, p·z^V
+      uint32_t ph[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ph_t = (uint32_t)clock();
+#define PALU_PHASE(k)                          \
+  do {                                         \
+    const uint32_t ph_c = (uint32_t)clock();   \
+    ph[k] += ph_c - ph_t;                      \
+    ph_t = ph_c;                               \
+  } while (0)
+#else
+#define PALU_PHASE(k) \
+  do {                \
+  } while (0)
+#endif
       for (int j = wgi; j < ntiles; j += 2, ++cnt) {
         const int i = t0 + j, nk = base + kload(j), nv = base + vload(j, ntiles);
         const int nvalid = min(kTile, T - i * kTile);
         mbar_wait_sleep(full + (nk % NB) * 2 + wgi, (fpar >> (nk % NB)) & 1u, hint_ns);
         fpar ^= 1u << (nk % NB);
+        PALU_PHASE(0);
         if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
+        PALU_PHASE(1);
         float d[128];
         fence_operands128(d);
         if constexpr (REG) {
@@ -1292,11 +1312,13 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
         fence_operands128(d);
         if (pp) named_arrive(3 + (wgi ^ 1), 2 * 128);  // the other's turn
+        PALU_PHASE(2);
         float4 tg[8];
         trig_row(tg, i * kTile, 0);
         wgmma_wait0();
         fence_operands128(d);
         mbar_arrive(empty + nk % NB);
+        PALU_PHASE(3);
         float s[2][2];
         s[0][0] = score(d, tg, 0, 0, nvalid);
         s[1][0] = score(d, tg, 1, 0, nvalid);
@@ -1313,6 +1335,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           if (lane == 0) rm[h * 4 + warp] = mt;
         }
         named_barrier(1 + wgi, 128);
+        PALU_PHASE(4);
         float pr[2][2], corr[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -1358,8 +1381,10 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
         fence_proxy_async();
         named_barrier(1 + wgi, 128);
+        PALU_PHASE(5);
         mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
         fpar ^= 1u << (nv % NB);
+        PALU_PHASE(6);
         fence_op();
         if constexpr (kMmaV) {
           // The value tile's codes → the same A fragments as the wgmma form below (its comment has
@@ -1460,7 +1485,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         wgmma_wait0();
         fence_op();
         mbar_arrive(empty + nv % NB);
+        PALU_PHASE(7);
       }
+#ifdef PALU_SM90_PHASES
+      if (tid % 128 == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+        printf("palu-phases rk %d sched %d wg %d segment %d tiles %d: wait_k %u turn %u chain_issue %u "
+               "chain_wait %u scores %u softmax %u wait_v %u pzv %u\n",
+               RK, SCHED, wgi, si, (ntiles - wgi + 1) / 2, ph[0], ph[1], ph[2], ph[3], ph[4], ph[5], ph[6], ph[7]);
+#endif
+#undef PALU_PHASE
       if (pp) {  // the unmatched turn arrival: warpgroup 1's first (even count) or warpgroup 0's last (odd)
         if ((ntiles & 1) == 0 && wgi == 0) named_barrier(3, 2 * 128);
         if ((ntiles & 1) == 1 && wgi == 1) named_barrier(4, 2 * 128);
