@@ -782,7 +782,7 @@ arithmetic at all, against ~50 µs of memory bound), the key chain (+95 / +50 µ
 one producer warp's issue rate, but more producer warps leave the full kernel level. Moving
 p·z^V into the key chain's waits did not shorten it either. So what paces the consumers, with
 every part present, is still not understood. The next measurement is built but not yet run:
-`scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_PHASES`. Its kernel prints, for block (0, 0),
+`scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_TRACE` (the switch the ring loop's trace already used). Its kernel prints, for block (0, 0),
 each consumer warpgroup's clock cycles per phase: the key load's wait, the turn, the chain's
 issue, its wait, the scores, the softmax, the value load's wait and p·z^V. (It spills 60 bytes
 at key rank 128.) 128/384's 3.0× (~124 µs) is about that skeleton

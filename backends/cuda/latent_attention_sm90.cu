@@ -467,11 +467,12 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // zeros as bulk copies into a ring of up to kRegMaxBufs small buffers (sm90_reg_layout); each
 // consumer warpgroup decodes its own tile into the wgmma A fragments (keys: ldmatrix.x4, the
 // m64n256k16 chain with A in registers, two fragment sets a chunk apart; values: ldmatrix.x2.trans,
-// m64n8k16 with the value channels as rows), so no thread waits for another's decode; the
-// warpgroups take turns issuing their key chains (P.pingpong, set by the launcher). At 64K q4
-// 256/256 ~297–303 µs (~333–341 without the ping-pong) against ~415–444 for kPairDec, 128/384
-// ~273–278 (~291–298) against ~392 (H100, 2026-11-25; without the ping-pong, the decode and
-// p·z^V ablated read level: the pace is the warpgroups' per-tile latency).
+// m64n8k16 with the value channels as rows, or mma.sync per warp at key rank 128: kMmaV), so no
+// thread waits for another's decode; the warpgroups take turns issuing their key chains
+// (P.pingpong, set by the launcher). At 64K q4 256/256 ~297–303 µs (~333–341 without the
+// ping-pong) against ~415–444 for kPairDec, 128/384 ~259–268 with kMmaV (~273–278 before it)
+// against ~392 (H100, 2026-11-25). Where the time goes: docs/perf/cuda.md, round 15 (its
+// ablations: loads and barriers ~115 µs, key chain +95 / +50, p·z^V +56 / +89, adding up).
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
               kRingDec2F = 7, kPairWs = 8, kPairDec = 9, kPairReg = 10;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
@@ -1234,12 +1235,12 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
         for (int e = 0; e < 4; ++e) op[a][e] = 0.f;
       if (pp && wgi == 1) named_arrive(3, 2 * 128);  // warpgroup 0 goes first
-#ifdef PALU_SM90_PHASES
-      // (measurement builds only: scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_PHASES) the clock
-      // cycles of each phase of a warpgroup's tiles, summed over the segment, printed by the first
-      // thread of each consumer warpgroup of block (0, 0): the key load's wait, the turn, the key
-      // chain's issue, its wait (with the cos/sin), the scores and the max barrier, the softmax and
-      // the P barrier, the value load's wait, p·z^V
+#ifdef PALU_SM90_TRACE
+      // (measurement builds: scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_TRACE, the switch of the
+      // ring loop's clock stamps below) the clock cycles of each phase of a warpgroup's tiles,
+      // summed over the segment, printed by the first thread of each consumer warpgroup of block
+      // (0, 0): the key load's wait, the turn, the key chain's issue, its wait (with the cos/sin),
+      // the scores and the max barrier, the softmax and the P barrier, the value load's wait, p·z^V
       uint32_t ph[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ph_t = (uint32_t)clock();
 #define PALU_PHASE(k)                          \
   do {                                         \
@@ -1487,7 +1488,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         mbar_arrive(empty + nv % NB);
         PALU_PHASE(7);
       }
-#ifdef PALU_SM90_PHASES
+#ifdef PALU_SM90_TRACE
       if (tid % 128 == 0 && blockIdx.x == 0 && blockIdx.y == 0)
         printf("palu-phases rk %d sched %d wg %d segment %d tiles %d: wait_k %u turn %u chain_issue %u "
                "chain_wait %u scores %u softmax %u wait_v %u pzv %u\n",
