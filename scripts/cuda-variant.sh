@@ -10,6 +10,8 @@
 #
 # usage: scripts/cuda-variant.sh BUILD_DIR OUTPUT_BINARY [NVCC_FLAG...]
 #   e.g. scripts/cuda-variant.sh build-cuda /tmp/bench-x -DPALU_SOME_SWITCH=1
+# PALU_VARIANT_TARGET=tests/cuda_tests builds the GPU test binary that way instead (the same
+# switch's effect on the conformance suite).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 BUILD_DIR OUTPUT_BINARY [NVCC_FLAG...]" >&2
@@ -18,7 +20,7 @@ fi
 build=$(cd "$1" && pwd)
 out=$2
 shift 2
-target=tools/palu-cuda-attention-bench
+target=${PALU_VARIANT_TARGET:-tools/palu-cuda-attention-bench}
 command -v ninja > /dev/null || { echo "$0: needs ninja (the build directory's generator)" >&2; exit 1; }
 [[ -f "$build/build.ninja" ]] || { echo "$0: $build has no build.ninja (configure with -G Ninja and -DPALU_CUDA=ON)" >&2; exit 1; }
 ninja -C "$build" "$target" > /dev/null
