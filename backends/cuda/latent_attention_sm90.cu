@@ -273,13 +273,9 @@ __device__ __forceinline__ void ldsm_x2_trans(uint32_t& r0, uint32_t& r1, uint32
 // per four pairs instead of three. The mask and the exponent bits in one lop3 (ptxas splits the
 // C++ (xs & m) | e into two LOP3s, each with its immediate).
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t m, uint32_t e) {
-#ifdef PALU_SM90_OLD_LOP
-  return (a & m) | e;
-#else
   uint32_t r;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(a), "r"(m), "r"(e));  // (a & b) | c
   return r;
-#endif
 }
 __device__ __forceinline__ uint32_t dq4_pair(uint32_t x, int n, __half2 scale, __half2 zero) {
   const uint32_t xs = n >= 2 ? x >> 8 : x;
@@ -1195,17 +1191,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
     };
     // head h's score of row rh (this lane's quad completes it)
     auto score = [&](const float(&d)[128], const float4(&tg)[8], int h, int rh, int nvalid) {
-#ifdef PALU_SM90_OLD_SCORE
-      float part = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float cs = c ? tg[j].z : tg[j].x, sn = c ? tg[j].w : tg[j].y;
-          part += cs * d[64 * h + 4 * j + 2 * rh + c] + sn * d[64 * h + 4 * (j + 8) + 2 * rh + c];
-        }
-      }
-#else
       // four fma chains (cos / sin terms of the two frequencies of each j): two instructions a
       // pair of terms instead of a multiply, an fma and an add, and chains a quarter as long
       float pa[4] = {0.f, 0.f, 0.f, 0.f};
@@ -1219,7 +1204,6 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
         }
       }
       float part = (pa[0] + pa[1]) + (pa[2] + pa[3]);
-#endif
       if (has_bias) {
         const float* ab = reinterpret_cast<const float*>(tail + h * 1024 + 256);
         float bp = 0.f;
