@@ -756,6 +756,54 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   LatentAttentionCuda and SegPartition: 58/58 on the H100. The table above is from the run
   after it: q4 128/384 258.5 µs, **1.41× SDPA** (1.33×), ÷ bound 2.70 (2.88). q4 256/256 is
   unchanged at 297.3 µs, 1.23×, ÷ 1.59. f16 is 244.5 µs, 1.49×.
+* round 16 (2026-11-25 15:12–15:45 UTC, session 19), measurements first, all on the H100.
+  **Per-phase probe** (`scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_TRACE`, `--T 65536`, block
+  (0, 0), clock cycles summed over a warpgroup's 62–63 tiles; the probe build runs 360 / 435 µs
+  against 271 / 314 for the default in the same call, so the shares matter, not the totals).
+  Key rank 128 (q4 128/384, 20 launches, both warpgroups alike within ~5%): key load wait 27K,
+  turn 5K (warpgroup 1: 9–17K), chain issue 125K, chain wait 33K, scores and max barrier 75K,
+  softmax and P barrier 50K, value load wait 12K, p·z^V 165–184K: ~495K in all, ~7.9K a tile.
+  Key rank 256 (the f16 row, m64n256k16 from shared memory): chain issue 210K, chain wait 31K,
+  scores 69K, softmax 49K, load waits 16–25K + 12K, p·z^V 112K. So the consumers wait on loads
+  for ~8% of their time: the skeleton of round 15 (loads and hand-offs, 112–121 µs alone) is
+  not what paces the full kernel.
+  **Nsight Compute** (`--launch-skip 2 --launch-count 1`, sections SpeedOfLight,
+  ComputeWorkloadAnalysis, WarpStateStats, SchedulerStats, InstructionStats, SourceCounters;
+  key rank 128 / 256 q4 kernels, 312 / 350 µs under its clock control): issue slots busy 46.5% /
+  42.7%, tensor pipe 31.0% / 48.8%, 2.26 active warps per scheduler of which 0.66 / 0.62
+  eligible, 114.8M / 121.0M warp instructions. Stall sampling at key rank 128 (29.5K samples):
+  `wait` (fixed-latency dependencies) 25.8%, `selected` 21.6%, `math` 12.6% (nearly all on
+  p·z^V's HMMA.16816: the tensor pipe is held by the other warpgroup's HGMMA chain), short
+  scoreboard 10.2% (the shifts right after each ldmatrix), `not_selected` 7.6%, barriers 5.6%,
+  `no_inst` 5.3%, long scoreboard 5.1% (the mbarrier waits), dispatch 4.5%. Instruction mix
+  (millions): LOP3 20.5, FMUL 12.9, FFMA 10.3, FADD 10.2, HADD2 8.5, HFMA2 8.4, MUFU 4.7, SHF
+  4.5. The q4 decode is ~38M of them (per code pair two LOP3s, HADD2, HFMA2 and half a shift; 128
+  pairs per thread and tile) and the RoPE cos/sin ~19M (9 instructions per value: 2 FMUL, 2 FADD,
+  2 FFMA, FMUL.RZ, MUFU.SIN and .COS). So the kernel is latency-bound, not issue-bound: one warp
+  per scheduler per warpgroup, each walking its tile's phases in series. Cutting instructions
+  buys little, as the next two steps show.
+  Tried, measured, not kept: **value codes as raw f16 bits** in p·z^V (the token's scale
+  multiplied into P, and −base·Σ p·s + Σ p·z added once per segment: no HADD2, no HFMA2 and no
+  scale loads there, 192 fewer instructions per thread and tile). With the base 1024 that
+  `dq4_pair` uses for codes 0 and 2, three interleaved runs gave 128/384 248.9 / 242.4 / 253.5 µs
+  against 259.5 / 267.9 / 263.0, and 256/256 291.8 / 284.7 / 301.3 against 299.4 / 309.3 /
+  305.1. But cancelling 1024·Σ p·s cost accuracy: the 64K tests' error rose to 0.00243 of
+  max|z^V| (limit 0.002; 0.00089 before). With base 64 for every code (one more shift per
+  register) the 64K error fell to 0.00081, but the gain fell to ~1% (two runs: 255.6 / 255.9
+  against 258.9 / 258.9, and 297.5 / 298.7 against 301.2 / 300.5). The T = 65, five-block case
+  then read 0.00205 against 0.00187, over the limit. One percent is not worth the tolerance.
+  Kept: **the decode's mask and exponent bits in one `lop3`** (ptxas had split `(x & m) | e`
+  into an AND and an OR, each with its immediate) and **the scores as four FFMA chains** (they
+  were an FMUL, an FFMA and an FADD per pair of terms, with one 32-deep FADD chain per score).
+  Two interleaved runs, `--T 4096,65536 --iters 20`: q4 256/256 291.8 / 289.8 µs against 299.7 /
+  301.4, 128/384 254.5 / 256.0 against 258.9 / 259.6, f16 242.5 / 242.6 against 245.3 / 248.6
+  (4K: 37.3–39.0 / 31.9–32.4 against 38.7–39.3 / 33.4–36.1). Either change alone did less
+  (score chains only: 310.3 / 309.7 and 256.2 / 265.0; the lop3 only: 295.8 / 296.4 and 255.6 /
+  256.0). The whole of `cuda_tests` passes on the H100, 88/88 (87 in one call; RefGqa in a second
+  with its model carried). The tables above are from the run after it (15:39 UTC): f16 240.1
+  µs, **1.52×**, ÷ 1.31; q4 256/256 285.9 µs, **1.27×**, ÷ 1.55; q4 128/384 250.1 µs,
+  **1.46×**, ÷ 2.67. End-to-end at 32K (the model table below, 15:43 UTC), llama7b: full f16
+  73.35 tok/s, latent f16 75.91, latent q4 68.63 (61.3–65.0 before).
 
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
@@ -780,15 +828,17 @@ schedule's time is the sum of its skeleton (loads and barrier hand-offs, 112–1
 arithmetic at all, against ~50 µs of memory bound), the key chain (+95 / +50 µs) and p·z^V
 (+56 / +89 before `kMmaV`). The parts add instead of overlapping. The skeleton alone is the
 one producer warp's issue rate, but more producer warps leave the full kernel level. Moving
-p·z^V into the key chain's waits did not shorten it either. So what paces the consumers, with
-every part present, is still not understood. The next measurement is built but not yet run:
-`scripts/cuda-variant.sh BUILD OUT -DPALU_SM90_TRACE` (the switch the ring loop's trace already used). Its kernel prints, for block (0, 0),
-each consumer warpgroup's clock cycles per phase: the key load's wait, the turn, the chain's
-issue, its wait, the scores, the softmax, the value load's wait and p·z^V. (It spills 60 bytes
-at key rank 128.) 128/384's 3.0× (~124 µs) is about that skeleton
-plus the scores. 256/256's 1.7× (~214 µs) needs the phases overlapped on top of that, and the
-key chain's ~185 µs of tensor work at the measured f16 rate puts it near the fp8 path of round
-8.
+p·z^V into the key chain's waits did not shorten it either. Round 16's phase probe and Nsight
+Compute answer what paces the consumers: not the loads (~8% of their time is load waits) but
+their own phases in series, latency-bound (issue slots 43–47% busy, 0.6 eligible warps per
+scheduler: each scheduler holds one warp of each consumer warpgroup), with p·z^V's mma.sync
+also waiting for the tensor pipe while the other warpgroup's key chain holds it. So the
+remaining levers are structural: more consumer warps per scheduler (one head's m64n128k16
+chain at a time, half the accumulators, so that three or four consumer warpgroups fit the
+registers), or fewer serial phases per tile. For 256/256's 1.7× (~214 µs) the key chain's ~185
+µs of tensor work at the measured f16 rate is itself most of the budget, which needs a key
+chain at twice the rate (fp8 or int8 with the scale and zero applied to the scores; round 8's
+fp8 path). 128/384's 3.0× (~124 µs) is ~1.3× its FLOP bound.
 Before round 9 (still true): every row runs the producer / ping-pong consumers, whose
 skeleton is ~390 µs at 64K (~5.3K clocks per 64-token tile and block against ~2K of tensor work),
 so the step is in the consumers themselves: M split by frequency across a 2-CTA cluster (each CTA
