@@ -1406,26 +1406,35 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const uint32_t vb_addr = smem_u32(vb);
           const __half* pb = reinterpret_cast<const __half*>(patom);
           const int cw = rv / 128, c2 = 2 * (lane & 3), lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+          // k step st + 1's code chunks and P loaded before step st's decode and mma (ldmatrix and
+          // mma are volatile asm: without this each ldmatrix's latency is exposed before its use)
+          uint32_t lo[2][kOpA / 2], hi[2][kOpA / 2], b0[2], b1[2];
+          auto load_step = [&](int st, int buf) {
+            b0[buf] = b1[buf] = 0u;
+            if (lane < 8) {  // column lane/4: head 0 or 1 (the other six columns zero)
+              b0[buf] = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + c2);
+              b1[buf] = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + 8 + c2);
+            }
+#pragma unroll
+            for (int cj = 0; cj < kOpA / 2; ++cj)
+              if (cj < cw) ldsm_x2_trans(lo[buf][cj], hi[buf][cj], vb_addr + swz64(16 * st + lrow, warp * cw + cj));
+          };
+          load_step(0, 0);
 #pragma unroll
           for (int st = 0; st < kTile / 16; ++st) {
-            const int row = 16 * st + lrow;
-            uint32_t b0 = 0u, b1 = 0u;
-            if (lane < 8) {  // column lane/4: head 0 or 1 (the other six columns zero)
-              b0 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + c2);
-              b1 = *reinterpret_cast<const uint32_t*>(pb + (lane >> 2) * kTile + 16 * st + 8 + c2);
-            }
+            const int cur = st & 1;
+            if (st + 1 < kTile / 16) load_step(st + 1, cur ^ 1);
             const __half2 sl = step_sz(vsc, st, 0), sh = step_sz(vsc, st, 8);
             const __half2 zl = step_sz(vsc + kTile, st, 0), zh = step_sz(vsc + kTile, st, 8);
 #pragma unroll
             for (int cj = 0; cj < kOpA / 2; ++cj) {
               if (cj < cw) {
-                uint32_t lo, hi;
-                ldsm_x2_trans(lo, hi, vb_addr + swz64(row, warp * cw + cj));
+                const uint32_t l = lo[cur][cj], h = hi[cur][cj];
 #pragma unroll
                 for (int u = 0; u < 2; ++u) {  // blocks mt = 2cj + u: nibbles 2u, 2u + 1
-                  const uint32_t fv[4] = {dq4_pair(lo, 2 * u, sl, zl), dq4_pair(lo, 2 * u + 1, sl, zl),
-                                          dq4_pair(hi, 2 * u, sh, zh), dq4_pair(hi, 2 * u + 1, sh, zh)};
-                  mma_m16n8k16(op[2 * cj + u], fv, b0, b1);
+                  const uint32_t fv[4] = {dq4_pair(l, 2 * u, sl, zl), dq4_pair(l, 2 * u + 1, sl, zl),
+                                          dq4_pair(h, 2 * u, sh, zh), dq4_pair(h, 2 * u + 1, sh, zh)};
+                  mma_m16n8k16(op[2 * cj + u], fv, b0[cur], b1[cur]);
                 }
               }
             }
