@@ -799,11 +799,23 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   301.4, 128/384 254.5 / 256.0 against 258.9 / 259.6, f16 242.5 / 242.6 against 245.3 / 248.6
   (4K: 37.3–39.0 / 31.9–32.4 against 38.7–39.3 / 33.4–36.1). Either change alone did less
   (score chains only: 310.3 / 309.7 and 256.2 / 265.0; the lop3 only: 295.8 / 296.4 and 255.6 /
-  256.0). The whole of `cuda_tests` passes on the H100, 88/88 (87 in one call; RefGqa in a second
-  with its model carried). The tables above are from the run after it (15:39 UTC): f16 240.1
-  µs, **1.52×**, ÷ 1.31; q4 256/256 285.9 µs, **1.27×**, ÷ 1.55; q4 128/384 250.1 µs,
-  **1.46×**, ÷ 2.67. End-to-end at 32K (the model table below, 15:43 UTC), llama7b: full f16
-  73.35 tok/s, latent f16 75.91, latent q4 68.63 (61.3–65.0 before).
+  256.0). The whole of `cuda_tests` passes on the H100 after it, 88/88 (87 in one call; RefGqa
+  in a second with its model carried). The run after it (15:39 UTC): f16 240.1 µs, 1.52×, ÷ 1.31;
+  q4 256/256 285.9 µs, 1.27×, ÷ 1.55; q4 128/384 250.1 µs, 1.46×, ÷ 2.67. End-to-end at 32K
+  (the model table below, 15:43 UTC), llama7b: full f16 73.35 tok/s, latent f16 75.91, latent q4
+  68.63 (61.3–65.0 before).
+  Then the volatile asm: ldmatrix and mma are `asm volatile` with a memory clobber, so nothing
+  moves across them and each ldmatrix's latency was exposed right before its use (the SHF after
+  each LDSM above: short scoreboard). Kept: **`kMmaV`'s p·z^V loads k step st + 1's code chunks
+  and P before step st's decode and mma**. Three interleaved runs at 64K: 128/384 250.4 / 246.8 /
+  247.0 µs against 258.1 / 257.6 / 256.9. Level, not kept: the same for the key chain's
+  ldmatrix (245.8 / 246.3 / 250.3 against the kept form); the value scales loaded a step ahead
+  too (253.1 / 252.0 / 260.4 against 252.8 / 246.4 / 251.5); the step-ahead loads in the key rank
+  256 wgmma form of p·z^V (256/256 286.4 / 299.0 / 286.7 against 296.6 / 286.1 / 291.6).
+  LatentAttentionCuda and SegPartition 58/58 on the H100 after each. The tables above are from
+  the run after the kept change (15:58 UTC): f16 242.9 µs, **1.50×** (SDPA 364.1; the f16 kernel
+  did not change since the 15:39 run's 1.52×), ÷ 1.31; q4 256/256 287.8 µs, **1.27×**, ÷ 1.55;
+  q4 128/384 246.9 µs, **1.47×**, ÷ 2.61.
 
 Why the latent rows are still short of their targets at 64K (the table above; before round 4 they were ~1.5–2.2× slower than SDPA):
 
