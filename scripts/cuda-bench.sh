@@ -812,6 +812,11 @@ q4 256/256 / q4 128/384, µs; the sm_80 kernel of the same build: 1224 / 1262 / 
   ldmatrix (245.8 / 246.3 / 250.3 against the kept form); the value scales loaded a step ahead
   too (253.1 / 252.0 / 260.4 against 252.8 / 246.4 / 251.5); the step-ahead loads in the key rank
   256 wgmma form of p·z^V (256/256 286.4 / 299.0 / 286.7 against 296.6 / 286.1 / 291.6).
+  Also level or worse, not kept (16:10 UTC, three interleaved runs): the key chain's decoded A
+  fragments in one set per commit group at key rank 128 (four sets, no waits inside the chain:
+  262.1 / 252.6 / 252.3 against 246.7 / 251.3 / 251.6), and four sets at key rank 256 (256/256
+  298.5 / 299.7 / 303.5 against 286.3 / 291.9 / 293.1). The chain's waits are the tensor pipe's
+  time, not decode latency.
   LatentAttentionCuda and SegPartition 58/58 on the H100 after each. The tables above are from
   the run after the kept change (15:58 UTC): f16 242.9 µs, **1.50×** (SDPA 364.1; the f16 kernel
   did not change since the 15:39 run's 1.52×), ÷ 1.31; q4 256/256 287.8 µs, **1.27×**, ÷ 1.55;
