@@ -129,6 +129,8 @@ __host__ __device__ inline Sm90Layout sm90_reg_layout(int rk, int rv, int nb) {
   return L;
 }
 constexpr int kRegMaxBufs = 8;
+// (kMmaV) the lazy softmax rescaling's margin: P against a running max m stays ≤ e^8 ≈ 2981
+constexpr float kLazyMax = 8.f;
 
 // Byte offset of 16-byte chunk ch of row r in a K-major operand of `rows` rows stored as
 // 128-byte-swizzled atoms of 64 halves (the layout TMA's SWIZZLE_128B writes and wgmma reads).
@@ -1222,6 +1224,9 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       const int row = warp * 16 + (lane >> 2) + rh * 8;
       return row < nvalid ? part * P.inv_sqrt_d : -INFINITY;
     };
+    // (kMmaV) P of the value tile in ring buffer b: [2 heads][64 tokens] f16 in the 512 spare bytes
+    // past its scales (sm90_reg_layout: kraw is a multiple of 1024, the stage rounds kraw + 512 up to 1024)
+    auto pv_buf = [&](int b) { return reinterpret_cast<__half*>(rbuf(b) + L.kraw + 2 * kTile * 4); };
     // (REG) the value scales (or zeros) of this lane's tokens 2·(lane%4) (+1) (+ r) of k step st, as a half2
     auto step_sz = [&](const float* v, int st, int r) {
       return __float22half2_rn(*reinterpret_cast<const float2*>(v + 16 * st + r + 2 * (lane & 3)));
@@ -1346,57 +1351,111 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           for (int k = 4; k < 32; k <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, k));
           if (lane == 0) rm[h * 4 + warp] = mt;
         }
-        named_barrier(1 + wgi, 128);
-        PALU_PHASE(4);
-        float pr[2][2], corr[2];
+        float pr[2][2], corr[2] = {1.f, 1.f};
+        if constexpr (kMmaV) {
+          // One barrier a tile in the common case (lazy rescaling): P is taken against the running
+          // max m (p ≤ e^8 while no row exceeds m + 8, well inside f16), written with the maxima,
+          // and only when the barrier shows a row above m + 8 (the first tile, and rarely after)
+          // do the warps take the new max, rewrite P and meet once more. P goes to the value
+          // buffer's spare 512 bytes past its scales ([2 heads][64 tokens] f16, the mma.sync B
+          // fragments), so it waits for the value tile first: a tile's P then lives as long as
+          // its buffer, and a warp ahead by a tile cannot overwrite one still being read.
+          PALU_PHASE(4);
+          mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
+          fpar ^= 1u << (nv % NB);
+          PALU_PHASE(6);
+          __half* pw = pv_buf(nv);
+          auto write_p = [&] {
+            if ((lane & 3) == 0) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
-          const float m_new = fmaxf(mr[h], mt);
-          corr[h] = 1.f;
-          pr[h][0] = pr[h][1] = 0.f;
-          if (m_new != -INFINITY) {
-            corr[h] = expf(mr[h] - m_new);
-            pr[h][0] = expf(s[h][0] - m_new);
-            pr[h][1] = expf(s[h][1] - m_new);
-          }
-          float sum = pr[h][0] + pr[h][1];
+              for (int h = 0; h < 2; ++h)
 #pragma unroll
-          for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
-          lr[h] = lr[h] * corr[h] + sum;
-          mr[h] = m_new;
-        }
+                for (int rh = 0; rh < 2; ++rh)
+                  pw[h * kTile + warp * 16 + (lane >> 2) + rh * 8] = __float2half_rn(pr[h][rh]);
+            }
+          };
 #pragma unroll
-        for (int a = 0; a < kOpA; ++a) {
-          op[a][0] *= corr[0];
-          op[a][1] *= corr[1];
-          op[a][2] *= corr[0];
-          op[a][3] *= corr[1];
-        }
-        if (kMmaV && (lane & 3) == 0) {  // (kMmaV) P as [2 heads][64 tokens] f16: the mma.sync B fragments
+          for (int h = 0; h < 2; ++h)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            __half* at = reinterpret_cast<__half*>(patom) + h * kTile;
+            for (int rh = 0; rh < 2; ++rh) pr[h][rh] = mr[h] == -INFINITY ? 0.f : expf(s[h][rh] - mr[h]);
+          write_p();
+          named_barrier(1 + wgi, 128);
+          float mt[2];
 #pragma unroll
-            for (int rh = 0; rh < 2; ++rh) at[warp * 16 + (lane >> 2) + rh * 8] = __float2half_rn(pr[h][rh]);
-          }
-        } else if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+          for (int h = 0; h < 2; ++h) mt[h] = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+          // (the same for every thread of the warpgroup: m and the maxima are)
+          if (mt[0] > mr[0] + kLazyMax || mt[1] > mr[1] + kLazyMax) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            __half* at = reinterpret_cast<__half*>(patom + h * 128);
+            for (int h = 0; h < 2; ++h) {
+              const float m_new = fmaxf(mr[h], mt[h]);
+              corr[h] = expf(mr[h] - m_new);  // 0 on the first tile (m = −∞)
+              pr[h][0] = expf(s[h][0] - m_new);
+              pr[h][1] = expf(s[h][1] - m_new);
+              mr[h] = m_new;
+            }
+            write_p();
+            named_barrier(1 + wgi, 128);
 #pragma unroll
-            for (int rh = 0; rh < 2; ++rh) {
-              const int t = warp * 16 + (lane >> 2) + rh * 8;
-              at[((((t >> 3) ^ h) << 4) >> 1) + (t & 7)] = __float2half_rn(pr[h][rh]);
+            for (int a = 0; a < kOpA; ++a) {
+              op[a][0] *= corr[0];
+              op[a][1] *= corr[1];
+              op[a][2] *= corr[0];
+              op[a][3] *= corr[1];
             }
           }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float sum = pr[h][0] + pr[h][1];
+#pragma unroll
+            for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+            lr[h] = lr[h] * corr[h] + sum;
+          }
+          PALU_PHASE(5);
+        } else {
+          named_barrier(1 + wgi, 128);
+          PALU_PHASE(4);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+            const float m_new = fmaxf(mr[h], mt);
+            corr[h] = 1.f;
+            pr[h][0] = pr[h][1] = 0.f;
+            if (m_new != -INFINITY) {
+              corr[h] = expf(mr[h] - m_new);
+              pr[h][0] = expf(s[h][0] - m_new);
+              pr[h][1] = expf(s[h][1] - m_new);
+            }
+            float sum = pr[h][0] + pr[h][1];
+#pragma unroll
+            for (int k = 4; k < 32; k <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+            lr[h] = lr[h] * corr[h] + sum;
+            mr[h] = m_new;
+          }
+#pragma unroll
+          for (int a = 0; a < kOpA; ++a) {
+            op[a][0] *= corr[0];
+            op[a][1] *= corr[1];
+            op[a][2] *= corr[0];
+            op[a][3] *= corr[1];
+          }
+          if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              __half* at = reinterpret_cast<__half*>(patom + h * 128);
+#pragma unroll
+              for (int rh = 0; rh < 2; ++rh) {
+                const int t = warp * 16 + (lane >> 2) + rh * 8;
+                at[((((t >> 3) ^ h) << 4) >> 1) + (t & 7)] = __float2half_rn(pr[h][rh]);
+              }
+            }
+          }
+          fence_proxy_async();
+          named_barrier(1 + wgi, 128);
+          PALU_PHASE(5);
+          mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
+          fpar ^= 1u << (nv % NB);
+          PALU_PHASE(6);
         }
-        fence_proxy_async();
-        named_barrier(1 + wgi, 128);
-        PALU_PHASE(5);
-        mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
-        fpar ^= 1u << (nv % NB);
-        PALU_PHASE(6);
         fence_op();
         if constexpr (kMmaV) {
           // The value tile's codes → the same A fragments as the wgmma form below (its comment has
@@ -1405,7 +1464,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           const uint8_t* vb = rbuf(nv);
           const float* vsc = reinterpret_cast<const float*>(vb + L.kraw);
           const uint32_t vb_addr = smem_u32(vb);
-          const __half* pb = reinterpret_cast<const __half*>(patom);
+          const __half* pb = pv_buf(nv);
           const int cw = rv / 128, c2 = 2 * (lane & 3), lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
           // k step st + 1's code chunks and P loaded before step st's decode and mma (ldmatrix and
           // mma are volatile asm: without this each ldmatrix's latency is exposed before its use)

@@ -50,6 +50,8 @@ struct LatentCase {
   int sm90_blocks = 0;  // CudaDecodeOptions::sm90_blocks (the pair schedule's segmented grid)
   int pair_dec = -1;    // CudaDecodeOptions::sm90_pair_dec (1: q4 on the pair schedule at any T)
   int pair_reg = -1;    // CudaDecodeOptions::sm90_pair_reg (0: that schedule's decoding producer instead)
+  float q_scale = 2.f;  // the query's standard deviation (larger: sharper softmax, maxima growing along T)
+  float tol = 2e-3f;    // max |error| ÷ max |z^V| allowed
 };
 
 void PrintTo(const LatentCase& c, std::ostream* os) { *os << c.name << " T=" << c.T; }
@@ -186,7 +188,7 @@ void run_latent_case(const LatentCase& c) {
     }
   }
   std::vector<float> q((size_t)c.H * d);
-  for (auto& x : q) x = 2.f * nd(rng);
+  for (auto& x : q) x = c.q_scale * nd(rng);
   const std::vector<float> invf = inv_freq_128();
 
   cpu::LatentAttentionShape cs{c.H, c.H_kv, d, c.s};
@@ -222,7 +224,7 @@ void run_latent_case(const LatentCase& c) {
   const double rel = max_err / vmax;
   std::printf("[latent] %-5s %-34s T=%-6d max|err|=%.3g (%.3g of max|z^V|=%.3g) at %d: gpu %.6f cpu %.6f\n",
               sm90 ? "sm90" : "sm80", c.name.c_str(), c.T, max_err, rel, vmax, worst, got[worst], ref[worst]);
-  EXPECT_LE(rel, 2e-3) << "worst element " << worst << " of " << width << " (head "
+  EXPECT_LE(rel, c.tol) << "worst element " << worst << " of " << width << " (head "
                        << worst / std::max(1, width / c.H) << ")";
   std::vector<float> again(width);
   // Each repeat after a 256 MiB memset that flushes the L2 (as the benchmark does): the loads'
@@ -292,6 +294,13 @@ std::vector<LatentCase> latent_cases() {
       {"7b q4 256/128 200 blocks", 1000, 32, 32, 4, {256}, {128}, S::kQ4, S::kQ4, false, 0, false, false, 0, 200, 1},
       {"7b q4 256/256 pair 4K", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1},
       {"7b q4 128/384 long pair", 65536, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 30, 0, 1},
+      // scores with a standard deviation of ~24 (the query 8× the default's): a tile's maximum
+      // often exceeds the running one by more than 8, so the key rank 128 pair schedule's lazy
+      // softmax rescales mid-segment (a lost or doubled rescale is off by a factor e^8 or more).
+      // The f16 keys' rounding, 8× sharper in the scores, then moves the output by up to ~2% of
+      // max|z^V| (0.0184 and 0.0105 on the H100, 2026-11-25, the same before the lazy rescale).
+      {"7b q4 128/384 sharp", 4099, 32, 32, 4, {128}, {384}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, -1, 16.f, 0.05f},
+      {"7b q4 256/256 sharp", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, -1, 16.f, 0.05f},
       // the pair schedule's two q4 forms: the decoding producer (register operands off) and the
       // register operands on partial tiles, key rank 128 with value rank 128, a GQA group with a bias
       {"7b q4 256/256 pair 4K decoding producer", 4099, 32, 32, 4, {256}, {256}, S::kQ4, S::kQ4, false, 0, false, false, 0, 0, 1, 0},
