@@ -478,10 +478,11 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 // m64n8k16 with the value channels as rows, or mma.sync per warp at key rank 128: kMmaV), so no
 // thread waits for another's decode; the warpgroups take turns issuing their key chains
 // (P.pingpong, set by the launcher). At 64K q4 256/256 ~286–296 µs (~333–341 without the
-// ping-pong, round 14) against ~415–444 for kPairDec, 128/384 ~246–253 with kMmaV and its
-// step-ahead loads (~273–278 before kMmaV) against ~392 (H100, 2026-11-25). Where the time
-// goes: docs/perf/cuda.md, rounds 15 (ablations: the parts add up) and 16 (phase probe, stall
-// sampling: the consumers' phases in series, latency-bound, ~8% of their time load waits).
+// ping-pong, round 14) against ~415–444 for kPairDec, 128/384 ~242–253 with kMmaV, its
+// step-ahead loads and one barrier a tile (~273–278 before kMmaV) against ~392 (H100,
+// 2026-11-25). Where the time goes: docs/perf/cuda.md, rounds 15 (ablations: the parts add up)
+// and 16 (phase probe, stall sampling: the consumers' phases in series, latency-bound, ~8% of
+// their time load waits).
 constexpr int kSerial = 0, kPipe = 1, kRing = 2, kRingWs = 3, kRingDec = 4, kRingDec2 = 5, kRingDec3 = 6,
               kRingDec2F = 7, kPairWs = 8, kPairDec = 9, kPairReg = 10;
 constexpr int kDecItems = 6;  // 16-byte items per producer thread and load: 64 rows × ≤ 192 B / 128
