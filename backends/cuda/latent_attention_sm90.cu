@@ -1181,6 +1181,16 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(op[a][e])::"memory");
     };
+    // o's running sums rescaled by the softmax's correction (heads in columns 0, 1 of each block)
+    auto scale_op = [&](const float(&corr)[2]) {
+#pragma unroll
+      for (int a = 0; a < kOpA; ++a) {
+        op[a][0] *= corr[0];
+        op[a][1] *= corr[1];
+        op[a][2] *= corr[0];
+        op[a][3] *= corr[1];
+      }
+    };
     // cos/sin of row 16·warp + lane/4 + 8·rh of the tile at t0, frequencies 8j + 2(lane%4) + {0,1}
     auto trig_row = [&](float4(&tg)[8], int t0, int rh) {
       const float t = (float)(t0 + warp * 16 + (lane >> 2) + rh * 8);
@@ -1396,13 +1406,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             }
             write_p();
             named_barrier(1 + wgi, 128);
-#pragma unroll
-            for (int a = 0; a < kOpA; ++a) {
-              op[a][0] *= corr[0];
-              op[a][1] *= corr[1];
-              op[a][2] *= corr[0];
-              op[a][3] *= corr[1];
-            }
+            scale_op(corr);
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -1432,13 +1436,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
             lr[h] = lr[h] * corr[h] + sum;
             mr[h] = m_new;
           }
-#pragma unroll
-          for (int a = 0; a < kOpA; ++a) {
-            op[a][0] *= corr[0];
-            op[a][1] *= corr[1];
-            op[a][2] *= corr[0];
-            op[a][3] *= corr[1];
-          }
+          scale_op(corr);
           if ((lane & 3) == 0) {  // P of this lane's rows into rows 0 (head 0) and 1 (head 1) of the atom
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
