@@ -1243,6 +1243,15 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       return __float22half2_rn(*reinterpret_cast<const float2*>(v + 16 * st + r + 2 * (lane & 3)));
     };
     uint32_t fpar = 0;  // bit b: the phase parity of this warpgroup's next load into buffer b (across segments)
+    // this warpgroup's wait for load n's buffer to be full, then that buffer's parity flipped
+    auto wait_full = [&](int n) {
+      mbar_wait_sleep(full + (n % NB) * 2 + wgi, (fpar >> (n % NB)) & 1u, hint_ns);
+      fpar ^= 1u << (n % NB);
+    };
+    // head h's max over the warpgroup's 4 warps (each warp's at rm[h·4 + warp])
+    auto wg_max = [](const float* rm, int h) {
+      return fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+    };
     int cnt = 0;
     long long pos = lo;
     for (int sgl = gl, base = 0, si = 0;; ++sgl, ++si) {
@@ -1268,6 +1277,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       // summed over the segment, printed by the first thread of each consumer warpgroup of block
       // (0, 0): the key load's wait, the turn, the key chain's issue, its wait (with the cos/sin),
       // the scores and the max barrier, the softmax and the P barrier, the value load's wait, p·z^V
+      // (kMmaV: the scores without a barrier, the softmax with its one or two)
       uint32_t ph[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ph_t = (uint32_t)clock();
 #define PALU_PHASE(k)                          \
   do {                                         \
@@ -1283,8 +1293,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
       for (int j = wgi; j < ntiles; j += 2, ++cnt) {
         const int i = t0 + j, nk = base + kload(j), nv = base + vload(j, ntiles);
         const int nvalid = min(kTile, T - i * kTile);
-        mbar_wait_sleep(full + (nk % NB) * 2 + wgi, (fpar >> (nk % NB)) & 1u, hint_ns);
-        fpar ^= 1u << (nk % NB);
+        wait_full(nk);
         PALU_PHASE(0);
         if (pp) named_barrier(3 + wgi, 2 * 128);  // this warpgroup's turn
         PALU_PHASE(1);
@@ -1372,8 +1381,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           // fragments), so it waits for the value tile first: a tile's P then lives as long as
           // its buffer, and a warp ahead by a tile cannot overwrite one still being read.
           PALU_PHASE(4);
-          mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
-          fpar ^= 1u << (nv % NB);
+          wait_full(nv);
           PALU_PHASE(6);
           __half* pw = pv_buf(nv);
           auto write_p = [&] {
@@ -1393,7 +1401,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           named_barrier(1 + wgi, 128);
           float mt[2];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) mt[h] = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+          for (int h = 0; h < 2; ++h) mt[h] = wg_max(rm, h);
           // (the same for every thread of the warpgroup: m and the maxima are)
           if (mt[0] > mr[0] + kLazyMax || mt[1] > mr[1] + kLazyMax) {
 #pragma unroll
@@ -1421,7 +1429,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           PALU_PHASE(4);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const float mt = fmaxf(fmaxf(rm[h * 4], rm[h * 4 + 1]), fmaxf(rm[h * 4 + 2], rm[h * 4 + 3]));
+            const float mt = wg_max(rm, h);
             const float m_new = fmaxf(mr[h], mt);
             corr[h] = 1.f;
             pr[h][0] = pr[h][1] = 0.f;
@@ -1451,8 +1459,7 @@ __global__ void __launch_bounds__(SCHED == kRingWs    ? kSm90Threads + 32
           fence_proxy_async();
           named_barrier(1 + wgi, 128);
           PALU_PHASE(5);
-          mbar_wait_sleep(full + (nv % NB) * 2 + wgi, (fpar >> (nv % NB)) & 1u, hint_ns);
-          fpar ^= 1u << (nv % NB);
+          wait_full(nv);
           PALU_PHASE(6);
         }
         fence_op();
